@@ -1,0 +1,267 @@
+"""The one seam between minidiff and its array libraries (NumPy on the CPU, CuPy on the GPU).
+
+Every other module asks this one for the active array module with ``xp()`` and never imports
+numpy or cupy itself, so the same code runs on both (``tests/test_backend.py`` checks this).
+
+What lives here:
+
+* choosing the backend: ``set_backend("numpy" | "cupy")``, or the environment variable
+  ``MINIDIFF_BACKEND`` read at import; asking for CuPy where it cannot run gives a one-line
+  ``BackendUnavailableError`` that says why (not installed, or no usable GPU);
+* the default floating dtype (float32; float64 for gradient checks);
+* moving arrays between host and device: ``to_host``, ``to_device``, ``array_module_of``;
+* randomness: one seeded generator, ``manual_seed(n)``.  It draws on the host (NumPy's PCG64)
+  and the draws are moved to the device, so a seed gives the *same* numbers on either backend
+  and the generator's state can be saved in a checkpoint and restored exactly;
+* host-side file I/O of arrays (``save_npz`` written atomically, ``load_npz`` never unpickling).
+
+``import minidiff`` never imports CuPy unless it is asked for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy
+
+__all__ = [
+    "BackendUnavailableError", "BackendMismatchError", "set_backend", "get_backend", "xp",
+    "array_module_of", "backend_name_of", "is_array", "to_host", "to_device",
+    "set_default_dtype", "default_dtype", "manual_seed", "get_rng_state", "set_rng_state",
+    "randn", "rand", "randint", "permutation", "scatter_add", "save_npz", "load_npz", "host",
+]
+
+#: NumPy itself, for host-side work that is not math (image and file I/O).
+host = numpy
+
+BACKENDS = ("numpy", "cupy")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (CuPy missing, or no GPU)."""
+
+
+class BackendMismatchError(TypeError):
+    """An operation met arrays that live on two different backends."""
+
+
+_cupy = None  # the cupy module once it has been imported successfully
+_state = {"name": "numpy", "dtype": numpy.float32}
+
+
+def _import_cupy():
+    """Import CuPy and check a GPU answers; raise a one-line error that says why not."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy  # noqa: PLC0415  (imported only when asked for)
+    except ImportError as error:
+        raise BackendUnavailableError(
+            "backend 'cupy' is unavailable: CuPy is not installed "
+            f"({error}); install it with: pip install 'minidiff[gpu]'") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDA raises its own error types
+        raise BackendUnavailableError(
+            f"backend 'cupy' is unavailable: CuPy is installed but no CUDA GPU answers "
+            f"({type(error).__name__}: {error})") from None
+    if count < 1:
+        raise BackendUnavailableError("backend 'cupy' is unavailable: no CUDA GPU found")
+    _cupy = cupy
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and a GPU answers (used by tests to skip cleanly)."""
+    try:
+        _import_cupy()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` ("numpy" or "cupy") the array library of every new tensor."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    if name == "cupy":
+        _import_cupy()
+    _state["name"] = name
+
+
+def get_backend() -> str:
+    """The name of the active backend, "numpy" or "cupy"."""
+    return _state["name"]
+
+
+def xp():
+    """The active array module: ``numpy`` or ``cupy``."""
+    return _cupy if _state["name"] == "cupy" else numpy
+
+
+def _module(name: str):
+    return _import_cupy() if name == "cupy" else numpy
+
+
+def is_array(value) -> bool:
+    """True for a NumPy or (already imported) CuPy ndarray."""
+    if isinstance(value, numpy.ndarray):
+        return True
+    return _cupy is not None and isinstance(value, _cupy.ndarray)
+
+
+def backend_name_of(array) -> str:
+    """"numpy" or "cupy": where ``array`` lives.  Raises TypeError for anything else."""
+    if isinstance(array, numpy.ndarray):
+        return "numpy"
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return "cupy"
+    raise TypeError(f"expected a numpy or cupy array, got {type(array).__name__}")
+
+
+def array_module_of(array):
+    """The module (numpy or cupy) that owns ``array``."""
+    return _module(backend_name_of(array))
+
+
+def to_host(array):
+    """A NumPy copy (or view, when already on the host) of ``array``."""
+    if isinstance(array, numpy.ndarray):
+        return array
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return numpy.asarray(array)
+
+
+def to_device(array, backend: str | None = None):
+    """``array`` moved to ``backend`` (default: the active one); no copy if already there."""
+    name = backend or get_backend()
+    if name == "numpy":
+        return to_host(array)
+    return _module(name).asarray(array)
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+_DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+
+
+def set_default_dtype(dtype) -> None:
+    """Make float32 (the default) or float64 the dtype of new floating tensors."""
+    key = numpy.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if key not in _DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    _state["dtype"] = _DTYPES[key]
+
+
+def default_dtype():
+    """The dtype (numpy.float32 or numpy.float64) of new floating tensors."""
+    return _state["dtype"]
+
+
+# ----------------------------------------------------------------------------- randomness
+
+_rng = {"generator": numpy.random.default_rng(0)}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed minidiff's generator: the same seed gives the same draws on NumPy and on CuPy."""
+    _rng["generator"] = numpy.random.default_rng(int(seed))
+
+
+def get_rng_state() -> str:
+    """The generator's state as a JSON string (stored in checkpoints, restored on resume)."""
+    return json.dumps(_rng["generator"].bit_generator.state)
+
+
+def set_rng_state(state: str) -> None:
+    """Restore a state returned by ``get_rng_state``."""
+    generator = numpy.random.default_rng()
+    generator.bit_generator.state = json.loads(state)
+    _rng["generator"] = generator
+
+
+def _float_dtype(dtype):
+    return numpy.dtype(dtype if dtype is not None else default_dtype())
+
+
+def randn(*shape, dtype=None):
+    """Standard normal draws of ``shape`` on the active backend."""
+    draws = _rng["generator"].standard_normal(shape, dtype=numpy.float64)
+    return to_device(draws.astype(_float_dtype(dtype), copy=False))
+
+
+def rand(*shape, dtype=None):
+    """Uniform draws in [0, 1) of ``shape`` on the active backend."""
+    draws = _rng["generator"].random(shape, dtype=numpy.float64)
+    return to_device(draws.astype(_float_dtype(dtype), copy=False))
+
+
+def randint(low: int, high: int, size):
+    """Integers drawn uniformly from [low, high), as int64, on the active backend."""
+    return to_device(_rng["generator"].integers(low, high, size=size, dtype=numpy.int64))
+
+
+def permutation(n: int):
+    """A random permutation of range(n) as a host int64 array (for shuffling data)."""
+    return _rng["generator"].permutation(n)
+
+
+# ----------------------------------------------------------------------------- scatter-add
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` with repeated indices accumulated (``numpy.add.at``)."""
+    if isinstance(target, numpy.ndarray):
+        numpy.add.at(target, index, values)
+    else:
+        import cupyx  # noqa: PLC0415  (only ever reached with CuPy arrays)
+        cupyx.scatter_add(target, index, values)
+
+
+# ----------------------------------------------------------------------------- file I/O
+
+def save_npz(path, arrays: dict) -> None:
+    """Write ``arrays`` (name -> array, any backend) to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder and renamed over ``path``, so
+    an interruption leaves either the old file or the new one, never half of one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            numpy.savez(stream, **{key: to_host(value) for key, value in arrays.items()})
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def load_npz(path) -> dict:
+    """Read an ``.npz`` file into a dict of host arrays; object arrays are refused."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as error:
+        raise ValueError(f"{path}: not a plain .npz of arrays ({error})") from None
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: unreadable or truncated .npz file ({error})") from None
+
+
+def _init_from_environment() -> None:
+    name = os.environ.get("MINIDIFF_BACKEND")
+    if name:
+        set_backend(name)
+
+
+_init_from_environment()

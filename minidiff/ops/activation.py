@@ -1,0 +1,87 @@
+"""Activations and the softmax family, each with its hand-derived backward.
+
+    tanh:     out' = 1 - out^2
+    sigmoid:  s'   = s (1 - s)
+    relu:     out' = [x > 0]
+    silu:     x s(x),  out' = s (1 + x (1 - s))
+    gelu:     0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)   (the tanh form)
+    softmax:  p = exp(x - max) / sum exp(x - max);  dL/dx = p (g - sum(g p))
+    log_softmax: y = x - max - log sum exp(x - max);  dL/dx = g - exp(y) sum(g)
+
+Subtracting the maximum before ``exp`` changes nothing mathematically (it cancels in the ratio)
+and keeps ``exp`` from overflowing, so inputs of +-1e4 are fine.
+"""
+import math
+
+from minidiff import backend
+from minidiff.ops._inputs import as_tensors
+from minidiff.tensor import Tensor
+
+
+def _unary(x, name):
+    (x,) = as_tensors(name, x)
+    return x, backend.array_module_of(x.data)
+
+
+def tanh(x) -> Tensor:
+    x, xp = _unary(x, "tanh")
+    out = xp.tanh(x.data)
+    return Tensor._make(out, (x,), lambda g: (g * (1 - out * out),), "tanh")
+
+
+def _sigmoid(xp, data):
+    # 0.5 (1 + tanh(x/2)) equals 1 / (1 + e^-x) and never overflows
+    return 0.5 * (1 + xp.tanh(0.5 * data))
+
+
+def sigmoid(x) -> Tensor:
+    x, xp = _unary(x, "sigmoid")
+    out = _sigmoid(xp, x.data)
+    return Tensor._make(out, (x,), lambda g: (g * out * (1 - out),), "sigmoid")
+
+
+def relu(x) -> Tensor:
+    x, xp = _unary(x, "relu")
+    return Tensor._make(xp.maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),), "relu")
+
+
+def silu(x) -> Tensor:
+    """x * sigmoid(x) (also called swish), the U-Net's activation."""
+    x, xp = _unary(x, "silu")
+    s = _sigmoid(xp, x.data)
+
+    def backward(g):
+        return (g * s * (1 + x.data * (1 - s)),)
+    return Tensor._make(x.data * s, (x,), backward, "silu")
+
+
+def gelu(x) -> Tensor:
+    """GELU in its tanh approximation (as in GPT-2); within 1e-3 of the exact x Phi(x)."""
+    x, xp = _unary(x, "gelu")
+    c = math.sqrt(2.0 / math.pi)
+    t = xp.tanh(c * (x.data + 0.044715 * x.data ** 3))
+
+    def backward(g):
+        du = c * (1 + 3 * 0.044715 * x.data ** 2)
+        return (g * (0.5 * (1 + t) + 0.5 * x.data * (1 - t * t) * du),)
+    return Tensor._make(0.5 * x.data * (1 + t), (x,), backward, "gelu")
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    x, xp = _unary(x, "softmax")
+    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    p = e / e.sum(axis=axis, keepdims=True)
+
+    def backward(g):
+        return (p * (g - (g * p).sum(axis=axis, keepdims=True)),)
+    return Tensor._make(p, (x,), backward, "softmax")
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    x, xp = _unary(x, "log_softmax")
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):
+        return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
+    return Tensor._make(out, (x,), backward, "log_softmax")
