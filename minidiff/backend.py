@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy
 
@@ -254,7 +255,7 @@ def load_npz(path) -> dict:
             return {key: archive[key] for key in archive.files}
     except ValueError as error:
         raise ValueError(f"{path}: not a plain .npz of arrays ({error})") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: unreadable or truncated .npz file ({error})") from None
 
 
