@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from minidiff import backend
+from minidiff.data import MnistDataError
 
 #: ``minidiff bench NAME`` runs ``main(argv)`` of the module named here.
 BENCHMARKS = {"layers": "minidiff.bench.layers"}
@@ -54,7 +55,11 @@ def main(argv=None) -> int:
         except backend.BackendUnavailableError as error:
             print(f"minidiff: {error}", file=sys.stderr)
             return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except MnistDataError as error:
+        print(f"minidiff: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,10 +19,21 @@ import struct
 from minidiff import backend
 
 __all__ = ["load_mnist", "to_unit_range", "from_unit_range", "MnistDataError", "DEFAULT_ROOT",
-           "SHA256"]
+           "SHA256", "mnist_root"]
 
+#: ``data/mnist`` of the source checkout this package was imported from (an editable install).
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "data", "mnist")
+
+
+def mnist_root() -> str:
+    """Where the MNIST files are: ``$MINIDIFF_DATA/mnist`` if that variable is set, else
+    ``data/mnist`` under the current folder (the clone you run from), else the checkout
+    this package was imported from."""
+    if os.environ.get("MINIDIFF_DATA"):
+        return os.path.join(os.environ["MINIDIFF_DATA"], "mnist")
+    here = os.path.join(os.getcwd(), "data", "mnist")
+    return here if os.path.isdir(here) else DEFAULT_ROOT
 
 SHA256 = {
     "train-images-idx3-ubyte.gz":
@@ -92,7 +103,7 @@ def load_mnist(split: str = "train", root: str | None = None):
     images uint8 of shape (N, 1, 28, 28), labels int64 of shape (N,)."""
     if split not in _FILES:
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    root = root or DEFAULT_ROOT
+    root = root or mnist_root()
     image_path, label_path = (os.path.join(root, name) for name in _FILES[split])
     for path in (image_path, label_path):
         _verify(path)

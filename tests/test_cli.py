@@ -22,3 +22,10 @@ def test_console_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "minidiff.cli", "--help"],
                             capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "bench" in result.stdout
+
+
+def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path))
+    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minidiff: MNIST file missing") and "restore" in err
