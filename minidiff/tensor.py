@@ -162,8 +162,8 @@ class Tensor:
                     parent_grad = unbroadcast(parent_grad, parent.data.shape)
                     previous = grads.get(id(parent))
                     grads[id(parent)] = parent_grad if previous is None else previous + parent_grad
-            if not retain_graph:
-                node._backward = None
+            if not retain_graph:  # free the closure (and the forward buffers it holds)
+                node._backward = _freed_backward
                 node._parents = ()
 
     # ------------------------------------------------------------------ conveniences
@@ -264,6 +264,13 @@ class Tensor:
     @property
     def T(self) -> "Tensor":
         return _ops.transpose(self, None)
+
+
+def _freed_backward(grad):
+    """Stands in for a closure that backward has already used and freed."""
+    raise RuntimeError("backward() through a graph a second time: its buffers were freed by "
+                       "the first backward(); pass retain_graph=True to that first call, or "
+                       "rebuild the graph")
 
 
 def _raw(value):

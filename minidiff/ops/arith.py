@@ -85,6 +85,8 @@ def matmul(a, b) -> Tensor:
     if a.ndim == 1:
         from minidiff.ops.shape import reshape
         out = matmul(reshape(a, (1, a.shape[0])), b)
+        if b.ndim == 1:  # vector @ vector: a 0-d result, as in numpy.matmul
+            return reshape(out, ())
         return reshape(out, out.shape[:-2] + out.shape[-1:])
     if b.ndim == 1:
         from minidiff.ops.shape import reshape

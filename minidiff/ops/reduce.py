@@ -72,7 +72,8 @@ def max(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
     def backward(g):
         winners = x.data == out
-        share = winners / winners.sum(axis=axes, keepdims=True)
+        # bool / int division gives float64: cast so a float32 input gets a float32 grad
+        share = (winners / winners.sum(axis=axes, keepdims=True)).astype(g.dtype, copy=False)
         return (_keep(g, axes, keepdims) * share,)
     result = out if keepdims else out.reshape([s for i, s in enumerate(out.shape)
                                                if i not in axes])
