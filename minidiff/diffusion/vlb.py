@@ -1,0 +1,107 @@
+"""The variational bound in nats and bits per dimension (lesson 04).
+
+As for a VAE (4.1), -log p_theta(x_0) <= E_q[-log p_theta(x_{0:T}) + log q(x_{1:T} | x_0)] = L,
+and rewriting q(x_t | x_{t-1}) with Bayes' rule as q(x_{t-1} | x_t, x_0) q(x_t | x_0) /
+q(x_{t-1} | x_0) makes the q(x_t | x_0) factors telescope, leaving (4.2)
+
+    L = KL(q(x_T | x_0) || p(x_T))                                       L_T
+      + sum_{t=2}^T E_q KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))   L_{t-1}
+      + E_q[-log p_theta(x_0 | x_1)]                                       L_0.
+
+L_T has no parameters (constant, ~0 for a good schedule); each L_{t-1} is a KL of Gaussians
+(4.3); L_0 is the discretized decoder (4.7).  Each term is averaged over the dimensions of an
+item ("nats per dim"); dividing by ln 2 gives bits per dim (4.8).
+
+``vlb_terms`` evaluates every term at one noise draw per step.  Column t of ``terms`` is the
+0-based index t, i.e. the paper's step t + 1: column 0 is L_0, column t >= 1 is L_t (the KL for
+going from x_{t+1} to x_t in the paper's numbering).  The Monte-Carlo estimate draws k uniform
+indices per item: L ~= L_T + (T / k) sum_j terms[t_j], unbiased for the full sum.
+"""
+from __future__ import annotations
+
+import math
+
+from minidiff import backend
+from minidiff.diffusion._util import mean_over_items, raw
+from minidiff.diffusion.forward import q_mean_variance, q_posterior, q_sample
+from minidiff.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
+from minidiff.diffusion.reverse import p_mean_variance
+from minidiff.tensor import Tensor, no_grad
+
+__all__ = ["prior_term", "vlb_term_at", "vlb_terms", "bits_per_dim"]
+
+
+def prior_term(schedule, x0):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per item, nats per dim, equation (4.2)."""
+    x0 = raw(x0)
+    xp = backend.array_module_of(x0)
+    t = xp.full((x0.shape[0],), schedule.num_timesteps - 1, dtype=xp.int64)
+    mean, _, log_var = q_mean_variance(schedule, x0, t)
+    return mean_over_items(normal_kl(mean, log_var, 0.0, 0.0))
+
+
+def vlb_term_at(schedule, eps_model, x0, t, noise=None, variance="fixed_small",
+                clip_x0=False):
+    """Per-item term at 0-based index t (shape (N,)), nats per dim: the decoder NLL
+    -log p(x_0 | x_1) (4.7) where t == 0, else KL(q(x_t|x_{t+1},x_0) || p(x_t|x_{t+1})) (4.3)."""
+    x0 = raw(x0)
+    xp = backend.array_module_of(x0)
+    t = xp.asarray(t, dtype=xp.int64).reshape(-1)
+    if noise is None:
+        noise = backend.randn(*x0.shape, dtype=x0.dtype)
+    x_t = q_sample(schedule, x0, t, noise)
+    with no_grad():
+        eps_pred = raw(eps_model(Tensor(x_t), t))
+    out = p_mean_variance(schedule, eps_pred, x_t, t, variance=variance, clip_x0=clip_x0)
+    true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
+    kl = mean_over_items(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))
+    nll = -mean_over_items(discretized_gaussian_log_likelihood(
+        x0, out["mean"], 0.5 * out["log_variance"]))
+    return xp.where(t == 0, nll, kl)
+
+
+def vlb_terms(schedule, eps_model, x0, variance="fixed_small", clip_x0=False):
+    """Every term of the bound (4.2) in nats per dim for a batch x0 (values on the 256-level
+    grid in [-1, 1]).  Returns a dict: ``prior`` (N,) = L_T; ``terms`` (N, T) where column 0 is
+    L_0 and column t is L_t (0-based index t = paper's step t+1); ``total`` (N,) = L_T + sum."""
+    x0 = raw(x0)
+    xp = backend.array_module_of(x0)
+    n, T = x0.shape[0], schedule.num_timesteps
+    columns = []
+    for step in range(T):
+        t = xp.full((n,), step, dtype=xp.int64)
+        columns.append(vlb_term_at(schedule, eps_model, x0, t, variance=variance,
+                                   clip_x0=clip_x0))
+    terms = xp.stack(columns, axis=1)
+    prior = prior_term(schedule, x0)
+    return {"prior": prior, "terms": terms, "total": prior + terms.sum(axis=1)}
+
+
+def bits_per_dim(schedule, eps_model, x0, num_samples: int | None = None,
+                 variance="fixed_small", clip_x0=False):
+    """The bound (4.2) in bits per dim (4.8) for the batch x0.
+
+    ``num_samples=None``: the full bound, all T terms.  Otherwise a Monte-Carlo estimate with
+    ``num_samples`` uniform indices per item, L ~= L_T + T * mean_j L_{t_j}.  Returns a dict with
+    ``bpd`` (batch mean), ``stderr`` (standard error of that mean over items: with sampling it
+    includes the variance due to the drawn t) and ``per_item`` (N,), all in bits per dim.
+    """
+    x0 = raw(x0)
+    xp = backend.array_module_of(x0)
+    n, T = x0.shape[0], schedule.num_timesteps
+    if num_samples is None:
+        per_item = vlb_terms(schedule, eps_model, x0, variance, clip_x0)["total"]
+    else:
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples: expected None or an integer >= 1, "
+                             f"got {num_samples!r}")
+        acc = xp.zeros((n,), dtype=xp.float64)
+        for _ in range(int(num_samples)):
+            t = backend.randint(0, T, (n,))
+            t = backend.to_device(t, backend.backend_name_of(x0))
+            acc = acc + vlb_term_at(schedule, eps_model, x0, t, variance=variance,
+                                    clip_x0=clip_x0)
+        per_item = prior_term(schedule, x0) + T * acc / int(num_samples)
+    per_item = per_item / math.log(2.0)
+    stderr = float(per_item.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"bpd": float(per_item.mean()), "stderr": stderr, "per_item": per_item}
