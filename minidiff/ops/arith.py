@@ -82,6 +82,9 @@ def matmul(a, b) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: operands must have at least 1 dimension, got shapes "
                          f"{a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:  # checked before 1-D operands reshape
+        raise ValueError(f"matmul: inner dimensions differ: a has shape {a.shape}, "
+                         f"b has shape {b.shape}")
     if a.ndim == 1:
         from minidiff.ops.shape import reshape
         out = matmul(reshape(a, (1, a.shape[0])), b)
@@ -92,9 +95,6 @@ def matmul(a, b) -> Tensor:
         from minidiff.ops.shape import reshape
         out = matmul(a, reshape(b, (b.shape[0], 1)))
         return reshape(out, out.shape[:-1])
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: inner dimensions differ: a has shape {a.shape}, "
-                         f"b has shape {b.shape}")
 
     def backward(g):
         grad_a = g @ b.data.swapaxes(-1, -2) if a.requires_grad else None
