@@ -1,0 +1,172 @@
+"""Benchmark: forward + backward time of the U-Net's layers, minidiff vs PyTorch (lesson 05).
+
+    python -m minidiff.bench.layers [--json] [--repeat N] [--batch B]
+
+Shapes are those of the small MNIST U-Net (batch 64): 3x3 convolutions at 32ch 28x28, 64ch
+14x14 and 7x7, the stride-2 downsample 32->64 (28->14), a 1x1 projection 64->32; GroupNorm
+with 8 groups at 32ch 28x28 and 64ch 14x14; SiLU; and 4-head attention over 49 tokens of
+width 64.  All float32 on the CPU.
+
+Where ``torch`` imports, the same op runs in PyTorch in the same process, interleaved with
+ours (minidiff, torch, minidiff, torch, ...) so that both see the same machine load; each row
+reports the minimum over repeats and the ratio minidiff / torch.  PyTorch gets as many threads
+as NumPy's BLAS (``--threads``, default: the CPU count visible to this process).
+
+The "U-Net weighted total" sums conv + GroupNorm + SiLU rows weighted by how many times each
+shape occurs in one U-Net forward/backward, and compares the totals.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from minidiff import backend
+from minidiff.nn import functional as F
+from minidiff.tensor import Tensor
+
+__all__ = ["main", "run", "CASES"]
+
+# name, kind, arguments, weight in one U-Net pass (how often the shape occurs)
+CASES = [
+    ("conv3x3 32->32 28x28", "conv", dict(c=32, o=32, hw=28, k=3, s=1, p=1), 4),
+    ("conv3x3 64->64 14x14", "conv", dict(c=64, o=64, hw=14, k=3, s=1, p=1), 4),
+    ("conv3x3 64->64 7x7", "conv", dict(c=64, o=64, hw=7, k=3, s=1, p=1), 4),
+    ("conv3x3 s2 32->64 28->14", "conv", dict(c=32, o=64, hw=28, k=3, s=2, p=1), 1),
+    ("conv1x1 64->32 28x28", "conv", dict(c=64, o=32, hw=28, k=1, s=1, p=0), 1),
+    ("groupnorm 32ch g8 28x28", "gn", dict(c=32, hw=28, g=8), 4),
+    ("groupnorm 64ch g8 14x14", "gn", dict(c=64, hw=14, g=8), 4),
+    ("silu 32ch 28x28", "silu", dict(c=32, hw=28), 4),
+    ("silu 64ch 14x14", "silu", dict(c=64, hw=14), 4),
+    ("attention 49 tok 64d 4h", "attn", dict(t=49, d=64, h=4), 0),
+]
+
+
+def _inputs(kind, a, batch):
+    """Host float32 arrays for one case: (x, extra arrays...)."""
+    f32 = "float32"
+    if kind == "conv":
+        return [backend.randn(batch, a["c"], a["hw"], a["hw"], dtype=f32),
+                backend.randn(a["o"], a["c"], a["k"], a["k"], dtype=f32) * 0.1,
+                backend.randn(a["o"], dtype=f32)]
+    if kind == "gn":
+        return [backend.randn(batch, a["c"], a["hw"], a["hw"], dtype=f32),
+                backend.randn(a["c"], dtype=f32), backend.randn(a["c"], dtype=f32)]
+    if kind == "silu":
+        return [backend.randn(batch, a["c"], a["hw"], a["hw"], dtype=f32)]
+    d = a["d"] // a["h"]
+    return [backend.randn(batch, a["h"], a["t"], d, dtype=f32) for _ in range(3)]
+
+
+def _ours(kind, a, arrays):
+    ts = [Tensor(x, requires_grad=True) for x in arrays]
+    if kind == "conv":
+        out = F.conv2d(ts[0], ts[1], ts[2], a["s"], a["p"])
+    elif kind == "gn":
+        out = F.group_norm(ts[0], a["g"], ts[1], ts[2])
+    elif kind == "silu":
+        out = F.silu(ts[0])
+    else:
+        out = F.scaled_dot_product_attention(*ts)
+    out.backward(backend.xp().ones_like(out.data))
+
+
+def _theirs(torch, kind, a, tensors):
+    ts = [t.detach().requires_grad_(True) for t in tensors]
+    fn = torch.nn.functional
+    if kind == "conv":
+        out = fn.conv2d(ts[0], ts[1], ts[2], a["s"], a["p"])
+    elif kind == "gn":
+        out = fn.group_norm(ts[0], a["g"], ts[1], ts[2])
+    elif kind == "silu":
+        out = fn.silu(ts[0])
+    else:
+        out = fn.scaled_dot_product_attention(*ts)
+    out.backward(torch.ones_like(out))
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(args) -> dict:
+    """Time every case; returns {"rows": [...], "total": {...}} (seconds, minimum of repeats)."""
+    try:
+        import torch  # noqa: PLC0415  (optional comparison only)
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    backend.manual_seed(0)
+    rows = []
+    for name, kind, a, weight in CASES:
+        arrays = _inputs(kind, a, args.batch)
+        ours, theirs = [], []
+        tt = [torch.from_numpy(backend.to_host(x)) for x in arrays] if torch else None
+        _ours(kind, a, arrays)  # warm up both
+        if torch:
+            _theirs(torch, kind, a, tt)
+        for _ in range(args.repeat):
+            ours.append(_timed(lambda: _ours(kind, a, arrays)))
+            if torch:
+                theirs.append(_timed(lambda: _theirs(torch, kind, a, tt)))
+        row = {"name": name, "weight": weight, "minidiff_ms": 1e3 * min(ours)}
+        if torch:
+            row["torch_ms"] = 1e3 * min(theirs)
+            row["ratio"] = row["minidiff_ms"] / row["torch_ms"]
+        rows.append(row)
+    total = {"minidiff_ms": sum(r["weight"] * r["minidiff_ms"] for r in rows)}
+    if torch:
+        total["torch_ms"] = sum(r["weight"] * r["torch_ms"] for r in rows)
+        total["ratio"] = total["minidiff_ms"] / total["torch_ms"]
+    return {"batch": args.batch, "repeat": args.repeat, "threads": args.threads,
+            "torch": torch.__version__ if torch else None, "rows": rows, "total": total}
+
+
+def _print_table(result) -> None:
+    has_torch = result["torch"] is not None
+    print(f"forward+backward, float32, batch {result['batch']}, min of {result['repeat']}, "
+          f"{result['threads']} threads" + (f", torch {result['torch']}" if has_torch else
+                                             " (torch not importable: no comparison)"))
+    head = f"{'op':28s} {'minidiff ms':>12s}" + (f" {'torch ms':>10s} {'ratio':>7s}"
+                                                if has_torch else "")
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"] + [dict(result["total"], name="U-Net weighted conv+GN+SiLU")]:
+        line = f"{r['name']:28s} {r['minidiff_ms']:12.2f}"
+        if has_torch:
+            line += f" {r['torch_ms']:10.2f} {r['ratio']:7.2f}"
+        print(line)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="minidiff bench layers", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repeats per op (min taken)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--threads", type=int,
+                        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1),
+                        help="threads for PyTorch (match NumPy's BLAS)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.repeat < 1 or args.batch < 1:
+        print("minidiff bench layers: --repeat and --batch must be >= 1", file=sys.stderr)
+        return 2
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

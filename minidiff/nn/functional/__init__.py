@@ -1,0 +1,19 @@
+"""Functional layers (lesson 05): each computes its forward and, beside it, a hand-derived
+backward.  NCHW images; conv weights (out, in, kh, kw); linear weights (out, in).
+
+* ``conv``: conv2d (im2col + one GEMM), conv_transpose2d, im2col, col2im
+* ``norm``: group_norm, layer_norm (fused backward)
+* ``attention``: scaled_dot_product_attention (fused softmax backward)
+* ``basic``: linear, embedding, dropout, upsample_nearest, avg_pool2d
+* ``losses``: mse_loss, cross_entropy
+"""
+from minidiff.nn.functional.attention import attention_weights, scaled_dot_product_attention
+from minidiff.nn.functional.basic import avg_pool2d, dropout, embedding, linear, upsample_nearest
+from minidiff.nn.functional.conv import col2im, conv2d, conv_transpose2d, im2col
+from minidiff.nn.functional.losses import cross_entropy, mse_loss
+from minidiff.nn.functional.norm import group_norm, layer_norm
+from minidiff.ops import silu
+
+__all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "group_norm", "layer_norm",
+           "scaled_dot_product_attention", "attention_weights", "linear", "embedding",
+           "dropout", "upsample_nearest", "avg_pool2d", "mse_loss", "cross_entropy", "silu"]

@@ -1,0 +1,108 @@
+"""Linear, embedding, dropout, nearest upsampling and average pooling (lesson 05).
+
+    linear:     y = x W^T + b            dx = g W,  dW = g^T x,  db = sum_rows g
+                (W is (out, in); leading axes of x are flattened into rows: one GEMM each)
+    embedding:  y = W[idx]               dW = scatter-add of g into the rows idx picked
+    dropout:    y = x m / (1 - p)        m ~ Bernoulli(1 - p); dx = g m / (1 - p)
+                (the 1/(1-p) keeps E[y] = x, so evaluation needs no rescaling)
+    upsample_nearest (factor s):  y[.., s a + i, s b + j] = x[.., a, b]
+                dx[a, b] = sum of g over the s x s block it was copied to
+    avg_pool2d (kernel k, stride t): y[a, b] = mean of the k x k window at (t a, t b)
+                dx = each window's g / k^2 added back over the window (k^2 strided adds)
+"""
+from minidiff import backend
+from minidiff.ops._inputs import as_tensors
+from minidiff.tensor import Tensor
+
+__all__ = ["linear", "embedding", "dropout", "upsample_nearest", "avg_pool2d"]
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """y = x W^T + b, W of shape (out, in), x of shape (..., in)."""
+    parents = as_tensors("linear", x, weight, *([bias] if bias is not None else []))
+    x, weight = parents[0], parents[1]
+    out_f, in_f = weight.shape
+    if x.shape[-1] != in_f:
+        raise ValueError(f"linear: input (..., {x.shape[-1]}) does not match weight {weight.shape}")
+    x2 = x.data.reshape(-1, in_f)
+    y = x2 @ weight.data.T
+    if bias is not None:
+        y += bias.data
+
+    def backward(g):
+        g2 = g.reshape(-1, out_f)
+        grads = [(g2 @ weight.data).reshape(x.shape) if x.requires_grad else None,
+                 g2.T @ x2 if weight.requires_grad else None]
+        if bias is not None:
+            grads.append(g2.sum(axis=0))
+        return grads
+    return Tensor._make(y.reshape(x.shape[:-1] + (out_f,)), tuple(parents), backward, "linear")
+
+
+def embedding(indices, weight) -> Tensor:
+    """Rows of ``weight`` (num, dim) picked by integer ``indices`` of any shape."""
+    (weight,) = as_tensors("embedding", weight)
+    idx = indices.data if isinstance(indices, Tensor) else indices
+    xp = backend.array_module_of(weight.data)
+    idx = xp.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got {idx.dtype}")
+
+    def backward(g):
+        grad = xp.zeros_like(weight.data)
+        backend.scatter_add(grad, idx.reshape(-1), g.reshape(-1, weight.shape[1]))
+        return (grad,)
+    return Tensor._make(weight.data[idx], (weight,), backward, "embedding")
+
+
+def dropout(x, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (identity in eval)."""
+    (x,) = as_tensors("dropout", x)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    keep = (backend.to_device(backend.rand(*x.shape, dtype=x.dtype), x.backend) >= p)
+    scale = keep.astype(x.dtype) / (1.0 - p)
+    return Tensor._make(x.data * scale, (x,), lambda g: (g * scale,), "dropout")
+
+
+def upsample_nearest(x, scale_factor: int = 2) -> Tensor:
+    """(N, C, H, W) -> (N, C, sH, sW), each pixel repeated into an s x s block."""
+    (x,) = as_tensors("upsample_nearest", x)
+    xp = backend.array_module_of(x.data)
+    s = int(scale_factor)
+    n, c, h, w = x.shape
+    big = xp.broadcast_to(x.data[:, :, :, None, :, None], (n, c, h, s, w, s))
+    y = big.reshape(n, c, h * s, w * s)
+
+    def backward(g):
+        return (g.reshape(n, c, h, s, w, s).sum(axis=(3, 5)),)
+    return Tensor._make(y, (x,), backward, "upsample_nearest")
+
+
+def avg_pool2d(x, kernel_size: int = 2, stride=None) -> Tensor:
+    """Mean over k x k windows taken every ``stride`` (default k) pixels; no padding."""
+    (x,) = as_tensors("avg_pool2d", x)
+    xp = backend.array_module_of(x.data)
+    k = int(kernel_size)
+    t = k if stride is None else int(stride)
+    n, c, h, w = x.shape
+    ho, wo = (h - k) // t + 1, (w - k) // t + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"avg_pool2d: kernel {k} does not fit a {h}x{w} input")
+    span_h, span_w = t * (ho - 1) + 1, t * (wo - 1) + 1
+    y = xp.zeros((n, c, ho, wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            y += x.data[:, :, i:i + span_h:t, j:j + span_w:t]
+    y /= k * k
+
+    def backward(g):
+        grad = xp.zeros(x.shape, dtype=g.dtype)
+        share = g / (k * k)
+        for i in range(k):
+            for j in range(k):
+                grad[:, :, i:i + span_h:t, j:j + span_w:t] += share
+        return (grad,)
+    return Tensor._make(y, (x,), backward, "avg_pool2d")

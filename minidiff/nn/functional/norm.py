@@ -1,0 +1,109 @@
+"""Group norm and layer norm with fused, hand-derived backward passes (lesson 05).
+
+Both normalize a vector x of m numbers (a group of channels x pixels for group norm, the last
+axes for layer norm) to zero mean and unit variance, then scale and shift per channel:
+
+    mu = mean(x),  var = mean((x - mu)^2),  r = 1 / sqrt(var + eps)
+    xhat = (x - mu) r,           y = gamma xhat + beta
+
+Backward, written once instead of as a chain of a dozen primitive nodes.  With
+gh = dL/dxhat = gamma g, differentiate xhat_i = (x_i - mu) r:
+
+    dxhat_i/dx_k = r (delta_ik - 1/m) - (x_i - mu) r^3 (x_k - mu) / m
+                 = r (delta_ik - 1/m - xhat_i xhat_k / m)
+
+(using d var/dx_k = 2 (x_k - mu)/m and dr/dvar = -r^3/2).  Summing against gh:
+
+    dL/dx = r (gh - mean(gh) - xhat mean(gh xhat))
+    dL/dgamma = sum g xhat,     dL/dbeta = sum g       (over everything but the channel)
+
+Statistics are computed in one reshape to (N, G, m); the forward keeps xhat and r for the
+backward pass, nothing else.
+"""
+from minidiff import backend
+from minidiff.ops._inputs import as_tensors
+from minidiff.tensor import Tensor
+
+__all__ = ["group_norm", "layer_norm"]
+
+
+def _normalize(xp, xg, eps):
+    """xhat and r = 1/sqrt(var + eps) of each row of xg (last axis)."""
+    mu = xg.mean(axis=-1, keepdims=True)
+    xhat = xg - mu
+    var = xp.mean(xhat * xhat, axis=-1, keepdims=True)
+    r = 1.0 / xp.sqrt(var + eps)
+    xhat *= r
+    return xhat, r
+
+
+def _dnormalize(gh, xhat, r):
+    """dL/dx = r (gh - mean(gh) - xhat mean(gh xhat)), rows along the last axis (gh reused)."""
+    a = gh.mean(axis=-1, keepdims=True)
+    b = (gh * xhat).mean(axis=-1, keepdims=True)
+    gh -= a
+    gh -= xhat * b
+    gh *= r
+    return gh
+
+
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalize each (sample, group of C/G channels) over its channels and pixels, then
+    y = gamma[c] xhat + beta[c].  x is (N, C, ...), weight and bias (C,)."""
+    parents = as_tensors("group_norm", *[t for t in (x, weight, bias) if t is not None])
+    x = parents[0]
+    xp = backend.array_module_of(x.data)
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
+    spatial = x.data[0, 0].size
+    xhat, r = _normalize(xp, x.data.reshape(n, num_groups, -1), eps)
+    xhat = xhat.reshape(n, c, spatial)
+    has_w, has_b = weight is not None, bias is not None
+    w = parents[1].data.reshape(1, c, 1) if has_w else None
+    y = xhat * w if has_w else xhat.copy()
+    if has_b:
+        y += parents[1 + has_w].data.reshape(1, c, 1)
+
+    def backward(g):
+        g = g.reshape(n, c, spatial)
+        gh = g * w if has_w else g.copy()
+        dx = _dnormalize(gh.reshape(n, num_groups, -1), xhat.reshape(n, num_groups, -1), r)
+        grads = [dx.reshape(x.shape)]
+        if has_w:
+            grads.append((g * xhat).sum(axis=(0, 2)))
+        if has_b:
+            grads.append(g.sum(axis=(0, 2)))
+        return grads
+    return Tensor._make(y.reshape(x.shape), tuple(parents), backward, "group_norm")
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalize over the last len(normalized_shape) axes; y = gamma xhat + beta with
+    weight and bias of ``normalized_shape``."""
+    parents = as_tensors("layer_norm", *[t for t in (x, weight, bias) if t is not None])
+    x = parents[0]
+    xp = backend.array_module_of(x.data)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(f"layer_norm: input {x.shape} does not end in {shape}")
+    m = 1
+    for s in shape:
+        m *= s
+    xhat, r = _normalize(xp, x.data.reshape(-1, m), eps)
+    has_w, has_b = weight is not None, bias is not None
+    w = parents[1].data.reshape(m) if has_w else None
+    y = xhat * w if has_w else xhat.copy()
+    if has_b:
+        y += parents[1 + has_w].data.reshape(m)
+
+    def backward(g):
+        g = g.reshape(-1, m)
+        gh = g * w if has_w else g.copy()
+        grads = [_dnormalize(gh, xhat, r).reshape(x.shape)]
+        if has_w:
+            grads.append((g * xhat).sum(axis=0).reshape(shape))
+        if has_b:
+            grads.append(g.sum(axis=0).reshape(shape))
+        return grads
+    return Tensor._make(y.reshape(x.shape), tuple(parents), backward, "layer_norm")
