@@ -85,12 +85,21 @@ def test_scaled_linear_and_from_betas():
     (lambda: NoiseSchedule([]), ["betas", "1-D"]),
     (lambda: NoiseSchedule([1e-320] * 3), ["alphas_cumprod", "strictly decreasing"]),
     (lambda: NoiseSchedule.cosine(10, s=0), ["s", "(0, 1)", "0"]),
+    (lambda: NoiseSchedule.from_alphas_cumprod([0.9, 0.95, 0.5]),
+     ["alphas_cumprod", "strictly decreasing", "alphas_cumprod[1]", "0.95"]),
 ])
 def test_bad_input_raises_clear_value_error(make, words):
     with pytest.raises(ValueError) as info:
         make()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_from_alphas_cumprod_keeps_alphabar_exactly():
+    abar = [0.9, 0.5, 1e-20]
+    sched = NoiseSchedule.from_alphas_cumprod(abar)
+    assert list(h(sched.alphas_cumprod)) == abar
+    np.testing.assert_allclose(h(sched.betas), [0.1, 1 - 0.5 / 0.9, 1 - 2e-20], rtol=1e-15)
 
 
 def test_single_step_schedule():

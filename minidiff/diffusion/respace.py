@@ -45,9 +45,8 @@ def respace(schedule, use_timesteps) -> NoiseSchedule:
         raise ValueError(f"use_timesteps: expected a non-empty set of indices in "
                          f"[0, {schedule.num_timesteps - 1}], got {list(use_timesteps)!r}")
     abar = host.asarray(backend.to_host(schedule.alphas_cumprod), dtype=host.float64)[kept]
-    previous = host.append(1.0, abar[:-1])
-    betas = 1.0 - abar / previous
-    out = NoiseSchedule(betas, name=f"{schedule.name}[respaced {len(kept)}]")
+    # beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}}, computed inside from the kept abar
+    out = NoiseSchedule.from_alphas_cumprod(abar, name=f"{schedule.name}[respaced {len(kept)}]")
     out.timestep_map = backend.xp().asarray(kept, dtype=backend.xp().int64)
     out.original_num_timesteps = schedule.num_timesteps
     return out

@@ -60,31 +60,60 @@ def _check_beta(name: str, value) -> float:
     return value
 
 
+def _check_alphas_cumprod(abar) -> None:
+    host = backend.host
+    inside = (abar > 0.0) & (abar < 1.0)
+    falling = host.append(True, host.diff(abar) < 0)
+    bad = ~(inside & falling)
+    if bad.any():
+        i = int(host.argmax(bad))
+        raise ValueError(f"alphas_cumprod: expected strictly decreasing values in (0, 1), got "
+                         f"alphas_cumprod[{i}] = {float(abar[i])!r} (after "
+                         f"{float(abar[i - 1]) if i else 1.0!r}; betas too close to 0 or 1 "
+                         f"underflow the product)")
+
+
 class NoiseSchedule:
     """The betas of a forward process and the derived arrays (module docstring, lesson 02).
 
     ``NoiseSchedule(betas)`` accepts any 1-D sequence with every value in (0, 1).
     """
 
-    def __init__(self, betas, name: str = "custom"):
-        xp = backend.xp()
+    def __init__(self, betas, name: str = "custom", _alphas_cumprod=None):
         host = backend.host
         host_betas = host.asarray(backend.to_host(betas), dtype=host.float64)
         if host_betas.ndim != 1 or host_betas.size < 1:
             raise ValueError(f"betas: expected a 1-D sequence of at least 1 value, got shape "
                              f"{host_betas.shape}")
-        bad = ~((host_betas > 0.0) & (host_betas < 1.0))
-        if bad.any():
-            i = int(host.argmax(bad))
-            raise ValueError(f"betas: expected every value in (0, 1), got betas[{i}] = "
-                             f"{float(host_betas[i])!r}")
-        abar = host.cumprod(1.0 - host_betas)
-        if not (abar > 0).all() or (host.diff(abar) >= 0).any():
-            i = int(host.argmax(~(abar > 0))) if not (abar > 0).all() else \
-                int(host.argmax(host.diff(abar) >= 0)) + 1
-            raise ValueError(f"alphas_cumprod: expected strictly decreasing values in (0, 1), "
-                             f"got alphas_cumprod[{i}] = {float(abar[i])!r} (betas too close to 0 or "
-                             f"1 underflow the product)")
+        if _alphas_cumprod is None:
+            bad = ~((host_betas > 0.0) & (host_betas < 1.0))
+            if bad.any():
+                i = int(host.argmax(bad))
+                raise ValueError(f"betas: expected every value in (0, 1), got betas[{i}] = "
+                                 f"{float(host_betas[i])!r}")
+            abar = host.cumprod(1.0 - host_betas)
+        else:
+            abar = _alphas_cumprod
+        _check_alphas_cumprod(abar)
+        self._build(host_betas, abar, name)
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "custom") -> "NoiseSchedule":
+        """The schedule whose alphabar is exactly ``alphas_cumprod`` (strictly decreasing in
+        (0, 1)): beta_t = 1 - alphabar_t / alphabar_{t-1} with alphabar_0 = 1.  Used by
+        respacing, where keeping alphabar exact matters more than the betas' last digit."""
+        host = backend.host
+        abar = host.asarray(backend.to_host(alphas_cumprod), dtype=host.float64)
+        if abar.ndim != 1 or abar.size < 1:
+            raise ValueError(f"alphas_cumprod: expected a 1-D sequence of at least 1 value, "
+                             f"got shape {abar.shape}")
+        _check_alphas_cumprod(abar)
+        betas = 1.0 - abar / host.append(1.0, abar[:-1])
+        return cls(betas, name=name, _alphas_cumprod=abar)
+
+    def _build(self, host_betas, abar, name):
+        host = backend.host
+        xp = backend.xp()
         self.name = name
         self.num_timesteps = int(host_betas.size)
         self.T = self.num_timesteps
