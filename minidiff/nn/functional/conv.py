@@ -36,7 +36,8 @@ from minidiff import backend
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
-__all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "conv_output_size"]
+__all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_im2col", "flat_col2im",
+           "conv_output_size"]
 
 
 def _pair(v):
@@ -97,6 +98,52 @@ def col2im(cols, shape, kernel, stride=1, padding=0):
     return xp.ascontiguousarray(inner)
 
 
+def _flat_layout(shape, kh, kw, ph, pw):
+    """Sizes of the stride-1 "flat" layout: (Hp, Wp, Q = N Hp Wp, tail)."""
+    n, _, h, w = shape
+    hp, wp = h + 2 * ph, w + 2 * pw
+    return hp, wp, n * hp * wp, (kh - 1) * wp + kw - 1
+
+
+def flat_im2col(x, kernel, padding=0):
+    """Stride-1 im2col on the flattened padded grid: (C*kh*kw, Q), Q = N*Hp*Wp.
+
+    Lay the padded input out as one row per channel, xf[c, n Hp Wp + y Wp + x'].  The window
+    element (i, j) of the output at flat position q is xf[c, q + i Wp + j]: a *shift*, so the
+    windows are one ``as_strided`` view with strides (channel, Wp, 1, 1) and every copy and
+    every col2im add runs over long contiguous rows.  Positions q whose window would cross a
+    row or image border are computed too and thrown away (a (Hp Wp)/(Ho Wo) overhead in the
+    GEMM, paid back many times by col2im no longer striding over rows of Wo numbers).
+    """
+    xp = backend.array_module_of(x)
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    n, c, h, w = x.shape
+    hp, wp, q, tail = _flat_layout(x.shape, kh, kw, ph, pw)
+    flat = xp.zeros((c, q + tail), dtype=x.dtype)
+    flat[:, :q].reshape(c, n, hp, wp)[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+    s_c, s_e = flat.strides
+    windows = xp.lib.stride_tricks.as_strided(flat, shape=(c, kh, kw, q),
+                                              strides=(s_c, wp * s_e, s_e, s_e))
+    cols = xp.empty((c, kh, kw, q), dtype=x.dtype)
+    cols[...] = windows
+    return cols.reshape(c * kh * kw, q)
+
+
+def flat_col2im(cols, shape, kernel, padding=0):
+    """Adjoint of ``flat_im2col``: kh*kw shifted adds of whole rows, then crop the padding."""
+    xp = backend.array_module_of(cols)
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    n, c, h, w = shape
+    hp, wp, q, tail = _flat_layout(shape, kh, kw, ph, pw)
+    cols = cols.reshape(c, kh, kw, q)
+    acc = xp.zeros((c, q + tail), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            acc[:, i * wp + j:i * wp + j + q] += cols[:, i, j]
+    inner = acc[:, :q].reshape(c, n, hp, wp)[:, :, ph:ph + h, pw:pw + w]
+    return xp.ascontiguousarray(inner.transpose(1, 0, 2, 3))
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor:
     """y = W im2col(x) + b, reshaped to (N, O, Ho, Wo).  Weight (O, C/groups, kh, kw).
 
@@ -113,24 +160,38 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     if c % groups or o % groups or cg * groups != c:
         raise ValueError(f"conv2d: input has {c} channels, weight {weight.shape} with "
                          f"groups={groups} expects {cg * groups}")
-    cols, (ho, wo) = im2col(x.data, (kh, kw), stride, padding)
-    cols_g = cols.reshape(groups, cg * kh * kw, n * ho * wo)
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    flat = sh == sw == 1 and not (kh == kw == 1 and ph == pw == 0)
+    if flat:  # stride 1: the shifted-rows layout (see flat_im2col)
+        hp, wp, q, _ = _flat_layout(x.shape, kh, kw, ph, pw)
+        cols = flat_im2col(x.data, (kh, kw), padding)
+    else:
+        hp, wp, q = ho, wo, n * ho * wo
+        cols, _ = im2col(x.data, (kh, kw), stride, padding)
+    cols_g = cols.reshape(groups, cg * kh * kw, q)
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
-    out = xp.matmul(w_g, cols_g).reshape(o, n * ho * wo)
+    out = xp.matmul(w_g, cols_g).reshape(o, q)
     if bias is not None:
         out += bias.data.reshape(o, 1)
-    y = xp.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
+    y = xp.ascontiguousarray(out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3))
 
     def backward(g):
-        g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, -1)
+        if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
+            g_t = xp.zeros((o, n, hp, wp), dtype=g.dtype)
+            g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
+        else:
+            g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3))
+        g_t = g_t.reshape(groups, o // groups, q)
         grads = [None, None]
         if weight.requires_grad:
             grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
         if x.requires_grad:
             dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t)
-            grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
+            grads[0] = (flat_col2im(dcols, x.shape, (kh, kw), padding) if flat else
+                        col2im(dcols, x.shape, (kh, kw), stride, padding))
         if bias is not None:
-            grads.append(g_t.reshape(o, -1).sum(axis=1))
+            grads.append(g.sum(axis=(0, 2, 3)))
         return grads
     return Tensor._make(y, tuple(parents), backward, "conv2d")
 

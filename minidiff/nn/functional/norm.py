@@ -49,31 +49,52 @@ def _dnormalize(gh, xhat, r):
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Normalize each (sample, group of C/G channels) over its channels and pixels, then
-    y = gamma[c] xhat + beta[c].  x is (N, C, ...), weight and bias (C,)."""
+    y = gamma[c] xhat + beta[c].  x is (N, C, ...), weight and bias (C,).
+
+    Work per (sample, channel) row of S pixels so that no full-size xhat is ever formed:
+    y = x a + b with a = r gamma and b = beta - mu r gamma (one pass over x), and in the
+    backward pass the group means of gh and gh xhat come from the per-row sums
+    sum_s g and sum_s g (x - mu), so dL/dx = (r gamma) g - r^2 B (x - mu) - r A is two passes.
+    """
     parents = as_tensors("group_norm", *[t for t in (x, weight, bias) if t is not None])
     x = parents[0]
     xp = backend.array_module_of(x.data)
     n, c = x.shape[:2]
     if c % num_groups:
         raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
-    spatial = x.data[0, 0].size
-    xhat, r = _normalize(xp, x.data.reshape(n, num_groups, -1), eps)
-    xhat = xhat.reshape(n, c, spatial)
     has_w, has_b = weight is not None, bias is not None
-    w = parents[1].data.reshape(1, c, 1) if has_w else None
-    y = xhat * w if has_w else xhat.copy()
+    G, cg = num_groups, c // num_groups
+    s = x.data[0, 0].size
+    m = cg * s
+    xg = x.data.reshape(n, G, m)
+    mu = xg.mean(axis=-1, keepdims=True)                       # (n, G, 1)
+    centered = xg - mu
+    var = xp.einsum("ngm,ngm->ng", centered, centered)[..., None] / m
+    r = 1.0 / xp.sqrt(var + eps)                               # (n, G, 1)
+    gamma = parents[1].data.reshape(1, G, cg) if has_w else xp.ones((1, G, cg), x.dtype)
+    scale = (r * gamma).reshape(n, c, 1)                       # r gamma per (n, c)
+    y = x.data.reshape(n, c, s) * scale
     if has_b:
-        y += parents[1 + has_w].data.reshape(1, c, 1)
+        y += (parents[1 + has_w].data.reshape(1, G, cg) - mu * r * gamma).reshape(n, c, 1)
+    else:
+        y -= (mu * r * gamma).reshape(n, c, 1)
 
     def backward(g):
-        g = g.reshape(n, c, spatial)
-        gh = g * w if has_w else g.copy()
-        dx = _dnormalize(gh.reshape(n, num_groups, -1), xhat.reshape(n, num_groups, -1), r)
+        g3 = g.reshape(n, c, s)
+        cen = centered.reshape(n, c, s)
+        sum_g = g3.sum(axis=-1).reshape(n, G, cg)               # sum_s g
+        sum_gc = xp.einsum("ncs,ncs->nc", g3, cen).reshape(n, G, cg)  # sum_s g (x - mu)
+        a = (gamma * sum_g).sum(axis=-1, keepdims=True) / m     # mean(gh)
+        b = (gamma * sum_gc).sum(axis=-1, keepdims=True) * (r / m)  # mean(gh xhat)
+        dx = g3 * scale
+        tmp = centered * (r * r * b)
+        dx -= tmp.reshape(n, c, s)
+        dx.reshape(n, G, m)[...] -= r * a
         grads = [dx.reshape(x.shape)]
         if has_w:
-            grads.append((g * xhat).sum(axis=(0, 2)))
+            grads.append((sum_gc * r).sum(axis=0).reshape(c))
         if has_b:
-            grads.append(g.sum(axis=(0, 2)))
+            grads.append(sum_g.sum(axis=0).reshape(c))
         return grads
     return Tensor._make(y.reshape(x.shape), tuple(parents), backward, "group_norm")
 
