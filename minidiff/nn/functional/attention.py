@@ -7,8 +7,9 @@ For queries q (..., Lq, d), keys k (..., Lk, d) and values v (..., Lk, dv):
     O = P v                      (..., Lq, dv)   each output a weighted average of the values
 
 A mask (broadcastable to (..., Lq, Lk)) is either boolean -- True where a query may attend,
-as in PyTorch -- or a float added to S (0 or -inf style).  Masked scores become a large
-negative number, so their weights are exactly 0 after the exponential.
+as in PyTorch -- or a float added to S (-inf entries count as masked).  Masked scores are
+replaced by a large negative constant, so their weights are exactly 0 after the exponential
+and no gradient flows through them (a row with every key masked averages all values).
 
 Backward, with G = dL/dO (lesson 00 for the products, the softmax Jacobian for P):
 
@@ -32,25 +33,30 @@ _MASKED = -1e9
 
 
 def _scores(xp, q, k, mask, scale):
+    """(P, masked): the attention weights and a boolean array of masked scores (or None)."""
     s = xp.matmul(q, k.swapaxes(-1, -2))
     s *= scale
+    masked = None
     if mask is not None:
         m = mask.data if isinstance(mask, Tensor) else mask
         if m.dtype.kind == "b":
-            s = xp.where(m, s, xp.asarray(_MASKED, dtype=s.dtype))
-        else:
-            s = s + xp.maximum(m.astype(s.dtype), _MASKED)
+            masked = ~m
+        else:  # additive: -inf entries are masked exactly like False ones
+            m = m.astype(s.dtype)
+            masked = xp.isneginf(m)
+            s = s + xp.where(masked, xp.asarray(0, dtype=s.dtype), m)
+        s = xp.where(masked, xp.asarray(_MASKED, dtype=s.dtype), s)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
-    return s
+    return s, masked
 
 
 def attention_weights(q, k, mask=None):
     """P = softmax(q k^T / sqrt(d)) as a plain array (for inspection and tests)."""
     q, k = as_tensors("attention_weights", q, k)
     xp = backend.array_module_of(q.data)
-    return _scores(xp, q.data, k.data, mask, 1.0 / math.sqrt(q.shape[-1]))
+    return _scores(xp, q.data, k.data, mask, 1.0 / math.sqrt(q.shape[-1]))[0]
 
 
 def scaled_dot_product_attention(q, k, v, mask=None) -> Tensor:
@@ -61,7 +67,7 @@ def scaled_dot_product_attention(q, k, v, mask=None) -> Tensor:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not match "
                          "(need q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv))")
     scale = 1.0 / math.sqrt(q.shape[-1])
-    p = _scores(xp, q.data, k.data, mask, scale)
+    p, masked = _scores(xp, q.data, k.data, mask, scale)
     out = xp.matmul(p, v.data)
 
     def backward(g):
@@ -70,6 +76,8 @@ def scaled_dot_product_attention(q, k, v, mask=None) -> Tensor:
         ds -= (ds * p).sum(axis=-1, keepdims=True)
         ds *= p
         ds *= scale
+        if masked is not None:  # a masked score is a constant: no gradient flows through it
+            ds = xp.where(masked, xp.asarray(0, dtype=ds.dtype), ds)
         dq = xp.matmul(ds, k.data) if q.requires_grad else None
         dk = xp.matmul(ds.swapaxes(-1, -2), q.data) if k.requires_grad else None
         return dq, dk, dv
