@@ -1,0 +1,191 @@
+# %% [markdown]
+# # Lesson 01 — The forward process: destroying data one small step at a time
+#
+# A diffusion model learns to *undo* a fixed process that turns data into noise.  This lesson
+# builds that process, the "forward" or "diffusion" process of Ho et al. (2020), and shows why
+# after enough steps nothing of the data is left: x_T is (very nearly) a standard normal.
+#
+# Sections:
+#
+# 1. One noising step, eq. (1.1) and (1.2)
+# 2. Running the chain on toy data, and what it does to mean and variance, eq. (1.3)
+# 3. As T grows, x_T tends to N(0, I): the KL to the prior, eq. (1.4)
+# 4. A figure: a 2-D toy data set dissolving into noise
+#
+#     python lessons/01_forward_process.py            # the full lesson
+#     python lessons/01_forward_process.py --quick    # a fast pass (used by the tests)
+#     python lessons/01_forward_process.py --out DIR  # where the figure goes (runs/lessons)
+
+# %%
+import argparse
+import math
+import pathlib
+import sys
+
+try:
+    import minidiff as md
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    import minidiff as md
+from minidiff import backend
+from minidiff.diffusion import NoiseSchedule, q_mean_variance
+
+np = backend.host  # NumPy, for host-side numbers in this lesson
+
+parser = argparse.ArgumentParser(description="Lesson 01: the forward process")
+parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
+parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
+args, _ = parser.parse_known_args()
+out_dir = pathlib.Path(args.out)
+out_dir.mkdir(parents=True, exist_ok=True)
+md.set_default_dtype("float64")
+md.manual_seed(0)
+N = 2000 if args.quick else 20000
+
+
+def show(name, value):
+    print(f"{name:>40s}: {value}")
+
+
+# %% [markdown]
+# ## 1. One step
+#
+# Pick a sequence of small variances beta_1 < ... < beta_T (the *noise schedule*).  Step t
+# shrinks the previous sample a little and adds a little Gaussian noise:
+#
+#     q(x_t | x_{t-1}) = N(x_t; sqrt(1 - beta_t) x_{t-1}, beta_t I)                  (1.1)
+#
+# or, written as a sampling recipe with alpha_t = 1 - beta_t and eps ~ N(0, I),
+#
+#     x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps.                               (1.2)
+#
+# Why shrink by sqrt(1 - beta_t)?  If x_{t-1} has unit variance, x_t has variance
+# (1 - beta_t) * 1 + beta_t = 1: the step keeps unit-variance data at unit variance, so the
+# process has a fixed point, N(0, I), instead of blowing up.
+#
+# The paper's schedule: T = 1000, beta linear from 1e-4 to 0.02.  In minidiff, arrays are
+# 0-based: `betas[0]` is beta_1, index t holds the paper's step t + 1.
+
+# %%
+schedule = NoiseSchedule.linear(1000)
+betas = backend.to_host(schedule.betas)
+show("beta_1, beta_T (1.1)", (float(betas[0]), float(betas[-1])))
+assert betas[0] == 1e-4 and abs(betas[-1] - 0.02) < 1e-15
+x = np.ones(N)
+y = math.sqrt(1 - betas[0]) * x + math.sqrt(betas[0]) * backend.to_host(md.backend.randn(N))
+show("one step from x=1: mean, var (1.2)", (round(float(y.mean()), 4), round(float(y.var()), 6)))
+assert abs(y.mean() - math.sqrt(1 - betas[0])) < 5 * math.sqrt(betas[0] / N)
+
+# %% [markdown]
+# ## 2. The chain, and its mean and variance
+#
+# Apply (1.2) T times to a toy data set: three points on the line, -0.8, 0.1 and 0.7.  Each
+# step is linear in x_{t-1} plus independent noise, so if x_{t-1} has mean m and variance v,
+# x_t has mean sqrt(alpha_t) m and variance alpha_t v + beta_t.  Unrolled from x_0 this gives
+#
+#     E[x_t | x_0] = sqrt(alphabar_t) x_0,   Var[x_t | x_0] = 1 - alphabar_t,          (1.3)
+#     alphabar_t = alpha_1 alpha_2 ... alpha_t
+#
+# (the variance recursion v_t = alpha_t v_{t-1} + 1 - alpha_t has 1 - v_t = alpha_t (1 - v_{t-1}),
+# so 1 - v_t = alphabar_t when v_0 = 0).  Lesson 02 proves the stronger statement that x_t | x_0
+# is exactly this Gaussian.  Here we run the chain and compare with
+# `minidiff.diffusion.q_mean_variance`.
+
+# %%
+data = np.array([-0.8, 0.1, 0.7])
+x0 = data[backend.to_host(md.backend.randint(0, 3, N))]
+x = x0.copy()
+checkpoints = {0: x.copy()}
+for t, beta in enumerate(betas):
+    x = math.sqrt(1 - beta) * x + math.sqrt(beta) * backend.to_host(md.backend.randn(N))
+    if t + 1 in (10, 100, 300, 1000):
+        checkpoints[t + 1] = x.copy()
+for step in (10, 100, 300, 1000):
+    index = step - 1  # 0-based index of the paper's step
+    for point in data:
+        sel = x0 == point
+        mean, var, _ = q_mean_variance(schedule, backend.to_device(np.array([[point]])),
+                                       backend.to_device(np.array([index])))
+        m, v = float(backend.to_host(mean).item()), float(backend.to_host(var).item())
+        emp = checkpoints[step][sel]
+        assert abs(emp.mean() - m) < 5 * math.sqrt(v / sel.sum()) + 1e-12
+        assert abs(emp.var() - v) < 6 * v * math.sqrt(2 / sel.sum()) + 1e-12
+    show(f"t={step}: chain mean|x0=0.7 vs (1.3)",
+         (round(float(checkpoints[step][x0 == 0.7].mean()), 4), round(m, 4)))
+
+# %% [markdown]
+# ## 3. As T grows, x_T tends to N(0, I)
+#
+# By (1.3) the data's trace in x_T is the factor sqrt(alphabar_T), and
+# log alphabar_T = sum_t log(1 - beta_t) ~ -sum_t beta_t, which goes to -infinity as T grows
+# (for the paper's schedule, sum beta_t ~ 10 at T = 1000, so alphabar_T ~ e^{-10}).  How far
+# q(x_T | x_0) is from the prior N(0, 1) is measured by a KL divergence (lesson 04, (4.3)):
+#
+#     KL(N(sqrt(abar) x_0, 1 - abar) || N(0, 1))
+#       = 0.5 (abar x_0^2 + (1 - abar) - 1 - log(1 - abar))                          (1.4)
+#
+# and since -log(1 - abar) = abar + abar^2/2 + ..., (1.4) = 0.5 abar x_0^2 + abar^2/4 + ... -> 0
+# with abar.  Keeping the paper's range of betas fixed and growing T:
+
+# %%
+previous = float("inf")
+for T in (10, 50, 100, 300, 1000):
+    sched = NoiseSchedule.linear(T)
+    abar_T = float(backend.to_host(sched.alphas_cumprod)[-1])
+    kl = 0.5 * (abar_T * 1.0 + (1 - abar_T) - 1 - math.log(1 - abar_T))  # (1.4), |x_0| = 1
+    show(f"T={T}: alphabar_T, KL to N(0,1) (1.4)", (f"{abar_T:.3g}", f"{kl:.3g}"))
+    assert kl < previous
+    previous = kl
+assert previous < 1e-4  # the paper's T = 1000: the prior is matched to 1e-4 nats per dim
+final = checkpoints[1000]
+show("x_T sample mean, var (expect 0, 1)", (round(float(final.mean()), 3), round(float(final.var()), 3)))
+assert abs(final.mean()) < 5 / math.sqrt(N) and abs(final.var() - 1) < 6 * math.sqrt(2 / N)
+
+# %% [markdown]
+# ## 4. A 2-D picture
+#
+# Points on a spiral, noised with (1.2) step by step; snapshots along the way.  The schedule
+# does little at first (beta is small) and the last few hundred steps only polish a cloud
+# that is already Gaussian.  The second panel shows alphabar_t for the linear and cosine
+# schedules (lesson 02, (2.8)-(2.9)).
+
+# %%
+n2 = 500 if args.quick else 3000
+angle = np.sqrt(backend.to_host(md.backend.rand(n2))) * 3 * math.pi
+spiral = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / (3 * math.pi)
+frames, x2 = {0: spiral}, spiral.copy()
+for t, beta in enumerate(betas):
+    x2 = math.sqrt(1 - beta) * x2 + math.sqrt(beta) * backend.to_host(md.backend.randn(n2, 2))
+    if t + 1 in (50, 200, 1000):
+        frames[t + 1] = x2
+assert abs(frames[1000].std() - 1) < 0.15
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+if plt is not None:
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
+    for ax, (step, pts) in zip(axes, frames.items()):
+        ax.scatter(pts[:, 0], pts[:, 1], s=2)
+        ax.set_xlim(-3.5, 3.5)
+        ax.set_ylim(-3.5, 3.5)
+        ax.set_aspect("equal")
+        ax.set_title(f"x_{step}" if step else "x_0 (data)")
+    cosine = NoiseSchedule.cosine(1000)
+    axes[4].plot(backend.to_host(schedule.alphas_cumprod), label="linear (paper)")
+    axes[4].plot(backend.to_host(cosine.alphas_cumprod), label="cosine")
+    axes[4].set_xlabel("index t (= step t+1)")
+    axes[4].set_title("alphabar_t (1.3)")
+    axes[4].legend(fontsize=8)
+    fig.tight_layout()
+    figure = out_dir / "01_forward_process.png"
+    fig.savefig(figure, dpi=100)
+    plt.close(fig)
+    show("figure", figure)
+    assert figure.stat().st_size > 0
+
+print("lesson 01: all checks passed")
