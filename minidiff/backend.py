@@ -251,7 +251,8 @@ def load_npz(path) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        with numpy.load(path, allow_pickle=False) as archive:
+        # open the file here so it is closed even when numpy.load fails on a truncated file
+        with open(path, "rb") as stream, numpy.load(stream, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as error:
         raise ValueError(f"{path}: not a plain .npz of arrays ({error})") from None
