@@ -156,7 +156,7 @@ spiral = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / (3 *
 frames, x2 = {0: spiral}, spiral.copy()
 for t, beta in enumerate(betas):
     x2 = math.sqrt(1 - beta) * x2 + math.sqrt(beta) * backend.to_host(md.backend.randn(n2, 2))
-    if t + 1 in (50, 200, 1000):
+    if t + 1 in (20, 150, 1000):
         frames[t + 1] = x2
 assert abs(frames[1000].std() - 1) < 0.15
 
