@@ -309,6 +309,21 @@ def test_integer_array_indexing_with_repeats(data):
     check(fn, x, reference=lambda a: a[index])
 
 
+@given(data=st.data())
+def test_mask_ellipsis_and_newaxis_indexing(data):
+    x = data.draw(S.arrays(S.shapes(min_dims=2, max_dims=2)))
+    mask = data.draw(S.arrays(x.shape)) > 0
+    rows = np.asarray(data.draw(st.lists(st.integers(0, x.shape[0] - 1), min_size=1,
+                                         max_size=4)))
+    cols = np.asarray(data.draw(st.lists(st.integers(0, x.shape[1] - 1), min_size=len(rows),
+                                         max_size=len(rows))))
+    for index in [mask, (Ellipsis, -1), (None, slice(0, 2)), (rows, cols)]:
+        device_index = (tuple(backend.to_device(i) if isinstance(i, np.ndarray) else i
+                              for i in index) if isinstance(index, tuple)
+                        else backend.to_device(index))
+        check(lambda t: t[device_index], x, reference=lambda a: a[index])
+
+
 def test_repeated_index_gradient_counts_each_pick():
     x = leaf([10.0, 20.0, 30.0])
     x[[0, 2, 0, 0]].sum().backward()
