@@ -23,6 +23,9 @@ settings.register_profile(
     "ci", deadline=None, max_examples=25, derandomize=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("dev", deadline=None, max_examples=10)
+settings.register_profile(  # HYPOTHESIS_PROFILE=thorough: before a release, or to hunt flakes
+    "thorough", deadline=None, max_examples=400,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from minidiff import backend  # noqa: E402
