@@ -1,0 +1,301 @@
+# %% [markdown]
+# # Lesson 05 — Layers by hand
+#
+# The U-Net that learns to denoise is made of a handful of layers: convolutions, group
+# normalization, SiLU, attention, linear maps.  `minidiff.nn.functional` implements each one as
+# a single operation whose backward pass is derived on paper, not assembled from a dozen
+# primitive nodes: it is faster, uses less memory, and the derivation is the lesson.
+#
+# Sections:
+#
+# 1. im2col: a convolution is one matrix product, eq. (5.1)
+# 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4)
+# 3. Group norm and its backward pass, eq. (5.5)-(5.6)
+# 4. Attention, softmax(Q K^T / sqrt(d)) V, its shapes and its backward, eq. (5.7)-(5.8)
+# 5. Modules, optimizers, and a figure
+#
+# Every claim is checked with `assert` as the script runs.
+#
+#     python lessons/05_layers.py            # the full lesson
+#     python lessons/05_layers.py --quick    # a fast pass (used by the tests)
+#     python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
+
+# %%
+import argparse
+import math
+import pathlib
+import sys
+
+try:
+    import minidiff as md
+except ImportError:  # run from a checkout without installing: use the repository's package
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    import minidiff as md
+from minidiff import backend, nn, optim
+from minidiff.nn import functional as F
+from minidiff.testing import gradcheck
+
+np = backend.host  # NumPy, for host-side reference numbers in this lesson
+
+parser = argparse.ArgumentParser(description="Lesson 05: layers by hand")
+parser.add_argument("--quick", action="store_true", help="a fast pass (smaller checks)")
+parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
+args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
+
+out_dir = pathlib.Path(args.out)
+out_dir.mkdir(parents=True, exist_ok=True)
+md.set_default_dtype("float64")  # float64: we compare against finite differences
+md.manual_seed(0)
+rng = np.random.default_rng(0)
+
+
+def host(t):
+    return backend.to_host(t.data if isinstance(t, md.Tensor) else t)
+
+
+# %% [markdown]
+# ## 1. im2col
+#
+# A convolution slides a kh x kw kernel over the (zero-padded) image.  Each output pixel is
+# a dot product between the kernel and the window under it.  Copy every window into a column
+# -- rows indexed by (channel, i, j), columns by (image, y, x) -- and all those dot products
+# become one matrix product:
+#
+#     y[n, o, a, b] = sum_{c,i,j} w[o, c, i, j] xpad[n, c, s a + i, s b + j]
+#     Y = W cols,   W = w.reshape(O, C kh kw),   cols = im2col(xpad)  (C kh kw, N Ho Wo)  (5.1)
+#
+# On a 4 x 4 image numbered 0..15 with a 3 x 3 kernel there are 2 x 2 windows, so `cols`
+# has 9 rows and 4 columns; column (a, b) is the window whose top-left corner is (a, b).
+
+# %%
+image = md.tensor(np.arange(16.0).reshape(1, 1, 4, 4))
+cols, (ho, wo) = F.im2col(host(image), 3)
+print("image:\n", host(image)[0, 0])
+print(f"cols ({cols.shape[0]} rows = (c, i, j), {cols.shape[1]} columns = (n, a, b)):\n",
+      backend.to_host(cols))
+assert cols.shape == (9, 4) and (ho, wo) == (2, 2)
+assert list(backend.to_host(cols)[:, 0]) == [0, 1, 2, 4, 5, 6, 8, 9, 10]  # the top-left window
+
+weight = md.tensor(rng.standard_normal((2, 1, 3, 3)))
+by_gemm = host(weight).reshape(2, 9) @ backend.to_host(cols)
+by_loop = np.array([[(host(weight)[o, 0] * host(image)[0, 0, a:a + 3, b:b + 3]).sum()
+                     for a in range(2) for b in range(2)] for o in range(2)])
+assert np.allclose(by_gemm, by_loop)
+assert np.allclose(host(F.conv2d(image, weight)).reshape(2, 4), by_loop)
+print("(5.1): W @ im2col(x) equals the window-by-window loop")
+
+# %% [markdown]
+# Stride and padding only change which windows are taken: with padding 1 and stride 2, a
+# 5 x 5 image gives floor((5 + 2 - 3) / 2) + 1 = 3 windows per side.  In the library the
+# columns come from one strided *view* of the padded input (`as_strided`), copied once, so
+# there is no Python loop over pixels or images.  For stride 1 `flat_im2col` lays each
+# channel out as one long row, and the window element (i, j) is just that row shifted by
+# i Wp + j.
+
+# %%
+x5 = md.tensor(rng.standard_normal((1, 2, 5, 5)))
+cols5, (h5, w5) = F.im2col(host(x5), 3, stride=2, padding=1)
+assert (h5, w5) == (3, 3) and cols5.shape == (2 * 9, 9)
+
+# %% [markdown]
+# ## 2. The convolution's gradient
+#
+# Y = W cols is a matrix product, so lesson 00's rule for `a @ b` gives, with G = dL/dY
+# (shape (O, N Ho Wo)):
+#
+#     dL/dW    = G cols^T                                                            (5.2)
+#     dL/dcols = W^T G                                                               (5.3)
+#
+# and cols is a copy of pixels of x, so each pixel collects the gradient of every column
+# entry it was copied into -- col2im, the *adjoint* of im2col:
+#
+#     dL/dx = col2im(dL/dcols),   <im2col(x), C> = <x, col2im(C)> for all x, C       (5.4)
+#
+# col2im adds the slice for kernel offset (i, j) onto the sub-grid xpad[:, :, i::s, j::s]:
+# kh kw additions of whole arrays.  The bias gradient is G summed over (n, a, b).
+
+# %%
+xs = rng.standard_normal((2, 3, 5, 4))
+c_any = rng.standard_normal((3 * 9, 2 * 3 * 2))
+cols_x, _ = F.im2col(xs, 3, stride=2, padding=1)
+lhs = (backend.to_host(cols_x) * c_any).sum()
+rhs = (xs * backend.to_host(F.col2im(backend.to_device(c_any), xs.shape, 3, 2, 1))).sum()
+assert abs(lhs - rhs) < 1e-9 * abs(lhs)
+print(f"(5.4): <im2col(x), C> = {lhs:.6f} = <x, col2im(C)> = {rhs:.6f}")
+
+xg = md.tensor(rng.standard_normal((2, 4, 5, 5)), requires_grad=True)
+wg = md.tensor(rng.standard_normal((4, 2, 3, 3)), requires_grad=True)
+bg = md.tensor(rng.standard_normal(4), requires_grad=True)
+for stride, padding, groups in ([(1, 1, 1), (2, 1, 2)] if args.quick else
+                                [(1, 1, 1), (2, 1, 2), (2, 0, 1), (1, 0, 2)]):
+    wk = wg if groups == 2 else md.tensor(rng.standard_normal((4, 4, 3, 3)), requires_grad=True)
+    assert gradcheck(lambda a, w, b: F.conv2d(a, w, b, stride, padding, groups), xg, wk, bg)
+print("(5.2)-(5.4): conv2d's backward agrees with central differences "
+      "(stride 1 and 2, padding 0 and 1, groups)")
+
+# %% [markdown]
+# ## 3. Group norm
+#
+# Group norm splits the C channels of each image into G groups and normalizes each group
+# (its channels and pixels together, m numbers) to zero mean and unit variance, then scales
+# and shifts each channel:
+#
+#     mu = mean(x), var = mean((x - mu)^2), r = 1/sqrt(var + eps)
+#     xhat = (x - mu) r,    y = gamma xhat + beta                                    (5.5)
+#
+# Differentiating xhat_i = (x_i - mu) r, with d mu/dx_k = 1/m and
+# d r/dx_k = -r^3 (x_k - mu)/m:  dxhat_i/dx_k = r (delta_ik - 1/m - xhat_i xhat_k / m).
+# Summing against gh = gamma g = dL/dxhat:
+#
+#     dL/dx = r (gh - mean(gh) - xhat mean(gh xhat)),
+#     dL/dgamma = sum g xhat,   dL/dbeta = sum g                                     (5.6)
+#
+# Two group means of the incoming gradient, and the rest is elementwise.
+
+# %%
+xn = md.tensor(rng.standard_normal((2, 4, 3, 3)) * 3 + 2, requires_grad=True)
+gamma = md.tensor(rng.standard_normal(4), requires_grad=True)
+beta = md.tensor(rng.standard_normal(4), requires_grad=True)
+yn = host(F.group_norm(xn, 2)).reshape(2, 2, -1)
+assert np.allclose(yn.mean(-1), 0, atol=1e-12) and np.allclose(yn.var(-1), 1, atol=1e-3)
+print("(5.5): every group has mean 0 and variance 1 (up to eps)")
+
+g = rng.standard_normal(xn.shape)
+out = F.group_norm(xn, 2, gamma, beta)
+out.backward(g)
+xv = host(xn).reshape(2, 2, -1)
+mu, var = xv.mean(-1, keepdims=True), xv.var(-1, keepdims=True)
+r = 1 / np.sqrt(var + 1e-5)
+xhat = (xv - mu) * r
+gh = (g * host(gamma).reshape(1, 4, 1, 1)).reshape(2, 2, -1)
+by_formula = r * (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True))
+assert np.allclose(backend.to_host(xn.grad), by_formula.reshape(xn.shape))
+assert np.allclose(backend.to_host(gamma.grad),
+                   (g * xhat.reshape(xn.shape)).sum(axis=(0, 2, 3)))
+assert gradcheck(lambda a, w, b: F.group_norm(a, 2, w, b), xn, gamma, beta)
+
+
+def group_norm_from_primitives(a):  # the chain of nodes that (5.6) replaces
+    grouped = a.reshape(2, 2, -1)
+    centered = grouped - grouped.mean(axis=-1, keepdims=True)
+    return (centered / (centered.var(axis=-1, keepdims=True) + 1e-5).sqrt()).reshape(a.shape)
+
+
+assert np.allclose(host(group_norm_from_primitives(xn)), host(F.group_norm(xn, 2)))
+print("(5.6): the fused backward equals the derived formula, finite differences, "
+      "and the chain of primitive operations")
+
+# %% [markdown]
+# ## 4. Attention
+#
+# A sequence of L tokens, each a vector of width d, asks "which other tokens matter to me?":
+#
+#     S = Q K^T / sqrt(d)    (Lq, d) @ (d, Lk) -> (Lq, Lk)
+#     P = softmax(S) by rows                  -> (Lq, Lk), rows >= 0 and summing to 1
+#     O = P V                (Lq, Lk) @ (Lk, dv) -> (Lq, dv)                         (5.7)
+#
+# The 1/sqrt(d) keeps the scores' variance near 1 when q and k have unit-variance entries,
+# so the softmax does not saturate.  Backward, with G = dL/dO:
+#
+#     dV = P^T G,   dP = G V^T,   dS = P * (dP - rowsum(dP * P)),
+#     dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d)                                    (5.8)
+#
+# Multi-head attention splits the width E into h heads of d = E/h, reshapes
+# (B, L, E) -> (B, h, L, d) and runs (5.7) with (B, h) as batch axes: no loop over heads.
+# For cross-attention Q comes from one sequence and K, V from another, of another length.
+
+# %%
+B, H, Lq, Lk, D = 2, 4, 5, 7, 8
+q = md.tensor(rng.standard_normal((B, H, Lq, D)), requires_grad=True)
+k = md.tensor(rng.standard_normal((B, H, Lk, D)), requires_grad=True)
+v = md.tensor(rng.standard_normal((B, H, Lk, D)), requires_grad=True)
+P = backend.to_host(F.attention_weights(q, k))
+print(f"Q {q.shape}, K {k.shape}, V {v.shape} -> P {P.shape} -> O "
+      f"{F.scaled_dot_product_attention(q, k, v).shape}")
+assert (P >= 0).all() and np.allclose(P.sum(-1), 1)
+causal = md.tensor(np.tril(np.ones((Lq, Lk), dtype=bool)))
+Pc = backend.to_host(F.attention_weights(q, k, causal))
+assert (Pc[..., ~np.tril(np.ones((Lq, Lk), dtype=bool))] == 0).all()
+print("(5.7): weights are non-negative, rows sum to one, a causal mask zeroes the future")
+
+small = [md.tensor(rng.standard_normal(s), requires_grad=True)
+         for s in [(1, 2, 3, 2), (1, 2, 4, 2), (1, 2, 4, 3)]]
+assert gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), *small)
+via_primitives = md.softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(D), axis=-1) @ v
+assert np.allclose(host(via_primitives), host(F.scaled_dot_product_attention(q, k, v)))
+print("(5.8): the fused backward agrees with central differences; the forward equals "
+      "softmax(Q K^T / sqrt(d)) V built from primitives")
+
+mha = nn.MultiheadAttention(8, 4, context_dim=6)
+tokens, context = md.tensor(rng.standard_normal((2, 5, 8))), md.tensor(
+    rng.standard_normal((2, 9, 6)))
+assert mha(tokens, context).shape == (2, 5, 8)
+print("cross-attention: 5 queries of width 8 attend to 9 context tokens of width 6")
+
+# %% [markdown]
+# ## 5. Modules and optimizers
+#
+# A `Module` finds its parameters by attribute, names them by their path ("0.weight"), saves
+# them to `.npz` and loads them back strictly.  Layers start as PyTorch's do: U(+-1/sqrt(fan_in)).
+# A few AdamW steps with warm-up + cosine learning rate and an EMA fit a tiny conv net.
+
+# %%
+md.set_default_dtype("float32")
+model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                      nn.Conv2d(8, 1, 3, padding=1))
+print("parameters:", [name for name, _ in model.named_parameters()])
+data = md.tensor(rng.standard_normal((8, 1, 6, 6)).astype("float32"))
+target = md.tensor(host(data)[:, :, ::-1].copy())  # learn to flip images upside down
+steps = 30 if args.quick else 200
+opt = optim.AdamW(model.parameters(), lr=3e-2, weight_decay=1e-4)
+schedule = optim.WarmupCosine(opt, total_steps=steps, warmup_steps=5)
+ema = optim.EMA(model, decay=0.9)
+losses = []
+for _ in range(steps):
+    opt.zero_grad()
+    loss = F.mse_loss(model(data), target)
+    loss.backward()
+    optim.clip_grad_norm(model.parameters(), 1.0)
+    opt.step()
+    schedule.step()
+    ema.update()
+    losses.append(loss.item())
+assert losses[-1] < 0.7 * losses[0]
+with ema.swapped():
+    ema_loss = F.mse_loss(model(data), target).item()
+print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps; with EMA weights {ema_loss:.3f}")
+
+# %%
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+else:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].imshow(backend.to_host(cols), cmap="viridis")
+    axes[0].set(title="im2col of a 4x4 image (3x3 kernel)", xlabel="window (a, b)",
+                ylabel="(i, j) in the kernel")
+    axes[1].imshow(Pc[0, 0], cmap="magma", vmin=0)
+    axes[1].set(title="causal attention weights", xlabel="key", ylabel="query")
+    axes[2].plot(losses)
+    axes[2].set(title="tiny conv net, AdamW + cosine", xlabel="step", ylabel="MSE",
+                yscale="log")
+    fig.tight_layout()
+    fig.savefig(out_dir / "05_layers.png", dpi=100)
+    plt.close(fig)
+    print(f"figure written to {out_dir / '05_layers.png'}")
+
+# %% [markdown]
+# ## Summary
+#
+# * (5.1) im2col turns a convolution into one GEMM; (5.2)-(5.4) its gradients are two more
+#   GEMMs and col2im, the adjoint of im2col.
+# * (5.5)-(5.6) group norm's backward is r (gh - mean(gh) - xhat mean(gh xhat)).
+# * (5.7)-(5.8) attention is softmax(Q K^T / sqrt(d)) V; heads are a batch axis.
+#
+# `python -m minidiff.bench.layers` times these layers against PyTorch.  Next: the U-Net.
+
+# %%
+print("lesson 05: all checks passed")
