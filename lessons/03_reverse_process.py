@@ -89,7 +89,7 @@ def host(a):
 points = np.array([-0.8, 0.1, 0.7])
 weights = np.array([0.3, 0.3, 0.4])
 coarse = NoiseSchedule.linear(10, 0.02, 0.4)
-index, x_t = 5, 0.25  # index 5 = the paper's step 6: q(x_5 | x_6 = 0.25)
+index, x_t = 1, 0.4  # index 1 = the paper's step 2: q(x_1 | x_2 = 0.4)
 abar = host(coarse.alphas_cumprod)
 betas = host(coarse.betas)
 abar_prev = abar[index - 1]
