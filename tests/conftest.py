@@ -5,7 +5,7 @@
 * Backend: the suite runs on the backend named by the environment variable
   ``MINIDIFF_BACKEND`` ("numpy", the default, or "cupy").  With ``MINIDIFF_BACKEND=cupy`` on a
   machine where CuPy cannot run, every test is skipped with the reason.  Tests that need CuPy
-  whatever the active backend carry ``@pytest.mark.cupy`` and are skipped with a reason when
+  whatever the active backend carry ``@pytest.mark.cupy`` (or ``gpu``, see setup.cfg) and are skipped with a reason when
   ``minidiff.backend.cupy_available()`` is False.
 * Every test starts on that backend, with float32 as the default dtype and a fresh seed, and
   whatever it changed (backend, dtype, generator state) is put back afterwards.
@@ -35,8 +35,8 @@ _CUPY_REASON = ("CuPy is not usable here (not installed or no CUDA GPU): "
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cupy: the test needs a working CuPy + GPU")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "cupy: the test needs a working CuPy + GPU "
+                                       "(same as 'gpu')")
 
 
 def pytest_report_header(config):
@@ -48,14 +48,13 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"MINIDIFF_BACKEND={REQUESTED_BACKEND!r}: expected one of "
                                 f"{backend.BACKENDS}")
     need_cupy = REQUESTED_BACKEND == "cupy"
-    if not need_cupy and not any("cupy" in item.keywords for item in items):
-        return
-    if backend.cupy_available():
+    marked = [item for item in items
+              if item.get_closest_marker("cupy") or item.get_closest_marker("gpu")]
+    if not (need_cupy or marked) or backend.cupy_available():
         return
     skip = pytest.mark.skip(reason=_CUPY_REASON)
-    for item in items:
-        if need_cupy or "cupy" in item.keywords:
-            item.add_marker(skip)
+    for item in (items if need_cupy else marked):
+        item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
