@@ -30,6 +30,8 @@ def numerical_gradient(fn, inputs, index: int, weights, eps: float):
     x = inputs[index]
     xp = backend.array_module_of(x.data)
     grad = xp.zeros(x.shape, dtype=xp.float64)
+    if not x.data.flags.c_contiguous:  # e.g. a transposed view: reshape(-1) would copy
+        x.data = xp.ascontiguousarray(x.data)
     flat = x.data.reshape(-1)  # a view: writing into it perturbs x in place
     gflat = grad.reshape(-1)
     with no_grad():

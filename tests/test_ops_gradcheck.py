@@ -53,6 +53,13 @@ def test_gradcheck_catches_a_wrong_backward():
         gradcheck(wrong_square, x)
 
 
+def test_gradcheck_perturbs_non_contiguous_inputs():
+    """A transposed view must still be perturbed in place (reshape(-1) of it is a copy)."""
+    x = md.tensor(np.arange(6.0).reshape(3, 2).T / 4, requires_grad=True)
+    assert not x.data.flags.c_contiguous
+    assert gradcheck(lambda t: t * t, x)
+
+
 def test_gradcheck_refuses_float32():
     with pytest.raises(TypeError, match="float64"):
         gradcheck(md.exp, md.tensor([1.0, 2.0], requires_grad=True))
