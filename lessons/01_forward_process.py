@@ -138,7 +138,8 @@ for T in (10, 50, 100, 300, 1000):
     previous = kl
 assert previous < 1e-4  # the paper's T = 1000: the prior is matched to 1e-4 nats per dim
 final = checkpoints[1000]
-show("x_T sample mean, var (expect 0, 1)", (round(float(final.mean()), 3), round(float(final.var()), 3)))
+show("x_T sample mean, var (expect 0, 1)",
+     (round(float(final.mean()), 3), round(float(final.var()), 3)))
 assert abs(final.mean()) < 5 / math.sqrt(N) and abs(final.var() - 1) < 6 * math.sqrt(2 / N)
 
 # %% [markdown]

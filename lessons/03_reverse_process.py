@@ -31,6 +31,7 @@ from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, ddpm_sample, p_mean_variance, q_posterior
 
 np = backend.host
+trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed trapz
 
 parser = argparse.ArgumentParser(description="Lesson 03: the reverse process")
 parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
@@ -98,7 +99,7 @@ grid = np.linspace(-4, 4, 40001)
 marginal_prev = sum(w * normal_pdf(grid, math.sqrt(abar_prev) * c, 1 - abar_prev)
                     for w, c in zip(weights, points))
 bayes = normal_pdf(x_t, math.sqrt(1 - betas[index]) * grid, betas[index]) * marginal_prev
-bayes /= np.trapezoid(bayes, grid)  # dividing by q(x_t)                               (3.1)
+bayes /= trapezoid(bayes, grid)  # dividing by q(x_t)                               (3.1)
 
 resp = weights * normal_pdf(x_t, np.sqrt(abar[index]) * points, 1 - abar[index])
 resp /= resp.sum()
@@ -121,14 +122,16 @@ show("responsibilities w_k(x_t)", np.round(resp, 3))
 #
 # All three are Gaussians we know ((1.1) and (2.4)).  Keep only what depends on y = x_{t-1}:
 #
-#     log q = -1/2 [ (x_t - sqrt(a_t) y)^2 / beta_t + (y - sqrt(abar_{t-1}) x_0)^2 / (1 - abar_{t-1}) ]
+#     log q = -1/2 [ (x_t - sqrt(a_t) y)^2 / beta_t
+#                    + (y - sqrt(abar_{t-1}) x_0)^2 / (1 - abar_{t-1}) ]
 #           = -1/2 [ (a_t / beta_t + 1 / (1 - abar_{t-1})) y^2
 #                    - 2 (sqrt(a_t) x_t / beta_t + sqrt(abar_{t-1}) x_0 / (1 - abar_{t-1})) y ] + C.
 #
 # A quadratic -1/2 (A y^2 - 2 B y) is -(y - B/A)^2 / (2/A) + C': a Gaussian with variance 1/A
 # and mean B/A.  With a_t = 1 - beta_t and abar_t = a_t abar_{t-1},
 #
-#     A = (a_t (1 - abar_{t-1}) + beta_t) / (beta_t (1 - abar_{t-1})) = (1 - abar_t) / (beta_t (1 - abar_{t-1})),
+#     A = (a_t (1 - abar_{t-1}) + beta_t) / (beta_t (1 - abar_{t-1}))
+#       = (1 - abar_t) / (beta_t (1 - abar_{t-1})),
 #
 #     beta~_t = 1/A = beta_t (1 - abar_{t-1}) / (1 - abar_t),                            (3.3)
 #
@@ -142,12 +145,14 @@ show("responsibilities w_k(x_t)", np.round(resp, 3))
 x0 = 0.7
 post = (normal_pdf(x_t, math.sqrt(1 - betas[index]) * grid, betas[index])
         * normal_pdf(grid, math.sqrt(abar_prev) * x0, 1 - abar_prev))
-post /= np.trapezoid(post, grid)
-grid_mean = np.trapezoid(grid * post, grid)
-grid_var = np.trapezoid((grid - grid_mean) ** 2 * post, grid)
+post /= trapezoid(post, grid)
+grid_mean = trapezoid(grid * post, grid)
+grid_var = trapezoid((grid - grid_mean) ** 2 * post, grid)
 mean_f, var_f, _ = q_posterior(coarse, dev([[x0]]), dev([[x_t]]), dev([index]))
-show("posterior mean: grid vs (3.4)", (round(float(grid_mean), 6), round(float(host(mean_f).item()), 6)))
-show("posterior var: grid vs (3.3)", (round(float(grid_var), 6), round(float(host(var_f).item()), 6)))
+show("posterior mean: grid vs (3.4)",
+     (round(float(grid_mean), 6), round(float(host(mean_f).item()), 6)))
+show("posterior var: grid vs (3.3)",
+     (round(float(grid_var), 6), round(float(host(var_f).item()), 6)))
 assert abs(grid_mean - host(mean_f).item()) < 1e-6 and abs(grid_var - host(var_f).item()) < 1e-6
 
 # %% [markdown]

@@ -75,7 +75,8 @@ def log_normal(x, mean, var):
 #
 # ## 2. Splitting the bound
 #
-# p_theta(x_{0:T}) = p(x_T) prod_t p_theta(x_{t-1} | x_t) and q(x_{1:T}|x_0) = prod_t q(x_t|x_{t-1}).
+# p_theta(x_{0:T}) = p(x_T) prod_t p_theta(x_{t-1} | x_t) and
+# q(x_{1:T}|x_0) = prod_t q(x_t|x_{t-1}).
 # For t >= 2 rewrite each forward factor with Bayes (condition on x_0, Markov property):
 # q(x_t | x_{t-1}) = q(x_{t-1} | x_t, x_0) q(x_t | x_0) / q(x_{t-1} | x_0).  The ratios
 # q(x_t|x_0)/q(x_{t-1}|x_0) telescope over t = 2..T to q(x_T|x_0)/q(x_1|x_0), which leaves
@@ -99,7 +100,8 @@ for b in betas:
 m, v, _ = q_mean_variance(schedule, dev(x0[:, None]), dev(np.full(3, T - 1)))
 rhs = log_normal(traj[T], host(m)[:, 0], host(v)[:, 0])
 for i in range(1, T):  # index i = the paper's step i+1: q(x_i | x_{i+1}, x_0)
-    pm, pv, _ = q_posterior(schedule, dev(x0[:, None]), dev(traj[i + 1][:, None]), dev(np.full(3, i)))
+    pm, pv, _ = q_posterior(schedule, dev(x0[:, None]), dev(traj[i + 1][:, None]),
+                            dev(np.full(3, i)))
     rhs += log_normal(traj[i], host(pm)[:, 0], host(pv)[:, 0])
 show("log q(x_1:T|x_0), two ways (4.2)", (np.round(lhs, 6), np.round(rhs, 6)))
 assert np.allclose(lhs, rhs, rtol=1e-9, atol=1e-8)
@@ -113,7 +115,8 @@ assert np.allclose(lhs, rhs, rtol=1e-9, atol=1e-8)
 #
 #     KL(N(m1, s1^2) || N(m2, s2^2)) = log(s2/s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2   (4.3)
 #
-# (`normal_kl`, with log-variances).  A Monte-Carlo check of (4.3): E_{x ~ N1}[log N1(x) - log N2(x)].
+# (`normal_kl`, with log-variances).  A Monte-Carlo check of (4.3):
+# E_{x ~ N1}[log N1(x) - log N2(x)].
 
 # %%
 m1, s1, m2, s2 = 0.3, 0.5, -0.2, 0.8
@@ -169,7 +172,8 @@ assert np.allclose(kl_terms, weight * err, rtol=1e-8, atol=1e-12)
 #
 # Ho et al. found that dropping the weight in (4.5) trains better:
 #
-#     L_simple = E_{t ~ U{1..T}, x_0, eps} ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2   (4.6)
+#     L_simple = E_{t ~ U{1..T}, x_0, eps} ||eps - eps_theta(x_t, t)||^2,
+#     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                                     (4.6)
 #
 # With sigma_t^2 = beta~_t (3.3) the weight simplifies to beta_t / (2 a_t (1 - abar_{t-1})):
 # large at small t, where 1 - abar_{t-1} is tiny and the task is easy (a little noise on a clear
@@ -202,7 +206,8 @@ assert np.allclose(host(pred.grad), 2 * (host(pred) - host(eps)) / n)
 # Image data is discrete: 256 levels scaled to [-1, 1], spaced 2/255.  The last step scores a
 # level by the Gaussian mass of its bin,
 #
-#     p_theta(x_0 | x_1) = integral over [x_0 - 1/255, x_0 + 1/255] of N(y; mu_theta(x_1, 1), sigma_1^2) dy,   (4.7)
+#     p_theta(x_0 | x_1) = integral_{x_0 - 1/255}^{x_0 + 1/255} N(y; mu_theta(x_1, 1), sigma_1^2) dy
+#                                                                                    (4.7)
 #
 # with the two edge bins extended to -inf and +inf so the 256 probabilities sum to one.  The
 # bound in nats per dimension divided by ln 2 is the usual *bits per dim* (4.8): the cost of

@@ -2,9 +2,11 @@
 
 * ``schedule``  — ``NoiseSchedule`` (linear, cosine, scaled_linear, from betas) and every derived
   array (lesson 02; posterior coefficients, lesson 03);
-* ``forward``   — closed-form q(x_t | x_0) (2.4), posterior (3.3)-(3.4), eps / x_0 / v conversions;
+* ``forward``   — closed-form q(x_t | x_0) (2.4), posterior (3.3)-(3.4), eps / x_0 / v
+  conversions (2.5)-(2.6);
 * ``reverse``   — p_theta(x_{t-1} | x_t) from predicted noise (3.7);
-* ``losses``    — L_simple (4.6), Min-SNR weights (4.9), Gaussian KL (4.3), discretized decoder (4.7);
+* ``losses``    — L_simple (4.6), Min-SNR weights (4.9), Gaussian KL (4.3), discretized
+  decoder (4.7);
 * ``vlb``       — every term of the variational bound (4.2), bits per dim (4.8);
 * ``respace``   — fewer sampling steps with betas re-derived from alphabar;
 * ``samplers``  — DDPM (Algorithm 2), DDIM and DDIM inversion;

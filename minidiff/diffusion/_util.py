@@ -73,7 +73,9 @@ def log(value):
 
 
 def clip(value, low, high):
-    return value.clip(low, high) if isinstance(value, Tensor) else xp_of(value).clip(value, low, high)
+    if isinstance(value, Tensor):
+        return value.clip(low, high)
+    return xp_of(value).clip(value, low, high)
 
 
 def mean_over_items(value):
