@@ -62,7 +62,7 @@ def _gaussian_eps_model(sched, data_var):
     return model
 
 
-def test_ddim_eta_zero_is_deterministic_and_invertible():
+def test_ddim_eta_zero_is_deterministic_and_invertible(float64):
     sched = NoiseSchedule.cosine(1000)
     model = _gaussian_eps_model(sched, 0.25)
     x0 = dev(np.linspace(-1, 1, 7)[:, None] * 0.5)
@@ -78,7 +78,7 @@ def test_ddim_eta_zero_is_deterministic_and_invertible():
     assert errors[1] < 0.05 and errors[1] < errors[0] / 2, errors
 
 
-def test_one_point_data_set_is_recovered_exactly():
+def test_one_point_data_set_is_recovered_exactly(float64):
     """With the oracle noise of a data set of one point c, every sampler ends at c."""
     sched = NoiseSchedule.linear(50, 1e-3, 0.1)
     c = 0.4
@@ -95,7 +95,7 @@ def test_one_point_data_set_is_recovered_exactly():
         np.testing.assert_allclose(h(sample()), c, atol=1e-9)
 
 
-def test_ddpm_last_step_returns_the_mean_and_reports_progress():
+def test_ddpm_last_step_returns_the_mean_and_reports_progress(float64):
     sched = NoiseSchedule.linear(6, 0.01, 0.3)
     model = lambda x, t: 0.3 * x  # noqa: E731  (Tensor in, Tensor out)
     calls = []
@@ -111,7 +111,7 @@ def test_ddpm_last_step_returns_the_mean_and_reports_progress():
     assert calls == [(1, 3), (2, 3), (3, 3)] and len(frames) == 4
 
 
-def test_ddim_on_gaussian_data_gets_the_variance_right():
+def test_ddim_on_gaussian_data_gets_the_variance_right(float64):
     sched = NoiseSchedule.linear(1000)
     model = _gaussian_eps_model(sched, 0.25)
     backend.manual_seed(5)
@@ -119,3 +119,12 @@ def test_ddim_on_gaussian_data_gets_the_variance_right():
     x = h(ddim_sample(model, sched, (n, 1), steps=100, eta=0.0, clip_x0=False))
     # sampling error of a standard deviation: sd / sqrt(2n); allow 5 of them plus 1% for steps
     assert abs(x.std() - 0.5) < 5 * 0.5 / math.sqrt(2 * n) + 0.005
+
+
+def test_samplers_follow_the_default_dtype():
+    sched = NoiseSchedule.linear(4)
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    for sample in (ddpm_sample, ddim_sample):
+        out = sample(model, sched, (2, 3))
+        assert out.dtype == np.float32 and out.shape == (2, 3)
+        assert backend.backend_name_of(out) == backend.get_backend()

@@ -51,10 +51,11 @@ def _finish(x, frames, return_frames):
 
 def ddpm_sample(eps_model, schedule, shape, steps=None, variance="fixed_small",
                 clip_x0=True, noise=None, progress=None, return_frames=False,
-                frame_every: int = 1):
+                frame_every: int = 1, dtype=None):
     """Algorithm 2: x_T ~ N(0, I), x_{t-1} = mu_theta + sigma_t z, the last step the mean.
 
-    ``steps`` < T samples with a respaced schedule (``respace``); ``noise`` fixes x_T.
+    ``steps`` < T samples with a respaced schedule (``respace``); ``noise`` fixes x_T;
+    ``dtype`` defaults to minidiff's default float dtype (float32 unless changed).
     """
     xp = backend.xp()
     if steps is not None and int(steps) != schedule.num_timesteps:
@@ -62,7 +63,7 @@ def ddpm_sample(eps_model, schedule, shape, steps=None, variance="fixed_small",
         tmap = sched.timestep_map
     else:
         sched, tmap = schedule, xp.arange(schedule.num_timesteps, dtype=xp.int64)
-    x = backend.randn(*shape, dtype=xp.float64) if noise is None else raw(noise)
+    x = backend.randn(*shape, dtype=dtype) if noise is None else raw(noise)
     frames = [x] if return_frames else None
     total = sched.num_timesteps
     for i, index in enumerate(reversed(range(total))):
@@ -101,11 +102,13 @@ def ddim_step(schedule, eps_pred, x_t, t: int, t_prev: int, eta: float = 0.0, no
 
 
 def ddim_sample(eps_model, schedule, shape, steps=None, eta: float = 0.0, clip_x0=True,
-                noise=None, progress=None, return_frames=False, frame_every: int = 1):
-    """DDIM sampling over ``steps`` evenly spaced indices (all T when None), eq. (12)."""
+                noise=None, progress=None, return_frames=False, frame_every: int = 1,
+                dtype=None):
+    """DDIM sampling over ``steps`` evenly spaced indices (all T when None), eq. (12);
+    ``dtype`` defaults to minidiff's default float dtype."""
     xp = backend.xp()
     kept = space_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps)
-    x = backend.randn(*shape, dtype=xp.float64) if noise is None else raw(noise)
+    x = backend.randn(*shape, dtype=dtype) if noise is None else raw(noise)
     frames = [x] if return_frames else None
     sequence = list(reversed(kept))
     for i, t in enumerate(sequence):
