@@ -103,7 +103,7 @@ def test_ddpm_last_step_returns_the_mean_and_reports_progress(float64):
                             return_frames=True)
     assert calls == [(i, 6) for i in range(1, 7)]
     assert len(frames) == 7
-    last = p_mean_variance(sched, 0.3 * h(frames[-2]), frames[-2], dev(np.zeros(4, int)))
+    last = p_mean_variance(sched, dev(0.3 * h(frames[-2])), frames[-2], dev(np.zeros(4, int)))
     np.testing.assert_allclose(h(x), h(last["mean"]))
     calls.clear()
     x, frames = ddim_sample(model, sched, (4, 3), steps=3, return_frames=True,
