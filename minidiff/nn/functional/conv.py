@@ -33,10 +33,12 @@ channels into g independent convolutions: the same product batched over a leadin
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
 """
 from minidiff import backend
+from minidiff.nn.functional import _workspace
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
 __all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_im2col", "flat_col2im",
+           "flat_ok",
            "conv_output_size"]
 
 
@@ -99,48 +101,65 @@ def col2im(cols, shape, kernel, stride=1, padding=0):
 
 
 def _flat_layout(shape, kh, kw, ph, pw):
-    """Sizes of the stride-1 "flat" layout: (Hp, Wp, Q = N Hp Wp, tail)."""
+    """Geometry of the stride-1 "flat" layout: (Hq, Wq, Q, base, length).
+
+    Rows have pitch Wq = W + pw and images pitch Hq = H + ph: neighbouring rows (and images)
+    *share* their zero padding, because the pw zeros after one row are also the pw zeros
+    before the next.  Pixel (n, y, x) sits at base + (n Hq + y) Wq + x with base = ph Wq + pw.
+    """
     n, _, h, w = shape
-    hp, wp = h + 2 * ph, w + 2 * pw
-    return hp, wp, n * hp * wp, (kh - 1) * wp + kw - 1
+    hq, wq = h + ph, w + pw
+    q = n * hq * wq
+    return hq, wq, q, ph * wq + pw, q + (kh - 1) * wq + kw - 1
+
+
+def flat_ok(kernel, stride, padding) -> bool:
+    """The flat layout needs stride 1 and padding at most kernel - 1 (so Ho <= Hq)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    return sh == sw == 1 and ph <= kh - 1 and pw <= kw - 1
 
 
 def flat_im2col(x, kernel, padding=0):
-    """Stride-1 im2col on the flattened padded grid: (C*kh*kw, Q), Q = N*Hp*Wp.
+    """Stride-1 im2col on a flattened, padding-sharing grid: (C*kh*kw, Q), Q = N Hq Wq.
 
-    Lay the padded input out as one row per channel, xf[c, n Hp Wp + y Wp + x'].  The window
-    element (i, j) of the output at flat position q is xf[c, q + i Wp + j]: a *shift*, so the
-    windows are one ``as_strided`` view with strides (channel, Wp, 1, 1) and every copy and
-    every col2im add runs over long contiguous rows.  Positions q whose window would cross a
-    row or image border are computed too and thrown away (a (Hp Wp)/(Ho Wo) overhead in the
-    GEMM, paid back many times by col2im no longer striding over rows of Wo numbers).
+    Lay each channel out as one long row (``_flat_layout``).  The window element (i, j) of
+    the output at flat position q is then xf[c, q + i Wq + j]: a *shift*, so the windows are
+    one ``as_strided`` view with strides (channel, Wq, 1, 1), and every copy here and every
+    add in ``flat_col2im`` runs over long contiguous rows.  The few positions q whose window
+    straddles a row or image border are computed too and thrown away: a (Hq Wq)/(Ho Wo)
+    overhead in the GEMMs (1.07 at 28x28, 1.3 at 7x7) that col2im repays many times over.
     """
     xp = backend.array_module_of(x)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
-    hp, wp, q, tail = _flat_layout(x.shape, kh, kw, ph, pw)
-    flat = xp.zeros((c, q + tail), dtype=x.dtype)
-    flat[:, :q].reshape(c, n, hp, wp)[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+    hq, wq, q, base, length = _flat_layout(x.shape, kh, kw, ph, pw)
+    # the pixels are overwritten every call; the zero gaps stay zero from the first call
+    flat = _workspace.buffer(("im2col.flat", x.shape, kh, kw, ph, pw), (c, length), x.dtype,
+                             xp, zeros=True)
+    flat[:, base:base + q].reshape(c, n, hq, wq)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
     s_c, s_e = flat.strides
     windows = xp.lib.stride_tricks.as_strided(flat, shape=(c, kh, kw, q),
-                                              strides=(s_c, wp * s_e, s_e, s_e))
+                                              strides=(s_c, wq * s_e, s_e, s_e))
     cols = xp.empty((c, kh, kw, q), dtype=x.dtype)
     cols[...] = windows
     return cols.reshape(c * kh * kw, q)
 
 
 def flat_col2im(cols, shape, kernel, padding=0):
-    """Adjoint of ``flat_im2col``: kh*kw shifted adds of whole rows, then crop the padding."""
+    """Adjoint of ``flat_im2col``: kh*kw shifted adds of whole rows, then pick the pixels."""
     xp = backend.array_module_of(cols)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = shape
-    hp, wp, q, tail = _flat_layout(shape, kh, kw, ph, pw)
+    hq, wq, q, base, length = _flat_layout(shape, kh, kw, ph, pw)
     cols = cols.reshape(c, kh, kw, q)
-    acc = xp.zeros((c, q + tail), dtype=cols.dtype)
+    acc = _workspace.buffer("col2im.acc", (c, length), cols.dtype, xp)
+    acc[:, :q] = cols[:, 0, 0]  # offset (0, 0) sets, the others add
+    acc[:, q:] = 0
     for i in range(kh):
         for j in range(kw):
-            acc[:, i * wp + j:i * wp + j + q] += cols[:, i, j]
-    inner = acc[:, :q].reshape(c, n, hp, wp)[:, :, ph:ph + h, pw:pw + w]
+            if i or j:
+                acc[:, i * wq + j:i * wq + j + q] += cols[:, i, j]
+    inner = acc[:, base:base + q].reshape(c, n, hq, wq)[:, :, :h, :w]
     return xp.ascontiguousarray(inner.transpose(1, 0, 2, 3))
 
 
@@ -162,23 +181,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
                          f"groups={groups} expects {cg * groups}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    flat = sh == sw == 1 and not (kh == kw == 1 and ph == pw == 0)
+    flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
     if flat:  # stride 1: the shifted-rows layout (see flat_im2col)
-        hp, wp, q, _ = _flat_layout(x.shape, kh, kw, ph, pw)
+        hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
         cols = flat_im2col(x.data, (kh, kw), padding)
     else:
         hp, wp, q = ho, wo, n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
     cols_g = cols.reshape(groups, cg * kh * kw, q)
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
-    out = xp.matmul(w_g, cols_g).reshape(o, q)
+    out = xp.matmul(w_g, cols_g, out=_workspace.buffer("conv.out", (groups, o // groups, q),
+                                                       cols.dtype, xp)).reshape(o, q)
     if bias is not None:
         out += bias.data.reshape(o, 1)
     y = xp.ascontiguousarray(out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3))
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
-            g_t = xp.zeros((o, n, hp, wp), dtype=g.dtype)
+            g_t = _workspace.buffer(("conv.grad_out", ho, wo), (o, n, hp, wp), g.dtype, xp, zeros=True)
             g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3))
@@ -187,7 +207,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
         if weight.requires_grad:
             grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
         if x.requires_grad:
-            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t)
+            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
+                "conv.dcols", (groups, cg * kh * kw, q), g.dtype, xp))
             grads[0] = (flat_col2im(dcols, x.shape, (kh, kw), padding) if flat else
                         col2im(dcols, x.shape, (kh, kw), stride, padding))
         if bias is not None:
