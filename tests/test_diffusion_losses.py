@@ -71,6 +71,14 @@ def test_loss_simple_value_and_gradient(float64):
         loss_simple(pred, dev(eps), min_snr_gamma=5.0)
 
 
+def test_loss_simple_keeps_a_float32_prediction_float32():
+    pred = minidiff.tensor(np.ones((2, 3), dtype=np.float32), requires_grad=True)
+    loss = loss_simple(pred, dev(np.zeros((2, 3))))
+    assert loss.dtype == np.float32
+    loss.backward()
+    assert pred.grad.dtype == np.float32
+
+
 def test_min_snr_weights():
     sched = NoiseSchedule.linear(100)
     t = np.array([0, 50, 99])

@@ -89,3 +89,12 @@ def test_clip_x0_and_tensor_input(float64):
     assert eps.grad is not None and np.all(h(eps.grad) == 0)  # clipped: no gradient
     with pytest.raises(ValueError, match="variance"):
         p_mean_variance(sched, eps, x_t, dev([3, 9]), variance="learned")
+
+
+def test_first_step_posterior_is_a_point_mass_with_clipped_log_variance():
+    """Given x_1 and x_0, x_0 is known: beta~_1 = 0, mean = x_0; log-variance uses beta~_2."""
+    sched = NoiseSchedule.linear(10)
+    mean, var, log_var = q_posterior(sched, dev([[0.3]]), dev([[1.7]]), dev([0]))
+    np.testing.assert_allclose(h(mean).item(), 0.3, rtol=1e-12)
+    assert h(var).item() == 0.0
+    np.testing.assert_allclose(h(log_var).item(), math.log(h(sched.posterior_variance)[1]))

@@ -120,7 +120,10 @@ def loss_simple(prediction, target, t=None, schedule=None, target_type: str = "e
                          f"got {raw(target).shape}")
     if not isinstance(prediction, Tensor):
         prediction = Tensor(prediction)
-    diff = prediction - raw(target)
+    target = raw(target)
+    if target.dtype.kind == "f" and target.dtype != prediction.dtype:
+        target = target.astype(prediction.dtype)  # a float32 model keeps a float32 loss
+    diff = prediction - target
     per_item = mean_over_items(diff * diff)
     if min_snr_gamma is not None:
         if schedule is None or t is None:
