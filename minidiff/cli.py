@@ -1,4 +1,8 @@
-"""The ``minidiff`` command line: ``minidiff demo``, ``minidiff bench layers`` and friends."""
+"""The ``minidiff`` command line.
+
+``minidiff [--backend numpy|cupy] COMMAND [options]``; each command lives in its own module
+with a ``main(argv) -> int`` that parses its own options (``minidiff COMMAND --help``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,55 +12,42 @@ import sys
 from minidiff import backend
 from minidiff.data import MnistDataError
 
-#: ``minidiff bench NAME`` runs ``main(argv)`` of the module named here.
-BENCHMARKS = {"layers": "minidiff.bench.layers"}
-
-
-def _demo(args) -> int:
-    from minidiff import demo
-    demo.run(steps=args.steps, batch=args.batch, seed=args.seed, out=args.out)
-    return 0
-
-
-def _bench(args) -> int:
-    if args.name not in BENCHMARKS:
-        print(f"minidiff bench: unknown benchmark {args.name!r}; choose from "
-              f"{', '.join(sorted(BENCHMARKS))}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(BENCHMARKS[args.name])
-    return module.main(args.rest) or 0
+#: command -> (module with ``main(argv)``, one-line help)
+COMMANDS = {
+    "demo": ("minidiff.demo", "train a small perceptron on MNIST with the engine (~10 s)"),
+    "train": ("minidiff.train.cli", "train a diffusion model (--preset quick | mnist)"),
+    "sample": ("minidiff.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
+    "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
+    "bench": ("minidiff.bench", "speed benchmarks: layers | unet (against torch if installed)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidiff", description=__doc__)
+    parser = argparse.ArgumentParser(prog="minidiff", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
                         help="array library to run on (default: numpy, or $MINIDIFF_BACKEND)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="train a small perceptron on MNIST with the engine")
-    demo.add_argument("--steps", type=int, default=2000)
-    demo.add_argument("--batch", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="runs/demo")
-    demo.set_defaults(handler=_demo)
-
-    bench = commands.add_parser("bench", help="speed benchmarks (against torch where installed)")
-    bench.add_argument("name", help=f"one of: {', '.join(sorted(BENCHMARKS))}")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
-    bench.set_defaults(handler=_bench)
+    listing = "\n".join(f"  {name:8s} {help_text}" for name, (_, help_text) in COMMANDS.items())
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND",
+                        help="one of the commands below; 'minidiff COMMAND --help' for its options")
+    parser.epilog = "commands:\n" + listing
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, arg in enumerate(argv) if arg in COMMANDS), len(argv))
+    args = build_parser().parse_args(argv[:split + 1])
+    args.rest = argv[split + 1:]
     if args.backend:
         try:
             backend.set_backend(args.backend)
         except backend.BackendUnavailableError as error:
             print(f"minidiff: {error}", file=sys.stderr)
             return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return args.handler(args)
+        return module.main(args.rest) or 0
     except MnistDataError as error:
         print(f"minidiff: {error}", file=sys.stderr)
         return 1

@@ -78,3 +78,15 @@ def _plot(losses, out: str) -> None:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     print(f"loss curve saved to {path}")
+
+
+def main(argv=None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="minidiff demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/demo")
+    args = parser.parse_args(argv)
+    run(steps=args.steps, batch=args.batch, seed=args.seed, out=args.out)
+    return 0
