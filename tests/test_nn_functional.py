@@ -266,3 +266,34 @@ def test_losses_gradcheck(n, k, seed):
     np.testing.assert_allclose(F.cross_entropy(logits, labels).item(),
                                -logp[np.arange(n), labels.numpy()].mean())
     assert gradcheck(lambda z: F.cross_entropy(z, labels), logits)
+
+
+def test_conv2d_scratch_buffers_are_never_shared_between_live_graphs():
+    """Two same-shaped convolutions alive at once, and layouts whose buffers coincide in
+    size, must not see each other's scratch data (conv2d reuses buffers, see _workspace)."""
+    rng = np.random.default_rng(7)
+    x = t64(rng, 2, 3, 6, 6)
+    w1, w2 = t64(rng, 3, 3, 3, 3), t64(rng, 3, 3, 3, 3)
+    loss = (F.conv2d(F.conv2d(x, w1, None, 1, 1), w2, None, 1, 1) *
+            F.conv2d(x, w2, None, 1, 1)).sum()
+    loss.backward()
+    grads = [backend.to_host(t.grad).copy() for t in (x, w1, w2)]
+    for t in (x, w1, w2):
+        t.grad = None
+    xs, w1s, w2s = x.numpy(), w1.numpy(), w2.numpy()
+
+    def reference(a, b, c):
+        return (F.conv2d(F.conv2d(a, b, None, 1, 1), c, None, 1, 1) * F.conv2d(a, c, None, 1, 1))
+    assert gradcheck(reference, x, w1, w2)
+    loss2 = reference(tensor(xs, requires_grad=True, dtype="float64"),
+                      tensor(w1s, dtype="float64"), tensor(w2s, dtype="float64")).sum()
+    np.testing.assert_allclose(loss2.item(), loss.item())
+    # same flat buffer size from two geometries: 8x8 padding 1 vs 6x6 padding 2 (kernel 5)
+    a = t64(rng, 1, 1, 8, 8, grad=False)
+    b = t64(rng, 1, 1, 6, 6, grad=False)
+    k3, k5 = t64(rng, 1, 1, 3, 3, grad=False), t64(rng, 1, 1, 5, 5, grad=False)
+    for _ in range(2):
+        np.testing.assert_allclose(F.conv2d(a, k3, None, 1, 1).numpy(),
+                                   slow_conv2d(a.numpy(), k3.numpy(), None, 1, 1, 1))
+        np.testing.assert_allclose(F.conv2d(b, k5, None, 1, 2).numpy(),
+                                   slow_conv2d(b.numpy(), k5.numpy(), None, 1, 2, 1))

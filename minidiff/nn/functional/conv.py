@@ -75,7 +75,7 @@ def im2col(x, kernel, stride=1, padding=0):
     windows = xp.lib.stride_tricks.as_strided(
         padded, shape=(c, kh, kw, n, ho, wo),
         strides=(s_c, s_h, s_w, s_n, sh * s_h, sw * s_w))
-    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    cols = _workspace.pooled("im2col.cols", (c, kh, kw, n, ho, wo), x.dtype, xp)
     cols[...] = windows
     return cols.reshape(c * kh * kw, n * ho * wo), (ho, wo)
 
@@ -140,7 +140,7 @@ def flat_im2col(x, kernel, padding=0):
     s_c, s_e = flat.strides
     windows = xp.lib.stride_tricks.as_strided(flat, shape=(c, kh, kw, q),
                                               strides=(s_c, wq * s_e, s_e, s_e))
-    cols = xp.empty((c, kh, kw, q), dtype=x.dtype)
+    cols = _workspace.pooled("im2col.cols", (c, kh, kw, q), x.dtype, xp)
     cols[...] = windows
     return cols.reshape(c * kh * kw, q)
 
