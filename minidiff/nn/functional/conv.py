@@ -69,7 +69,7 @@ def im2col(x, kernel, stride=1, padding=0):
         padded[:, :, ph:ph + h, pw:pw + w] = x
     else:
         padded = xp.ascontiguousarray(x)
-    if kh == kw == sh == sw == 1:  # 1x1 kernel: the columns are the pixels themselves
+    if kh == kw == sh == sw == 1 and ph == pw == 0:  # 1x1: the columns are the pixels
         return padded.transpose(1, 0, 2, 3).reshape(c, n * h * w), (ho, wo)
     s_n, s_c, s_h, s_w = padded.strides
     windows = xp.lib.stride_tricks.as_strided(
