@@ -12,8 +12,6 @@ backward, or was never recorded (under ``no_grad``).
 """
 import sys
 
-from minidiff import backend
-
 __all__ = ["buffer", "pooled", "clear", "nbytes"]
 
 _buffers = {}
@@ -58,5 +56,3 @@ def nbytes() -> int:
     return (sum(a.nbytes for a in _buffers.values()) +
             sum(a.nbytes for pool in _pools.values() for a in pool))
 
-
-del backend

@@ -43,7 +43,7 @@ def _scores(xp, q, k, mask, scale):
             masked = ~m
         else:  # additive: -inf entries are masked exactly like False ones
             m = m.astype(s.dtype)
-            masked = xp.isneginf(m)
+            masked = m == -float("inf")
             s = s + xp.where(masked, xp.asarray(0, dtype=s.dtype), m)
         s = xp.where(masked, xp.asarray(_MASKED, dtype=s.dtype), s)
     s -= s.max(axis=-1, keepdims=True)

@@ -29,6 +29,13 @@ a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and G c
 cols transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
 channels into g independent convolutions: the same product batched over a leading g axis.
 
+Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_im2col``: each
+channel becomes one long row in which neighbouring image rows share their zero padding, so a
+kernel offset (i, j) is a plain *shift* of that row.  im2col is then kh*kw long contiguous
+copies and col2im kh*kw long contiguous adds, instead of adds over rows only Wo numbers long.
+The big scratch arrays (padded input, GEMM output, column gradient) are reused between calls
+(``_workspace``), and so are the columns once the graph that needed them is gone.
+
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
 """
@@ -38,8 +45,7 @@ from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
 __all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_im2col", "flat_col2im",
-           "flat_ok",
-           "conv_output_size"]
+           "flat_ok", "conv_output_size"]
 
 
 def _pair(v):
@@ -198,7 +204,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
-            g_t = _workspace.buffer(("conv.grad_out", ho, wo), (o, n, hp, wp), g.dtype, xp, zeros=True)
+            g_t = _workspace.buffer(("conv.grad_out", ho, wo), (o, n, hp, wp), g.dtype, xp,
+                                    zeros=True)
             g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3))
