@@ -188,3 +188,26 @@ def test_multihead_attention_equals_per_head_loop():
         heads.append(p @ v[..., sl])
     expected = np.concatenate(heads, -1) @ w["out_proj.weight"].T + w["out_proj.bias"]
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@FAST
+@given(st.integers(1, 2), st.sampled_from([1, 2]), st.sampled_from([1, 3]),
+       st.sampled_from([1, 2]), st.sampled_from([0, 1]), st.integers(3, 5),
+       st.integers(0, 2 ** 16))
+def test_layer_modules_gradcheck_on_drawn_shapes(n, groups, k, stride, pad, size, seed):
+    backend.set_default_dtype("float64")
+    try:
+        backend.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        conv = nn.Conv2d(2 * groups, 2, k, stride=stride, padding=pad, groups=groups)
+        norm = nn.GroupNorm(groups, 2 * groups)
+        lin = nn.Linear(size, 3)
+        ln = nn.LayerNorm(size)
+        x = tensor(rng.standard_normal((n, 2 * groups, size, size)), requires_grad=True)
+        norm.weight.data = backend.to_device(rng.standard_normal(2 * groups))
+        assert gradcheck(lambda a, *p: conv(norm(a)), x, *conv.parameters(),
+                         *norm.parameters())
+        rows = tensor(rng.standard_normal((n, 2, size)), requires_grad=True)
+        assert gradcheck(lambda a, *p: lin(ln(a)), rows, *lin.parameters(), *ln.parameters())
+    finally:
+        backend.set_default_dtype("float32")
