@@ -17,8 +17,9 @@ gh = dL/dxhat = gamma g, differentiate xhat_i = (x_i - mu) r:
     dL/dx = r (gh - mean(gh) - xhat mean(gh xhat))
     dL/dgamma = sum g xhat,     dL/dbeta = sum g       (over everything but the channel)
 
-Statistics are computed in one reshape to (N, G, m); the forward keeps xhat and r for the
-backward pass, nothing else.
+Statistics are computed in one reshape to (N, G, m).  Layer norm keeps xhat and r for the
+backward pass; group norm keeps x - mu and r and works per (sample, channel) row so that the
+per-channel gamma folds into per-row scale factors (see ``group_norm``).
 """
 from minidiff import backend
 from minidiff.ops._inputs import as_tensors
