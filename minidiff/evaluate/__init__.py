@@ -1,0 +1,262 @@
+"""``minidiff eval``: how good is a trained diffusion model?
+
+    minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
+                  [--bpd-images 256 | --bpd-full] [--json]
+    minidiff eval train-classifier [--epochs 3]      (re-train the shipped feature classifier)
+
+Figures:
+
+* **FID** (``fid.py``) between ``--n`` generated samples and the 10,000 MNIST test images, on
+  the 128-d penultimate features of minidiff's own MNIST classifier (``classifier.py``,
+  shipped in data/checkpoints/classifier.npz).  An MNIST-specific FID, *not* Inception FID:
+  comparable only between minidiff runs.  FID is biased upward for small sample counts, so
+  the count is printed with it, and the train-vs-test FID at the same count is printed as the
+  floor (what a generator reproducing the data distribution would score).  The test-set (and
+  floor) statistics are cached under ``--stats-dir``, keyed by the classifier's checksum.
+* **classifier confidence**: the mean max-softmax probability of the samples and their
+  predicted-class histogram (a collapse onto a few digits shows up here).
+* **bits/dim** (``likelihood.py``): the variational bound on the NLL of test images, a
+  Monte-Carlo estimate with its standard error (``--bpd-images``, ``--bpd-samples``) or the
+  full T-term bound (``--bpd-full``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from minidiff import backend
+
+__all__ = ["main", "evaluate", "build_parser"]
+
+DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minidiff eval", description="FID, classifier confidence and bits/dim of a "
+        "checkpoint ('minidiff eval train-classifier --help' re-trains the classifier)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint from minidiff train")
+    parser.add_argument("--n", type=int, default=10_000,
+                        help="samples to generate for FID (default 10,000; fewer are biased)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="sampling steps (default 50; 0 = all T)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--batch", type=int, default=250, help="images per forward pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--bpd-images", type=int, default=256,
+                        help="test images for bits/dim (0 skips it; default 256)")
+    parser.add_argument("--bpd-samples", type=int, default=1,
+                        help="random timesteps per image for the Monte-Carlo bound")
+    parser.add_argument("--bpd-full", action="store_true",
+                        help="the full bound: all T terms per image (T forward passes each)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the train-vs-test FID floor")
+    parser.add_argument("--classifier", default=None,
+                        help="feature classifier (default data/checkpoints/classifier.npz)")
+    parser.add_argument("--stats-dir", default=DEFAULT_STATS_DIR,
+                        help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
+    return parser
+
+
+def _log(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def schedule_from_config(config: dict):
+    """The ``NoiseSchedule`` a training configuration names ("schedule", "T")."""
+    from minidiff.diffusion import NoiseSchedule  # noqa: PLC0415
+    name = config.get("schedule", "linear")
+    factory = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine,
+               "scaled_linear": NoiseSchedule.scaled_linear}.get(name)
+    if factory is None:
+        raise ValueError(f"unknown schedule {name!r} in the checkpoint's config")
+    return factory(int(config.get("T", 1000)))
+
+
+def load_model(path, use_ema: bool = True):
+    """(eps model, config) of a training checkpoint (``minidiff.train.checkpoint`` format)."""
+    from minidiff.models.unet import UNet  # noqa: PLC0415
+    from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint  # noqa
+    from minidiff.train.presets import model_config  # noqa: PLC0415
+    arrays = load_checkpoint(path)
+    config = dict(arrays["config"], _step=arrays["step"])
+    weights = group(arrays, "ema" if use_ema else "model")
+    if not weights:
+        raise CheckpointError(f"{path}: holds no {'EMA' if use_ema else 'raw'} weights")
+    model = UNet(model_config(config))
+    model.load_state_dict(weights)
+    return model.eval(), config
+
+
+def _cached_stats(path_key: str, stats_dir: str, compute):
+    """(mu, cov) from ``stats_dir/<path_key>.npz``, computing and saving it when absent."""
+    path = os.path.join(stats_dir, path_key + ".npz")
+    if os.path.exists(path):
+        try:
+            arrays = backend.load_npz(path)
+            return backend.to_device(arrays["mu"]), backend.to_device(arrays["cov"]), True
+        except (ValueError, KeyError):
+            pass  # a damaged cache is recomputed
+    mu, cov = compute()
+    backend.save_npz(path, {"mu": mu, "cov": cov})
+    return mu, cov, False
+
+
+def _features_of(classifier, images_uint8):
+    from minidiff.data import to_unit_range  # noqa: PLC0415
+    from minidiff.evaluate.classifier import classify  # noqa: PLC0415
+    feats, _ = classify(classifier, to_unit_range(images_uint8))
+    return feats
+
+
+def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=250,
+                  quiet=True):
+    """``n`` samples in [-1, 1], (n, C, H, W), on the active backend."""
+    from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
+    xp = backend.xp()
+    c = model.config
+    chunks, done, start = [], 0, time.time()
+    while done < n:
+        size = min(batch, n - done)
+        shape = (size, c.in_channels, c.image_size, c.image_size)
+        if sampler == "ddim":
+            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta)
+        else:
+            x = ddpm_sample(model, schedule, shape, steps=steps or None)
+        chunks.append(xp.clip(x, -1.0, 1.0))
+        done += size
+        _log(quiet, f"sampled {done}/{n} ({time.time() - start:.0f} s)")
+    return xp.concatenate(chunks)
+
+
+def evaluate(args, quiet: bool = False) -> dict:
+    """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
+    from minidiff.data import load_mnist, to_unit_range  # noqa: PLC0415
+    from minidiff.evaluate.classifier import (DEFAULT_PATH, classify, file_checksum,  # noqa
+                                              load_classifier)
+    from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
+    from minidiff.evaluate.likelihood import test_bits_per_dim  # noqa: PLC0415
+
+    if args.n < 2:
+        raise ValueError(f"--n: FID needs at least 2 samples, got {args.n}")
+    model, config = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    schedule = schedule_from_config(config)
+    classifier_path = args.classifier or DEFAULT_PATH
+    classifier = load_classifier(classifier_path)
+    checksum = file_checksum(classifier_path)
+    result = {"checkpoint": args.checkpoint, "step": None, "backend": backend.get_backend(),
+              "classifier": classifier_path, "classifier_sha256_16": checksum,
+              "sampler": args.sampler, "steps": args.steps or schedule.num_timesteps,
+              "eta": args.eta if args.sampler == "ddim" else None, "n": args.n,
+              "seed": args.seed}
+    result["step"] = int(config.get("_step", 0)) or None
+
+    # test-set statistics (cached, keyed by the classifier checksum)
+    test_images, _ = load_mnist("test")
+    mu_test, cov_test, hit = _cached_stats(
+        f"test_{checksum}", args.stats_dir,
+        lambda: gaussian_stats(_features_of(classifier, test_images)))
+    result["fid_reference"] = {"split": "test", "n": int(len(test_images)), "cached": hit}
+
+    # samples
+    backend.manual_seed(args.seed)
+    start = time.time()
+    samples = sample_images(model, schedule, args.n, args.sampler, args.steps, args.eta,
+                            args.batch, quiet)
+    result["sampling_seconds"] = round(time.time() - start, 2)
+    feats, probs = classify(classifier, samples)
+    mu_s, cov_s = gaussian_stats(feats)
+    result["fid"] = frechet_distance(mu_s, cov_s, mu_test, cov_test)
+
+    probs_host = backend.to_host(probs)
+    labels = probs_host.argmax(axis=1)
+    result["mean_confidence"] = float(probs_host.max(axis=1).mean())
+    result["class_histogram"] = [int((labels == k).sum()) for k in range(10)]
+
+    # floor: the FID of n training images (n capped at 60,000) against the test set
+    if not args.no_floor:
+        n_floor = min(args.n, 60_000)
+
+        def floor_stats():
+            train_images, _ = load_mnist("train")
+            pick = backend.host.random.default_rng(0).permutation(len(train_images))[:n_floor]
+            return gaussian_stats(_features_of(classifier, train_images[pick]))
+        mu_tr, cov_tr, _ = _cached_stats(f"train_{checksum}_n{n_floor}", args.stats_dir,
+                                         floor_stats)
+        result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
+        result["fid_floor_n"] = n_floor
+
+    # bits/dim on the test set
+    if args.bpd_images > 0:
+        x0 = to_unit_range(test_images[:args.bpd_images])
+        start = time.time()
+        bpd = test_bits_per_dim(schedule, model, x0,
+                                num_samples=None if args.bpd_full else args.bpd_samples,
+                                batch=min(args.batch, 100))
+        bpd["samples_per_image"] = None if args.bpd_full else args.bpd_samples
+        bpd["seconds"] = round(time.time() - start, 2)
+        result["bits_per_dim"] = bpd
+    return result
+
+
+def _report(r: dict) -> str:
+    lines = [f"checkpoint   {r['checkpoint']}",
+             f"sampler      {r['sampler']}, {r['steps']} steps"
+             + (f", eta {r['eta']}" if r['eta'] is not None else "")
+             + f", seed {r['seed']}, {r['sampling_seconds']} s",
+             f"FID          {r['fid']:.3f}  ({r['n']} samples vs {r['fid_reference']['n']} "
+             f"MNIST test images; MNIST-classifier FID, comparable only within minidiff)"]
+    if "fid_floor_train_vs_test" in r:
+        lines.append(f"FID floor    {r['fid_floor_train_vs_test']:.3f}  ({r['fid_floor_n']} "
+                     f"training images vs the test set)")
+    if r["n"] < 10_000:
+        lines.append(f"             note: {r['n']} < 10,000 samples, FID is biased upward")
+    lines.append(f"confidence   {r['mean_confidence']:.3f} (mean max-softmax of the samples)")
+    total = max(sum(r["class_histogram"]), 1)
+    lines.append("classes      " + "  ".join(f"{k}:{c / total:.1%}"
+                                            for k, c in enumerate(r["class_histogram"])))
+    if "bits_per_dim" in r:
+        b = r["bits_per_dim"]
+        how = ("full bound, all T terms" if b["full"] else
+               f"Monte-Carlo, {b['samples_per_image']} timestep(s) per image")
+        lines.append(f"bits/dim     {b['bpd']:.4f} +- {b['stderr']:.4f}  ({b['n']} test images, "
+                     f"{how}; an upper bound on the NLL)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-classifier"]:
+        from minidiff.evaluate.train_classifier import main as train_main  # noqa: PLC0415
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from minidiff.data import MnistDataError  # noqa: PLC0415
+    from minidiff.nn import StateDictError  # noqa: PLC0415
+    from minidiff.train.checkpoint import CheckpointError  # noqa: PLC0415
+    if not os.path.exists(args.checkpoint):
+        print(f"minidiff: checkpoint not found: {args.checkpoint}", file=sys.stderr)
+        return 1
+    try:
+        result = evaluate(args, quiet=args.json)
+    except (CheckpointError, StateDictError, FileNotFoundError, ValueError,
+            MnistDataError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"minidiff: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
