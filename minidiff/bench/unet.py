@@ -1,0 +1,302 @@
+"""Benchmark: the whole DDPM U-Net, minidiff vs PyTorch (lesson 06-07).
+
+    python -m minidiff.bench.unet [--json] [--batch 64] [--repeat N] [--threads K]
+    minidiff bench unet ...
+
+Two timings of the reference configuration (``REFERENCE_CONFIG``, 1,623,169 parameters,
+1x28x28, float32, CPU):
+
+* **training step** — Algorithm 1 on a random batch: draw t and eps, x_t by (2.4), forward,
+  L_simple (4.6), backward, one AdamW step (and zero_grad);
+* **sampling step** — one forward pass under no_grad (what each of the T steps of
+  Algorithm 2 costs).
+
+Where ``torch`` imports, the same network is built in PyTorch (``torch_unet.torch_twin``) with
+the minidiff weights copied into it; before anything is timed the two outputs are compared and
+the benchmark fails unless they agree to 1e-4 (max abs difference).  The frameworks are
+interleaved (minidiff, torch, minidiff, torch, ...) after one warm-up step each, so that both
+see the same machine load; the table reports the median and the minimum over ``--repeat``
+runs, and the ratio minidiff / torch of the medians.  PyTorch gets ``--threads`` threads
+(default: the CPUs visible to this process, which is what NumPy's BLAS uses).
+
+**Peak memory.**  tracemalloc sees NumPy's buffers but not PyTorch's allocator, so both
+frameworks are measured the same way instead: one fresh subprocess per framework imports it,
+builds the model, optimizer and batch, records ``ru_maxrss`` (the peak resident set), then
+runs two training steps and reports how much the peak grew.  That growth is the working memory
+of a training step (activations kept for backward, gradients, optimizer state, temporaries),
+excluding the interpreter, the libraries and the weights.  The subprocesses run one after the
+other, so they do not compete for memory.  Linux reports ru_maxrss in KiB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from minidiff import backend
+from minidiff.diffusion import NoiseSchedule, training_step
+from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
+from minidiff.optim import AdamW
+from minidiff.tensor import Tensor, no_grad
+
+__all__ = ["main", "run", "TOLERANCE"]
+
+TOLERANCE = 1e-4   # max |minidiff - torch| on the same input and weights
+
+
+def _config(args) -> UNetConfig:
+    if args.base_channels is None and args.image_size is None:
+        return REFERENCE_CONFIG
+    overrides = {}
+    if args.base_channels is not None:
+        overrides["base_channels"] = args.base_channels
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+        overrides["attention_resolutions"] = (args.image_size // 4,)
+    return UNetConfig.from_dict({**REFERENCE_CONFIG.to_dict(), **overrides})
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+class _Minidiff:
+    def __init__(self, config, batch, schedule):
+        self.model = UNet(config)
+        self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
+        self.schedule = schedule
+        size = config.image_size
+        self.x0 = backend.randn(batch, config.in_channels, size, size, dtype="float32")
+        self.t = backend.randint(0, schedule.num_timesteps, (batch,))
+
+    def train_step(self):
+        self.optimizer.zero_grad()
+        loss = training_step(self.model, self.schedule, self.x0)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.data)
+
+    def sample_step(self):
+        with no_grad():
+            self.model(Tensor(self.x0), self.t)
+
+
+class _Torch:
+    def __init__(self, torch, twin, schedule, x0, t):
+        self.torch, self.model = torch, twin
+        self.optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-4, weight_decay=1e-2)
+        self.sqrt_abar = torch.from_numpy(backend.to_host(schedule.sqrt_alphas_cumprod)).float()
+        self.sqrt_1mabar = torch.from_numpy(
+            backend.to_host(schedule.sqrt_one_minus_alphas_cumprod)).float()
+        self.T = schedule.num_timesteps
+        self.x0 = torch.from_numpy(backend.to_host(x0).copy())
+        self.t = torch.from_numpy(backend.to_host(t).copy())
+
+    def train_step(self):
+        torch, x0 = self.torch, self.x0
+        self.optimizer.zero_grad(set_to_none=True)
+        t = torch.randint(0, self.T, (x0.shape[0],))
+        noise = torch.randn_like(x0)
+        x_t = self.sqrt_abar[t][:, None, None, None] * x0 + \
+            self.sqrt_1mabar[t][:, None, None, None] * noise
+        loss = torch.nn.functional.mse_loss(self.model(x_t, t), noise)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def sample_step(self):
+        with self.torch.no_grad():
+            self.model(self.x0, self.t)
+
+
+def _import_torch(threads):
+    try:
+        import torch  # noqa: PLC0415  (optional comparison only; never a dependency)
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+# ----------------------------------------------------------------------------- memory probe
+
+def _probe(args) -> dict:
+    """Run in a fresh subprocess: peak RSS growth (bytes) over two training steps."""
+    import resource  # noqa: PLC0415  (POSIX only; the parent handles its absence)
+
+    backend.manual_seed(0)
+    schedule = NoiseSchedule.linear(1000)
+    side = _Minidiff(_config(args), args.batch, schedule)
+    if args.probe == "torch":
+        torch = _import_torch(args.threads)
+        from minidiff.bench.torch_unet import torch_twin  # noqa: PLC0415
+        side = _Torch(torch, torch_twin(side.model), schedule, side.x0, side.t)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        side.train_step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024   # bytes on macOS, KiB on Linux
+    return {"peak_growth_bytes": (peak - base) * scale, "baseline_bytes": base * scale}
+
+
+def _measure_memory(args, framework) -> dict | None:
+    command = [sys.executable, "-m", "minidiff.bench.unet", "--probe", framework,
+               "--batch", str(args.batch), "--threads", str(args.threads)]
+    if args.base_channels is not None:
+        command += ["--base-channels", str(args.base_channels)]
+    if args.image_size is not None:
+        command += ["--image-size", str(args.image_size)]
+    env = dict(os.environ, MINIDIFF_BACKEND="numpy")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def _stats(seconds) -> dict:
+    return {"median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds)}
+
+
+def run(args) -> dict:
+    """Time both steps (and measure memory unless ``args.no_memory``); returns a dict."""
+    torch = _import_torch(args.threads)
+    backend.manual_seed(0)
+    config = _config(args)
+    schedule = NoiseSchedule.linear(1000)
+    ours = _Minidiff(config, args.batch, schedule)
+    theirs, agreement = None, None
+    if torch is not None:
+        from minidiff.bench.torch_unet import max_abs_diff, torch_twin  # noqa: PLC0415
+        twin = torch_twin(ours.model)
+        n = min(args.batch, 8)
+        agreement = max_abs_diff(ours.model, twin, backend.to_host(ours.x0[:n]),
+                                 backend.to_host(ours.t[:n]))
+        if not agreement <= TOLERANCE:
+            raise AssertionError(f"minidiff and torch U-Nets disagree: max |diff| = "
+                                 f"{agreement:.3g} > {TOLERANCE}")
+        theirs = _Torch(torch, twin, schedule, ours.x0, ours.t)
+    sides = [("minidiff", ours)] + ([("torch", theirs)] if theirs else [])
+    times = {name: {"train": [], "sample": []} for name, _ in sides}
+    for _, side in sides:       # warm-up: first calls allocate pools, caches, optimizer state
+        side.train_step()
+        side.sample_step()
+    for _ in range(args.repeat):
+        for name, side in sides:
+            times[name]["train"].append(_timed(side.train_step))
+        for name, side in sides:
+            times[name]["sample"].append(_timed(side.sample_step))
+    result = {
+        "config": config.to_dict(), "parameters": ours.model.num_parameters(),
+        "batch": args.batch, "repeat": args.repeat, "threads": args.threads,
+        "cpus": os.cpu_count(), "torch": torch.__version__ if torch else None,
+        "max_abs_diff": agreement, "tolerance": TOLERANCE,
+        "minidiff": {"train_step": _stats(times["minidiff"]["train"]),
+                     "sample_step": _stats(times["minidiff"]["sample"])},
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if theirs:
+        result["torch_times"] = {"train_step": _stats(times["torch"]["train"]),
+                                 "sample_step": _stats(times["torch"]["sample"])}
+        result["ratio"] = {key: result["minidiff"][key]["median_ms"] /
+                           result["torch_times"][key]["median_ms"]
+                           for key in ("train_step", "sample_step")}
+    if not args.no_memory:
+        mem = _measure_memory(args, "minidiff")
+        result["minidiff"]["peak_memory_mb"] = mem and mem["peak_growth_bytes"] / 2 ** 20
+        if theirs:
+            mem_t = _measure_memory(args, "torch")
+            result["torch_times"]["peak_memory_mb"] = mem_t and mem_t["peak_growth_bytes"] / 2**20
+            if mem and mem_t and mem_t["peak_growth_bytes"] > 0:
+                result["ratio"]["peak_memory"] = mem["peak_growth_bytes"] / \
+                    mem_t["peak_growth_bytes"]
+    return result
+
+
+def _print_table(r) -> None:
+    has_torch = r["torch"] is not None
+    print(f"U-Net ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
+          f"{r['threads']} threads, median/min of {r['repeat']} after a warm-up"
+          + (f", torch {r['torch']}" if has_torch else " (torch not importable: no comparison)"))
+    if has_torch:
+        print(f"outputs agree: max |minidiff - torch| = {r['max_abs_diff']:.2e} "
+              f"(tolerance {r['tolerance']:.0e})")
+    head = f"{'':22s} {'minidiff':>18s}" + (f" {'torch':>18s} {'ratio':>7s}" if has_torch else "")
+    print(head)
+    print("-" * len(head))
+    for key, label in (("train_step", "training step (ms)"), ("sample_step", "sampling step (ms)")):
+        m = r["minidiff"][key]
+        line = f"{label:22s} {m['median_ms']:9.1f} /{m['min_ms']:7.1f}"
+        if has_torch:
+            t = r["torch_times"][key]
+            line += f" {t['median_ms']:9.1f} /{t['min_ms']:7.1f} {r['ratio'][key]:7.2f}"
+        print(line)
+    if "peak_memory_mb" in r["minidiff"]:
+        m = r["minidiff"]["peak_memory_mb"]
+        line = f"{'peak RSS growth (MiB)':22s} {m if m is None else round(m, 1)!s:>18s}"
+        if has_torch:
+            t = r["torch_times"].get("peak_memory_mb")
+            ratio = r["ratio"].get("peak_memory")
+            line += f" {t if t is None else round(t, 1)!s:>18s} " \
+                    f"{'' if ratio is None else f'{ratio:7.2f}'}"
+        print(line)
+    if r.get("load_average"):
+        print(f"load average {r['load_average'][0]:.2f} on {r['cpus']} CPUs "
+              "(other processes on the machine slow both frameworks)")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="minidiff bench unet",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repeats (default 5)")
+    parser.add_argument("--threads", type=int,
+                        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1),
+                        help="threads for PyTorch (match NumPy's BLAS)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory subprocesses")
+    parser.add_argument("--base-channels", type=int, default=None,
+                        help="a smaller network than the reference (tests)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="another image size (attention at size / 4)")
+    parser.add_argument("--probe", choices=("minidiff", "torch"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.repeat < 1 or args.batch < 1 or args.threads < 1:
+        print("minidiff bench unet: --repeat, --batch and --threads must be >= 1",
+              file=sys.stderr)
+        return 2
+    if args.probe:
+        print(json.dumps(_probe(args)))
+        return 0
+    try:
+        result = run(args)
+    except AssertionError as error:
+        print(f"minidiff bench unet: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
