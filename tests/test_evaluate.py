@@ -125,7 +125,7 @@ def _classifier_for_test(tmp_path):
 def test_eval_cli_json_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys):
     argv = ["--checkpoint", str(tiny_checkpoint), "--n", "16", "--steps", "5", "--batch", "8",
             "--bpd-images", "4", "--classifier", _classifier_for_test(tmp_path),
-            "--stats-dir", str(tmp_path / "stats"), "--no-floor", "--json"]
+            "--stats-dir", str(tmp_path / "stats"), "--reference-images", "300", "--json"]
     assert eval_main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 16 and result["fid"] >= 0.0
@@ -133,9 +133,12 @@ def test_eval_cli_json_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert 0.0 < result["mean_confidence"] <= 1.0
     assert result["bits_per_dim"]["n"] == 4 and result["bits_per_dim"]["bpd"] > 0
     assert result["step"] == 3
+    assert result["fid_reference"]["n"] == 300 and result["fid_floor_n"] == 16
+    assert result["fid_floor_train_vs_test"] >= 0.0
     assert os.listdir(tmp_path / "stats")  # the test statistics were cached
     # second run: the cached statistics are used, the text report prints the count
-    assert eval_main(argv[:-1] + ["--bpd-images", "0", "--sampler", "ddpm"]) == 0
+    assert eval_main(argv[:-1] + ["--bpd-images", "0", "--sampler", "ddpm",
+                                         "--no-floor"]) == 0
     out = capsys.readouterr().out
     assert "16 samples" in out and "bits/dim" not in out
 
