@@ -78,7 +78,7 @@ def classify(model, x, batch: int = 500):
     feats, probs = [], []
     with no_grad():
         for chunk in _batches(x, batch):
-            data = getattr(chunk, "data", chunk)
+            data = chunk.data if isinstance(chunk, Tensor) else chunk
             h = model.features(Tensor(backend.to_device(data).astype(backend.default_dtype())))
             logits = model.fc2(h).data
             shifted = logits - logits.max(axis=1, keepdims=True)

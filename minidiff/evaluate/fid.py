@@ -29,13 +29,14 @@ still holds by continuity.)  Everything runs in float64.
 from __future__ import annotations
 
 from minidiff import backend
+from minidiff.tensor import Tensor
 
 
 def gaussian_stats(features):
     """(mean (D,), covariance (D, D)) of ``features`` (N, D) in float64, on the active backend.
     The covariance uses the unbiased 1/(N-1) normalisation, as the reference FID code does."""
     xp = backend.xp()
-    f = backend.to_device(getattr(features, "data", features)).astype(xp.float64)
+    f = backend.to_device(features.data if isinstance(features, Tensor) else features).astype(xp.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"gaussian_stats: expected features (N >= 2, D), got {f.shape}")
     mu = f.mean(axis=0)

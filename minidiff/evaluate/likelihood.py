@@ -12,6 +12,7 @@ import math
 
 from minidiff import backend
 from minidiff.diffusion import bits_per_dim
+from minidiff.tensor import Tensor
 
 
 def test_bits_per_dim(schedule, eps_model, x0, num_samples: int | None = 1, batch: int = 100,
@@ -19,7 +20,7 @@ def test_bits_per_dim(schedule, eps_model, x0, num_samples: int | None = 1, batc
     """bits/dim of images ``x0`` (N, C, H, W) in [-1, 1], in batches of ``batch``.
 
     Returns {"bpd", "stderr", "n", "full"}; ``num_samples=None`` for the full bound."""
-    x0 = backend.to_device(getattr(x0, "data", x0))
+    x0 = backend.to_device(x0.data if isinstance(x0, Tensor) else x0)
     per_item = []
     for start in range(0, len(x0), batch):
         result = bits_per_dim(schedule, eps_model, x0[start:start + batch],
