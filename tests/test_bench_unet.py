@@ -1,0 +1,52 @@
+"""``minidiff bench unet`` on a tiny network: it runs, its JSON has the documented keys, and
+(where torch imports) the torch twin computes the same function as the minidiff U-Net."""
+import json
+
+import pytest
+
+from minidiff import backend
+from minidiff.bench import unet as bench_unet
+from minidiff.bench.torch_unet import torch_available
+
+TINY = ["--batch", "2", "--repeat", "1", "--base-channels", "8", "--image-size", "16"]
+
+
+def test_bench_unet_json_keys(capsys):
+    assert bench_unet.main(TINY + ["--no-memory", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("config", "parameters", "batch", "repeat", "threads", "torch", "minidiff",
+                "max_abs_diff", "tolerance"):
+        assert key in result, key
+    for step in ("train_step", "sample_step"):
+        assert result["minidiff"][step]["median_ms"] > 0
+        assert result["minidiff"][step]["min_ms"] <= result["minidiff"][step]["median_ms"]
+    if torch_available():
+        assert result["max_abs_diff"] <= bench_unet.TOLERANCE
+        assert set(result["ratio"]) >= {"train_step", "sample_step"}
+        assert result["torch_times"]["train_step"]["median_ms"] > 0
+    else:
+        assert result["torch"] is None
+
+
+def test_memory_probe_reports_growth():
+    args = bench_unet._parser().parse_args(TINY + ["--probe", "minidiff"])
+    probe = bench_unet._probe(args)
+    assert probe["peak_growth_bytes"] >= 0 and probe["baseline_bytes"] > 0
+
+
+def test_bad_arguments():
+    assert bench_unet.main(["--repeat", "0"]) == 2
+
+
+@pytest.mark.skipif(not torch_available(), reason="torch is not importable (optional)")
+def test_torch_twin_matches_minidiff():
+    from minidiff.bench.torch_unet import max_abs_diff, torch_twin
+    from minidiff.models import UNet
+
+    backend.manual_seed(3)
+    model = UNet(base_channels=8, image_size=16, attention_resolutions=(4,))
+    twin = torch_twin(model)
+    assert sum(p.numel() for p in twin.parameters()) == model.num_parameters()
+    x = backend.to_host(backend.randn(3, 1, 16, 16, dtype="float32"))
+    t = backend.to_host(backend.randint(0, 1000, (3,)))
+    assert max_abs_diff(model, twin, x, t) < 1e-4
