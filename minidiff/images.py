@@ -1,0 +1,66 @@
+"""Saving images: a grid of digits (PNG), a denoising animation (GIF), a strip (PNG).
+
+All functions take host or device arrays of uint8 in [0, 255] shaped (N, 1, H, W) (use
+``data.from_unit_range`` to get there from the model's [-1, 1]) and work on the host with
+Pillow; ``scale`` enlarges each pixel so 28x28 digits are visible.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from minidiff import backend
+
+__all__ = ["make_grid", "save_grid", "save_gif", "save_strip"]
+
+
+def make_grid(images, nrow: int | None = None, pad: int = 2, scale: int = 2):
+    """One (H', W') uint8 host array: the images tiled ``nrow`` per row, ``pad`` pixels apart."""
+    images = backend.to_host(getattr(images, "data", images))
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images: expected (N, 1, H, W), got shape {images.shape}")
+    if images.dtype != backend.host.uint8:
+        raise ValueError(f"images: expected uint8 in [0, 255], got {images.dtype}")
+    n, _, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = backend.host.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad),
+                              dtype=backend.host.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top:top + h, left:left + w] = images[i, 0]
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    return grid
+
+
+def _ensure_folder(path) -> None:
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+
+
+def save_grid(images, path, nrow: int | None = None, pad: int = 2, scale: int = 2) -> None:
+    """Write the images as one PNG grid (square-ish unless ``nrow`` is given)."""
+    from PIL import Image  # noqa: PLC0415
+    _ensure_folder(path)
+    Image.fromarray(make_grid(images, nrow, pad, scale), mode="L").save(path)
+
+
+def save_gif(frames, path, nrow: int | None = None, duration_ms: int = 80,
+             hold_last_ms: int = 1500, scale: int = 2) -> None:
+    """An animated GIF with one grid per frame (e.g. x_T ... x_0); the last frame is held."""
+    from PIL import Image  # noqa: PLC0415
+    if not frames:
+        raise ValueError("save_gif: no frames")
+    _ensure_folder(path)
+    pictures = [Image.fromarray(make_grid(f, nrow, scale=scale), mode="L") for f in frames]
+    durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations,
+                     loop=0)
+
+
+def save_strip(images, path, scale: int = 3) -> None:
+    """One row: the states of a single digit through the reverse process, left to right."""
+    images = backend.to_host(getattr(images, "data", images))
+    save_grid(images, path, nrow=len(images), scale=scale)

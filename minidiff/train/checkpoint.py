@@ -1,0 +1,91 @@
+"""Training checkpoints: everything needed to continue a run exactly, in one ``.npz`` file.
+
+Layout (flat names, arrays only, so it loads with ``allow_pickle=False``):
+
+    model.<param>   the trained weights            ema.<param>   their moving average
+    optim.<key>     AdamW's step, lr and moments   sched.<key>   the lr schedule position
+    rng             the generator's state (JSON)   config        the training config (JSON)
+    step            optimizer steps done           history.loss  one loss per step so far
+
+Strings are stored as 0-d unicode arrays (NumPy's ``str_``), which need no pickling.  The
+file is written atomically (``backend.save_npz``), so Ctrl-C or a crash mid-write leaves the
+previous checkpoint intact.  An *export* (``ema_only=True``) keeps just the EMA weights and
+the config: what sampling needs, a quarter of the size.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from minidiff import backend
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
+           "model_from_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A file that is missing or is not a minidiff training checkpoint."""
+
+
+def _text(value: str):
+    return backend.host.asarray(str(value))
+
+
+def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None,
+                    scheduler=None, history=(), ema_only: bool = False) -> None:
+    """Write one checkpoint file (see the module docstring for what goes in)."""
+    host = backend.host
+    arrays = {f"ema.{k}": v for k, v in zip(model.state_dict(), ema.shadow)}
+    arrays.update({"config": _text(json.dumps(config, sort_keys=True)),
+                   "step": host.asarray(step, dtype=host.int64),
+                   "ema_meta.num_updates": host.asarray(ema.num_updates, dtype=host.int64),
+                   "ema_meta.decay": host.asarray(ema.decay, dtype=host.float64)})
+    if not ema_only:
+        arrays.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        arrays.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})
+        arrays.update({f"sched.{k}": v for k, v in scheduler.state_dict().items()})
+        arrays["rng"] = _text(backend.get_rng_state())
+        arrays["history.loss"] = host.asarray(list(history), dtype=host.float64)
+    backend.save_npz(path, arrays)
+
+
+def load_checkpoint(path) -> dict:
+    """The arrays of a checkpoint, with ``config`` parsed back into a dict and ``step`` an int.
+
+    Raises ``CheckpointError`` naming ``path`` if it is missing or not a checkpoint."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        arrays = backend.load_npz(path)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    if "config" not in arrays or not any(k.startswith("ema.") for k in arrays):
+        raise CheckpointError(f"{path}: not a minidiff training checkpoint (no 'config' and "
+                              "'ema.*' entries; was it written by Module.save?)")
+    arrays["config"] = json.loads(str(arrays["config"]))
+    arrays["step"] = int(arrays.get("step", 0))
+    return arrays
+
+
+def group(arrays: dict, prefix: str) -> dict:
+    """The entries named ``prefix.<rest>``, keyed by ``<rest>``."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+
+def model_from_checkpoint(path, use_ema: bool = True):
+    """``(UNet, config)`` rebuilt from a checkpoint's config, with its EMA (or raw) weights.
+
+    A config that does not match the stored weights raises ``StateDictError``."""
+    from minidiff.models.unet import UNet  # noqa: PLC0415
+    from minidiff.train.presets import model_config  # noqa: PLC0415
+    arrays = load_checkpoint(path)
+    config = arrays["config"]
+    weights = group(arrays, "ema" if use_ema else "model")
+    if not weights:
+        raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "
+                              "sample with the EMA weights")
+    model = UNet(model_config(config))
+    model.load_state_dict(weights)
+    return model.eval(), config

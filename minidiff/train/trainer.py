@@ -1,0 +1,214 @@
+"""The training loop of Algorithm 1, with what a real run needs around it.
+
+Each step: take the next batch, draw t and eps, ``loss = training_step(...)``, backward,
+clip the global gradient norm, set the warm-up/cosine learning rate, AdamW step, EMA update.
+
+**Exact resumption.**  Everything random comes from minidiff's one generator, whose state is
+saved in every checkpoint, except the order of the data: batch ``step`` is a slice of the
+permutation of epoch ``step // batches_per_epoch``, drawn from a generator seeded with
+(seed, epoch).  So the order depends only on the step number, and N steps straight give the
+same weights as N/2 steps, a checkpoint, and N/2 more.  Diagnostics and sample grids save
+and restore the generator's state, so they do not perturb the run either.
+
+**Failure handling.**  Ctrl-C (SIGINT) only sets a flag, so the step in flight finishes; the
+loop then saves a checkpoint and returns (a second Ctrl-C interrupts at once); a NaN or Inf loss stops
+the run with ``TrainingDiverged`` naming the step and the last good checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+
+from minidiff import backend
+from minidiff.data import from_unit_range, load_mnist, to_unit_range
+from minidiff.diffusion import NoiseSchedule, ddim_sample, training_step
+from minidiff.images import save_grid
+from minidiff.models.unet import UNet
+from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
+from minidiff.train import diagnostics
+from minidiff.train.checkpoint import group, load_checkpoint, save_checkpoint
+from minidiff.train.presets import model_config
+
+__all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int):
+    """Host indices of batch ``step`` (0-based): a function of (seed, step) only."""
+    per_epoch = max(1, n // batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = backend.host.random.default_rng([int(seed), epoch]).permutation(n)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+class Trainer:
+    """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``."""
+
+    def __init__(self, config: dict, out: str, images=None, log=print):
+        self.config, self.out, self.log = dict(config), out, log
+        c = self.config
+        backend.manual_seed(c["seed"])
+        self.model = UNet(model_config(c)).train()
+        self.schedule = getattr(NoiseSchedule, c["schedule"])(c["T"])
+        self.optimizer = AdamW(self.model.parameters(), lr=c["lr"],
+                               weight_decay=c["weight_decay"])
+        self.scheduler = WarmupCosine(self.optimizer, c["steps"], c["warmup_steps"],
+                                      c["min_lr"])
+        self.ema = EMA(self.model, decay=c["ema_decay"])
+        if images is None:
+            images, _ = load_mnist("train")
+        if c["train_images"]:
+            images = images[:c["train_images"]]
+        self.images = images                      # host uint8 (N, 1, 28, 28)
+        self.step, self.losses, self.t_history = 0, [], []
+        self.last_checkpoint = None
+        self.checkpoint_path = os.path.join(out, "checkpoint.npz")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path=None) -> str:
+        path = path or self.checkpoint_path
+        save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
+                        step=self.step, optimizer=self.optimizer, scheduler=self.scheduler,
+                        history=self.losses)
+        self.last_checkpoint = path
+        return path
+
+    def resume(self, path) -> None:
+        """Restore weights, EMA, optimizer, schedule, generator, step and history from
+        ``path`` (a ``StateDictError`` if the architecture differs)."""
+        arrays = load_checkpoint(path)
+        self.model.load_state_dict(group(arrays, "model"))
+        shadow = group(arrays, "ema")
+        names = list(self.model.state_dict())
+        self.ema.load_state_dict({**{f"shadow.{i}": shadow[k] for i, k in enumerate(names)},
+                                  **group(arrays, "ema_meta")})
+        self.ema.decay = self.config["ema_decay"]
+        self.optimizer.load_state_dict(group(arrays, "optim"))
+        self.scheduler.load_state_dict(group(arrays, "sched"))
+        backend.set_rng_state(str(arrays["rng"]))
+        self.step = arrays["step"]
+        self.losses = [float(v) for v in arrays["history.loss"]]
+        self.last_checkpoint = path
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> float:
+        c = self.config
+        index = batch_indices(c["seed"], self.step, c["batch_size"], len(self.images))
+        x0 = to_unit_range(self.images[index])
+        loss = training_step(self.model, self.schedule, x0)
+        value = loss.item()
+        if not math.isfinite(value):
+            where = self.last_checkpoint or "none saved yet"
+            raise TrainingDiverged(f"loss is {value} at step {self.step + 1}; "
+                                   f"last good checkpoint: {where}")
+        self.optimizer.zero_grad()
+        loss.backward()
+        if c["grad_clip"]:
+            clip_grad_norm(self.model.parameters(), c["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update()
+        self.step += 1
+        self.losses.append(value)
+        return value
+
+    # ------------------------------------------------------------------ outputs
+    def sample_grid(self, path=None, seed: int = 0):
+        """A grid of ``sample_count`` digits from the EMA weights with a few DDIM steps
+        (fixed seed, so grids at different steps are comparable)."""
+        c = self.config
+        saved = backend.get_rng_state()
+        backend.manual_seed(seed)
+        try:
+            with self.ema.swapped():
+                self.model.eval()
+                x = ddim_sample(self.model, self.schedule, (c["sample_count"], 1, 28, 28),
+                                steps=c["sample_steps"])
+        finally:
+            self.model.train()
+            backend.set_rng_state(saved)
+        path = path or os.path.join(self.out, f"samples_{self.step:06d}.png")
+        save_grid(from_unit_range(x), path)
+        return path
+
+    def diagnose(self) -> None:
+        """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
+        x0 = to_unit_range(self.images[:32])
+        self.model.eval()
+        try:
+            losses, panel = diagnostics.timestep_report(self.model, self.schedule, x0)
+        finally:
+            self.model.train()
+        self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
+        self.t_history.append((self.step, losses))
+        diagnostics.plot_timestep_loss(self.t_history, os.path.join(self.out, "loss_by_t.png"))
+        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4)
+
+    def _due(self, key: str) -> bool:
+        every = self.config[key]
+        return bool(every) and (self.step % every == 0 or self.step == self.config["steps"])
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop_at: int | None = None) -> str:
+        """Train until ``steps`` (or ``stop_at``).  Returns "done" or "interrupted"."""
+        c = self.config
+        end = min(c["steps"], stop_at or c["steps"])
+        os.makedirs(self.out, exist_ok=True)
+        start_step, busy = self.step, 0.0
+        self.stop_requested = False
+        previous = self._install_sigint()
+        try:
+            while self.step < end:
+                if self.stop_requested:
+                    raise KeyboardInterrupt
+                tick = time.time()
+                loss = self.train_step()
+                busy += time.time() - tick
+                if self._due("log_every"):
+                    elapsed = busy  # time in training steps only, not in samples/figures
+                    rate = (self.step - start_step) / max(elapsed, 1e-9)
+                    left = (end - self.step) / max(rate, 1e-9)
+                    self.log(f"step {self.step:6d}/{c['steps']}  loss {loss:.4f}  "
+                             f"lr {self.optimizer.lr:.2e}  "
+                             f"{rate * c['batch_size']:6.1f} images/s  "
+                             f"{rate:.2f} steps/s  left {_clock(left)}")
+                if self._due("checkpoint_every"):
+                    self.save()
+                if self._due("sample_every"):
+                    self.log(f"samples: {self.sample_grid()}")
+                    diagnostics.plot_loss_curve(self.losses,
+                                                os.path.join(self.out, "loss.png"))
+                if self._due("diag_every"):
+                    self.diagnose()
+        except KeyboardInterrupt:
+            self.log(f"interrupted at step {self.step}; checkpoint saved to {self.save()}")
+            return "interrupted"
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.save()
+        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
+        return "done"
+
+    def _install_sigint(self):
+        """First Ctrl-C: finish the current step, then stop; returns the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self.log("Ctrl-C: stopping after this step (again to stop at once)")
+        return signal.signal(signal.SIGINT, handler)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,147 @@
+"""``minidiff train``: presets and overrides, exact resumption, Ctrl-C, NaN detection, the
+one-batch overfitting check, and one-line errors for bad input."""
+import json
+import os
+import signal
+
+import pytest
+
+from minidiff import backend
+from minidiff.data import load_mnist
+from minidiff.train import cli
+from minidiff.train.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.train.presets import ConfigError, parse_set, resolve
+from minidiff.train.trainer import Trainer, TrainingDiverged, batch_indices
+
+TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+        "attention_resolutions": [], "T": 50, "batch_size": 8, "steps": 8,
+        "warmup_steps": 2, "train_images": 200, "log_every": 0, "sample_every": 0,
+        "checkpoint_every": 0, "diag_every": 0, "sample_count": 4, "sample_steps": 3,
+        "ema_decay": 0.9, "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_mnist("train")[0][:200]
+
+
+def tiny(**changes):
+    return resolve("quick", overrides={**TINY, **changes})
+
+
+def _weights(trainer):
+    return {k: backend.to_host(v) for k, v in trainer.model.state_dict().items()}
+
+
+def test_presets_and_overrides(tmp_path):
+    assert resolve("mnist")["base_channels"] == 32
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"lr": 0.5, "steps": 7}))
+    config = resolve("quick", str(path), ["lr=0.25", "schedule=cosine", "channel_mults=[1,2]"],
+                     {"steps": 9, "batch_size": None})
+    assert (config["lr"], config["steps"], config["schedule"]) == (0.25, 9, "cosine")
+    assert config["channel_mults"] == [1, 2]
+    assert parse_set("seed=3") == ("seed", 3)
+
+
+@pytest.mark.parametrize("sets, words", [(["lr"], "key=value"), (["=3"], "key=value"),
+                                          (["lr="], "key=value"), (["lrr=1"], "unknown")])
+def test_malformed_set(sets, words):
+    with pytest.raises(ConfigError, match=words):
+        resolve("quick", sets=sets)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minidiff: ") and "quick" in err and "mnist" in err
+    assert err.count("\n") == 1
+    assert cli.main(["--set", "lr"]) == 2
+    assert "key=value" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.npz")
+    assert cli.main(["--resume", missing]) == 2
+    assert missing in capsys.readouterr().err
+
+
+def test_batch_order_depends_on_seed_and_step_only():
+    a = batch_indices(0, 30, 8, 100)
+    assert (a == batch_indices(0, 30, 8, 100)).all() and len(a) == 8
+    epoch = [i for s in range(12) for i in batch_indices(0, s, 8, 100)]
+    assert sorted(epoch) == sorted(set(epoch))      # no repeats within an epoch
+
+
+def test_resume_is_exact(tmp_path, images):
+    straight = Trainer(tiny(), str(tmp_path / "a"), images=images, log=lambda _: None)
+    assert straight.run() == "done"
+    first = Trainer(tiny(), str(tmp_path / "b"), images=images, log=lambda _: None)
+    first.run(stop_at=4)
+    assert first.step == 4
+    backend.manual_seed(999)                         # the checkpoint must restore the RNG
+    second = Trainer(tiny(), str(tmp_path / "b"), images=images, log=lambda _: None)
+    second.resume(first.last_checkpoint)
+    second.run()
+    assert second.step == 8 and second.losses == straight.losses
+    for key, value in _weights(straight).items():
+        assert (value == _weights(second)[key]).all(), key
+    assert all((backend.to_host(a) == backend.to_host(b)).all()
+               for a, b in zip(straight.ema.shadow, second.ema.shadow))
+
+
+def test_checkpoint_contents_load_without_pickle(tmp_path, images):
+    trainer = Trainer(tiny(steps=2), str(tmp_path), images=images, log=lambda _: None)
+    trainer.run()
+    arrays = load_checkpoint(trainer.last_checkpoint)   # load_npz uses allow_pickle=False
+    assert arrays["step"] == 2 and arrays["config"]["base_channels"] == 8
+    assert {"rng", "history.loss", "optim.step", "sched.last_step"} <= set(arrays)
+
+
+def test_ctrl_c_saves_and_stops(tmp_path, images):
+    def log(line):
+        if line.startswith("step      3"):
+            os.kill(os.getpid(), signal.SIGINT)
+    trainer = Trainer(tiny(log_every=1), str(tmp_path), images=images, log=log)
+    assert trainer.run() == "interrupted"
+    assert trainer.step in (3, 4)
+    assert load_checkpoint(trainer.checkpoint_path)["step"] == trainer.step
+
+
+def test_nan_loss_names_step_and_checkpoint(tmp_path, images):
+    trainer = Trainer(tiny(checkpoint_every=2), str(tmp_path), images=images,
+                      log=lambda _: None)
+    trainer.run(stop_at=2)
+    trainer.model.conv_in.weight.data[...] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"step 3.*checkpoint.npz"):
+        trainer.run()
+
+
+def test_wrong_architecture_resume_is_one_line(tmp_path, images, capsys):
+    trainer = Trainer(tiny(steps=1), str(tmp_path), images=images, log=lambda _: None)
+    trainer.run()
+    assert cli.main(["--resume", trainer.last_checkpoint, "--base-channels", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minidiff: ") and "wrong shapes" in err and err.count("\n") == 1
+
+
+def test_overfits_one_batch(images):
+    """The first check when samples stay noise: can the model memorise one batch?"""
+    trainer = Trainer(tiny(steps=40, lr=3e-3, warmup_steps=0, min_lr=3e-3, T=20,
+                           train_images=8), "unused", images=images, log=lambda _: None)
+    losses = [trainer.train_step() for _ in range(40)]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_figures_are_written(tmp_path, images):
+    trainer = Trainer(tiny(steps=2, sample_every=2, diag_every=2), str(tmp_path),
+                      images=images, log=lambda _: None)
+    trainer.run()
+    names = set(os.listdir(tmp_path))
+    assert {"loss.png", "loss_by_t.png", "samples_000002.png", "x0_pred_000002.png"} <= names
+
+
+def test_export_is_ema_only(tmp_path, images):
+    trainer = Trainer(tiny(steps=1), str(tmp_path), images=images, log=lambda _: None)
+    trainer.run()
+    save_checkpoint(tmp_path / "e.npz", model=trainer.model, ema=trainer.ema,
+                    config=trainer.config, step=trainer.step, ema_only=True)
+    arrays = load_checkpoint(tmp_path / "e.npz")
+    assert not any(k.startswith(("model.", "optim.")) for k in arrays)
