@@ -8,7 +8,8 @@ from minidiff import backend
 from minidiff.bench import unet as bench_unet
 from minidiff.bench.torch_unet import torch_available
 
-TINY = ["--batch", "2", "--repeat", "1", "--base-channels", "8", "--image-size", "16"]
+TINY = ["--batch", "2", "--repeat", "1", "--threads", "1", "--base-channels", "8",
+        "--image-size", "8"]
 
 
 def test_bench_unet_json_keys(capsys):
