@@ -20,12 +20,14 @@ from minidiff.tensor import Tensor
 
 
 def train(epochs: int = 4, batch: int = 128, lr: float = 1e-3, seed: int = 0,
-          out: str = DEFAULT_PATH, log_every: int = 100) -> dict:
+          out: str = DEFAULT_PATH, log_every: int = 100, init: str | None = None) -> dict:
     backend.manual_seed(seed)
     images, labels = load_mnist("train")
     test_images, test_labels = load_mnist("test")
     x_all, y_all = to_unit_range(images), backend.to_device(labels)
     model = MnistClassifier()
+    if init:
+        model.load(init)  # continue from a saved classifier (fine-tuning)
     optimizer = Adam(model.parameters(), lr=lr)
     steps_per_epoch = len(x_all) // batch
     total = epochs * steps_per_epoch
@@ -62,12 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_PATH)
+    parser.add_argument("--init", default=None, help="start from this classifier file")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    train(args.epochs, args.batch, args.lr, args.seed, args.out)
+    train(args.epochs, args.batch, args.lr, args.seed, args.out, init=args.init)
     return 0
 
 
