@@ -7,14 +7,15 @@ import signal
 import pytest
 
 from minidiff import backend
-from minidiff.data import load_mnist
+from minidiff.data import load_mnist, to_unit_range
 from minidiff.train import cli
+from minidiff.train.diagnostics import overfit_one_batch
 from minidiff.train.checkpoint import load_checkpoint, save_checkpoint
 from minidiff.train.presets import ConfigError, parse_set, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged, batch_indices
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-        "attention_resolutions": [], "T": 50, "batch_size": 8, "steps": 8,
+        "attention_resolutions": [], "T": 50, "batch_size": 4, "image_size": 16, "steps": 8,
         "warmup_steps": 2, "train_images": 200, "log_every": 0, "sample_every": 0,
         "checkpoint_every": 0, "diag_every": 0, "sample_count": 4, "sample_steps": 3,
         "ema_decay": 0.9, "lr": 1e-3}
@@ -22,7 +23,8 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
 
 @pytest.fixture(scope="module")
 def images():
-    return load_mnist("train")[0][:200]
+    """200 digits, centre-cropped to 16x16 so the tiny U-Net runs ~3x faster than at 28x28."""
+    return load_mnist("train")[0][:200, :, 6:22, 6:22]
 
 
 def tiny(**changes):
@@ -123,11 +125,11 @@ def test_wrong_architecture_resume_is_one_line(tmp_path, images, capsys):
 
 
 def test_overfits_one_batch(images):
-    """The first check when samples stay noise: can the model memorise one batch?"""
-    trainer = Trainer(tiny(steps=40, lr=3e-3, warmup_steps=0, min_lr=3e-3, T=20,
-                           train_images=8), "unused", images=images, log=lambda _: None)
-    losses = [trainer.train_step() for _ in range(40)]
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    """The first check when samples stay noise: can the model memorise one fixed batch?"""
+    trainer = Trainer(tiny(), "unused", images=images, log=lambda _: None)
+    x0 = to_unit_range(images[:4])
+    losses = overfit_one_batch(trainer.model, trainer.schedule, x0, steps=30)
+    assert sum(losses[-3:]) / 3 < 0.3 * sum(losses[:3]) / 3, losses
 
 
 def test_figures_are_written(tmp_path, images):

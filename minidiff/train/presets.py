@@ -22,12 +22,12 @@ class ConfigError(ValueError):
 
 
 #: keys forwarded to ``UNetConfig``
-MODEL_KEYS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
+MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
               "num_heads", "dropout", "groups", "time_embed_dim")
 
 _COMMON = {
-    # diffusion
-    "T": 1000, "schedule": "linear",
+    # data and diffusion
+    "image_size": 28, "T": 1000, "schedule": "linear",
     # optimization (AdamW, linear warm-up then cosine decay, clipping, EMA), float32
     "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 500, "min_lr": 0.0, "grad_clip": 1.0,
     "ema_decay": 0.999, "batch_size": 128, "steps": 50_000, "seed": 0,

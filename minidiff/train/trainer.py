@@ -128,8 +128,8 @@ class Trainer:
         try:
             with self.ema.swapped():
                 self.model.eval()
-                x = ddim_sample(self.model, self.schedule, (c["sample_count"], 1, 28, 28),
-                                steps=c["sample_steps"])
+                shape = (c["sample_count"], *self.images.shape[1:])
+                x = ddim_sample(self.model, self.schedule, shape, steps=c["sample_steps"])
         finally:
             self.model.train()
             backend.set_rng_state(saved)
