@@ -137,7 +137,8 @@ def test_figures_are_written(tmp_path, images):
                       images=images, log=lambda _: None)
     trainer.run()
     names = set(os.listdir(tmp_path))
-    assert {"loss.png", "loss_by_t.png", "samples_000002.png", "x0_pred_000002.png"} <= names
+    assert {"loss.png", "loss_by_t.png", "samples_000002.png", "x0_pred_000002.png",
+            "ema.npz"} <= names
 
 
 def test_export_is_ema_only(tmp_path, images):
@@ -147,3 +148,18 @@ def test_export_is_ema_only(tmp_path, images):
                     config=trainer.config, step=trainer.step, ema_only=True)
     arrays = load_checkpoint(tmp_path / "e.npz")
     assert not any(k.startswith(("model.", "optim.")) for k in arrays)
+
+
+def test_train_then_sample_end_to_end(tmp_path, capsys):
+    """``minidiff train`` with a JSON config, then ``minidiff sample`` on its ema.npz."""
+    from minidiff import sample
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "image_size": 28, "train_images": 16,
+                                  "log_every": 1}))
+    out = str(tmp_path / "run")
+    assert cli.main(["--config", str(config), "--steps", "2", "--out", out]) == 0
+    assert "images/s" in capsys.readouterr().out
+    grid = str(tmp_path / "grid.png")
+    assert sample.main(["--checkpoint", os.path.join(out, "ema.npz"), "--n", "2",
+                        "--steps", "2", "--out", grid]) == 0
+    assert os.path.exists(grid)

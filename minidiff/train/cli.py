@@ -85,8 +85,10 @@ def main(argv=None) -> int:
         return _error("interrupted before training started", 130)
     if status == "interrupted":
         return 130
-    print(f"done: {trainer.step} steps, final loss {trainer.losses[-1]:.4f}; "
-          f"checkpoint {trainer.last_checkpoint}", flush=True)
+    finished = "done" if trainer.step >= config["steps"] else "stopped"
+    print(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "
+          f"{trainer.losses[-1]:.4f}; checkpoint {trainer.last_checkpoint}, EMA weights "
+          f"{os.path.join(out, 'ema.npz')}", flush=True)
     return 0
 
 

@@ -156,7 +156,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop_at: int | None = None) -> str:
-        """Train until ``steps`` (or ``stop_at``).  Returns "done" or "interrupted"."""
+        """Train until ``steps`` (or ``stop_at``).  Returns "done" or "interrupted".
+
+        Writes ``checkpoint.npz`` (everything, for ``--resume``) and, at the end, ``ema.npz``
+        (EMA weights and config only, for ``minidiff sample``)."""
         c = self.config
         end = min(c["steps"], stop_at or c["steps"])
         os.makedirs(self.out, exist_ok=True)
@@ -193,6 +196,9 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self.save()
+        # the small file to share or sample from: EMA weights and config only
+        save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
+                        config=self.config, step=self.step, ema_only=True)
         diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
         return "done"
 
