@@ -175,8 +175,8 @@ if pathlib.Path(args.checkpoint).exists():
 
     trained, config = model_from_checkpoint(args.checkpoint)
     k = 4 if args.quick else 16
-    shape = (k, config.in_channels if hasattr(config, "in_channels") else 1,
-             trained.config.image_size, trained.config.image_size)
+    c = trained.config
+    shape = (k, c.in_channels, c.image_size, c.image_size)
     start = time.perf_counter()
     ddim_images = ddim_sample(trained, schedule, shape, steps=10 if args.quick else 50)
     ddim_time = time.perf_counter() - start
@@ -222,8 +222,9 @@ print(f"{'size':>8s} {'ms/forward':>11s} {'DDPM T=1000 (s)':>16s} {'DDIM 50 (s)'
 for size, ms in forward_ms.items():
     print(f"{size:>5d}^2 {ms:11.1f} {ms:16.1f} {ms * 50 / 1000:12.2f}")
 assert forward_ms[sizes[-1]] > forward_ms[sizes[0]], "bigger images take longer"
-print(f"x{(sizes[-1] / sizes[0]) ** 2:.0f} pixels costs x{forward_ms[sizes[-1]] / forward_ms[sizes[0]]:.1f} "
-      "time (on a shared machine: indicative)")
+growth = forward_ms[sizes[-1]] / forward_ms[sizes[0]]
+print(f"x{(sizes[-1] / sizes[0]) ** 2:.0f} pixels costs x{growth:.1f} time "
+      "(on a shared machine: indicative)")
 
 # %% [markdown]
 # ## A figure
