@@ -173,7 +173,7 @@ checkpoint_images = None
 if pathlib.Path(args.checkpoint).exists():
     from minidiff.train.checkpoint import model_from_checkpoint  # noqa: E402
 
-    trained, config = model_from_checkpoint(args.checkpoint)
+    trained, _ = model_from_checkpoint(args.checkpoint)
     k = 4 if args.quick else 16
     c = trained.config
     shape = (k, c.in_channels, c.image_size, c.image_size)
