@@ -110,7 +110,11 @@ class Trainer:
         self.optimizer.zero_grad()
         loss.backward()
         if c["grad_clip"]:
-            clip_grad_norm(self.model.parameters(), c["grad_clip"])
+            norm = clip_grad_norm(self.model.parameters(), c["grad_clip"])
+            if not math.isfinite(norm):   # refuse the update, keep the weights finite
+                raise TrainingDiverged(f"gradient norm is {norm} at step {self.step + 1}; "
+                                       f"last good checkpoint: "
+                                       f"{self.last_checkpoint or 'none saved yet'}")
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update()
