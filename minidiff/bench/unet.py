@@ -21,11 +21,13 @@ runs, and the ratio minidiff / torch of the medians.  PyTorch gets ``--threads``
 
 **Peak memory.**  tracemalloc sees NumPy's buffers but not PyTorch's allocator, so both
 frameworks are measured the same way instead: one fresh subprocess per framework imports it,
-builds the model, optimizer and batch, records ``ru_maxrss`` (the peak resident set), then
-runs two training steps and reports how much the peak grew.  That growth is the working memory
+builds the model, optimizer and batch, resets and records its peak resident set (VmHWM in
+/proc/self/status on Linux, ru_maxrss elsewhere), then runs two training steps and reports
+how much the peak grew.  That growth is the working memory
 of a training step (activations kept for backward, gradients, optimizer state, temporaries),
 excluding the interpreter, the libraries and the weights.  The subprocesses run one after the
-other, so they do not compete for memory.  Linux reports ru_maxrss in KiB.
+other, so they do not compete for memory.  (ru_maxrss is not used on Linux: a child
+starts with its parent's peak.)
 """
 from __future__ import annotations
 
@@ -128,10 +130,28 @@ def _import_torch(threads):
 
 # ----------------------------------------------------------------------------- memory probe
 
+def _peak_rss_bytes(reset: bool = False) -> tuple:
+    """(peak resident set in bytes, source).  On Linux the peak of *this* address space,
+    VmHWM in /proc/self/status, optionally reset to the current RSS first (clear_refs 5).
+    Elsewhere ru_maxrss, which on Linux would also include the parent's RSS at fork time."""
+    try:
+        if reset:
+            try:
+                with open("/proc/self/clear_refs", "w") as handle:
+                    handle.write("5")
+            except OSError:
+                pass
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return int(fields["VmHWM"].split()[0]) * 1024, "VmHWM"
+    except (OSError, KeyError, ValueError):
+        import resource  # noqa: PLC0415  (POSIX only; the parent handles its absence)
+        scale = 1 if sys.platform == "darwin" else 1024   # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "ru_maxrss"
+
+
 def _probe(args) -> dict:
     """Run in a fresh subprocess: peak RSS growth (bytes) over two training steps."""
-    import resource  # noqa: PLC0415  (POSIX only; the parent handles its absence)
-
     backend.manual_seed(0)
     schedule = NoiseSchedule.linear(1000)
     side = _Minidiff(_config(args), args.batch, schedule)
@@ -139,12 +159,11 @@ def _probe(args) -> dict:
         torch = _import_torch(args.threads)
         from minidiff.bench.torch_unet import torch_twin  # noqa: PLC0415
         side = _Torch(torch, torch_twin(side.model), schedule, side.x0, side.t)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, source = _peak_rss_bytes(reset=True)
     for _ in range(2):
         side.train_step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024   # bytes on macOS, KiB on Linux
-    return {"peak_growth_bytes": (peak - base) * scale, "baseline_bytes": base * scale}
+    peak, _ = _peak_rss_bytes()
+    return {"peak_growth_bytes": max(peak - base, 0), "baseline_bytes": base, "source": source}
 
 
 def _measure_memory(args, framework) -> dict | None:
