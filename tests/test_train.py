@@ -163,3 +163,12 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
     assert sample.main(["--checkpoint", os.path.join(out, "ema.npz"), "--n", "2",
                         "--steps", "2", "--out", grid]) == 0
     assert os.path.exists(grid)
+
+
+def test_timestep_report_covers_small_T(images):
+    from minidiff.train.diagnostics import timestep_report
+    trainer = Trainer(tiny(T=50), "unused", images=images, log=lambda _: None)
+    losses, panel = timestep_report(trainer.model, trainer.schedule,
+                                    to_unit_range(images[:4]))
+    assert min(losses) == 0 and max(losses) == 49 and len(losses) >= 10
+    assert panel.shape == (4 * (1 + 2 * 6), 1, 16, 16)     # x0, then (x_t, x0_hat) x 6

@@ -18,11 +18,16 @@ from minidiff.diffusion import predict_x0_from_eps, q_sample
 from minidiff.tensor import Tensor, no_grad
 
 __all__ = ["plot_loss_curve", "timestep_report", "plot_timestep_loss", "overfit_one_batch",
-           "DIAG_TIMESTEPS"]
+           "DIAG_FRACTIONS"]
 
-#: 0-based timesteps examined (index t is the paper's step t + 1)
-DIAG_TIMESTEPS = (0, 25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
-_PANEL_TIMESTEPS = (50, 200, 400, 600, 800, 999)
+#: where t is examined, as fractions of T-1 (with T = 1000: t = 0, 25, 50, 100, ..., 999;
+#: 0-based, index t is the paper's step t + 1); the x0 panel uses a few of them
+DIAG_FRACTIONS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_PANEL_FRACTIONS = (0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _steps(fractions, T: int) -> list:
+    return sorted({round(f * (T - 1)) for f in fractions})
 
 
 def _pyplot():
@@ -52,18 +57,20 @@ def plot_loss_curve(losses, path, window: int = 50) -> None:
     plt.close(fig)
 
 
-def timestep_report(model, schedule, x0, timesteps=DIAG_TIMESTEPS, seed: int = 1234):
-    """``(losses, panel)``: the mean squared error of eps at each t in ``timesteps`` on the
-    batch ``x0`` (same noise for every t), and a uint8 panel of rows x_0 | x_t | x0_hat for
-    a few t (first 4 images each), ready for ``images.save_grid``."""
+def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234):
+    """``(losses, panel)``: the mean squared error of eps on the batch ``x0`` (same noise for
+    every t) at each t in ``timesteps`` (default: spread over [0, T) by ``DIAG_FRACTIONS``),
+    and a uint8 panel of rows x_0 | x_t | x0_hat for a few t (first 4 images each), ready
+    for ``images.save_grid``."""
     xp = backend.xp()
     saved = backend.get_rng_state()
     backend.manual_seed(seed)
     try:
-        timesteps = [t for t in timesteps if t < schedule.num_timesteps]
+        T = schedule.num_timesteps
+        timesteps = _steps(DIAG_FRACTIONS, T) if timesteps is None else list(timesteps)
         noise = backend.randn(*x0.shape, dtype=x0.dtype)
         losses, rows = {}, [from_unit_range(x0[:4])]
-        panel_t = [t for t in _PANEL_TIMESTEPS if t < schedule.num_timesteps]
+        panel_t = _steps(_PANEL_FRACTIONS, T)
         with no_grad():
             for t in sorted(set(timesteps) | set(panel_t)):
                 tt = xp.full((x0.shape[0],), t, dtype=xp.int64)
