@@ -32,7 +32,7 @@ def test_bench_unet_json_keys(capsys):
 def test_memory_probe_reports_growth():
     args = bench_unet._parser().parse_args(TINY + ["--probe", "minidiff"])
     probe = bench_unet._probe(args)
-    assert probe["peak_growth_bytes"] > 0 and probe["baseline_bytes"] > 0
+    assert probe["peak_growth_bytes"] >= 0 and probe["baseline_bytes"] > 0
     assert probe["source"] in ("VmHWM", "ru_maxrss")
 
 
