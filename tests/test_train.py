@@ -47,7 +47,9 @@ def test_presets_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("sets, words", [(["lr"], "key=value"), (["=3"], "key=value"),
-                                          (["lr="], "key=value"), (["lrr=1"], "unknown")])
+                                          (["lr="], "key=value"), (["lrr=1"], "unknown"),
+                                          (["lr=fast"], "number"),
+                                          (["channel_mults=[1,2"], "list")])
 def test_malformed_set(sets, words):
     with pytest.raises(ConfigError, match=words):
         resolve("quick", sets=sets)

@@ -79,6 +79,16 @@ def _check_keys(values: dict, where: str, known) -> None:
                           + ", ".join(sorted(known)))
 
 
+def _check_type(key: str, value, reference) -> None:
+    """Refuse a value of the wrong kind (``--set lr=fast``, ``--set channel_mults=[1,2``)."""
+    if isinstance(reference, list) and not isinstance(value, list):
+        raise ConfigError(f"{key} must be a JSON list like {json.dumps(reference)}, "
+                          f"got {value!r}")
+    number = isinstance(reference, (int, float)) and not isinstance(reference, bool)
+    if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+
+
 def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
             overrides: dict | None = None, base: dict | None = None) -> dict:
     """The configuration for ``preset`` (or ``base``, e.g. one read from a checkpoint) with
@@ -105,6 +115,8 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     _check_keys(parsed, "--set", config)
     config.update(parsed)
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in config.items():
+        _check_type(key, value, base.get(key))
     for key in ("steps", "batch_size", "T"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
