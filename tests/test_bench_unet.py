@@ -55,9 +55,6 @@ def test_torch_twin_matches_minidiff():
 
 
 @pytest.mark.skipif(not torch_available(), reason="torch is not importable (optional)")
-@pytest.mark.xfail(strict=False, reason="known bug (found by this benchmark): at batch 1 a "
-                   "stored U-Net activation (the stride-2 conv's output kept as a skip) is "
-                   "overwritten later in the forward pass, so minidiff != torch")
 def test_torch_twin_matches_minidiff_at_batch_1():
     from minidiff.bench.torch_unet import max_abs_diff, torch_twin
     from minidiff.models import UNet

@@ -97,7 +97,9 @@ def col2im(cols, shape, kernel, stride=1, padding=0):
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     cols = cols.reshape(c, kh, kw, n, ho, wo)
     if kh == kw == sh == sw == 1 and ph == pw == 0:
-        return xp.ascontiguousarray(cols.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+        # a copy, never a view: with N = 1 the transpose is free and the view would alias
+        # the caller's (possibly reused) buffer
+        return cols.reshape(c, n, h, w).transpose(1, 0, 2, 3).copy()
     acc = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -166,7 +168,7 @@ def flat_col2im(cols, shape, kernel, padding=0):
             if i or j:
                 acc[:, i * wq + j:i * wq + j + q] += cols[:, i, j]
     inner = acc[:, base:base + q].reshape(c, n, hq, wq)[:, :, :h, :w]
-    return xp.ascontiguousarray(inner.transpose(1, 0, 2, 3))
+    return inner.transpose(1, 0, 2, 3).copy()  # a copy: ``acc`` is reused by the next call
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor:
@@ -200,7 +202,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
                                                        cols.dtype, xp)).reshape(o, q)
     if bias is not None:
         out += bias.data.reshape(o, 1)
-    y = xp.ascontiguousarray(out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3))
+    # .copy(), not ascontiguousarray: with N = 1 the latter would return a view of the
+    # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
+    y = out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3).copy()
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
