@@ -1,0 +1,69 @@
+"""Every lesson runs as a plain script with --quick: each assert in it holds, it prints the
+equations (or results) it checks, and it writes its figure when matplotlib is installed.
+A second test checks each is written as a chapter in ``# %%`` cells."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+#: lesson -> (what its output must show, what its source must contain, time limit in s)
+LESSONS = {
+    "00_autograd.py": (("(0.1)", "(0.2)", "(0.3)", "(0.4)"),
+                       ("(0.4)", "central difference"), 120),
+    "01_forward_process.py": (("(1.1)", "(1.3)", "(1.4)"), ("assert ", "savefig"), 300),
+    "02_closed_form.py": (("(2.1)", "(2.3)", "(2.4)", "(2.5)", "(2.6)", "(2.7)"),
+                          ("assert ", "savefig"), 300),
+    "03_reverse_process.py": (("(3.1)", "(3.2)", "(3.3)", "(3.4)", "(3.7)"),
+                              ("assert ", "savefig"), 300),
+    "04_loss.py": (("(4.2)", "(4.3)", "(4.5)", "(4.6)", "(4.7)", "(4.8)"),
+                   ("assert ", "savefig"), 300),
+    "05_layers.py": (("(5.1)", "(5.4)", "(5.6)", "(5.7)", "(5.8)"),
+                     ("im2col", "col2im", "sqrt(d)"), 120),
+    "06_unet.py": (("(6.1)", "step-by-step forward == model(x, t)", "1,623,169"),
+                   ("assert ", "savefig", "--quick"), 300),
+    "07_training.py": (("(2.4)", "(4.6)", "mean loss over the first"),
+                       ("assert ", "savefig", "--quick"), 300),
+    "08_sampling.py": (("(3.7)", "DDIM", "ms/forward"), ("assert ", "savefig", "--quick"), 300),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LESSONS))
+def test_lesson_runs_quick(name, tmp_path):
+    shown, _, timeout = LESSONS[name]
+    env = {k: v for k, v in os.environ.items() if k != "MINIDIFF_BACKEND"}
+    env["MPLBACKEND"] = "Agg"
+    result = subprocess.run([sys.executable, str(REPO / "lessons" / name), "--quick",
+                             "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"lesson {name[:2]}: all checks passed" in result.stdout
+    for text in shown:
+        assert text in result.stdout, text
+    if "matplotlib is not installed" not in result.stdout:
+        figures = list(tmp_path.glob("*.png"))
+        assert figures and all(f.stat().st_size > 1000 for f in figures)
+
+
+@pytest.mark.parametrize("name", sorted(LESSONS))
+def test_lesson_is_written_in_cells(name):
+    text = (REPO / "lessons" / name).read_text(encoding="utf-8")
+    assert text.count("# %%") >= 8
+    for needle in LESSONS[name][1]:
+        assert needle in text, needle
+
+
+def test_library_docstrings_cite_equations_the_lessons_define():
+    """Every '(k.n)' that minidiff.diffusion cites appears in lesson k's text."""
+    import re
+    cited = set()
+    for path in (REPO / "minidiff" / "diffusion").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        cited |= set(re.findall(r"(?<![\w.])\(([1-4])\.(\d+)\)", text))
+    assert cited
+    texts = {p.name[:2]: p.read_text(encoding="utf-8") for p in (REPO / "lessons").glob("0*.py")}
+    for lesson, number in sorted(cited):
+        assert f"({lesson}.{number})" in texts[f"0{lesson}"], f"({lesson}.{number})"
