@@ -146,29 +146,6 @@ class Module:
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
 
 
-class Sequential(Module):
-    """Apply the given modules one after the other; children are named "0", "1", ..."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        for i, module in enumerate(modules):
-            setattr(self, str(i), module)
-
-    def __len__(self):
-        return sum(1 for _ in self.named_children())
-
-    def __getitem__(self, i):
-        return list(self.children())[i]
-
-    def __iter__(self):
-        return iter(list(self.children()))
-
-    def forward(self, x):
-        for module in self.children():
-            x = module(x)
-        return x
-
-
 class ModuleList(Module):
     """A list of modules whose parameters are found like attributes ("0", "1", ...)."""
 
@@ -191,3 +168,15 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(list(self.children()))
+
+
+class Sequential(ModuleList):
+    """Apply the given modules one after the other; children are named "0", "1", ..."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for module in self.children():
+            x = module(x)
+        return x
