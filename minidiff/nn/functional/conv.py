@@ -44,8 +44,8 @@ from minidiff.nn.functional import _workspace
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
-__all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_im2col", "flat_col2im",
-           "flat_ok", "conv_output_size"]
+__all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_pad", "flat_windows",
+           "flat_im2col", "flat_col2im", "flat_ok", "conv_output_size"]
 
 
 def _pair(v):
@@ -127,29 +127,55 @@ def flat_ok(kernel, stride, padding) -> bool:
     return sh == sw == 1 and ph <= kh - 1 and pw <= kw - 1
 
 
-def flat_im2col(x, kernel, padding=0):
-    """Stride-1 im2col on a flattened, padding-sharing grid: (C*kh*kw, Q), Q = N Hq Wq.
+def flat_pad(x, kernel, padding=0):
+    """(N, C, H, W) -> (C, length): each channel one long row of the ``_flat_layout`` grid,
+    the pixels in place and every gap zero.
 
-    Lay each channel out as one long row (``_flat_layout``).  The window element (i, j) of
-    the output at flat position q is then xf[c, q + i Wq + j]: a *shift*, so the windows are
-    one ``as_strided`` view with strides (channel, Wq, 1, 1), and every copy here and every
-    add in ``flat_col2im`` runs over long contiguous rows.  The few positions q whose window
-    straddles a row or image border are computed too and thrown away: a (Hq Wq)/(Ho Wo)
-    overhead in the GEMMs (1.07 at 28x28, 1.3 at 7x7) that col2im repays many times over.
+    A fresh (pooled) array, because conv2d keeps it for its backward pass: it is the size of
+    the input, where the columns would be kh*kw times that.
     """
     xp = backend.array_module_of(x)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
     hq, wq, q, base, length = _flat_layout(x.shape, kh, kw, ph, pw)
-    # the pixels are overwritten every call; the zero gaps stay zero from the first call
-    flat = _workspace.buffer(("im2col.flat", x.shape, kh, kw, ph, pw), (c, length), x.dtype,
-                             xp, zeros=True)
-    flat[:, base:base + q].reshape(c, n, hq, wq)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    flat = _workspace.pooled("conv.flat", (c, length), x.dtype, xp)
+    flat[:, :base] = 0
+    grid = flat[:, base:base + q].reshape(c, n, hq, wq)
+    grid[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    grid[:, :, :h, w:] = 0
+    grid[:, :, h:, :] = 0
+    flat[:, base + q:] = 0
+    return flat
+
+
+def flat_windows(flat, kernel, row_pitch: int, q: int):
+    """The (C, kh, kw, Q) view of ``flat`` whose element (c, i, j, q) is
+    flat[c, q + i Wq + j]: the window entry (i, j) of output position q, a pure shift."""
+    xp = backend.array_module_of(flat)
+    (kh, kw) = _pair(kernel)
     s_c, s_e = flat.strides
-    windows = xp.lib.stride_tricks.as_strided(flat, shape=(c, kh, kw, q),
-                                              strides=(s_c, wq * s_e, s_e, s_e))
-    cols = _workspace.pooled("im2col.cols", (c, kh, kw, q), x.dtype, xp)
-    cols[...] = windows
+    return xp.lib.stride_tricks.as_strided(flat, shape=(flat.shape[0], kh, kw, q),
+                                           strides=(s_c, row_pitch * s_e, s_e, s_e))
+
+
+def flat_im2col(x, kernel, padding=0):
+    """Stride-1 im2col on a flattened, padding-sharing grid: (C*kh*kw, Q), Q = N Hq Wq.
+
+    Lay each channel out as one long row (``flat_pad``).  The window element (i, j) of the
+    output at flat position q is then xf[c, q + i Wq + j]: a *shift*, so the windows are one
+    ``as_strided`` view (``flat_windows``), and every copy here and every add in
+    ``flat_col2im`` runs over long contiguous rows.  The few positions q whose window
+    straddles a row or image border are computed too and thrown away: a (Hq Wq)/(Ho Wo)
+    overhead in the GEMMs (1.07 at 28x28, 1.3 at 7x7) that col2im repays many times over.
+
+    The result is a reused scratch buffer: use it before the next call of the same shape.
+    """
+    xp = backend.array_module_of(x)
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    c = x.shape[1]
+    _, wq, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
+    cols = _workspace.buffer("im2col.cols", (c, kh, kw, q), x.dtype, xp)
+    cols[...] = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wq, q)
     return cols.reshape(c * kh * kw, q)
 
 
@@ -192,7 +218,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
     if flat:  # stride 1: the shifted-rows layout (see flat_im2col)
         hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-        cols = flat_im2col(x.data, (kh, kw), padding)
+        x_flat = flat_pad(x.data, (kh, kw), padding)   # kept for backward, not the columns
+        cols = _workspace.buffer("im2col.cols", (c, kh, kw, q), x.dtype, xp)
+        cols[...] = flat_windows(x_flat, (kh, kw), wp, q)
+        cols = cols.reshape(c * kh * kw, q)
     else:
         hp, wp, q = ho, wo, n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
@@ -205,6 +234,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     # .copy(), not ascontiguousarray: with N = 1 the latter would return a view of the
     # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
     y = out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3).copy()
+    if flat:
+        del cols, cols_g   # scratch: the next conv of this shape overwrites it
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
@@ -216,7 +247,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
         g_t = g_t.reshape(groups, o // groups, q)
         grads = [None, None]
         if weight.requires_grad:
-            grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
+            if flat:  # dW[:, :, i, j] = G xf_shift(i, j)^T: kh*kw GEMMs on views, no columns
+                windows = flat_windows(x_flat, (kh, kw), wp, q).reshape(groups, cg, kh, kw, q)
+                dw = xp.empty((kh, kw, groups, o // groups, cg), dtype=g.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        xp.matmul(g_t, windows[:, :, i, j].transpose(0, 2, 1), out=dw[i, j])
+                grads[1] = dw.transpose(2, 3, 4, 0, 1).reshape(weight.shape)
+            else:
+                grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
         if x.requires_grad:
             dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
                 "conv.dcols", (groups, cg * kh * kw, q), g.dtype, xp))
