@@ -171,21 +171,22 @@ for row in table:
 # %%
 checkpoint_images = None
 if pathlib.Path(args.checkpoint).exists():
-    from minidiff.train.checkpoint import model_from_checkpoint  # noqa: E402
+    from minidiff.train.checkpoint import eps_model_from_checkpoint  # noqa: E402
 
-    trained, _ = model_from_checkpoint(args.checkpoint)
+    # eps_theta of the checkpoint (a v- or x0-predicting network is converted by (2.6)/(2.5))
+    trained, trained_schedule, _ = eps_model_from_checkpoint(args.checkpoint)
     k = 4 if args.quick else 16
     c = trained.config
     shape = (k, c.in_channels, c.image_size, c.image_size)
     start = time.perf_counter()
-    ddim_images = ddim_sample(trained, schedule, shape, steps=10 if args.quick else 50)
+    ddim_images = ddim_sample(trained, trained_schedule, shape, steps=10 if args.quick else 50)
     ddim_time = time.perf_counter() - start
     print(f"checkpoint {args.checkpoint}: DDIM {10 if args.quick else 50} steps, {k} images, "
           f"{ddim_time:.1f} s")
     checkpoint_images = [host(ddim_images)]
     if not args.quick:
         start = time.perf_counter()
-        checkpoint_images.append(host(ddpm_sample(trained, schedule, shape)))
+        checkpoint_images.append(host(ddpm_sample(trained, trained_schedule, shape)))
         print(f"DDPM 1000 steps: {time.perf_counter() - start:.1f} s")
     assert np.isfinite(checkpoint_images[0]).all()
 else:

@@ -16,10 +16,10 @@ import sys
 
 from minidiff import backend
 from minidiff.data import from_unit_range
-from minidiff.diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from minidiff.diffusion import ddim_sample, ddpm_sample
 from minidiff.images import save_gif, save_grid, save_strip
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import CheckpointError, model_from_checkpoint
+from minidiff.train.checkpoint import CheckpointError, eps_model_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sample(model, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
+def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
            seed: int = 0, eta: float = 0.0, frames: int = 0):
-    """``(x0, frames)`` in [-1, 1]: ``n`` digits from ``model`` (frames empty unless asked)."""
-    schedule = getattr(NoiseSchedule, config.get("schedule", "linear"))(config["T"])
+    """``(x0, frames)`` in [-1, 1]: ``n`` digits from ``eps_model`` (frames empty unless
+    asked)."""
     steps = steps or (50 if sampler == "ddim" else schedule.num_timesteps)
     backend.manual_seed(seed)
     shape = (n, 1, config.get("image_size", 28), config.get("image_size", 28))
@@ -53,7 +53,7 @@ def sample(model, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
     if frames:
         kwargs.update(return_frames=True, frame_every=max(1, steps // frames))
     run = ddim_sample if sampler == "ddim" else ddpm_sample
-    result = run(model, schedule, shape, **kwargs)
+    result = run(eps_model, schedule, shape, **kwargs)
     return result if frames else (result, [])
 
 
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         print("minidiff: --n and --steps must be positive", file=sys.stderr)
         return 2
     try:
-        model, config = model_from_checkpoint(args.checkpoint, use_ema=not args.raw)
+        eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
+                                                                use_ema=not args.raw)
     except CheckpointError as error:
         print(f"minidiff: {error}", file=sys.stderr)
         return 2
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
               f"{detail}", file=sys.stderr)
         return 2
     want_frames = args.frames if (args.gif or args.strip) else 0
-    x0, frames = sample(model, config, args.sampler, args.steps, args.n, args.seed,
+    x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, args.n, args.seed,
                         args.eta, want_frames)
     save_grid(from_unit_range(x0), args.out)
     print(f"wrote {args.out} ({args.n} digits, {args.sampler}, seed {args.seed})")

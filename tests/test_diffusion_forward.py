@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import minidiff
 from minidiff import backend
-from minidiff.diffusion import (NoiseSchedule, predict_eps_from_v, predict_eps_from_x0,
+from minidiff.diffusion import (NoiseSchedule, as_eps_model, predict_eps_from_v, predict_eps_from_x0,
                                 predict_v, predict_x0_from_eps, predict_x0_from_v,
                                 q_mean_variance, q_sample)
 from tests.test_diffusion_strategies import DIFFUSION, dev, h, schedule_and_t, schedules
@@ -101,3 +101,31 @@ def test_q_sample_with_tensors_passes_gradients(float64):
     np.testing.assert_allclose(h(x0.grad), np.sqrt(abar)[:, None] * np.ones((2, 3)))
     np.testing.assert_allclose(h(eps.grad), np.sqrt(1 - abar)[:, None] * np.ones((2, 3)))
     assert backend.backend_name_of(out.data) == backend.get_backend()
+
+
+@DIFFUSION
+@given(schedule_and_t(n=3), st.integers(0, 2**31 - 1))
+def test_x0_and_v_networks_seen_as_eps_networks(sched_t, seed):
+    """A network that returns the true x_0 (or the true v, written out by hand from the
+    cumulative product of 1 - beta) must be turned into one that returns the true eps."""
+    sched, t = sched_t
+    rng = np.random.default_rng(seed)
+    x0, eps = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    abar = np.cumprod(1.0 - h(sched.betas))[t][:, None]
+    x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+    v = np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0
+    seen = []
+    as_v = as_eps_model(lambda x, tt: seen.append(h(tt)) or dev(v), sched, "v")
+    np.testing.assert_allclose(h(as_v(dev(x_t), dev(t))), eps, atol=1e-9)
+    assert (seen[0] == t).all()
+    good = abar[:, 0] < 1 - 1e-6  # eps from x_0 divides by sqrt(1 - abar)
+    as_x0 = as_eps_model(lambda x, tt: dev(x0), sched, "x0")
+    np.testing.assert_allclose(h(as_x0(dev(x_t), dev(t)))[good], eps[good], rtol=1e-5,
+                               atol=1e-5)
+    network = lambda x, tt: x  # noqa: E731
+    assert as_eps_model(network, sched, "eps") is network
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ValueError, match="prediction.*'score'"):
+        as_eps_model(lambda x, t: x, NoiseSchedule.linear(4), "score")

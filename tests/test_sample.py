@@ -9,7 +9,8 @@ from minidiff import sample as sample_cli
 from minidiff.images import make_grid, save_gif, save_grid, save_strip
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA
-from minidiff.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from minidiff.train.checkpoint import (eps_model_from_checkpoint, load_checkpoint,
+                                       model_from_checkpoint, save_checkpoint)
 from minidiff.train.presets import resolve
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
@@ -59,9 +60,9 @@ def test_sample_command_writes_grid_gif_strip(tmp_path, checkpoint, sampler, cap
 
 
 def test_same_seed_same_digits(checkpoint):
-    model, config = model_from_checkpoint(checkpoint)
-    a, _ = sample_cli.sample(model, config, "ddim", steps=3, n=2, seed=5)
-    b, _ = sample_cli.sample(model, config, "ddim", steps=3, n=2, seed=5)
+    model, schedule, config = eps_model_from_checkpoint(checkpoint)
+    a, _ = sample_cli.sample(model, schedule, config, "ddim", steps=3, n=2, seed=5)
+    b, _ = sample_cli.sample(model, schedule, config, "ddim", steps=3, n=2, seed=5)
     assert (backend.to_host(a) == backend.to_host(b)).all() and a.shape == (2, 1, 16, 16)
 
 

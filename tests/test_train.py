@@ -174,3 +174,35 @@ def test_timestep_report_covers_small_T(images):
                                     to_unit_range(images[:4]))
     assert min(losses) == 0 and max(losses) == 49 and len(losses) >= 10
     assert panel.shape == (4 * (1 + 2 * 6), 1, 16, 16)     # x0, then (x_t, x0_hat) x 6
+
+
+def test_v_prediction_run_samples_through_eps(tmp_path, images):
+    """prediction=v: the trainer fits v, and the checkpoint comes back as an eps-network,
+    eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (2.6), checked against the raw network."""
+    import numpy as np
+    from minidiff.tensor import Tensor, no_grad
+    from minidiff.train.checkpoint import eps_model_from_checkpoint, model_from_checkpoint
+    trainer = Trainer(tiny(steps=2, prediction="v", sample_every=2), str(tmp_path),
+                      images=images, log=lambda _: None)
+    assert trainer.run() == "done"
+    path = str(tmp_path / "ema.npz")
+    eps_model, schedule, config = eps_model_from_checkpoint(path)
+    network, _ = model_from_checkpoint(path)
+    assert config["prediction"] == "v"
+    x_t = backend.randn(2, 1, 16, 16)
+    t = backend.to_device(np.array([3, 40]))
+    abar = np.cumprod(1 - backend.to_host(schedule.betas))[[3, 40]].reshape(2, 1, 1, 1)
+    with no_grad():
+        v = backend.to_host(network(Tensor(x_t), t).data)
+        eps = backend.to_host(eps_model(Tensor(x_t), t).data)
+    expected = np.sqrt(1 - abar) * backend.to_host(x_t) + np.sqrt(abar) * v
+    np.testing.assert_allclose(eps, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_and_schedule_are_checked_and_default_for_old_configs():
+    with pytest.raises(ConfigError, match="prediction must be one of eps, x0, v"):
+        resolve("quick", sets=["prediction=score"])
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        resolve("quick", sets=["schedule=cosin"])
+    old = {k: v for k, v in resolve("mnist").items() if k != "prediction"}
+    assert resolve(base=old)["prediction"] == "eps"

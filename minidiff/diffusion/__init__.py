@@ -3,7 +3,7 @@
 * ``schedule``  — ``NoiseSchedule`` (linear, cosine, scaled_linear, from betas) and every derived
   array (lesson 02; posterior coefficients, lesson 03);
 * ``forward``   — closed-form q(x_t | x_0) (2.4), posterior (3.3)-(3.4), eps / x_0 / v
-  conversions (2.5)-(2.6);
+  conversions (2.5)-(2.6), and ``as_eps_model`` for networks that predict x_0 or v;
 * ``reverse``   — p_theta(x_{t-1} | x_t) from predicted noise (3.7);
 * ``losses``    — L_simple (4.6), Min-SNR weights (4.9), Gaussian KL (4.3), discretized
   decoder (4.7);
@@ -16,7 +16,8 @@ Convention used throughout: arrays and timesteps are 0-based, **index t is the p
 Functions are free functions taking the schedule as their first argument (models first for the
 samplers, mirroring ``sampler(model, schedule, ...)``).
 """
-from minidiff.diffusion.forward import (predict_eps_from_v, predict_eps_from_x0, predict_v,
+from minidiff.diffusion.forward import (PREDICTIONS, EpsFromPrediction, as_eps_model,
+                                        predict_eps_from_v, predict_eps_from_x0, predict_v,
                                         predict_x0_from_eps, predict_x0_from_v, q_mean_variance,
                                         q_posterior, q_sample)
 from minidiff.diffusion.losses import (discretized_gaussian_log_likelihood, erfc, loss_simple,
@@ -29,7 +30,7 @@ from minidiff.diffusion.training import training_step
 from minidiff.diffusion.vlb import bits_per_dim, prior_term, vlb_term_at, vlb_terms
 
 __all__ = [
-    "NoiseSchedule", "q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
+    "NoiseSchedule", "PREDICTIONS", "EpsFromPrediction", "as_eps_model", "q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
     "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v",
     "p_mean_variance", "loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
     "discretized_gaussian_log_likelihood", "vlb_terms", "vlb_term_at", "prior_term",

@@ -32,7 +32,11 @@ from __future__ import annotations
 from minidiff.diffusion._util import extract
 
 __all__ = ["q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
-           "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v"]
+           "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v",
+           "PREDICTIONS", "EpsFromPrediction", "as_eps_model"]
+
+#: what a network may be trained to predict (lesson 02, (2.5)-(2.6))
+PREDICTIONS = ("eps", "x0", "v")
 
 
 def q_mean_variance(schedule, x0, t):
@@ -95,3 +99,37 @@ def predict_eps_from_v(schedule, x_t, t, v):
     """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v, equation (2.6)."""
     return (extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
             + extract(schedule.sqrt_alphas_cumprod, t, x_t) * v)
+
+
+class EpsFromPrediction:
+    """A network that predicts x_0 or v, seen as the eps_theta(x_t, t) the samplers and the
+    bound (lessons 03-04) are written for, through (2.5) or (2.6).
+
+    Why predict anything but eps: at large t, x_0 = (x_t - sqrt(1 - abar_t) eps)/sqrt(abar_t)
+    multiplies the error of eps by sqrt(1/abar_t - 1) (about 160 at t = T for the linear
+    schedule), so a briefly trained eps-network gives wild x_0 estimates early in sampling.
+    v-prediction has no such factor: x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v.
+
+    Attributes other than the call (``config``, ``parameters``, ...) are the network's.
+    """
+
+    def __init__(self, model, schedule, prediction: str):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+        self.model, self.schedule, self.prediction = model, schedule, prediction
+
+    def __call__(self, x_t, t):
+        out = self.model(x_t, t)
+        if self.prediction == "v":
+            return predict_eps_from_v(self.schedule, x_t, t, out)
+        if self.prediction == "x0":
+            return predict_eps_from_x0(self.schedule, x_t, t, out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def as_eps_model(model, schedule, prediction: str = "eps"):
+    """``model`` itself when it predicts eps, else wrapped in ``EpsFromPrediction``."""
+    return model if prediction == "eps" else EpsFromPrediction(model, schedule, prediction)

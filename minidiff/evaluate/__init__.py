@@ -72,32 +72,6 @@ def _log(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def schedule_from_config(config: dict):
-    """The ``NoiseSchedule`` a training configuration names ("schedule", "T")."""
-    from minidiff.diffusion import NoiseSchedule  # noqa: PLC0415
-    name = config.get("schedule", "linear")
-    factory = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine,
-               "scaled_linear": NoiseSchedule.scaled_linear}.get(name)
-    if factory is None:
-        raise ValueError(f"unknown schedule {name!r} in the checkpoint's config")
-    return factory(int(config.get("T", 1000)))
-
-
-def load_model(path, use_ema: bool = True):
-    """(eps model, config) of a training checkpoint (``minidiff.train.checkpoint`` format)."""
-    from minidiff.models.unet import UNet  # noqa: PLC0415
-    from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint  # noqa
-    from minidiff.train.presets import model_config  # noqa: PLC0415
-    arrays = load_checkpoint(path)
-    config = dict(arrays["config"], _step=arrays["step"])
-    weights = group(arrays, "ema" if use_ema else "model")
-    if not weights:
-        raise CheckpointError(f"{path}: holds no {'EMA' if use_ema else 'raw'} weights")
-    model = UNet(model_config(config))
-    model.load_state_dict(weights)
-    return model.eval(), config
-
-
 def _cached_stats(path_key: str, stats_dir: str, compute):
     """(mu, cov) from ``stats_dir/<path_key>.npz``, computing and saving it when absent."""
     path = os.path.join(stats_dir, path_key + ".npz")
@@ -149,8 +123,9 @@ def evaluate(args, quiet: bool = False) -> dict:
 
     if args.n < 2:
         raise ValueError(f"--n: FID needs at least 2 samples, got {args.n}")
-    model, config = load_model(args.checkpoint, use_ema=not args.raw_weights)
-    schedule = schedule_from_config(config)
+    from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint  # noqa
+    model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
+                                                        use_ema=not args.raw_weights)
     classifier_path = args.classifier or DEFAULT_PATH
     classifier = load_classifier(classifier_path)
     checksum = file_checksum(classifier_path)
@@ -159,7 +134,7 @@ def evaluate(args, quiet: bool = False) -> dict:
               "sampler": args.sampler, "steps": args.steps or schedule.num_timesteps,
               "eta": args.eta if args.sampler == "ddim" else None, "n": args.n,
               "seed": args.seed}
-    result["step"] = int(config.get("_step", 0)) or None
+    result["step"] = load_checkpoint(args.checkpoint)["step"] or None
 
     # test-set statistics (cached, keyed by the classifier checksum)
     test_images, _ = load_mnist("test")

@@ -20,7 +20,7 @@ import os
 from minidiff import backend
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
-           "model_from_checkpoint"]
+           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -89,3 +89,24 @@ def model_from_checkpoint(path, use_ema: bool = True):
     model = UNet(model_config(config))
     model.load_state_dict(weights)
     return model.eval(), config
+
+
+def schedule_from_config(config: dict):
+    """The ``NoiseSchedule`` a training configuration names (``schedule``, ``T``)."""
+    from minidiff.diffusion import NoiseSchedule  # noqa: PLC0415
+    name = config.get("schedule", "linear")
+    if name not in ("linear", "cosine", "scaled_linear"):
+        raise CheckpointError(f"unknown schedule {name!r} in the config; expected linear, "
+                              "cosine or scaled_linear")
+    return getattr(NoiseSchedule, name)(int(config.get("T", 1000)))
+
+
+def eps_model_from_checkpoint(path, use_ema: bool = True):
+    """``(eps_model, schedule, config)``: what a sampler or the bound needs from a checkpoint.
+
+    The network is wrapped by ``as_eps_model`` when it was trained to predict x_0 or v
+    (config ``prediction``; checkpoints without that key predict eps)."""
+    from minidiff.diffusion import as_eps_model  # noqa: PLC0415
+    model, config = model_from_checkpoint(path, use_ema=use_ema)
+    schedule = schedule_from_config(config)
+    return as_eps_model(model, schedule, config.get("prediction", "eps")), schedule, config

@@ -28,6 +28,8 @@ MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks", 
 _COMMON = {
     # data and diffusion
     "image_size": 28, "T": 1000, "schedule": "linear",
+    # what the network predicts: "eps" (Ho et al.), "x0" or "v" (lesson 02, (2.5)-(2.6))
+    "prediction": "eps",
     # optimization (AdamW, linear warm-up then cosine decay, clipping, EMA), float32
     "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 500, "min_lr": 0.0, "grad_clip": 1.0,
     "ema_decay": 0.999, "batch_size": 128, "steps": 50_000, "seed": 0,
@@ -98,7 +100,8 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
             raise ConfigError(f"unknown preset {preset!r}; choose one of: "
                               + ", ".join(PRESETS))
         base = PRESETS[preset]
-    config = dict(base)
+    # a key added to minidiff after a checkpoint was written takes its old behaviour
+    config = {**_COMMON, **base}
     if config_file:
         if not os.path.exists(config_file):
             raise ConfigError(f"config file not found: {config_file}")
@@ -117,6 +120,10 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for key, value in config.items():
         _check_type(key, value, base.get(key))
+    choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear")}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
     for key in ("steps", "batch_size", "T"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")

@@ -24,12 +24,13 @@ import time
 
 from minidiff import backend
 from minidiff.data import from_unit_range, load_mnist, to_unit_range
-from minidiff.diffusion import NoiseSchedule, ddim_sample, training_step
+from minidiff.diffusion import as_eps_model, ddim_sample, training_step
 from minidiff.images import save_grid
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
 from minidiff.train import diagnostics
-from minidiff.train.checkpoint import group, load_checkpoint, save_checkpoint
+from minidiff.train.checkpoint import (group, load_checkpoint, save_checkpoint,
+                                       schedule_from_config)
 from minidiff.train.presets import model_config
 
 __all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
@@ -55,7 +56,9 @@ class Trainer:
         c = self.config
         backend.manual_seed(c["seed"])
         self.model = UNet(model_config(c)).train()
-        self.schedule = getattr(NoiseSchedule, c["schedule"])(c["T"])
+        self.schedule = schedule_from_config(c)
+        # what the samplers and diagnostics call: eps_theta, whatever the network predicts
+        self.eps_model = as_eps_model(self.model, self.schedule, c["prediction"])
         self.optimizer = AdamW(self.model.parameters(), lr=c["lr"],
                                weight_decay=c["weight_decay"])
         self.scheduler = WarmupCosine(self.optimizer, c["steps"], c["warmup_steps"],
@@ -101,7 +104,7 @@ class Trainer:
         c = self.config
         index = batch_indices(c["seed"], self.step, c["batch_size"], len(self.images))
         x0 = to_unit_range(self.images[index])
-        loss = training_step(self.model, self.schedule, x0)
+        loss = training_step(self.model, self.schedule, x0, target_type=c["prediction"])
         value = loss.item()
         if not math.isfinite(value):
             where = self.last_checkpoint or "none saved yet"
@@ -133,7 +136,7 @@ class Trainer:
             with self.ema.swapped():
                 self.model.eval()
                 shape = (c["sample_count"], *self.images.shape[1:])
-                x = ddim_sample(self.model, self.schedule, shape, steps=c["sample_steps"])
+                x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"])
         finally:
             self.model.train()
             backend.set_rng_state(saved)
@@ -146,7 +149,7 @@ class Trainer:
         x0 = to_unit_range(self.images[:32])
         self.model.eval()
         try:
-            losses, panel = diagnostics.timestep_report(self.model, self.schedule, x0)
+            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0)
         finally:
             self.model.train()
         self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
