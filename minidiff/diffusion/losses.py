@@ -84,7 +84,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     # mass of the bin, computed on the side of the mean where both tails are small
     mass = xp.where(lower > 0, normal_cdf(-lower) - normal_cdf(-upper),
                     cdf_upper - normal_cdf(lower))
-    tiny = 1e-300
+    tiny = xp.finfo(mass.dtype).tiny   # 1e-300 would round to 0 in float32: log(0) = -inf
     log_probs = xp.where(
         x < -0.999, xp.log(xp.maximum(cdf_upper, tiny)),
         xp.where(x > 0.999, xp.log(xp.maximum(sf_lower, tiny)),
