@@ -29,3 +29,35 @@ def test_outputs_and_input_gradients_survive_the_next_call(kernel, stride, paddi
     (y2 * 2).sum().backward()
     np.testing.assert_array_equal(x1.grad, g1)
     np.testing.assert_allclose(x2.grad, 2 * g1, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_of_different_shapes_share_scratch_without_mixing():
+    """Scratch blocks are shared by every shape of a purpose: interleaving a large and a
+    small convolution (forward A, forward B, backward B, backward A) must give the gradients
+    each gets alone."""
+    from minidiff.nn.functional import _workspace
+
+    def run(order):
+        backend.manual_seed(3)
+        wa = md.Tensor(backend.randn(5, 3, 3, 3), requires_grad=True)
+        wb = md.Tensor(backend.randn(2, 4, 3, 3), requires_grad=True)
+        xa = md.Tensor(backend.randn(2, 3, 9, 9), requires_grad=True)
+        xb = md.Tensor(backend.randn(1, 4, 5, 5), requires_grad=True)
+        if order == "alone":
+            F.conv2d(xa, wa, padding=1).sum().backward()
+            (F.conv2d(xb, wb, padding=1) * 3).sum().backward()
+        else:
+            ya, yb = F.conv2d(xa, wa, padding=1), F.conv2d(xb, wb, padding=1)
+            (yb * 3).sum().backward()
+            ya.sum().backward()
+        return [t.grad.copy() for t in (wa, wb, xa, xb)]
+
+    _workspace.clear()
+    alone = run("alone")
+    mixed = run("mixed")
+    for a, b in zip(alone, mixed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    small = _workspace.buffer("test.tag", (2, 3), "float32", backend.xp())
+    large = _workspace.buffer("test.tag", (4, 5), "float32", backend.xp())
+    again = _workspace.buffer("test.tag", (2, 3), "float32", backend.xp())
+    assert np.shares_memory(large, again) and not np.shares_memory(small, large)

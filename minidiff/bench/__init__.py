@@ -6,6 +6,16 @@ import sys
 BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet"}
 
 
+def import_torch(threads: int):
+    """PyTorch with ``threads`` threads, or None where it is not installed."""
+    try:
+        import torch  # noqa: PLC0415  (optional comparison only; never a dependency)
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in BENCHMARKS:

@@ -7,10 +7,14 @@ Shapes are those of the small MNIST U-Net (batch 64): 3x3 convolutions at 32ch 2
 with 8 groups at 32ch 28x28 and 64ch 14x14; SiLU; and 4-head attention over 49 tokens of
 width 64.  All float32 on the CPU.
 
-Where ``torch`` imports, the same op runs in PyTorch in the same process, interleaved with
-ours (minidiff, torch, minidiff, torch, ...) so that both see the same machine load; each row
-reports the minimum over repeats and the ratio minidiff / torch.  PyTorch gets as many threads
-as NumPy's BLAS (``--threads``, default: the CPU count visible to this process).
+Where ``torch`` imports, the same op runs in PyTorch in the same process, in two rounds of
+back-to-back repeats per framework (minidiff x k, torch x k, minidiff x k, torch x k, with
+k = ceil(repeat / 2)), so that both see the same machine load.  Not one call each in turn:
+after each op torch's OpenMP threads spin for a while before they sleep, and on a 2-core
+machine that spinning took the cores from the NumPy call timed next (a 7x7 conv measured
+14-18 ms right after a torch call, 10 ms after its own repeat).  Each row reports the
+minimum over repeats and the ratio minidiff / torch.  PyTorch gets as many threads as NumPy's
+BLAS (``--threads``, default: the CPU count visible to this process).
 
 The "U-Net weighted total" sums conv + GroupNorm + SiLU rows weighted by how many times each
 shape occurs in one U-Net forward/backward, and compares the totals.
@@ -24,6 +28,7 @@ import sys
 import time
 
 from minidiff import backend
+from minidiff.bench import import_torch
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
 
@@ -95,11 +100,7 @@ def _timed(fn):
 
 def run(args) -> dict:
     """Time every case; returns {"rows": [...], "total": {...}} (seconds, minimum of repeats)."""
-    try:
-        import torch  # noqa: PLC0415  (optional comparison only)
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
+    torch = import_torch(args.threads)
     backend.manual_seed(0)
     rows = []
     for name, kind, a, weight in CASES:
@@ -109,10 +110,12 @@ def run(args) -> dict:
         _ours(kind, a, arrays)  # warm up both
         if torch:
             _theirs(torch, kind, a, tt)
-        for _ in range(args.repeat):
-            ours.append(_timed(lambda: _ours(kind, a, arrays)))
+        for _ in range(2):  # two rounds of back-to-back repeats per framework
+            for _ in range((args.repeat + 1) // 2):
+                ours.append(_timed(lambda: _ours(kind, a, arrays)))
             if torch:
-                theirs.append(_timed(lambda: _theirs(torch, kind, a, tt)))
+                for _ in range((args.repeat + 1) // 2):
+                    theirs.append(_timed(lambda: _theirs(torch, kind, a, tt)))
         row = {"name": name, "weight": weight, "minidiff_ms": 1e3 * min(ours)}
         if torch:
             row["torch_ms"] = 1e3 * min(theirs)

@@ -40,6 +40,7 @@ import sys
 import time
 
 from minidiff import backend
+from minidiff.bench import import_torch
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
@@ -119,15 +120,6 @@ class _Torch:
             self.model(self.x0, self.t)
 
 
-def _import_torch(threads):
-    try:
-        import torch  # noqa: PLC0415  (optional comparison only; never a dependency)
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    return torch
-
-
 # ----------------------------------------------------------------------------- memory probe
 
 def _peak_rss_bytes(reset: bool = False) -> tuple:
@@ -156,7 +148,7 @@ def _probe(args) -> dict:
     schedule = NoiseSchedule.linear(1000)
     side = _Minidiff(_config(args), args.batch, schedule)
     if args.probe == "torch":
-        torch = _import_torch(args.threads)
+        torch = import_torch(args.threads)
         from minidiff.bench.torch_unet import torch_twin  # noqa: PLC0415
         side = _Torch(torch, torch_twin(side.model), schedule, side.x0, side.t)
     base, source = _peak_rss_bytes(reset=True)
@@ -191,7 +183,7 @@ def _stats(seconds) -> dict:
 
 def run(args) -> dict:
     """Time both steps (and measure memory unless ``args.no_memory``); returns a dict."""
-    torch = _import_torch(args.threads)
+    torch = import_torch(args.threads)
     backend.manual_seed(0)
     config = _config(args)
     schedule = NoiseSchedule.linear(1000)

@@ -1,34 +1,38 @@
-"""Reusable scratch buffers for the big temporaries of conv2d (lesson 05, "performance").
+"""Reusable scratch memory for the big temporaries of conv2d (lesson 05, "performance").
 
 A fresh 60 MB array costs more than filling it: the operating system maps and zeroes its pages
-on first touch.  Temporaries that never leave one call (the padded input, the GEMM output, the
-column gradient) are therefore kept here, one per (purpose, shape, dtype, backend), and
-reused.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one graph at a time).
+on first touch.  Temporaries that never leave one call (the GEMM output, the columns, the
+column gradient, the col2im accumulator) are therefore cut from one reused block per purpose
+(``tag``): every shape of a tag shares that block, grown to the largest request, so the scratch
+memory is one copy per purpose, not one per layer shape.  A buffer is valid until the next
+request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one
+graph at a time).
 
-Arrays that *do* outlive the call -- the im2col columns, which the backward pass needs -- come
-from ``pooled``: a small pool per shape, and an array is handed out again only once nobody
-else holds a reference to it (``sys.getrefcount``), i.e. once its graph has been used by
-backward, or was never recorded (under ``no_grad``).
+Arrays that *do* outlive the call -- what the backward pass needs, such as conv2d's padded
+input -- come from ``pooled``: a small pool per shape, and an array is handed out again only
+once nobody else holds a reference to it (``sys.getrefcount``), i.e. once its graph has been
+used by backward, or was never recorded (under ``no_grad``).
 """
+import math
 import sys
 
 __all__ = ["buffer", "pooled", "clear", "nbytes"]
 
-_buffers = {}
+_blocks = {}
 _pools = {}
 POOL_SIZE = 4
 
 
-def buffer(tag, shape, dtype, xp, zeros: bool = False):
-    """A cached array of ``shape``; ``zeros`` zero-fills it only when it is first made, so a
-    caller that writes just the interior keeps zero borders for free -- ``tag`` must then
-    name everything that decides where the interior is."""
-    key = (tag, tuple(shape), str(dtype), xp.__name__)
-    array = _buffers.get(key)
-    if array is None:
-        array = xp.zeros(shape, dtype=dtype) if zeros else xp.empty(shape, dtype=dtype)
-        _buffers[key] = array
-    return array
+def buffer(tag: str, shape, dtype, xp):
+    """An uninitialised scratch array of ``shape``, cut from the block of ``tag`` (which is
+    reallocated, larger, when it is too small); valid until the next ``buffer(tag, ...)``."""
+    size = math.prod(shape)
+    key = (tag, str(dtype), xp.__name__)
+    block = _blocks.get(key)
+    if block is None or block.size < size:
+        block = xp.empty(max(size, 1), dtype=dtype)
+        _blocks[key] = block
+    return block[:size].reshape(shape)
 
 
 def pooled(tag, shape, dtype, xp):
@@ -47,12 +51,12 @@ def pooled(tag, shape, dtype, xp):
 
 def clear() -> None:
     """Forget every cached buffer (frees their memory once no graph holds them)."""
-    _buffers.clear()
+    _blocks.clear()
     _pools.clear()
 
 
 def nbytes() -> int:
     """Total size of the cached buffers in bytes."""
-    return (sum(a.nbytes for a in _buffers.values()) +
+    return (sum(a.nbytes for a in _blocks.values()) +
             sum(a.nbytes for pool in _pools.values() for a in pool))
 

@@ -239,9 +239,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
-            g_t = _workspace.buffer(("conv.grad_out", ho, wo), (o, n, hp, wp), g.dtype, xp,
-                                    zeros=True)
+            g_t = _workspace.buffer("conv.grad_out", (o, n, hp, wp), g.dtype, xp)
             g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
+            g_t[:, :, ho:, :] = 0
+            g_t[:, :, :ho, wo:] = 0
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3))
         g_t = g_t.reshape(groups, o // groups, q)
