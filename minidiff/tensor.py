@@ -148,7 +148,10 @@ class Tensor:
 
         order = self._topological_order()
         grads = {id(self): grad}
-        for node in reversed(order):
+        while order:
+            # pop, not iterate: once a node is done and its children have dropped their links
+            # to it, nothing here holds it, so its forward output is freed during backward
+            node = order.pop()
             node_grad = grads.pop(id(node), None)
             if node._backward is None:  # a leaf
                 if node_grad is not None:  # copy: the array may be shared or a read-only view

@@ -30,8 +30,12 @@ def tanh(x) -> Tensor:
 
 
 def _sigmoid(xp, data):
-    # 0.5 (1 + tanh(x/2)) equals 1 / (1 + e^-x) and never overflows
-    return 0.5 * (1 + xp.tanh(0.5 * data))
+    """A new array 0.5 (1 + tanh(x/2)), which equals 1 / (1 + e^-x) and never overflows,
+    built with in-place ufuncs."""
+    s = xp.tanh(0.5 * data)
+    s *= 0.5
+    s += 0.5
+    return s
 
 
 def sigmoid(x) -> Tensor:
@@ -49,15 +53,16 @@ def silu(x) -> Tensor:
     """x * sigmoid(x) (also called swish), the U-Net's activation.
 
     In-place ufuncs keep the temporaries to two arrays: this runs on every U-Net feature map.
+    The backward pass recomputes sigmoid(x) instead of keeping it: one tanh more, and one
+    feature map less held per activation until backward.
     """
     x, xp = _unary(x, "silu")
-    s = xp.tanh(0.5 * x.data)  # sigmoid(x) = 0.5 (1 + tanh(x / 2)), built in place
-    s *= 0.5
-    s += 0.5
-    out = x.data * s
+    out = _sigmoid(xp, x.data)
+    out *= x.data
 
     def backward(g):
-        # s (1 + x (1 - s)) = s + out (1 - s)
+        # d silu / dx = s (1 + x (1 - s)) = s + out (1 - s), with s = sigmoid(x)
+        s = _sigmoid(xp, x.data)
         d = 1 - s
         d *= out
         d += s

@@ -33,8 +33,11 @@ Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_im2col
 channel becomes one long row in which neighbouring image rows share their zero padding, so a
 kernel offset (i, j) is a plain *shift* of that row.  im2col is then kh*kw long contiguous
 copies and col2im kh*kw long contiguous adds, instead of adds over rows only Wo numbers long.
-The big scratch arrays (padded input, GEMM output, column gradient) are reused between calls
-(``_workspace``), and so are the columns once the graph that needed them is gone.
+What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
+kh*kw times larger, are a scratch buffer (``_workspace``) shared by every convolution, and
+the weight gradient is computed from shifted views of the re-padded input instead
+(dW[:, :, i, j] = G xf_shift(i, j)^T, kh*kw GEMMs with no column copy).  The column gradient
+reuses the columns' buffer, which is dead by then.
 
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
@@ -131,14 +134,14 @@ def flat_pad(x, kernel, padding=0):
     """(N, C, H, W) -> (C, length): each channel one long row of the ``_flat_layout`` grid,
     the pixels in place and every gap zero.
 
-    A fresh (pooled) array, because conv2d keeps it for its backward pass: it is the size of
-    the input, where the columns would be kh*kw times that.
+    A reused scratch buffer, valid until the next call: conv2d rebuilds it in its backward
+    pass from the input (which the graph keeps anyway) rather than keep a second copy.
     """
     xp = backend.array_module_of(x)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
     hq, wq, q, base, length = _flat_layout(x.shape, kh, kw, ph, pw)
-    flat = _workspace.pooled("conv.flat", (c, length), x.dtype, xp)
+    flat = _workspace.buffer("conv.flat", (c, length), x.dtype, xp)
     flat[:, :base] = 0
     grid = flat[:, base:base + q].reshape(c, n, hq, wq)
     grid[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
@@ -174,7 +177,7 @@ def flat_im2col(x, kernel, padding=0):
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     c = x.shape[1]
     _, wq, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    cols = _workspace.buffer("im2col.cols", (c, kh, kw, q), x.dtype, xp)
+    cols = _workspace.buffer("conv.columns", (c, kh, kw, q), x.dtype, xp)
     cols[...] = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wq, q)
     return cols.reshape(c * kh * kw, q)
 
@@ -218,10 +221,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
     if flat:  # stride 1: the shifted-rows layout (see flat_im2col)
         hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-        x_flat = flat_pad(x.data, (kh, kw), padding)   # kept for backward, not the columns
-        cols = _workspace.buffer("im2col.cols", (c, kh, kw, q), x.dtype, xp)
-        cols[...] = flat_windows(x_flat, (kh, kw), wp, q)
-        cols = cols.reshape(c * kh * kw, q)
+        cols = flat_im2col(x.data, (kh, kw), padding)   # scratch: backward keeps only x
     else:
         hp, wp, q = ho, wo, n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
@@ -235,7 +235,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
     y = out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3).copy()
     if flat:
-        del cols, cols_g   # scratch: the next conv of this shape overwrites it
+        del cols, cols_g   # scratch: the next conv overwrites it
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
@@ -249,6 +249,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
         grads = [None, None]
         if weight.requires_grad:
             if flat:  # dW[:, :, i, j] = G xf_shift(i, j)^T: kh*kw GEMMs on views, no columns
+                x_flat = flat_pad(x.data, (kh, kw), padding)
                 windows = flat_windows(x_flat, (kh, kw), wp, q).reshape(groups, cg, kh, kw, q)
                 dw = xp.empty((kh, kw, groups, o // groups, cg), dtype=g.dtype)
                 for i in range(kh):
@@ -258,8 +259,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
             else:
                 grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
         if x.requires_grad:
+            # the forward's columns are dead by now: their block holds the column gradient
             dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
-                "conv.dcols", (groups, cg * kh * kw, q), g.dtype, xp))
+                "conv.columns", (groups, cg * kh * kw, q), g.dtype, xp))
             grads[0] = (flat_col2im(dcols, x.shape, (kh, kw), padding) if flat else
                         col2im(dcols, x.shape, (kh, kw), stride, padding))
         if bias is not None:

@@ -18,8 +18,9 @@ gh = dL/dxhat = gamma g, differentiate xhat_i = (x_i - mu) r:
     dL/dgamma = sum g xhat,     dL/dbeta = sum g       (over everything but the channel)
 
 Statistics are computed in one reshape to (N, G, m).  Layer norm keeps xhat and r for the
-backward pass; group norm keeps x - mu and r and works per (sample, channel) row so that the
-per-channel gamma folds into per-row scale factors (see ``group_norm``).
+backward pass; group norm keeps only mu and r (x itself is held by the graph) and works per
+(sample, channel) row so that the per-channel gamma folds into per-row factors (see
+``group_norm``).
 """
 from minidiff import backend
 from minidiff.ops._inputs import as_tensors
@@ -53,9 +54,11 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     y = gamma[c] xhat + beta[c].  x is (N, C, ...), weight and bias (C,).
 
     Work per (sample, channel) row of S pixels so that no full-size xhat is ever formed:
-    y = x a + b with a = r gamma and b = beta - mu r gamma (one pass over x), and in the
-    backward pass the group means of gh and gh xhat come from the per-row sums
-    sum_s g and sum_s g (x - mu), so dL/dx = (r gamma) g - r^2 B (x - mu) - r A is two passes.
+    y = x a + b with a = r gamma and b = beta - mu r gamma (one pass over x).  The backward
+    pass keeps only x (which the graph holds anyway) and the per-group mu and r: the group
+    means of gh and gh xhat come from the per-row sums sum_s g and
+    sum_s g (x - mu) = sum_s g x - mu sum_s g, and then
+    dL/dx = (r gamma) g - (r^2 B) x + (mu r^2 B - r A), per-row factors times two arrays.
     """
     parents = as_tensors("group_norm", *[t for t in (x, weight, bias) if t is not None])
     x = parents[0]
@@ -69,8 +72,9 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     m = cg * s
     xg = x.data.reshape(n, G, m)
     mu = xg.mean(axis=-1, keepdims=True)                       # (n, G, 1)
-    centered = xg - mu
+    centered = xg - mu                                         # two-pass variance: exact
     var = xp.einsum("ngm,ngm->ng", centered, centered)[..., None] / m
+    del centered                                               # a temporary, not kept
     r = 1.0 / xp.sqrt(var + eps)                               # (n, G, 1)
     gamma = parents[1].data.reshape(1, G, cg) if has_w else xp.ones((1, G, cg), x.dtype)
     scale = (r * gamma).reshape(n, c, 1)                       # r gamma per (n, c)
@@ -81,16 +85,18 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
         y -= (mu * r * gamma).reshape(n, c, 1)
 
     def backward(g):
-        g3 = g.reshape(n, c, s)
-        cen = centered.reshape(n, c, s)
+        g3, x3 = g.reshape(n, c, s), x.data.reshape(n, c, s)
         sum_g = g3.sum(axis=-1).reshape(n, G, cg)               # sum_s g
-        sum_gc = xp.einsum("ncs,ncs->nc", g3, cen).reshape(n, G, cg)  # sum_s g (x - mu)
+        sum_gx = xp.einsum("ncs,ncs->nc", g3, x3).reshape(n, G, cg)
+        sum_gc = sum_gx - mu * sum_g                            # sum_s g (x - mu)
         a = (gamma * sum_g).sum(axis=-1, keepdims=True) / m     # mean(gh)
         b = (gamma * sum_gc).sum(axis=-1, keepdims=True) * (r / m)  # mean(gh xhat)
+        x_factor = xp.broadcast_to(r * r * b, (n, G, cg)).reshape(n, c, 1)
+        offset = xp.broadcast_to(mu * r * r * b - r * a, (n, G, cg)).reshape(n, c, 1)
         dx = g3 * scale
-        tmp = centered * (r * r * b)
-        dx -= tmp.reshape(n, c, s)
-        dx.reshape(n, G, m)[...] -= r * a
+        tmp = x3 * x_factor
+        dx -= tmp
+        dx += offset
         grads = [dx.reshape(x.shape)]
         if has_w:
             grads.append((sum_gc * r).sum(axis=0).reshape(c))
