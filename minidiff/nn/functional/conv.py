@@ -34,10 +34,11 @@ channel becomes one long row in which neighbouring image rows share their zero p
 kernel offset (i, j) is a plain *shift* of that row.  im2col is then kh*kw long contiguous
 copies and col2im kh*kw long contiguous adds, instead of adds over rows only Wo numbers long.
 What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
-kh*kw times larger, are a scratch buffer (``_workspace``) shared by every convolution, and
-the weight gradient is computed from shifted views of the re-padded input instead
-(dW[:, :, i, j] = G xf_shift(i, j)^T, kh*kw GEMMs with no column copy).  The column gradient
-reuses the columns' buffer, which is dead by then.
+kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
+(``_workspace``) shared by every convolution, and the weight gradient is computed from
+shifted views of the re-padded input instead (dW[:, :, i, j] = G xf_shift(i, j)^T, kh*kw
+GEMMs with no column copy).  The column gradient is built in the same chunks, in the same
+buffer, and scattered into the input gradient chunk by chunk.
 
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
@@ -182,22 +183,44 @@ def flat_im2col(x, kernel, padding=0):
     return cols.reshape(c * kh * kw, q)
 
 
+def _flat_scatter_add(acc, cols, start: int, row_pitch: int) -> None:
+    """acc[c, start + q + i Wq + j] += cols[c, i, j, q]: the kh*kw shifted adds of col2im."""
+    _, kh, kw, q = cols.shape
+    for i in range(kh):
+        for j in range(kw):
+            shift = start + i * row_pitch + j
+            acc[:, shift:shift + q] += cols[:, i, j]
+
+
+def _flat_unpad(acc, shape, base: int, hq: int, wq: int):
+    """The (N, C, H, W) pixels of a flat-layout array (C, length), as a new array."""
+    n, c, h, w = shape
+    inner = acc[:, base:base + n * hq * wq].reshape(c, n, hq, wq)[:, :, :h, :w]
+    return inner.transpose(1, 0, 2, 3).copy()  # a copy: ``acc`` is reused by the next call
+
+
 def flat_col2im(cols, shape, kernel, padding=0):
     """Adjoint of ``flat_im2col``: kh*kw shifted adds of whole rows, then pick the pixels."""
     xp = backend.array_module_of(cols)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = shape
     hq, wq, q, base, length = _flat_layout(shape, kh, kw, ph, pw)
-    cols = cols.reshape(c, kh, kw, q)
     acc = _workspace.buffer("col2im.acc", (c, length), cols.dtype, xp)
-    acc[:, :q] = cols[:, 0, 0]  # offset (0, 0) sets, the others add
-    acc[:, q:] = 0
-    for i in range(kh):
-        for j in range(kw):
-            if i or j:
-                acc[:, i * wq + j:i * wq + j + q] += cols[:, i, j]
-    inner = acc[:, base:base + q].reshape(c, n, hq, wq)[:, :, :h, :w]
-    return inner.transpose(1, 0, 2, 3).copy()  # a copy: ``acc`` is reused by the next call
+    acc[...] = 0
+    _flat_scatter_add(acc, cols.reshape(c, kh, kw, q), 0, wq)
+    return _flat_unpad(acc, shape, base, hq, wq)
+
+
+#: bytes of im2col columns (or of their gradient) built at a time: whole images, about this
+#: many bytes' worth, so that the scratch memory is a few images' columns and not the whole
+#: batch's (187 MB for 96 channels at 28x28, batch 64).  Much smaller chunks make the GEMMs
+#: too small; on the 2-core machine 16 MiB trained the reference U-Net as fast as one chunk
+#: did, within the run-to-run noise (2.6-2.8x torch either way)
+CHUNK_BYTES = 16 * 2 ** 20
+
+
+def _images_per_chunk(bytes_per_image: int, n: int) -> int:
+    return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor:
@@ -219,23 +242,35 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
-    if flat:  # stride 1: the shifted-rows layout (see flat_im2col)
-        hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-        cols = flat_im2col(x.data, (kh, kw), padding)   # scratch: backward keeps only x
+    w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
+    if flat:  # stride 1: the shifted-rows layout (see flat_im2col), a few images at a time
+        hp, wp, q, base, x_length = _flat_layout(x.shape, kh, kw, ph, pw)
+        windows = flat_windows(flat_pad(x.data, (kh, kw), padding), (kh, kw), wp, q)
+        per = _images_per_chunk(c * kh * kw * hp * wp * x.data.itemsize, n)
+        y = xp.empty((n, o, ho, wo), dtype=x.dtype)
+        for n0 in range(0, n, per):
+            k = min(per, n - n0)
+            start, stop = n0 * hp * wp, (n0 + k) * hp * wp
+            cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
+            cols[...] = windows[..., start:stop]
+            out = xp.matmul(w_g, cols.reshape(groups, cg * kh * kw, stop - start),
+                            out=_workspace.buffer("conv.out", (groups, o // groups, stop - start),
+                                                  x.dtype, xp)).reshape(o, stop - start)
+            if bias is not None:
+                out += bias.data.reshape(o, 1)
+            y[n0:n0 + k] = out.reshape(o, k, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+        del windows, cols, out   # scratch: the next conv overwrites it; backward keeps only x
     else:
         hp, wp, q = ho, wo, n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
-    cols_g = cols.reshape(groups, cg * kh * kw, q)
-    w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
-    out = xp.matmul(w_g, cols_g, out=_workspace.buffer("conv.out", (groups, o // groups, q),
-                                                       cols.dtype, xp)).reshape(o, q)
-    if bias is not None:
-        out += bias.data.reshape(o, 1)
-    # .copy(), not ascontiguousarray: with N = 1 the latter would return a view of the
-    # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
-    y = out.reshape(o, n, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3).copy()
-    if flat:
-        del cols, cols_g   # scratch: the next conv overwrites it
+        cols_g = cols.reshape(groups, cg * kh * kw, q)
+        out = xp.matmul(w_g, cols_g, out=_workspace.buffer(
+            "conv.out", (groups, o // groups, q), cols.dtype, xp)).reshape(o, q)
+        if bias is not None:
+            out += bias.data.reshape(o, 1)
+        # .copy(), not ascontiguousarray: with N = 1 the latter would return a view of the
+        # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
+        y = out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3).copy()
 
     def backward(g):
         if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
@@ -258,12 +293,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
                 grads[1] = dw.transpose(2, 3, 4, 0, 1).reshape(weight.shape)
             else:
                 grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
-        if x.requires_grad:
-            # the forward's columns are dead by now: their block holds the column gradient
+        if x.requires_grad and flat:  # dx = col2im(W^T G), a few images at a time
+            acc = _workspace.buffer("col2im.acc", (c, x_length), g.dtype, xp)
+            acc[...] = 0
+            per = _images_per_chunk(c * kh * kw * hp * wp * g.itemsize, n)
+            for start in range(0, q, per * hp * wp):
+                stop = min(q, start + per * hp * wp)
+                dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t[:, :, start:stop],
+                                  out=_workspace.buffer("conv.columns",
+                                                        (groups, cg * kh * kw, stop - start),
+                                                        g.dtype, xp))
+                _flat_scatter_add(acc, dcols.reshape(c, kh, kw, stop - start), start, wp)
+            grads[0] = _flat_unpad(acc, x.shape, base, hp, wp)
+        elif x.requires_grad:
             dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
                 "conv.columns", (groups, cg * kh * kw, q), g.dtype, xp))
-            grads[0] = (flat_col2im(dcols, x.shape, (kh, kw), padding) if flat else
-                        col2im(dcols, x.shape, (kh, kw), stride, padding))
+            grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
         if bias is not None:
             grads.append(g.sum(axis=(0, 2, 3)))
         return grads
