@@ -189,6 +189,13 @@ if pathlib.Path(args.checkpoint).exists():
         checkpoint_images.append(host(ddpm_sample(trained, trained_schedule, shape)))
         print(f"DDPM 1000 steps: {time.perf_counter() - start:.1f} s")
     assert np.isfinite(checkpoint_images[0]).all()
+    from minidiff.data import from_unit_range  # noqa: E402
+    from minidiff.images import save_grid  # noqa: E402
+
+    # one row per sampler: DDIM (50 steps) above, DDPM (1000 steps) below in full mode
+    rows = np.concatenate(checkpoint_images)
+    save_grid(from_unit_range(rows), out_dir / "08_checkpoint_samples.png", nrow=k)
+    print(f"samples written to {out_dir / '08_checkpoint_samples.png'}")
 else:
     print(f"no checkpoint at {args.checkpoint}: section 3 skipped (run `minidiff train`)")
 
