@@ -193,8 +193,8 @@ if pathlib.Path(args.checkpoint).exists():
     from minidiff.images import save_grid  # noqa: E402
 
     # one row per sampler: DDIM (50 steps) above, DDPM (1000 steps) below in full mode
-    rows = np.concatenate(checkpoint_images)
-    save_grid(from_unit_range(rows), out_dir / "08_checkpoint_samples.png", nrow=k)
+    sampled = np.concatenate(checkpoint_images)
+    save_grid(from_unit_range(sampled), out_dir / "08_checkpoint_samples.png", nrow=k)
     print(f"samples written to {out_dir / '08_checkpoint_samples.png'}")
 else:
     print(f"no checkpoint at {args.checkpoint}: section 3 skipped (run `minidiff train`)")
