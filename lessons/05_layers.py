@@ -88,9 +88,9 @@ print("(5.1): W @ im2col(x) equals the window-by-window loop")
 # Stride and padding only change which windows are taken: with padding 1 and stride 2, a
 # 5 x 5 image gives floor((5 + 2 - 3) / 2) + 1 = 3 windows per side.  In the library the
 # columns come from one strided *view* of the padded input (`as_strided`), copied once, so
-# there is no Python loop over pixels or images.  For stride 1 `flat_im2col` lays each
-# channel out as one long row, and the window element (i, j) is just that row shifted by
-# i Wp + j.
+# there is no Python loop over pixels or images.  For stride 1 `flat_pad` lays each
+# channel out as one long row, and `flat_windows` shows the window element (i, j) as just
+# that row shifted by i Wp + j.
 
 # %%
 x5 = md.tensor(rng.standard_normal((1, 2, 5, 5)))

@@ -29,10 +29,11 @@ a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and G c
 cols transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
 channels into g independent convolutions: the same product batched over a leading g axis.
 
-Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_im2col``: each
-channel becomes one long row in which neighbouring image rows share their zero padding, so a
-kernel offset (i, j) is a plain *shift* of that row.  im2col is then kh*kw long contiguous
-copies and col2im kh*kw long contiguous adds, instead of adds over rows only Wo numbers long.
+Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_pad`` and
+``flat_windows``: each channel becomes one long row in which neighbouring image rows share
+their zero padding, so a kernel offset (i, j) is a plain *shift* of that row.  im2col is then
+kh*kw long contiguous copies and col2im kh*kw long contiguous adds, instead of adds over rows
+only Wo numbers long.
 What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
 kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
 (``_workspace``) shared by every convolution, and the weight gradient is computed from
@@ -49,7 +50,7 @@ from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
 __all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_pad", "flat_windows",
-           "flat_im2col", "flat_col2im", "flat_ok", "conv_output_size"]
+           "flat_ok", "conv_output_size"]
 
 
 def _pair(v):
@@ -154,33 +155,17 @@ def flat_pad(x, kernel, padding=0):
 
 def flat_windows(flat, kernel, row_pitch: int, q: int):
     """The (C, kh, kw, Q) view of ``flat`` whose element (c, i, j, q) is
-    flat[c, q + i Wq + j]: the window entry (i, j) of output position q, a pure shift."""
+    flat[c, q + i Wq + j]: the window entry (i, j) of output position q, a pure shift.
+
+    Copying it is stride-1 im2col: (C kh kw, Q) columns, Q = N Hq Wq, built from kh*kw long
+    contiguous copies.  The few positions q whose window straddles a row or image border are
+    computed too and thrown away: a (Hq Wq)/(Ho Wo) overhead in the GEMMs (1.07 at 28x28,
+    1.3 at 7x7) that the contiguous copies and col2im adds repay many times over."""
     xp = backend.array_module_of(flat)
     (kh, kw) = _pair(kernel)
     s_c, s_e = flat.strides
     return xp.lib.stride_tricks.as_strided(flat, shape=(flat.shape[0], kh, kw, q),
                                            strides=(s_c, row_pitch * s_e, s_e, s_e))
-
-
-def flat_im2col(x, kernel, padding=0):
-    """Stride-1 im2col on a flattened, padding-sharing grid: (C*kh*kw, Q), Q = N Hq Wq.
-
-    Lay each channel out as one long row (``flat_pad``).  The window element (i, j) of the
-    output at flat position q is then xf[c, q + i Wq + j]: a *shift*, so the windows are one
-    ``as_strided`` view (``flat_windows``), and every copy here and every add in
-    ``flat_col2im`` runs over long contiguous rows.  The few positions q whose window
-    straddles a row or image border are computed too and thrown away: a (Hq Wq)/(Ho Wo)
-    overhead in the GEMMs (1.07 at 28x28, 1.3 at 7x7) that col2im repays many times over.
-
-    The result is a reused scratch buffer: use it before the next call of the same shape.
-    """
-    xp = backend.array_module_of(x)
-    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
-    c = x.shape[1]
-    _, wq, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    cols = _workspace.buffer("conv.columns", (c, kh, kw, q), x.dtype, xp)
-    cols[...] = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wq, q)
-    return cols.reshape(c * kh * kw, q)
 
 
 def _flat_scatter_add(acc, cols, start: int, row_pitch: int) -> None:
@@ -197,18 +182,6 @@ def _flat_unpad(acc, shape, base: int, hq: int, wq: int):
     n, c, h, w = shape
     inner = acc[:, base:base + n * hq * wq].reshape(c, n, hq, wq)[:, :, :h, :w]
     return inner.transpose(1, 0, 2, 3).copy()  # a copy: ``acc`` is reused by the next call
-
-
-def flat_col2im(cols, shape, kernel, padding=0):
-    """Adjoint of ``flat_im2col``: kh*kw shifted adds of whole rows, then pick the pixels."""
-    xp = backend.array_module_of(cols)
-    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
-    n, c, h, w = shape
-    hq, wq, q, base, length = _flat_layout(shape, kh, kw, ph, pw)
-    acc = _workspace.buffer("col2im.acc", (c, length), cols.dtype, xp)
-    acc[...] = 0
-    _flat_scatter_add(acc, cols.reshape(c, kh, kw, q), 0, wq)
-    return _flat_unpad(acc, shape, base, hq, wq)
 
 
 #: bytes of im2col columns (or of their gradient) built at a time: whole images, about this
@@ -243,7 +216,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
-    if flat:  # stride 1: the shifted-rows layout (see flat_im2col), a few images at a time
+    if flat:  # stride 1: the shifted-rows layout (flat_windows), a few images at a time
         hp, wp, q, base, x_length = _flat_layout(x.shape, kh, kw, ph, pw)
         windows = flat_windows(flat_pad(x.data, (kh, kw), padding), (kh, kw), wp, q)
         per = _images_per_chunk(c * kh * kw * hp * wp * x.data.itemsize, n)
