@@ -9,8 +9,7 @@ from minidiff import sample as sample_cli
 from minidiff.images import make_grid, save_gif, save_grid, save_strip
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA
-from minidiff.train.checkpoint import (eps_model_from_checkpoint, load_checkpoint,
-                                       model_from_checkpoint, save_checkpoint)
+from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint, save_checkpoint
 from minidiff.train.presets import resolve
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,

@@ -1,6 +1,8 @@
 """Benchmarks: ``minidiff bench layers`` and ``minidiff bench unet`` time minidiff against
 PyTorch in the same process when torch is importable (it is never a dependency)."""
+import argparse
 import importlib
+import os
 import sys
 
 BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet"}
@@ -14,6 +16,26 @@ def import_torch(threads: int):
         return None
     torch.set_num_threads(threads)
     return torch
+
+
+def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --json, --repeat, --batch, --threads."""
+    result = argparse.ArgumentParser(prog=prog, description=description)
+    result.add_argument("--json", action="store_true", help="print the results as JSON")
+    result.add_argument("--repeat", type=int, default=5, help=repeat_help)
+    result.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
+    result.add_argument("--threads", type=int, default=cpus,
+                        help="threads for PyTorch (match NumPy's BLAS)")
+    return result
+
+
+def counts_error(args, prog: str):
+    """A one-line complaint when --repeat, --batch or --threads is below 1, else None."""
+    if min(args.repeat, args.batch, args.threads) < 1:
+        return f"{prog}: --repeat, --batch and --threads must be >= 1"
+    return None
 
 
 def main(argv=None) -> int:

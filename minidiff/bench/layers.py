@@ -21,14 +21,12 @@ shape occurs in one U-Net forward/backward, and compares the totals.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import import_torch
+from minidiff.bench import benchmark_parser, counts_error, import_torch
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
 
@@ -145,23 +143,12 @@ def _print_table(result) -> None:
         print(line)
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="minidiff bench layers", description=__doc__.split(
-        "\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--repeat", type=int, default=5, help="timed repeats per op (min taken)")
-    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--threads", type=int,
-                        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else (os.cpu_count() or 1),
-                        help="threads for PyTorch (match NumPy's BLAS)")
-    return parser
-
-
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    if args.repeat < 1 or args.batch < 1:
-        print("minidiff bench layers: --repeat and --batch must be >= 1", file=sys.stderr)
+    args = benchmark_parser("minidiff bench layers", __doc__.split("\n")[0],
+                            "timed repeats per op (min taken)").parse_args(argv)
+    error = counts_error(args, "minidiff bench layers")
+    if error:
+        print(error, file=sys.stderr)
         return 2
     result = run(args)
     if args.json:

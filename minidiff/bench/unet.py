@@ -40,7 +40,7 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import import_torch
+from minidiff.bench import benchmark_parser, counts_error, import_torch
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
@@ -269,15 +269,8 @@ def _print_table(r) -> None:
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="minidiff bench unet",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed repeats (default 5)")
-    parser.add_argument("--threads", type=int,
-                        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else (os.cpu_count() or 1),
-                        help="threads for PyTorch (match NumPy's BLAS)")
+    parser = benchmark_parser("minidiff bench unet", __doc__.split("\n")[0],
+                              "timed repeats (default 5)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--base-channels", type=int, default=None,
@@ -290,9 +283,9 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.repeat < 1 or args.batch < 1 or args.threads < 1:
-        print("minidiff bench unet: --repeat, --batch and --threads must be >= 1",
-              file=sys.stderr)
+    error = counts_error(args, "minidiff bench unet")
+    if error:
+        print(error, file=sys.stderr)
         return 2
     if args.probe:
         print(json.dumps(_probe(args)))
