@@ -124,17 +124,19 @@ def evaluate(args, quiet: bool = False) -> dict:
     if args.n < 2:
         raise ValueError(f"--n: FID needs at least 2 samples, got {args.n}")
     from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint  # noqa
+    arrays = load_checkpoint(args.checkpoint)
     model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
-                                                        use_ema=not args.raw_weights)
+                                                        use_ema=not args.raw_weights,
+                                                        arrays=arrays)
     classifier_path = args.classifier or DEFAULT_PATH
     classifier = load_classifier(classifier_path)
     checksum = file_checksum(classifier_path)
-    result = {"checkpoint": args.checkpoint, "step": None, "backend": backend.get_backend(),
+    result = {"checkpoint": args.checkpoint, "step": arrays["step"] or None,
+              "backend": backend.get_backend(),
               "classifier": classifier_path, "classifier_sha256_16": checksum,
               "sampler": args.sampler, "steps": args.steps or schedule.num_timesteps,
               "eta": args.eta if args.sampler == "ddim" else None, "n": args.n,
               "seed": args.seed}
-    result["step"] = load_checkpoint(args.checkpoint)["step"] or None
 
     # test-set statistics (cached, keyed by the classifier checksum)
     test_images, _ = load_mnist("test")

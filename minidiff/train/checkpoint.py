@@ -74,13 +74,14 @@ def group(arrays: dict, prefix: str) -> dict:
     return {k[cut:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
 
-def model_from_checkpoint(path, use_ema: bool = True):
+def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
     """``(UNet, config)`` rebuilt from a checkpoint's config, with its EMA (or raw) weights.
 
-    A config that does not match the stored weights raises ``StateDictError``."""
+    ``arrays``: what ``load_checkpoint(path)`` returned, for a caller that already read the
+    file.  A config that does not match the stored weights raises ``StateDictError``."""
     from minidiff.models.unet import UNet  # noqa: PLC0415
     from minidiff.train.presets import model_config  # noqa: PLC0415
-    arrays = load_checkpoint(path)
+    arrays = load_checkpoint(path) if arrays is None else arrays
     config = arrays["config"]
     weights = group(arrays, "ema" if use_ema else "model")
     if not weights:
@@ -101,12 +102,12 @@ def schedule_from_config(config: dict):
     return getattr(NoiseSchedule, name)(int(config.get("T", 1000)))
 
 
-def eps_model_from_checkpoint(path, use_ema: bool = True):
+def eps_model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
     """``(eps_model, schedule, config)``: what a sampler or the bound needs from a checkpoint.
 
     The network is wrapped by ``as_eps_model`` when it was trained to predict x_0 or v
     (config ``prediction``; checkpoints without that key predict eps)."""
     from minidiff.diffusion import as_eps_model  # noqa: PLC0415
-    model, config = model_from_checkpoint(path, use_ema=use_ema)
+    model, config = model_from_checkpoint(path, use_ema=use_ema, arrays=arrays)
     schedule = schedule_from_config(config)
     return as_eps_model(model, schedule, config.get("prediction", "eps")), schedule, config
