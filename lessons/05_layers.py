@@ -9,7 +9,7 @@
 # Sections:
 #
 # 1. im2col: a convolution is one matrix product, eq. (5.1)
-# 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4)
+# 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4b)
 # 3. Group norm and its backward pass, eq. (5.5)-(5.6)
 # 4. Attention, softmax(Q K^T / sqrt(d)) V, its shapes and its backward, eq. (5.7)-(5.8)
 # 5. Modules, optimizers, and a figure
@@ -132,6 +132,30 @@ for stride, padding, groups in ([(1, 1, 1), (2, 1, 2)] if args.quick else
     assert gradcheck(lambda a, w, b: F.conv2d(a, w, b, stride, padding, groups), xg, wk, bg)
 print("(5.2)-(5.4): conv2d's backward agrees with central differences "
       "(stride 1 and 2, padding 0 and 1, groups)")
+
+# %% [markdown]
+# At stride 1, col2im(W^T G) is itself a convolution.  Output pixel (a, b) of channel o read
+# input pixel (a + i - p, b + j - p) with weight w[o, c, i, j]; turned around, input pixel
+# (u, v) of channel c receives G[o, u - i + p, v - j + p] w[o, c, i, j].  Substitute
+# i' = kh - 1 - i, j' = kw - 1 - j:
+#
+#     dL/dx[c, u, v] = sum_{o, i', j'} w'[c, o, i', j'] Gpad[o, u + i', v + j']       (5.4b)
+#     w'[c, o, i', j'] = w[o, c, kh-1-i', kw-1-j'],   G padded by p' = k - 1 - p
+#
+# the convolution of G with the kernel *flipped* in space and *transposed* in channels.
+# conv2d uses it when a layer has fewer output than input channels (O < C): its im2col
+# copies kh kw arrays of O channels, where col2im would add kh kw arrays of C channels.
+
+# %%
+gx = rng.standard_normal((2, 6, 5, 4))          # C = 6 input channels
+gw = rng.standard_normal((3, 6, 3, 3))          # O = 3 output channels: the flipped road
+gG = rng.standard_normal((2, 3, 5, 4))          # dL/dy for padding 1 (same size as x)
+g_cols = backend.to_device(gw.reshape(3, -1).T @ gG.transpose(1, 0, 2, 3).reshape(3, -1))
+dx_col2im = backend.to_host(F.col2im(g_cols, gx.shape, 3, 1, 1))        # (5.3)-(5.4)
+w_flipped = gw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
+dx_flipped = F.conv2d(md.tensor(gG), md.tensor(w_flipped), None, 1, 3 - 1 - 1).numpy()
+assert np.abs(dx_col2im - dx_flipped).max() < 1e-12
+print("(5.4b): col2im(W^T G) equals G convolved with the flipped, transposed kernel")
 
 # %% [markdown]
 # ## 3. Group norm

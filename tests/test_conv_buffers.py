@@ -64,22 +64,23 @@ def test_layers_of_different_shapes_share_scratch_without_mixing():
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 700])
-def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes):
+@pytest.mark.parametrize("c,o", [(3, 4), (4, 3)])   # dx by col2im / by the flipped kernel
+def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, o):
     """conv2d builds its columns a few images at a time (``CHUNK_BYTES``); one image per
     chunk, or chunks that do not divide the batch, must give what one chunk gives."""
     from minidiff.nn.functional import conv
 
     def run():
         backend.manual_seed(1)
-        x = md.Tensor(backend.randn(5, 3, 6, 7), requires_grad=True)
-        w = md.Tensor(backend.randn(4, 3, 3, 3), requires_grad=True)
-        b = md.Tensor(backend.randn(4), requires_grad=True)
+        x = md.Tensor(backend.randn(5, c, 6, 7), requires_grad=True)
+        w = md.Tensor(backend.randn(o, c, 3, 3), requires_grad=True)
+        b = md.Tensor(backend.randn(o), requires_grad=True)
         y = F.conv2d(x, w, b, padding=1)
         (y * y).sum().backward()
         return [backend.to_host(a).copy() for a in (y.data, x.grad, w.grad, b.grad)]
 
     whole = run()
     monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
-    assert conv._images_per_chunk(3 * 9 * 8 * 8 * 4, 5) < 5
+    assert conv._images_per_chunk(c * 9 * 8 * 8 * 4, 5) < 5
     for a, b in zip(whole, run()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ product:
 
 The gradient follows from the matrix product (lesson 00): with G = dL/dY,
 
-    dL/dW    = G cols^T                (one GEMM; cols kept from the forward pass)
+    dL/dW    = G cols^T                (one GEMM)
     dL/dcols = W^T G                   (one GEMM)
     dL/dx    = col2im(dL/dcols)        (the adjoint of im2col: each column entry goes back to
                                         the pixel it was copied from, and pixels that sat in
@@ -34,12 +34,14 @@ Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_pad`` 
 their zero padding, so a kernel offset (i, j) is a plain *shift* of that row.  im2col is then
 kh*kw long contiguous copies and col2im kh*kw long contiguous adds, instead of adds over rows
 only Wo numbers long.
+
 What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
 kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
-(``_workspace``) shared by every convolution, and the weight gradient is computed from
-shifted views of the re-padded input instead (dW[:, :, i, j] = G xf_shift(i, j)^T, kh*kw
-GEMMs with no column copy).  The column gradient is built in the same chunks, in the same
-buffer, and scattered into the input gradient chunk by chunk.
+(``_workspace``) shared by every convolution, and rebuilt chunk by chunk in the backward pass,
+which computes dW^T += cols_chunk G_chunk^T and the column gradient of the same chunk.  When
+a layer has fewer output than input channels, the input gradient is instead the convolution
+of G with the flipped, transposed kernel (lesson 05, eq. 5.4b), which copies O-channel
+columns rather than scatter-adding C-channel ones.
 
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
@@ -186,14 +188,103 @@ def _flat_unpad(acc, shape, base: int, hq: int, wq: int):
 
 #: bytes of im2col columns (or of their gradient) built at a time: whole images, about this
 #: many bytes' worth, so that the scratch memory is a few images' columns and not the whole
-#: batch's (187 MB for 96 channels at 28x28, batch 64).  Much smaller chunks make the GEMMs
-#: too small; on the 2-core machine 16 MiB trained the reference U-Net as fast as one chunk
-#: did, within the run-to-run noise (2.6-2.8x torch either way)
-CHUNK_BYTES = 16 * 2 ** 20
+#: batch's (187 MB for 96 channels at 28x28, batch 64), and so that a chunk is still in cache
+#: when the GEMM reads it.  On the 2-core machine copy + GEMM of a 32-channel 28x28 layer
+#: took 7.9 ms in 4 MiB chunks, 12-14 ms in 16-64 MiB ones; below 2 MiB the GEMMs get small.
+CHUNK_BYTES = 4 * 2 ** 20
 
 
 def _images_per_chunk(bytes_per_image: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
+
+
+def _flat_conv(x, w_g, bias, kernel, padding):
+    """Stride-1 convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw) on the
+    ``flat_windows`` road: columns of a few images at a time, one GEMM per chunk.  Returns a
+    new array (N, O, Ho, Wo); every temporary is scratch, so nothing is kept."""
+    xp = backend.array_module_of(x)
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    n, c, h, w = x.shape
+    groups, og, _ = w_g.shape
+    o = groups * og
+    ho, wo = conv_output_size(h, kh, 1, ph), conv_output_size(w, kw, 1, pw)
+    hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
+    windows = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wp, q)
+    per = _images_per_chunk(c * kh * kw * hp * wp * x.itemsize, n)
+    y = xp.empty((n, o, ho, wo), dtype=x.dtype)
+    for n0 in range(0, n, per):
+        k = min(per, n - n0)
+        start, stop = n0 * hp * wp, (n0 + k) * hp * wp
+        cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
+        cols[...] = windows[..., start:stop]
+        out = xp.matmul(w_g, cols.reshape(groups, c // groups * kh * kw, stop - start),
+                        out=_workspace.buffer("conv.out", (groups, og, stop - start),
+                                              x.dtype, xp)).reshape(o, stop - start)
+        if bias is not None:
+            out += bias.reshape(o, 1)
+        y[n0:n0 + k] = out.reshape(o, k, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+    return y
+
+
+def _flipped_transposed(weight, groups: int):
+    """The kernel whose convolution is the input gradient:
+    w'[c, o, i, j] = w[o, c, kh-1-i, kw-1-j] within each group, as (groups, C/g, O/g kh kw)."""
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    flipped = weight.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return flipped.reshape(groups, cg, og * kh * kw)  # a small copy: the view is not flat
+
+
+def _flat_backward(g, x, weight, w_g, padding, groups: int):
+    """(dx, dW) of a stride-1 ``flat`` convolution (None where no gradient is needed).
+
+    One pass over chunks of images.  Per chunk the columns are rebuilt from the input (they
+    were not kept) and dW^T += cols G^T: this orientation, (C kh kw x chunk) @ (chunk x O),
+    ran 1.5-2x faster in OpenBLAS than G cols^T or than kh*kw products with K = N Ho Wo.
+    Then dcols = W^T G and its col2im scatter-add, which costs kh*kw adds over the C input
+    channels.  When there are fewer output channels than input channels, dx is instead the
+    convolution of G with the flipped, transposed kernel (eq. 5.6), whose im2col copies
+    kh*kw arrays of O channels: cheaper, and no scatter at all."""
+    xp = backend.array_module_of(g)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    (ph, pw), (ho, wo) = padding, g.shape[2:]
+    hp, wp, q, base, x_length = _flat_layout(x.shape, kh, kw, ph, pw)
+    need_w = weight.requires_grad
+    scatter = x.requires_grad and o >= c
+    dx = dw_t = None
+    if need_w or scatter:
+        g_t = _workspace.buffer("conv.grad_out", (o, n, hp, wp), g.dtype, xp)
+        g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
+        g_t[:, :, ho:, :] = 0         # outputs on the (Hp, Wp) grid that conv2d discarded
+        g_t[:, :, :ho, wo:] = 0       # get gradient 0
+        g_t = g_t.reshape(groups, o // groups, q)
+    if need_w:
+        windows = flat_windows(flat_pad(x.data, (kh, kw), padding), (kh, kw), wp, q)
+        dw_t = xp.zeros((groups, cg * kh * kw, o // groups), dtype=g.dtype)
+    if scatter:
+        acc = _workspace.buffer("col2im.acc", (c, x_length), g.dtype, xp)
+        acc[...] = 0
+    per = _images_per_chunk(c * kh * kw * hp * wp * g.itemsize, n)
+    for start in range(0, q if need_w or scatter else 0, per * hp * wp):
+        stop = min(q, start + per * hp * wp)
+        g_chunk = g_t[:, :, start:stop]
+        if need_w:
+            cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), g.dtype, xp)
+            cols[...] = windows[..., start:stop]
+            dw_t += xp.matmul(cols.reshape(groups, cg * kh * kw, stop - start),
+                              g_chunk.transpose(0, 2, 1))
+        if scatter:
+            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_chunk, out=_workspace.buffer(
+                "conv.column_grad", (groups, cg * kh * kw, stop - start), g.dtype, xp))
+            _flat_scatter_add(acc, dcols.reshape(c, kh, kw, stop - start), start, wp)
+    if scatter:
+        dx = _flat_unpad(acc, x.shape, base, hp, wp)
+    elif x.requires_grad:  # after the loop, whose scratch buffers this convolution reuses
+        dx = _flat_conv(g, _flipped_transposed(weight.data, groups), None, (kh, kw),
+                        (kh - 1 - ph, kw - 1 - pw))
+    dw = None if dw_t is None else dw_t.transpose(0, 2, 1).reshape(weight.shape)
+    return dx, dw
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor:
@@ -217,24 +308,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
     if flat:  # stride 1: the shifted-rows layout (flat_windows), a few images at a time
-        hp, wp, q, base, x_length = _flat_layout(x.shape, kh, kw, ph, pw)
-        windows = flat_windows(flat_pad(x.data, (kh, kw), padding), (kh, kw), wp, q)
-        per = _images_per_chunk(c * kh * kw * hp * wp * x.data.itemsize, n)
-        y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-        for n0 in range(0, n, per):
-            k = min(per, n - n0)
-            start, stop = n0 * hp * wp, (n0 + k) * hp * wp
-            cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
-            cols[...] = windows[..., start:stop]
-            out = xp.matmul(w_g, cols.reshape(groups, cg * kh * kw, stop - start),
-                            out=_workspace.buffer("conv.out", (groups, o // groups, stop - start),
-                                                  x.dtype, xp)).reshape(o, stop - start)
-            if bias is not None:
-                out += bias.data.reshape(o, 1)
-            y[n0:n0 + k] = out.reshape(o, k, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
-        del windows, cols, out   # scratch: the next conv overwrites it; backward keeps only x
+        y = _flat_conv(x.data, w_g, None if bias is None else bias.data, (kh, kw), (ph, pw))
     else:
-        hp, wp, q = ho, wo, n * ho * wo
+        q = n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
         cols_g = cols.reshape(groups, cg * kh * kw, q)
         out = xp.matmul(w_g, cols_g, out=_workspace.buffer(
@@ -246,42 +322,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
         y = out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3).copy()
 
     def backward(g):
-        if flat:  # outputs live on the (Hp, Wp) grid; the discarded positions get gradient 0
-            g_t = _workspace.buffer("conv.grad_out", (o, n, hp, wp), g.dtype, xp)
-            g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
-            g_t[:, :, ho:, :] = 0
-            g_t[:, :, :ho, wo:] = 0
-        else:
-            g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3))
-        g_t = g_t.reshape(groups, o // groups, q)
         grads = [None, None]
-        if weight.requires_grad:
-            if flat:  # dW[:, :, i, j] = G xf_shift(i, j)^T: kh*kw GEMMs on views, no columns
-                x_flat = flat_pad(x.data, (kh, kw), padding)
-                windows = flat_windows(x_flat, (kh, kw), wp, q).reshape(groups, cg, kh, kw, q)
-                dw = xp.empty((kh, kw, groups, o // groups, cg), dtype=g.dtype)
-                for i in range(kh):
-                    for j in range(kw):
-                        xp.matmul(g_t, windows[:, :, i, j].transpose(0, 2, 1), out=dw[i, j])
-                grads[1] = dw.transpose(2, 3, 4, 0, 1).reshape(weight.shape)
-            else:
+        if flat:
+            grads[:2] = _flat_backward(g, x, weight, w_g, (ph, pw), groups)
+        else:
+            g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, q)
+            if weight.requires_grad:
                 grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
-        if x.requires_grad and flat:  # dx = col2im(W^T G), a few images at a time
-            acc = _workspace.buffer("col2im.acc", (c, x_length), g.dtype, xp)
-            acc[...] = 0
-            per = _images_per_chunk(c * kh * kw * hp * wp * g.itemsize, n)
-            for start in range(0, q, per * hp * wp):
-                stop = min(q, start + per * hp * wp)
-                dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t[:, :, start:stop],
-                                  out=_workspace.buffer("conv.columns",
-                                                        (groups, cg * kh * kw, stop - start),
-                                                        g.dtype, xp))
-                _flat_scatter_add(acc, dcols.reshape(c, kh, kw, stop - start), start, wp)
-            grads[0] = _flat_unpad(acc, x.shape, base, hp, wp)
-        elif x.requires_grad:
-            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
-                "conv.columns", (groups, cg * kh * kw, q), g.dtype, xp))
-            grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
+            if x.requires_grad:
+                dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
+                    "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
+                grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
         if bias is not None:
             grads.append(g.sum(axis=(0, 2, 3)))
         return grads
