@@ -143,12 +143,12 @@ print("(5.2)-(5.4): conv2d's backward agrees with central differences "
 #     w'[c, o, i', j'] = w[o, c, kh-1-i', kw-1-j'],   G padded by p' = k - 1 - p
 #
 # the convolution of G with the kernel *flipped* in space and *transposed* in channels.
-# conv2d uses it when a layer has fewer output than input channels (O < C): its im2col
-# copies kh kw arrays of O channels, where col2im would add kh kw arrays of C channels.
+# conv2d computes every stride-1 input gradient this way: the convolution's im2col *copies*
+# kh kw shifted arrays where col2im would *add* as many, and copies are the cheaper.
 
 # %%
 gx = rng.standard_normal((2, 6, 5, 4))          # C = 6 input channels
-gw = rng.standard_normal((3, 6, 3, 3))          # O = 3 output channels: the flipped road
+gw = rng.standard_normal((3, 6, 3, 3))          # O = 3 output channels
 gG = rng.standard_normal((2, 3, 5, 4))          # dL/dy for padding 1 (same size as x)
 g_cols = backend.to_device(gw.reshape(3, -1).T @ gG.transpose(1, 0, 2, 3).reshape(3, -1))
 dx_col2im = backend.to_host(F.col2im(g_cols, gx.shape, 3, 1, 1))        # (5.3)-(5.4)

@@ -64,7 +64,7 @@ def test_layers_of_different_shapes_share_scratch_without_mixing():
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 700])
-@pytest.mark.parametrize("c,o", [(3, 4), (4, 3)])   # dx by col2im / by the flipped kernel
+@pytest.mark.parametrize("c,o", [(3, 4), (4, 3)])
 def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, o):
     """conv2d builds its columns a few images at a time (``CHUNK_BYTES``); one image per
     chunk, or chunks that do not divide the batch, must give what one chunk gives."""

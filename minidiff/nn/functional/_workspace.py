@@ -2,7 +2,7 @@
 
 A fresh 60 MB array costs more than filling it: the operating system maps and zeroes its pages
 on first touch.  Temporaries that never leave one call (the GEMM output, the columns, the
-column gradient, the col2im accumulator) are therefore cut from one reused block per purpose
+padded input, the output gradient) are therefore cut from one reused block per purpose
 (``tag``): every shape of a tag shares that block, grown to the largest request, so the scratch
 memory is one copy per purpose, not one per layer shape.  A buffer is valid until the next
 request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one
