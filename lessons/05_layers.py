@@ -9,7 +9,7 @@
 # Sections:
 #
 # 1. im2col: a convolution is one matrix product, eq. (5.1)
-# 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4b)
+# 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4c)
 # 3. Group norm and its backward pass, eq. (5.5)-(5.6)
 # 4. Attention, softmax(Q K^T / sqrt(d)) V, its shapes and its backward, eq. (5.7)-(5.8)
 # 5. Modules, optimizers, and a figure
@@ -156,6 +156,29 @@ w_flipped = gw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
 dx_flipped = F.conv2d(md.tensor(gG), md.tensor(w_flipped), None, 1, 3 - 1 - 1).numpy()
 assert np.abs(dx_col2im - dx_flipped).max() < 1e-12
 print("(5.4b): col2im(W^T G) equals G convolved with the flipped, transposed kernel")
+
+# %% [markdown]
+# The weight gradient can be read off the *same* columns.  (5.2) says
+# dL/dw[o, c, i, j] = sum_{n, a, b} G[o, a, b] xpad[c, a + i, b + j]; with u = a + i - p the
+# sum runs over input pixels, and with i' = kh - 1 - i
+#
+#     dL/dw[o, c, kh-1-i', kw-1-j'] = sum_{n, u, v} Gpad[o, u + i', v + j'] x[c, u, v]   (5.4c)
+#
+# where Gpad is G padded by k - 1 - p, as in (5.4b).  Gpad[o, u + i', v + j'] is row
+# (o, i', j') of im2col(Gpad), so dW is that column matrix times x^T: the backward pass
+# builds the columns of G once and gets dx *and* dW from them, never rebuilding the
+# input's columns.
+
+# %%
+gcols_pad, _ = F.im2col(gG, 3, 1, 3 - 1 - 1)                  # (O kh kw, N H W)
+x_pixels = gx.transpose(1, 0, 2, 3).reshape(6, -1)            # (C, N H W)
+dw_flipped = (backend.to_host(gcols_pad) @ x_pixels.T).reshape(3, 3, 3, 6)  # (o, i', j', c)
+dw_from_gcols = dw_flipped[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
+x_pad = np.pad(gx, ((0, 0), (0, 0), (1, 1), (1, 1)))
+windows = np.lib.stride_tricks.sliding_window_view(x_pad, (5, 4), axis=(2, 3))
+dw_direct = np.einsum("noab,ncijab->ocij", gG, windows)     # (5.2): xpad[c, a + i, b + j]
+assert np.abs(dw_from_gcols - dw_direct).max() < 1e-10
+print("(5.4c): G's columns times x^T give the weight gradient of (5.2)")
 
 # %% [markdown]
 # ## 3. Group norm

@@ -36,10 +36,11 @@ kh*kw long contiguous copies instead of copies of rows only Wo numbers long.
 
 What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
 kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
-(``_workspace``) shared by every convolution, and rebuilt chunk by chunk in the backward pass,
-which computes dW^T += cols_chunk G_chunk^T.  The input gradient col2im(W^T G) is, at
-stride 1, the convolution of G with the flipped, transposed kernel (lesson 05, eq. 5.4b),
-and is computed as one, on the same road: kh*kw copies instead of kh*kw scatter-adds.
+(``_workspace``) shared by every convolution.  The backward pass needs no input columns at
+all: at stride 1, col2im(W^T G) is the convolution of G (padded by k - 1 - p) with the
+flipped, transposed kernel (lesson 05, eq. 5.4b), and dW is the same columns of G times the
+input laid on their grid (eq. 5.4c).  One pass over G's columns gives both, with kh*kw
+copies instead of kh*kw scatter-adds.
 
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
 col2im(W^T x) and its backward uses im2col: the two helpers serve both.
@@ -132,18 +133,19 @@ def flat_ok(kernel, stride, padding) -> bool:
     return sh == sw == 1 and ph <= kh - 1 and pw <= kw - 1
 
 
-def flat_pad(x, kernel, padding=0):
+def flat_pad(x, kernel, padding=0, tag: str = "conv.flat"):
     """(N, C, H, W) -> (C, length): each channel one long row of the ``_flat_layout`` grid,
     the pixels in place and every gap zero.
 
-    A reused scratch buffer, valid until the next call: conv2d rebuilds it in its backward
-    pass from the input (which the graph keeps anyway) rather than keep a second copy.
+    A reused scratch buffer (``_workspace`` ``tag``), valid until the next call with that tag:
+    conv2d rebuilds it in its backward pass from the input (which the graph keeps anyway)
+    rather than keep a second copy.
     """
     xp = backend.array_module_of(x)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
     hq, wq, q, base, length = _flat_layout(x.shape, kh, kw, ph, pw)
-    flat = _workspace.buffer("conv.flat", (c, length), x.dtype, xp)
+    flat = _workspace.buffer(tag, (c, length), x.dtype, xp)
     flat[:, :base] = 0
     grid = flat[:, base:base + q].reshape(c, n, hq, wq)
     grid[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
@@ -180,79 +182,87 @@ def _images_per_chunk(bytes_per_image: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
+def _flat_columns(x, kernel, padding):
+    """Stride-1 im2col of the array x (N, C, H, W) in chunks of whole images: yields
+    (n0, k, cols) with cols = the (C kh kw, k Hq Wq) columns of images n0 .. n0+k-1, whose
+    column j is output position start + j of the ``_flat_layout`` grid (start = n0 Hq Wq).
+    cols lives in a scratch buffer, overwritten by the next chunk."""
+    xp = backend.array_module_of(x)
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    n, c = x.shape[:2]
+    hq, wq, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
+    windows = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wq, q)
+    per = _images_per_chunk(c * kh * kw * hq * wq * x.itemsize, n)
+    for n0 in range(0, n, per):
+        k = min(per, n - n0)
+        start, stop = n0 * hq * wq, (n0 + k) * hq * wq
+        cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
+        cols[...] = windows[..., start:stop]
+        yield n0, k, cols.reshape(c * kh * kw, stop - start)
+
+
 def _flat_conv(x, w_g, bias, kernel, padding):
-    """Stride-1 convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw) on the
-    ``flat_windows`` road: columns of a few images at a time, one GEMM per chunk.  Returns a
-    new array (N, O, Ho, Wo); every temporary is scratch, so nothing is kept."""
+    """Stride-1 convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw):
+    y = W cols, one GEMM per chunk of ``_flat_columns``.  A new array (N, O, Ho, Wo)."""
     xp = backend.array_module_of(x)
     (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
     groups, og, _ = w_g.shape
     o = groups * og
     ho, wo = conv_output_size(h, kh, 1, ph), conv_output_size(w, kw, 1, pw)
-    hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    windows = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wp, q)
-    per = _images_per_chunk(c * kh * kw * hp * wp * x.itemsize, n)
+    hq, wq = h + ph, w + pw
     y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-    for n0 in range(0, n, per):
-        k = min(per, n - n0)
-        start, stop = n0 * hp * wp, (n0 + k) * hp * wp
-        cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
-        cols[...] = windows[..., start:stop]
-        out = xp.matmul(w_g, cols.reshape(groups, c // groups * kh * kw, stop - start),
-                        out=_workspace.buffer("conv.out", (groups, og, stop - start),
-                                              x.dtype, xp)).reshape(o, stop - start)
+    for n0, k, cols in _flat_columns(x, (kh, kw), (ph, pw)):
+        out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
+            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, hq, wq)
         if bias is not None:
-            out += bias.reshape(o, 1)
-        y[n0:n0 + k] = out.reshape(o, k, hp, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+            out += bias.reshape(o, 1, 1, 1)
+        y[n0:n0 + k] = out[:, :, :ho, :wo].transpose(1, 0, 2, 3)
     return y
 
 
-def _flipped_transposed(weight, groups: int):
-    """The kernel whose convolution is the input gradient:
-    w'[c, o, i, j] = w[o, c, kh-1-i, kw-1-j] within each group, as (groups, C/g, O/g kh kw)."""
-    o, cg, kh, kw = weight.shape
-    og = o // groups
-    flipped = weight.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    return flipped.reshape(groups, cg, og * kh * kw)  # a small copy: the view is not flat
-
-
 def _flat_backward(g, x, weight, padding, groups: int):
-    """(dx, dW) of a stride-1 ``flat`` convolution (None where no gradient is needed).
+    """(dx, dW) of a stride-1 convolution (None where no gradient is needed), from one pass
+    over the columns of G padded by k - 1 - p (lesson 05, eq. 5.4b-5.4c).
 
-    dW: one pass over chunks of images, which rebuilds each chunk's columns from the input
-    (they were not kept) and adds dW^T += cols G^T.  This orientation,
-    (C kh kw x chunk) @ (chunk x O), ran 1.5-2x faster in OpenBLAS than G cols^T or than
-    kh*kw products with K = N Ho Wo.
-    dx: not col2im(W^T G) but what it equals at stride 1, the convolution of G with the
-    flipped, transposed kernel (eq. 5.4b): its im2col *copies* kh*kw shifted arrays, where
-    col2im would *add* as many, and it reuses the forward road.  (On the 2-core machine:
-    29.6 against 36.1 ms for fwd+bwd of a 64-channel 14x14 layer.)"""
+    dx is not col2im(W^T G) but what that equals at stride 1: the convolution of G with the
+    kernel flipped in space and transposed in channels, w'[c, o, i, j] = w[o, c, k-1-i, k-1-j]
+    (eq. 5.4b).  Its im2col *copies* kh*kw shifted arrays where col2im would *add* as many.
+
+    dW comes from the same columns: dW[o, c, k-1-i, k-1-j] = sum_q gcols[(o, i, j), q] x[c, q]
+    (eq. 5.4c), x laid on the same grid (gaps zero), so that the input's own columns are
+    never rebuilt.  The product runs as gcols x^T, (O kh kw x chunk) @ (chunk x C): the
+    orientation OpenBLAS ran 1.5-2x faster than x cols^T or kh*kw products with K = N H W.
+    """
+    if not (x.requires_grad or weight.requires_grad):
+        return None, None
     xp = backend.array_module_of(g)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
-    (ph, pw), (ho, wo) = padding, g.shape[2:]
-    dx = dw = None
+    og = o // groups
+    (ph, pw) = padding
+    w_flipped = weight.data.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1]
+    w_flipped = w_flipped.transpose(0, 2, 1, 3, 4).reshape(groups, cg, og * kh * kw)
+    hq, wq, q, base, _ = _flat_layout(x.shape, kh, kw, ph, pw)
     if weight.requires_grad:
-        hp, wp, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-        g_t = _workspace.buffer("conv.grad_out", (o, n, hp, wp), g.dtype, xp)
-        g_t[:, :, :ho, :wo] = g.transpose(1, 0, 2, 3)
-        g_t[:, :, ho:, :] = 0         # outputs on the (Hp, Wp) grid that conv2d discarded
-        g_t[:, :, :ho, wo:] = 0       # get gradient 0
-        g_t = g_t.reshape(groups, o // groups, q)
-        windows = flat_windows(flat_pad(x.data, (kh, kw), padding), (kh, kw), wp, q)
-        dw_t = xp.zeros((groups, cg * kh * kw, o // groups), dtype=g.dtype)
-        per = _images_per_chunk(c * kh * kw * hp * wp * g.itemsize, n)
-        for start in range(0, q, per * hp * wp):
-            stop = min(q, start + per * hp * wp)
-            cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), g.dtype, xp)
-            cols[...] = windows[..., start:stop]
-            dw_t += xp.matmul(cols.reshape(groups, cg * kh * kw, stop - start),
-                              g_t[:, :, start:stop].transpose(0, 2, 1))
-        dw = dw_t.transpose(0, 2, 1).reshape(weight.shape)
-    if x.requires_grad:  # after the dW loop, whose scratch buffers this convolution reuses
-        dx = _flat_conv(g, _flipped_transposed(weight.data, groups), None, (kh, kw),
-                        (kh - 1 - ph, kw - 1 - pw))
+        x_grid = flat_pad(x.data, (kh, kw), padding, tag="conv.flat_input")[:, base:base + q]
+        x_grid = x_grid.reshape(groups, cg, q)
+        dw_flipped = xp.zeros((groups, og * kh * kw, cg), dtype=g.dtype)
+    dx = xp.empty(x.shape, dtype=g.dtype) if x.requires_grad else None
+    for n0, k, gcols in _flat_columns(g, (kh, kw), (kh - 1 - ph, kw - 1 - pw)):
+        gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
+        if x.requires_grad:
+            out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
+                "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp)).reshape(c, k, hq, wq)
+            dx[n0:n0 + k] = out[:, :, :h, :w].transpose(1, 0, 2, 3)
+        if weight.requires_grad:
+            start = n0 * hq * wq
+            dw_flipped += xp.matmul(gcols, x_grid[:, :, start:start + gcols.shape[2]]
+                                    .transpose(0, 2, 1))
+    dw = None
+    if weight.requires_grad:
+        dw = dw_flipped.reshape(groups, og, kh, kw, cg)[:, :, ::-1, ::-1]
+        dw = dw.transpose(0, 1, 4, 2, 3).reshape(weight.shape)
     return dx, dw
 
 
