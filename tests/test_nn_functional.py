@@ -46,7 +46,7 @@ conv_cases = st.tuples(
     st.integers(1, 2),            # in channels per group
     st.integers(1, 2),            # out channels per group
     st.sampled_from([1, 2, 3]),   # kernel
-    st.sampled_from([1, 2]),      # stride
+    st.sampled_from([1, 2, 3]),   # stride
     st.sampled_from([0, 1, 2]),   # padding (2 = kernel - 1: the widest flat layout)
     st.integers(3, 6),            # height
     st.integers(3, 5),            # width

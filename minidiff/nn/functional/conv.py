@@ -308,7 +308,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, q)
             if weight.requires_grad:
-                grads[1] = xp.matmul(g_t, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
+                dw_t = xp.matmul(cols_g, g_t.transpose(0, 2, 1))   # the faster orientation
+                grads[1] = dw_t.transpose(0, 2, 1).reshape(weight.shape)
             if x.requires_grad:
                 dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
                     "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
