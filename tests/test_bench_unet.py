@@ -24,9 +24,18 @@ def test_bench_unet_json_keys(capsys):
     if torch_available():
         assert result["max_abs_diff"] <= bench_unet.TOLERANCE
         assert set(result["ratio"]) >= {"train_step", "sample_step"}
+        assert set(result["ratio_of_minima"]) >= {"train_step", "sample_step"}
         assert result["torch_times"]["train_step"]["median_ms"] > 0
     else:
         assert result["torch"] is None
+
+
+def test_bench_unet_without_torch(capsys):
+    """--no-torch times minidiff alone even where torch is installed."""
+    assert bench_unet.main(TINY + ["--no-memory", "--json", "--no-torch"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["torch"] is None and "ratio" not in result
+    assert result["minidiff"]["train_step"]["median_ms"] > 0
 
 
 def test_memory_probe_reports_growth():

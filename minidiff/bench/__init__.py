@@ -28,6 +28,8 @@ def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.
             else (os.cpu_count() or 1))
     result.add_argument("--threads", type=int, default=cpus,
                         help="threads for PyTorch (match NumPy's BLAS)")
+    result.add_argument("--no-torch", action="store_true",
+                        help="time minidiff alone, even where torch is installed")
     return result
 
 

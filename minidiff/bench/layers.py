@@ -98,7 +98,7 @@ def _timed(fn):
 
 def run(args) -> dict:
     """Time every case; returns {"rows": [...], "total": {...}} (seconds, minimum of repeats)."""
-    torch = import_torch(args.threads)
+    torch = None if args.no_torch else import_torch(args.threads)
     backend.manual_seed(0)
     rows = []
     for name, kind, a, weight in CASES:
@@ -131,7 +131,7 @@ def _print_table(result) -> None:
     has_torch = result["torch"] is not None
     print(f"forward+backward, float32, batch {result['batch']}, min of {result['repeat']}, "
           f"{result['threads']} threads" + (f", torch {result['torch']}" if has_torch else
-                                             " (torch not importable: no comparison)"))
+                                             " (no torch: --no-torch, or not importable)"))
     head = f"{'op':28s} {'minidiff ms':>12s}" + (f" {'torch ms':>10s} {'ratio':>7s}"
                                                 if has_torch else "")
     print(head)

@@ -186,7 +186,7 @@ def _stats(seconds) -> dict:
 
 def run(args) -> dict:
     """Time both steps (and measure memory unless ``args.no_memory``); returns a dict."""
-    torch = import_torch(args.threads)
+    torch = None if args.no_torch else import_torch(args.threads)
     backend.manual_seed(0)
     config = _config(args)
     schedule = NoiseSchedule.linear(1000)
@@ -247,7 +247,7 @@ def _print_table(r) -> None:
     print(f"U-Net ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
           f"{r['threads']} threads, median/min of {r['repeat']} after a warm-up "
           "(ratios: of the medians / of the minima)"
-          + (f", torch {r['torch']}" if has_torch else " (torch not importable: no comparison)"))
+          + (f", torch {r['torch']}" if has_torch else " (no torch: --no-torch, or not importable)"))
     if has_torch:
         print(f"outputs agree: max |minidiff - torch| = {r['max_abs_diff']:.2e} "
               f"(tolerance {r['tolerance']:.0e})")
