@@ -1,4 +1,4 @@
-"""Reusable scratch memory for the big temporaries of conv2d (lesson 05, "performance").
+"""Reusable scratch memory for the big temporaries of conv2d (``conv.py``, lesson 05).
 
 A fresh 60 MB array costs more than filling it: the operating system maps and zeroes its pages
 on first touch.  Temporaries that never leave one call (the GEMM output, the columns, the
