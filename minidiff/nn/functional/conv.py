@@ -243,6 +243,7 @@ def _flat_backward(g, x, weight, padding, groups: int):
     (ph, pw) = padding
     w_flipped = weight.data.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1]
     w_flipped = w_flipped.transpose(0, 2, 1, 3, 4).reshape(groups, cg, og * kh * kw)
+    # G padded by k-1-p lies on x's grid: Ho + (k-1-p) = H + p rows of pitch W + p
     hq, wq, q, base, _ = _flat_layout(x.shape, kh, kw, ph, pw)
     if weight.requires_grad:
         x_grid = flat_pad(x.data, (kh, kw), padding, tag="conv.flat_input")[:, base:base + q]
