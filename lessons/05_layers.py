@@ -338,7 +338,8 @@ else:
 # ## Summary
 #
 # * (5.1) im2col turns a convolution into one GEMM; (5.2)-(5.4) its gradients are two more
-#   GEMMs and col2im, the adjoint of im2col.
+#   GEMMs and col2im, the adjoint of im2col; (5.4b)-(5.4c) at stride 1 both gradients come
+#   from the columns of the padded output gradient, dx as a convolution by the flipped kernel.
 # * (5.5)-(5.6) group norm's backward is r (gh - mean(gh) - xhat mean(gh xhat)).
 # * (5.7)-(5.8) attention is softmax(Q K^T / sqrt(d)) V; heads are a batch axis.
 #
