@@ -27,7 +27,7 @@ def buffer(tag: str, shape, dtype, xp):
     """An uninitialised scratch array of ``shape``, cut from the block of ``tag`` (which is
     reallocated, larger, when it is too small); valid until the next ``buffer(tag, ...)``."""
     size = math.prod(shape)
-    key = (tag, str(dtype), xp.__name__)
+    key = (tag, dtype, xp.__name__)   # not str(dtype), which took 5 us of a 6 us call
     block = _blocks.get(key)
     if block is None or block.size < size:
         block = xp.empty(max(size, 1), dtype=dtype)

@@ -47,6 +47,7 @@ col2im(W^T x) and its backward uses im2col: the two helpers serve both.
 """
 from minidiff import backend
 from minidiff.nn.functional import _workspace
+from minidiff.nn.functional._reduce import row_sums
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
@@ -316,7 +317,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
                     "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
                 grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
         if bias is not None:
-            grads.append(g.sum(axis=(0, 2, 3)))
+            grads.append(row_sums(g.reshape(n, o, -1)).sum(axis=0))
         return grads
     return Tensor._make(y, tuple(parents), backward, "conv2d")
 
@@ -351,6 +352,6 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
         if weight.requires_grad:
             grads[1] = (x_mat @ gcols.T).reshape(weight.shape)
         if bias is not None:
-            grads.append(g.sum(axis=(0, 2, 3)))
+            grads.append(row_sums(g.reshape(n, o, -1)).sum(axis=0))
         return grads
     return Tensor._make(y, tuple(parents), backward, "conv_transpose2d")

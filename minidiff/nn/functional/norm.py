@@ -23,6 +23,7 @@ backward pass; group norm keeps only mu and r (x itself is held by the graph) an
 ``group_norm``).
 """
 from minidiff import backend
+from minidiff.nn.functional._reduce import row_dots, row_sums
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
@@ -49,17 +50,6 @@ def _dnormalize(gh, xhat, r):
     return gh
 
 
-def _row_sums(xp, a):
-    """Sums over the last axis as a matrix-vector product: BLAS runs it on every core and
-    about 2.5x faster than ``a.sum(-1)`` on the U-Net's feature maps."""
-    return xp.matmul(a, xp.ones(a.shape[-1], dtype=a.dtype))
-
-
-def _row_dots(xp, a, b):
-    """sum over the last axis of a * b, as a batch of dot products (no a * b temporary)."""
-    return xp.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
-
-
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """Normalize each (sample, group of C/G channels) over its channels and pixels, then
     y = gamma[c] xhat + beta[c].  x is (N, C, ...), weight and bias (C,).
@@ -82,9 +72,9 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     s = x.data[0, 0].size
     m = cg * s
     xg = x.data.reshape(n, G, m)
-    mu = (_row_sums(xp, xg) / m)[..., None]                     # (n, G, 1)
+    mu = (row_sums(xg) / m)[..., None]                         # (n, G, 1)
     y = xg - mu                                                 # centered: two-pass variance
-    r = 1.0 / xp.sqrt(_row_dots(xp, y, y)[..., None] / m + eps)  # (n, G, 1)
+    r = 1.0 / xp.sqrt(row_dots(y, y)[..., None] / m + eps)     # (n, G, 1)
     gamma = parents[1].data.reshape(1, G, cg) if has_w else xp.ones((1, G, cg), x.dtype)
     scale = (r * gamma).reshape(n, c, 1)                        # r gamma per (n, c)
     y = y.reshape(n, c, s)
@@ -94,8 +84,8 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
 
     def backward(g):
         g3, x3 = g.reshape(n, c, s), x.data.reshape(n, c, s)
-        sum_g = _row_sums(xp, g3).reshape(n, G, cg)             # sum_s g
-        sum_gx = _row_dots(xp, g3, x3).reshape(n, G, cg)
+        sum_g = row_sums(g3).reshape(n, G, cg)                  # sum_s g
+        sum_gx = row_dots(g3, x3).reshape(n, G, cg)
         sum_gc = sum_gx - mu * sum_g                            # sum_s g (x - mu)
         a = (gamma * sum_g).sum(axis=-1, keepdims=True) / m     # mean(gh)
         b = (gamma * sum_gc).sum(axis=-1, keepdims=True) * (r / m)  # mean(gh xhat)
