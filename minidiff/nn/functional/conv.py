@@ -287,9 +287,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
                          f"groups={groups} expects {cg * groups}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    flat = flat_ok((kh, kw), stride, padding) and not (kh == kw == 1)
+    pointwise = kh == kw == sh == sw == 1 and ph == pw == 0
+    flat = flat_ok((kh, kw), stride, padding) and not pointwise
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
-    if flat:  # stride 1: the shifted-rows layout (flat_windows), a few images at a time
+    if pointwise:  # 1x1: y[n] = W x[n], one GEMM per image straight from NCHW, no copies
+        y = xp.matmul(w_g, x.data.reshape(n, groups, cg, h * w)).reshape(n, o, h, w)
+        if bias is not None:
+            y += bias.data.reshape(1, o, 1, 1)
+    elif flat:  # stride 1: the shifted-rows layout (flat_windows), a few images at a time
         y = _flat_conv(x.data, w_g, None if bias is None else bias.data, (kh, kw), (ph, pw))
     else:
         q = n * ho * wo
@@ -305,7 +310,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
 
     def backward(g):
         grads = [None, None]
-        if flat:
+        if pointwise:
+            g4 = g.reshape(n, groups, o // groups, h * w)
+            if weight.requires_grad:   # sum_n G[n] x[n]^T
+                x4 = x.data.reshape(n, groups, cg, h * w)
+                grads[1] = xp.matmul(g4, x4.transpose(0, 1, 3, 2)).sum(axis=0).reshape(
+                    weight.shape)
+            if x.requires_grad:        # W^T G[n]
+                grads[0] = xp.matmul(w_g.transpose(0, 2, 1), g4).reshape(x.shape)
+        elif flat:
             grads[:2] = _flat_backward(g, x, weight, (ph, pw), groups)
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, q)
