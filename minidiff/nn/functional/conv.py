@@ -271,8 +271,11 @@ def _flat_backward(g, x, weight, padding, groups: int):
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor:
     """y = W im2col(x) + b, reshaped to (N, O, Ho, Wo).  Weight (O, C/groups, kh, kw).
 
-    Backward: dW = G cols^T, dx = col2im(W^T G), db = sum of G over (N, Ho, Wo); at stride 1
-    dx is computed as the equal convolution of G by the flipped kernel (eq. 5.4b).
+    Backward: dW = G cols^T, dx = col2im(W^T G), db = sum of G over (N, Ho, Wo).  Three roads
+    compute it: a 1x1 kernel (stride 1, no padding) needs no im2col at all, y[n] = W x[n] per
+    image on the NCHW data itself; other stride-1 kernels take the flat layout, whose dx is
+    the equal convolution of G by the flipped kernel (eq. 5.4b); strided ones use im2col and
+    col2im as written.
     """
     parents = as_tensors("conv2d", x, weight, *([bias] if bias is not None else []))
     x, weight = parents[0], parents[1]
