@@ -32,7 +32,8 @@ channels into g independent convolutions: the same product batched over a leadin
 Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_pad`` and
 ``flat_windows``: each channel becomes one long row in which neighbouring image rows share
 their zero padding, so a kernel offset (i, j) is a plain *shift* of that row.  im2col is then
-kh*kw long contiguous copies instead of copies of rows only Wo numbers long.
+kh*kw long contiguous copies instead of copies of rows only Wo numbers long.  A 1x1
+convolution needs no columns at all: y[n] = W x[n], one product per image on the NCHW array.
 
 What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
 kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
