@@ -30,7 +30,8 @@ from minidiff.diffusion.training import training_step
 from minidiff.diffusion.vlb import bits_per_dim, prior_term, vlb_term_at, vlb_terms
 
 __all__ = [
-    "NoiseSchedule", "PREDICTIONS", "EpsFromPrediction", "as_eps_model", "q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
+    "NoiseSchedule", "PREDICTIONS", "EpsFromPrediction", "as_eps_model", "q_sample",
+    "q_mean_variance", "q_posterior", "predict_x0_from_eps",
     "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v",
     "p_mean_variance", "loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
     "discretized_gaussian_log_likelihood", "vlb_terms", "vlb_term_at", "prior_term",

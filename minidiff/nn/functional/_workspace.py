@@ -8,8 +8,8 @@ memory is one copy per purpose, not one per layer shape.  A buffer is valid unti
 request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one
 graph at a time).
 
-Arrays that *do* outlive the call -- what the backward pass needs, such as conv2d's padded
-input -- come from ``pooled``: a small pool per shape, and an array is handed out again only
+Arrays that *do* outlive the call -- what the backward pass needs, such as the columns of a
+strided convolution -- come from ``pooled``: a small pool per shape, and an array is handed out again only
 once nobody else holds a reference to it (``sys.getrefcount``), i.e. once its graph has been
 used by backward, or was never recorded (under ``no_grad``).
 """

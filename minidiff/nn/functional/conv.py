@@ -25,8 +25,8 @@ cols[:, i, j] lands on the strided sub-grid xp[:, :, i::s, j::s] -- kh*kw array 
 
 Layout.  cols is written as (C, kh, kw, N, Ho, Wo), contiguous, from one strided *view* of
 the padded input (``as_strided``: no Python loop over pixels or batch items), so the GEMM is
-a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and G cols^T uses
-cols transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
+a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and dW^T = cols G^T
+uses G transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
 channels into g independent convolutions: the same product batched over a leading g axis.
 
 Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_pad`` and
@@ -212,7 +212,7 @@ def _flat_conv(x, w_g, bias, kernel, padding):
     groups, og, _ = w_g.shape
     o = groups * og
     ho, wo = conv_output_size(h, kh, 1, ph), conv_output_size(w, kw, 1, pw)
-    hq, wq = h + ph, w + pw
+    hq, wq, _, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
     y = xp.empty((n, o, ho, wo), dtype=x.dtype)
     for n0, k, cols in _flat_columns(x, (kh, kw), (ph, pw)):
         out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
