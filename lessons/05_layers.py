@@ -88,14 +88,31 @@ print("(5.1): W @ im2col(x) equals the window-by-window loop")
 # Stride and padding only change which windows are taken: with padding 1 and stride 2, a
 # 5 x 5 image gives floor((5 + 2 - 3) / 2) + 1 = 3 windows per side.  In the library the
 # columns come from one strided *view* of the padded input (`as_strided`), copied once, so
-# there is no Python loop over pixels or images.  For stride 1 `flat_pad` lays each
-# channel out as one long row, and `flat_windows` shows the window element (i, j) as just
-# that row shifted by i Wp + j.
+# there is no Python loop over pixels or images.
+#
+# "Same" convolutions (stride 1, padding (k - 1) / 2, so that the output grid is the input
+# grid) take a shortcut.  `flat_pad` lays each channel out as one long row, images and their
+# rows end to end, and `flat_windows` shows window entry (i, j) of every output position as
+# that row shifted by (i - p) W + (j - p): kh kw long contiguous copies build the columns.
+# The shift is wrong only where a window hangs over the image's edge: it reads a pixel of the
+# neighbouring row (or image) where im2col reads a padding zero.  conv2d copies the shifted
+# rows and then zeroes exactly those entries.
 
 # %%
 x5 = md.tensor(rng.standard_normal((1, 2, 5, 5)))
 cols5, (h5, w5) = F.im2col(host(x5), 3, stride=2, padding=1)
 assert (h5, w5) == (3, 3) and cols5.shape == (2 * 9, 9)
+
+from minidiff.nn.functional.conv import flat_pad, flat_windows  # noqa: E402
+
+x_same = backend.to_device(rng.standard_normal((2, 1, 3, 4)))     # two 3 x 4 images
+cols_same, _ = F.im2col(x_same, 3, 1, 1)                         # (9, 2 * 3 * 4)
+shifted = flat_windows(flat_pad(x_same, 3), 3, 4, 24).reshape(9, 24)
+cols_same, shifted = backend.to_host(cols_same), backend.to_host(shifted)
+wrong = shifted != cols_same
+assert wrong.any() and (cols_same[wrong] == 0).all()    # only padding entries differ
+print(f"shifted rows: {wrong.sum()} of {wrong.size} entries read a neighbour where im2col "
+      f"has a padding zero; conv2d zeroes them")
 
 # %% [markdown]
 # ## 2. The convolution's gradient
@@ -143,7 +160,7 @@ print("(5.2)-(5.4): conv2d's backward agrees with central differences "
 #     w'[c, o, i', j'] = w[o, c, kh-1-i', kw-1-j'],   G padded by p' = k - 1 - p
 #
 # the convolution of G with the kernel *flipped* in space and *transposed* in channels.
-# conv2d computes every stride-1 input gradient this way: the convolution's im2col *copies*
+# conv2d computes every 'same' input gradient this way: the convolution's im2col *copies*
 # kh kw shifted arrays where col2im would *add* as many, and copies are the cheaper.
 
 # %%

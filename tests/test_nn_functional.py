@@ -20,9 +20,10 @@ def slow_conv2d(x, w, b, stride, padding, groups):
     """Seven nested loops, written straight from the definition (reference only)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (wd + 2 * padding - kw) // stride + 1
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho = (h + 2 * ph - kh) // stride + 1
+    wo = (wd + 2 * pw - kw) // stride + 1
     og = o // groups
     y = np.zeros((n, o, ho, wo))
     for ni in range(n):
@@ -47,7 +48,7 @@ conv_cases = st.tuples(
     st.integers(1, 2),            # out channels per group
     st.sampled_from([1, 2, 3]),   # kernel
     st.sampled_from([1, 2, 3]),   # stride
-    st.sampled_from([0, 1, 2]),   # padding (2 = kernel - 1: the widest flat layout)
+    st.sampled_from([0, 1, 2]),   # padding
     st.integers(3, 6),            # height
     st.integers(3, 5),            # width
     st.booleans(),                # bias
@@ -69,6 +70,24 @@ def test_conv2d_matches_slow_loop_and_gradcheck(case, seed):
     args = (x, wt) + ((b,) if b is not None else ())
     assert gradcheck(lambda *a: F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, stride,
                                          pad, groups), *args)
+
+
+@FAST
+@given(st.sampled_from([1, 3, 5, 7]), st.sampled_from([1, 3, 5, 7]), st.integers(1, 6),
+       st.integers(1, 6), st.sampled_from([1, 2]), st.integers(0, 2 ** 16))
+def test_same_convolutions_match_slow_loop_and_gradcheck(kh, kw, h, w, groups, seed):
+    """The flat road ('same' convolutions: stride 1, padding (k - 1) / 2) zeroes the window
+    entries that fall outside the image (``_zero_outside``): rectangular kernels and images
+    smaller than the kernel's reach check every one of its slices."""
+    rng = np.random.default_rng(seed)
+    padding = ((kh - 1) // 2, (kw - 1) // 2)
+    x = t64(rng, 2, 2 * groups, h, w)
+    wt = t64(rng, 3 * groups, 2, kh, kw)
+    b = t64(rng, 3 * groups)
+    out = F.conv2d(x, wt, b, 1, padding, groups)
+    expected = slow_conv2d(x.numpy(), wt.numpy(), b.numpy(), 1, padding, groups)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-10)
+    assert gradcheck(lambda *a: F.conv2d(*a, 1, padding, groups), x, wt, b)
 
 
 def test_conv2d_float32_stays_float32_and_matches_loop():
@@ -288,9 +307,9 @@ def test_conv2d_scratch_buffers_are_never_shared_between_live_graphs():
     loss2 = reference(tensor(xs, requires_grad=True, dtype="float64"),
                       tensor(w1s, dtype="float64"), tensor(w2s, dtype="float64")).sum()
     np.testing.assert_allclose(loss2.item(), loss.item())
-    # same flat buffer size from two geometries: 8x8 padding 1 vs 6x6 padding 2 (kernel 5)
+    # the same flat buffer size from two geometries: 8x8 kernel 3 vs 6x7 kernel 5
     a = t64(rng, 1, 1, 8, 8, grad=False)
-    b = t64(rng, 1, 1, 6, 6, grad=False)
+    b = t64(rng, 1, 1, 6, 7, grad=False)
     k3, k5 = t64(rng, 1, 1, 3, 3, grad=False), t64(rng, 1, 1, 5, 5, grad=False)
     for _ in range(2):
         np.testing.assert_allclose(F.conv2d(a, k3, None, 1, 1).numpy(),

@@ -29,18 +29,22 @@ a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and dW^
 uses G transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
 channels into g independent convolutions: the same product batched over a leading g axis.
 
-Stride 1 (every 3x3 convolution of the U-Net) takes a faster road, ``flat_pad`` and
-``flat_windows``: each channel becomes one long row in which neighbouring image rows share
-their zero padding, so a kernel offset (i, j) is a plain *shift* of that row.  im2col is then
-kh*kw long contiguous copies instead of copies of rows only Wo numbers long.  A 1x1
-convolution needs no columns at all: y[n] = W x[n], one product per image on the NCHW array.
+"Same" convolutions (stride 1, odd kernel, padding (k - 1) / 2: every 3x3 convolution of the
+U-Net) take a faster road, ``flat_pad`` and ``flat_windows``: each channel becomes one long
+row, its images and their rows end to end, so that a kernel offset (i, j) is a plain *shift*
+of that row and im2col is kh*kw long contiguous copies instead of copies of rows only Wo
+numbers long.  A shift reads the wrong pixel only where a window hangs over the edge of its
+image (it reads the neighbouring row, or image): those entries, the padding zeros of ordinary
+im2col, are zeroed after the copy.  The output grid is the input grid, so no position is
+computed in vain.  A 1x1 convolution needs no columns at all: y[n] = W x[n], one product per
+image on the NCHW array.
 
-What the backward pass keeps is the input alone (the graph holds it anyway): the columns,
-kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch buffer
-(``_workspace``) shared by every convolution.  The backward pass needs no input columns at
-all: at stride 1, col2im(W^T G) is the convolution of G (padded by k - 1 - p) with the
+On that road the backward pass keeps the input alone (the graph holds it anyway): the
+columns, kh*kw times larger, are built a few images at a time (``CHUNK_BYTES``) in a scratch
+buffer (``_workspace``) shared by every convolution.  Its backward pass needs no input columns
+at all: at stride 1, col2im(W^T G) is the convolution of G (padded by k - 1 - p) with the
 flipped, transposed kernel (lesson 05, eq. 5.4b), and dW is the same columns of G times the
-input laid on their grid (eq. 5.4c).  One pass over G's columns gives both, with kh*kw
+input laid out as rows (eq. 5.4c).  One pass over G's columns gives both, with kh*kw
 copies instead of kh*kw scatter-adds.
 
 ``conv_transpose2d`` is the adjoint of ``conv2d`` with respect to its input, so its forward is
@@ -53,7 +57,7 @@ from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
 __all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "flat_pad", "flat_windows",
-           "flat_ok", "conv_output_size"]
+           "same_ok", "conv_output_size"]
 
 
 def _pair(v):
@@ -116,60 +120,47 @@ def col2im(cols, shape, kernel, stride=1, padding=0):
     return xp.ascontiguousarray(inner)
 
 
-def _flat_layout(shape, kh, kw, ph, pw):
-    """Geometry of the stride-1 "flat" layout: (Hq, Wq, Q, base, length).
-
-    Rows have pitch Wq = W + pw and images pitch Hq = H + ph: neighbouring rows (and images)
-    *share* their zero padding, because the pw zeros after one row are also the pw zeros
-    before the next.  Pixel (n, y, x) sits at base + (n Hq + y) Wq + x with base = ph Wq + pw.
-    """
-    n, _, h, w = shape
-    hq, wq = h + ph, w + pw
-    q = n * hq * wq
-    return hq, wq, q, ph * wq + pw, q + (kh - 1) * wq + kw - 1
-
-
-def flat_ok(kernel, stride, padding) -> bool:
-    """The flat layout needs stride 1 and padding at most kernel - 1 (so Ho <= Hq)."""
+def same_ok(kernel, stride, padding) -> bool:
+    """The flat road takes 'same' convolutions: stride 1, odd kernel, padding (k - 1) / 2,
+    so that the output grid is the input grid (Ho, Wo) = (H, W)."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
-    return sh == sw == 1 and ph <= kh - 1 and pw <= kw - 1
+    return sh == sw == 1 and kh % 2 == kw % 2 == 1 and 2 * ph == kh - 1 and 2 * pw == kw - 1
 
 
-def flat_pad(x, kernel, padding=0, tag: str = "conv.flat"):
-    """(N, C, H, W) -> (C, length): each channel one long row of the ``_flat_layout`` grid,
-    the pixels in place and every gap zero.
+def flat_pad(x, kernel, tag: str = "conv.flat"):
+    """(N, C, H, W) -> (C, margin + N H W + margin): each channel one long row, its images
+    and their rows end to end, with margin = ph W + pw zeros at both ends, where
+    (ph, pw) = ((kh - 1) / 2, (kw - 1) / 2).  Pixel (n, c, y, x) sits at
+    [c, margin + (n H + y) W + x].
 
     A reused scratch buffer (``_workspace`` ``tag``), valid until the next call with that tag:
     conv2d rebuilds it in its backward pass from the input (which the graph keeps anyway)
     rather than keep a second copy.
     """
     xp = backend.array_module_of(x)
-    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    (kh, kw) = _pair(kernel)
     n, c, h, w = x.shape
-    hq, wq, q, base, length = _flat_layout(x.shape, kh, kw, ph, pw)
-    flat = _workspace.buffer(tag, (c, length), x.dtype, xp)
-    flat[:, :base] = 0
-    grid = flat[:, base:base + q].reshape(c, n, hq, wq)
-    grid[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
-    grid[:, :, :h, w:] = 0
-    grid[:, :, h:, :] = 0
-    flat[:, base + q:] = 0
+    margin, q = (kh // 2) * w + kw // 2, n * h * w
+    flat = _workspace.buffer(tag, (c, q + 2 * margin), x.dtype, xp)
+    flat[:, :margin] = 0
+    flat[:, margin:margin + q].reshape(c, n, h * w)[...] = x.reshape(n, c, h * w).transpose(1, 0, 2)
+    flat[:, margin + q:] = 0
     return flat
 
 
-def flat_windows(flat, kernel, row_pitch: int, q: int):
-    """The (C, kh, kw, Q) view of ``flat`` whose element (c, i, j, q) is
-    flat[c, q + i Wq + j]: the window entry (i, j) of output position q, a pure shift.
+def flat_windows(flat, kernel, width: int, q: int):
+    """The (C, kh, kw, Q) view of ``flat`` whose element (c, i, j, q) is flat[c, q + i W + j]:
+    the pixel that window entry (i, j) of output position q reads, (i - ph) rows and
+    (j - pw) columns away from q -- a pure *shift* of the row, no copy.
 
-    Copying it is stride-1 im2col: (C kh kw, Q) columns, Q = N Hq Wq, built from kh*kw long
-    contiguous copies.  The few positions q whose window straddles a row or image border are
-    computed too and thrown away: a (Hq Wq)/(Ho Wo) overhead in the GEMMs (1.07 at 28x28,
-    1.3 at 7x7) that the contiguous copies repay many times over."""
+    Copying it is stride-1 im2col from kh*kw long contiguous copies.  Only where a window
+    hangs over the edge of its image does the shift read the wrong pixel (the neighbouring
+    row's, or the next image's) instead of a padding zero: ``_flat_columns`` zeroes those."""
     xp = backend.array_module_of(flat)
     (kh, kw) = _pair(kernel)
     s_c, s_e = flat.strides
     return xp.lib.stride_tricks.as_strided(flat, shape=(flat.shape[0], kh, kw, q),
-                                           strides=(s_c, row_pitch * s_e, s_e, s_e))
+                                           strides=(s_c, width * s_e, s_e, s_e))
 
 
 #: bytes of im2col columns (or of their gradient) built at a time: whole images, about this
@@ -184,57 +175,69 @@ def _images_per_chunk(bytes_per_image: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
-def _flat_columns(x, kernel, padding):
-    """Stride-1 im2col of the array x (N, C, H, W) in chunks of whole images: yields
-    (n0, k, cols) with cols = the (C kh kw, k Hq Wq) columns of images n0 .. n0+k-1, whose
-    column j is output position start + j of the ``_flat_layout`` grid (start = n0 Hq Wq).
+def _zero_outside(cols, h: int, w: int) -> None:
+    """Zero the entries of cols (C, kh, kw, k, h, w) whose window entry (i, j) falls outside
+    the image: rows y + i - ph outside [0, h), columns x + j - pw outside [0, w).  These are
+    the padding zeros of ordinary im2col; kh - 1 + kw - 1 strided writes of thin slices."""
+    kh, kw = cols.shape[1:3]
+    ph, pw = kh // 2, kw // 2
+    for i in range(kh):
+        if i != ph:
+            rows = slice(0, min(ph - i, h)) if i < ph else slice(max(h - (i - ph), 0), h)
+            cols[:, i, :, :, rows, :] = 0
+    for j in range(kw):
+        if j != pw:
+            columns = slice(0, min(pw - j, w)) if j < pw else slice(max(w - (j - pw), 0), w)
+            cols[:, :, j, :, :, columns] = 0
+
+
+def _flat_columns(x, kernel):
+    """im2col of a 'same' convolution of the array x (N, C, H, W), in chunks of whole images:
+    yields (n0, k, cols) with cols the (C kh kw, k H W) columns of images n0 .. n0+k-1.
     cols lives in a scratch buffer, overwritten by the next chunk."""
     xp = backend.array_module_of(x)
-    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
-    n, c = x.shape[:2]
-    hq, wq, q, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    windows = flat_windows(flat_pad(x, (kh, kw), (ph, pw)), (kh, kw), wq, q)
-    per = _images_per_chunk(c * kh * kw * hq * wq * x.itemsize, n)
+    (kh, kw) = _pair(kernel)
+    n, c, h, w = x.shape
+    windows = flat_windows(flat_pad(x, (kh, kw)), (kh, kw), w, n * h * w)
+    per = _images_per_chunk(c * kh * kw * h * w * x.itemsize, n)
     for n0 in range(0, n, per):
         k = min(per, n - n0)
-        start, stop = n0 * hq * wq, (n0 + k) * hq * wq
-        cols = _workspace.buffer("conv.columns", (c, kh, kw, stop - start), x.dtype, xp)
-        cols[...] = windows[..., start:stop]
-        yield n0, k, cols.reshape(c * kh * kw, stop - start)
+        cols = _workspace.buffer("conv.columns", (c, kh, kw, k * h * w), x.dtype, xp)
+        cols[...] = windows[..., n0 * h * w:(n0 + k) * h * w]
+        _zero_outside(cols.reshape(c, kh, kw, k, h, w), h, w)
+        yield n0, k, cols.reshape(c * kh * kw, k * h * w)
 
 
-def _flat_conv(x, w_g, bias, kernel, padding):
-    """Stride-1 convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw):
-    y = W cols, one GEMM per chunk of ``_flat_columns``.  A new array (N, O, Ho, Wo)."""
+def _flat_conv(x, w_g, bias, kernel):
+    """'Same' convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw):
+    y = W cols, one GEMM per chunk of ``_flat_columns``.  A new array (N, O, H, W)."""
     xp = backend.array_module_of(x)
-    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
     n, c, h, w = x.shape
     groups, og, _ = w_g.shape
     o = groups * og
-    ho, wo = conv_output_size(h, kh, 1, ph), conv_output_size(w, kw, 1, pw)
-    hq, wq, _, _, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-    for n0, k, cols in _flat_columns(x, (kh, kw), (ph, pw)):
+    y = xp.empty((n, o, h, w), dtype=x.dtype)
+    for n0, k, cols in _flat_columns(x, kernel):
         out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
-            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, hq, wq)
+            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, h * w)
         if bias is not None:
-            out += bias.reshape(o, 1, 1, 1)
-        y[n0:n0 + k] = out[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+            out += bias.reshape(o, 1, 1)
+        y[n0:n0 + k] = out.reshape(o, k, h, w).transpose(1, 0, 2, 3)
     return y
 
 
-def _flat_backward(g, x, weight, padding, groups: int):
-    """(dx, dW) of a stride-1 convolution (None where no gradient is needed), from one pass
-    over the columns of G padded by k - 1 - p (lesson 05, eq. 5.4b-5.4c).
+def _flat_backward(g, x, weight, groups: int):
+    """(dx, dW) of a 'same' convolution (None where no gradient is needed), from one pass
+    over the columns of G (lesson 05, eq. 5.4b-5.4c).
 
-    dx is not col2im(W^T G) but what that equals at stride 1: the convolution of G with the
-    kernel flipped in space and transposed in channels, w'[c, o, i, j] = w[o, c, k-1-i, k-1-j]
-    (eq. 5.4b).  Its im2col *copies* kh*kw shifted arrays where col2im would *add* as many.
+    dx is not col2im(W^T G) but what that equals at stride 1: the convolution of G, padded
+    by k - 1 - p (= p here), with the kernel flipped in space and transposed in channels,
+    w'[c, o, i, j] = w[o, c, k-1-i, k-1-j] (eq. 5.4b).  Its im2col *copies* kh*kw shifted
+    arrays where col2im would *add* as many.
 
     dW comes from the same columns: dW[o, c, k-1-i, k-1-j] = sum_q gcols[(o, i, j), q] x[c, q]
-    (eq. 5.4c), x laid on the same grid (gaps zero), so that the input's own columns are
-    never rebuilt.  The product runs as gcols x^T, (O kh kw x chunk) @ (chunk x C): the
-    orientation OpenBLAS ran 1.5-2x faster than x cols^T or kh*kw products with K = N H W.
+    (eq. 5.4c), so that the input's own columns are never rebuilt.  The product runs as
+    gcols x^T, (O kh kw x chunk) @ (chunk x C): the orientation OpenBLAS ran 1.5-2x faster
+    than x cols^T or kh*kw products with K = N H W.
     """
     if not (x.requires_grad or weight.requires_grad):
         return None, None
@@ -242,25 +245,23 @@ def _flat_backward(g, x, weight, padding, groups: int):
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     og = o // groups
-    (ph, pw) = padding
     w_flipped = weight.data.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1]
     w_flipped = w_flipped.transpose(0, 2, 1, 3, 4).reshape(groups, cg, og * kh * kw)
-    # G padded by k-1-p lies on x's grid: Ho + (k-1-p) = H + p rows of pitch W + p
-    hq, wq, q, base, _ = _flat_layout(x.shape, kh, kw, ph, pw)
-    if weight.requires_grad:
-        x_grid = flat_pad(x.data, (kh, kw), padding, tag="conv.flat_input")[:, base:base + q]
-        x_grid = x_grid.reshape(groups, cg, q)
+    if weight.requires_grad:   # x as (C, N H W), the columns' grid
+        margin = (kh // 2) * w + kw // 2
+        x_rows = flat_pad(x.data, (kh, kw), tag="conv.flat_input")[:, margin:margin + n * h * w]
+        x_rows = x_rows.reshape(groups, cg, n * h * w)
         dw_flipped = xp.zeros((groups, og * kh * kw, cg), dtype=g.dtype)
     dx = xp.empty(x.shape, dtype=g.dtype) if x.requires_grad else None
-    for n0, k, gcols in _flat_columns(g, (kh, kw), (kh - 1 - ph, kw - 1 - pw)):
+    for n0, k, gcols in _flat_columns(g, (kh, kw)):
         gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
         if x.requires_grad:
             out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
-                "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp)).reshape(c, k, hq, wq)
-            dx[n0:n0 + k] = out[:, :, :h, :w].transpose(1, 0, 2, 3)
+                "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp))
+            dx[n0:n0 + k] = out.reshape(c, k, h, w).transpose(1, 0, 2, 3)
         if weight.requires_grad:
-            start = n0 * hq * wq
-            dw_flipped += xp.matmul(gcols, x_grid[:, :, start:start + gcols.shape[2]]
+            start = n0 * h * w
+            dw_flipped += xp.matmul(gcols, x_rows[:, :, start:start + gcols.shape[2]]
                                     .transpose(0, 2, 1))
     dw = None
     if weight.requires_grad:
@@ -274,9 +275,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
 
     Backward: dW = G cols^T, dx = col2im(W^T G), db = sum of G over (N, Ho, Wo).  Three roads
     compute it: a 1x1 kernel (stride 1, no padding) needs no im2col at all, y[n] = W x[n] per
-    image on the NCHW data itself; other stride-1 kernels take the flat layout, whose dx is
-    the equal convolution of G by the flipped kernel (eq. 5.4b); strided ones use im2col and
-    col2im as written.
+    image on the NCHW data itself; 'same' convolutions take the flat layout, whose dx is the
+    equal convolution of G by the flipped kernel (eq. 5.4b); all others use im2col and col2im
+    as written.
     """
     parents = as_tensors("conv2d", x, weight, *([bias] if bias is not None else []))
     x, weight = parents[0], parents[1]
@@ -292,14 +293,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     pointwise = kh == kw == sh == sw == 1 and ph == pw == 0
-    flat = flat_ok((kh, kw), stride, padding) and not pointwise
+    flat = same_ok((kh, kw), stride, padding) and not pointwise
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
     if pointwise:  # 1x1: y[n] = W x[n], one GEMM per image straight from NCHW, no copies
         y = xp.matmul(w_g, x.data.reshape(n, groups, cg, h * w)).reshape(n, o, h, w)
         if bias is not None:
             y += bias.data.reshape(1, o, 1, 1)
-    elif flat:  # stride 1: the shifted-rows layout (flat_windows), a few images at a time
-        y = _flat_conv(x.data, w_g, None if bias is None else bias.data, (kh, kw), (ph, pw))
+    elif flat:  # 'same': the shifted-rows layout (flat_windows), a few images at a time
+        y = _flat_conv(x.data, w_g, None if bias is None else bias.data, (kh, kw))
     else:
         q = n * ho * wo
         cols, _ = im2col(x.data, (kh, kw), stride, padding)
@@ -323,7 +324,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
             if x.requires_grad:        # W^T G[n]
                 grads[0] = xp.matmul(w_g.transpose(0, 2, 1), g4).reshape(x.shape)
         elif flat:
-            grads[:2] = _flat_backward(g, x, weight, (ph, pw), groups)
+            grads[:2] = _flat_backward(g, x, weight, groups)
         else:
             g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, q)
             if weight.requires_grad:
