@@ -19,6 +19,7 @@ What lives here:
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import tempfile
@@ -35,6 +36,36 @@ import zipfile
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy  # noqa: E402  (after the BLAS setting above)
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc hand freed arrays out again instead of returning them to the
+    operating system.
+
+    By default glibc maps every block above a threshold (adapted at run time, at most 32 MiB)
+    straight from the kernel and unmaps it on free, so a fresh array of a few MB costs a page
+    fault and a zeroed page per 4 KiB on its first touch.  A U-Net training step allocates
+    and frees about 80 MB of activations and gradients that way: 20,000 page faults, 0.1-0.4 s
+    of system time.  With the mapping threshold at its maximum and the heap kept (trimmed only
+    above 1 GiB of free space) the same step took no page faults, and 6-10% less wall time in
+    alternating runs (minima 1.35-1.47 against 1.46-1.55 s), with the same peak memory.
+    Linux with glibc only; settings a user gave glibc (MALLOC_*_THRESHOLD_) win.
+    """
+    if not hasattr(os, "confstr") or any(
+            key in os.environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return
+        libc = ctypes.CDLL("libc.so.6")
+    except (ValueError, OSError):   # no such confstr name, or no glibc to load
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3   # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)
+    libc.mallopt(m_trim_threshold, 2 ** 30)
+
+
+_keep_freed_memory()
 
 __all__ = [
     "BackendUnavailableError", "BackendMismatchError", "set_backend", "get_backend", "xp",
