@@ -90,6 +90,48 @@ def test_same_convolutions_match_slow_loop_and_gradcheck(kh, kw, h, w, groups, s
     assert gradcheck(lambda *a: F.conv2d(*a, 1, padding, groups), x, wt, b)
 
 
+@st.composite
+def phase_geometries(draw):
+    """(kernel, stride, padding, H, W) per axis whose output grid is the input grid divided
+    by the stride: k - s <= 2p < k and H = s Ho, the geometries im2col and col2im build
+    from the input's phases (stride 1 'same', the U-Net's 3x3 stride 2, 4x4 stride 2 ...)."""
+    axes = []
+    for _ in range(2):
+        stride = draw(st.integers(1, 3))
+        kernel = draw(st.integers(1, 5))
+        paddings = [p for p in range(kernel) if kernel - stride <= 2 * p < kernel]
+        if not paddings:
+            kernel, paddings = stride, [0]     # k = s, p = 0 always fits
+        axes.append((kernel, stride, draw(st.sampled_from(paddings)),
+                     stride * draw(st.integers(1, 4))))
+    return tuple(zip(*axes))
+
+
+@FAST
+@given(phase_geometries(), st.integers(0, 2 ** 16))
+def test_im2col_and_col2im_by_phases_match_windows_and_adjoint(geometry, seed):
+    """im2col from shifted phases equals the windows of the zero-padded input read directly
+    (``sliding_window_view``), and col2im is its adjoint, <im2col(x), C> = <x, col2im(C)>;
+    without ``overwrite_cols`` col2im leaves its argument as it was."""
+    from minidiff.nn.functional import conv
+    kernel, stride, padding, size = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3) + size)
+    assert conv._phases_fit(x.shape, kernel, stride, padding)
+    cols, (ho, wo) = F.im2col(x, kernel, stride, padding)
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=(2, 3))
+    windows = windows[:, :, ::stride[0], ::stride[1]][:, :, :ho, :wo]   # (n, c, a, b, i, j)
+    expected = windows.transpose(1, 4, 5, 0, 2, 3).reshape(cols.shape)
+    np.testing.assert_array_equal(backend.to_host(cols), expected)
+    c_any = rng.standard_normal(cols.shape)
+    kept = c_any.copy()
+    dx = F.col2im(c_any, x.shape, kernel, stride, padding)
+    np.testing.assert_array_equal(c_any, kept)
+    lhs, rhs = (expected * c_any).sum(), (x * backend.to_host(dx)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * (1 + abs(lhs))
+
+
 def test_conv2d_float32_stays_float32_and_matches_loop():
     rng = np.random.default_rng(1)
     x = tensor(rng.standard_normal((2, 3, 7, 7)).astype("float32"))

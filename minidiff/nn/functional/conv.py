@@ -29,6 +29,15 @@ a single (O x CKK) @ (CKK x NHoWo) product that BLAS runs at full speed, and dW^
 uses G transposed *without a copy* (BLAS reads it as a transposed operand).  Groups split the
 channels into g independent convolutions: the same product batched over a leading g axis.
 
+Phases.  Those strided views copy rows only Wo numbers long, and col2im's strided additions
+touch every other number: NumPy runs both slowly.  Where the output grid is the input grid
+divided by the stride (H = s Ho, as in the U-Net's stride-2 downsampling), offset i of the
+kernel reads, from output row a, input row s a + i - p = s (a + d) + r: row a + d of the
+*phase* r of the input (its rows r, r + s, ...).  Laid out flat, a phase shifted by d rows is
+one contiguous slice, so im2col is kh*kw contiguous copies from the s*s phases and col2im
+kh*kw contiguous additions onto them (``_phase_shifts``), with the few entries whose window
+hangs over the image's edge set to zero (``_zero_outside``).
+
 "Same" convolutions (stride 1, odd kernel, padding (k - 1) / 2: every 3x3 convolution of the
 U-Net) take a faster road, ``flat_pad`` and ``flat_windows``: each channel becomes one long
 row, its images and their rows end to end, so that a kernel offset (i, j) is a plain *shift*
@@ -73,7 +82,8 @@ def im2col(x, kernel, stride=1, padding=0):
     """(N, C, H, W) array -> cols of shape (C*kh*kw, N*Ho*Wo), with (Ho, Wo).
 
     cols[(c, i, j), (n, a, b)] = xpad[n, c, s a + i, s b + j].  Built from one strided view of
-    the padded input and one copy.
+    the padded input and one copy, or, where the output grid is the input grid divided by the
+    stride, from the input's phases (``_phase_shifts``).
     """
     xp = backend.array_module_of(x)
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
@@ -82,26 +92,40 @@ def im2col(x, kernel, stride=1, padding=0):
     if ho < 1 or wo < 1:
         raise ValueError(f"conv: kernel {kh}x{kw} does not fit the padded input {h}x{w} "
                          f"(padding {ph},{pw})")
+    if kh == kw == sh == sw == 1 and ph == pw == 0:  # 1x1: the columns are the pixels
+        return xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c, n * h * w), (ho, wo)
+    cols = _workspace.pooled("im2col.cols", (c, kh, kw, n, ho, wo), x.dtype, xp)
+    if _phases_fit(x.shape, (kh, kw), (sh, sw), (ph, pw)):
+        rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
+        planes, margin = _phase_planes(x, (sh, sw), rows, columns)
+        q = n * ho * wo
+        flat = cols.reshape(c, kh, kw, q)
+        for i, (ri, di) in enumerate(rows):
+            for j, (rj, dj) in enumerate(columns):
+                start = margin + di * wo + dj
+                flat[:, i, j] = planes[ri, rj, :, start:start + q]
+        _zero_outside(cols, rows, columns)
+        return cols.reshape(c * kh * kw, q), (ho, wo)
     if ph or pw:
         padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         padded[:, :, ph:ph + h, pw:pw + w] = x
     else:
         padded = xp.ascontiguousarray(x)
-    if kh == kw == sh == sw == 1 and ph == pw == 0:  # 1x1: the columns are the pixels
-        return padded.transpose(1, 0, 2, 3).reshape(c, n * h * w), (ho, wo)
     s_n, s_c, s_h, s_w = padded.strides
-    windows = xp.lib.stride_tricks.as_strided(
+    cols[...] = xp.lib.stride_tricks.as_strided(
         padded, shape=(c, kh, kw, n, ho, wo),
         strides=(s_c, s_h, s_w, s_n, sh * s_h, sw * s_w))
-    cols = _workspace.pooled("im2col.cols", (c, kh, kw, n, ho, wo), x.dtype, xp)
-    cols[...] = windows
     return cols.reshape(c * kh * kw, n * ho * wo), (ho, wo)
 
 
-def col2im(cols, shape, kernel, stride=1, padding=0):
+def col2im(cols, shape, kernel, stride=1, padding=0, overwrite_cols: bool = False):
     """The adjoint of ``im2col``: (C*kh*kw, N*Ho*Wo) -> (N, C, H, W), overlaps summed.
 
-    One strided add per kernel offset (i, j): kh*kw array operations, no loop over pixels.
+    One add per kernel offset (i, j): kh*kw array operations, no loop over pixels.  Where
+    the phases fit (see ``im2col``) each add is a contiguous shifted add onto one phase, and
+    the entries that would wrap around a row are zeroed first: in ``cols`` itself if
+    ``overwrite_cols`` (the caller's scratch array, whose contents are then undefined), else
+    in a copy.
     """
     xp = backend.array_module_of(cols)
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
@@ -112,12 +136,71 @@ def col2im(cols, shape, kernel, stride=1, padding=0):
         # a copy, never a view: with N = 1 the transpose is free and the view would alias
         # the caller's (possibly reused) buffer
         return cols.reshape(c, n, h, w).transpose(1, 0, 2, 3).copy()
+    if _phases_fit(shape, (kh, kw), (sh, sw), (ph, pw)):
+        rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
+        cols = cols if overwrite_cols else cols.copy()
+        _zero_outside(cols, rows, columns)
+        q = n * ho * wo
+        margin = max(abs(d) for _, d in rows) * wo + max(abs(d) for _, d in columns)
+        acc = xp.zeros((sh, sw, c, q + 2 * margin), dtype=cols.dtype)
+        flat = cols.reshape(c, kh, kw, q)
+        for i, (ri, di) in enumerate(rows):
+            for j, (rj, dj) in enumerate(columns):
+                start = margin + di * wo + dj
+                acc[ri, rj, :, start:start + q] += flat[:, i, j]
+        dx = xp.empty(shape, dtype=cols.dtype)
+        for ri in range(sh):
+            for rj in range(sw):
+                dx[:, :, ri::sh, rj::sw] = acc[ri, rj, :, margin:margin + q].reshape(
+                    c, n, ho, wo).transpose(1, 0, 2, 3)
+        return dx
     acc = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             acc[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cols[:, i, j]
     inner = acc[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
     return xp.ascontiguousarray(inner)
+
+
+def _phases_fit(shape, kernel, stride, padding) -> bool:
+    """Whether the output grid is the input grid divided by the stride, (Ho, Wo) =
+    (H / s, W / s): true of 'same' convolutions at stride 1 and of the U-Net's stride-2
+    downsampling (kernel 3, padding 1, even sizes)."""
+    h, w = shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (h % sh == 0 and w % sw == 0 and conv_output_size(h, kh, sh, ph) == h // sh
+            and conv_output_size(w, kw, sw, pw) == w // sw)
+
+
+def _phase_shifts(kernel: int, stride: int, padding: int) -> list:
+    """For each kernel offset i along one axis, (r, d) with i - p = s d + r, 0 <= r < s.
+
+    Output row a reads input row s a + i - p = s (a + d) + r: row a + d of *phase* r, the
+    input rows r, r + s, r + 2s, ...  Where H = s Ho every phase has Ho rows, so offset i
+    reads its phase shifted by d rows: a strided convolution is a sum of stride-1 ones, one
+    per phase.  At stride 1 there is one phase and d = i - p."""
+    return [((i - padding) % stride, (i - padding) // stride) for i in range(kernel)]
+
+
+def _phase_planes(x, stride, rows, columns):
+    """x (N, C, H, W) split into its phases, each laid out flat: (sh, sw, C, margin + N Ho Wo
+    + margin), element [r, t, c, margin + (n Ho + a) Wo + b] = x[n, c, sh a + r, sw b + t],
+    with zero margins as wide as the largest shift (see ``flat_pad``, the stride-1 case).
+    A scratch buffer, valid until the next call.  Returns (planes, margin)."""
+    xp = backend.array_module_of(x)
+    n, c, h, w = x.shape
+    (sh, sw) = stride
+    ho, wo = h // sh, w // sw
+    q = n * ho * wo
+    margin = max(abs(d) for _, d in rows) * wo + max(abs(d) for _, d in columns)
+    planes = _workspace.buffer("conv.phases", (sh, sw, c, q + 2 * margin), x.dtype, xp)
+    planes[..., :margin] = 0
+    planes[..., margin + q:] = 0
+    for r in range(sh):
+        for t in range(sw):
+            planes[r, t, :, margin:margin + q].reshape(c, n, ho, wo)[...] = \
+                x[:, :, r::sh, t::sw].transpose(1, 0, 2, 3)
+    return planes, margin
 
 
 def same_ok(kernel, stride, padding) -> bool:
@@ -175,20 +258,18 @@ def _images_per_chunk(bytes_per_image: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
-def _zero_outside(cols, h: int, w: int) -> None:
-    """Zero the entries of cols (C, kh, kw, k, h, w) whose window entry (i, j) falls outside
-    the image: rows y + i - ph outside [0, h), columns x + j - pw outside [0, w).  These are
-    the padding zeros of ordinary im2col; kh - 1 + kw - 1 strided writes of thin slices."""
-    kh, kw = cols.shape[1:3]
-    ph, pw = kh // 2, kw // 2
-    for i in range(kh):
-        if i != ph:
-            rows = slice(0, min(ph - i, h)) if i < ph else slice(max(h - (i - ph), 0), h)
-            cols[:, i, :, :, rows, :] = 0
-    for j in range(kw):
-        if j != pw:
-            columns = slice(0, min(pw - j, w)) if j < pw else slice(max(w - (j - pw), 0), w)
-            cols[:, :, j, :, :, columns] = 0
+def _zero_outside(cols, rows, columns) -> None:
+    """Zero the entries of cols (C, kh, kw, N, Ho, Wo) whose window entry (i, j) falls outside
+    the image, given each offset's shift d (``_phase_shifts``): for d < 0 the first -d
+    output rows, for d > 0 the last d, and the same for columns.  These are the padding
+    zeros of ordinary im2col; thin slices, one strided write per offset that shifts."""
+    ho, wo = cols.shape[4:]
+    for i, (_, d) in enumerate(rows):
+        if d:
+            cols[:, i, :, :, slice(0, min(-d, ho)) if d < 0 else slice(max(ho - d, 0), ho)] = 0
+    for j, (_, d) in enumerate(columns):
+        if d:
+            cols[:, :, j, :, :, slice(0, min(-d, wo)) if d < 0 else slice(max(wo - d, 0), wo)] = 0
 
 
 def _flat_columns(x, kernel):
@@ -204,7 +285,8 @@ def _flat_columns(x, kernel):
         k = min(per, n - n0)
         cols = _workspace.buffer("conv.columns", (c, kh, kw, k * h * w), x.dtype, xp)
         cols[...] = windows[..., n0 * h * w:(n0 + k) * h * w]
-        _zero_outside(cols.reshape(c, kh, kw, k, h, w), h, w)
+        _zero_outside(cols.reshape(c, kh, kw, k, h, w), _phase_shifts(kh, 1, kh // 2),
+                      _phase_shifts(kw, 1, kw // 2))
         yield n0, k, cols.reshape(c * kh * kw, k * h * w)
 
 
@@ -277,7 +359,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
     compute it: a 1x1 kernel (stride 1, no padding) needs no im2col at all, y[n] = W x[n] per
     image on the NCHW data itself; 'same' convolutions take the flat layout, whose dx is the
     equal convolution of G by the flipped kernel (eq. 5.4b); all others use im2col and col2im
-    as written.
+    as written (from the input's phases where they fit).
     """
     parents = as_tensors("conv2d", x, weight, *([bias] if bias is not None else []))
     x, weight = parents[0], parents[1]
@@ -333,7 +415,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups: int = 1) -> Tensor
             if x.requires_grad:
                 dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
                     "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
-                grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding)
+                grads[0] = col2im(dcols, x.shape, (kh, kw), stride, padding, overwrite_cols=True)
         if bias is not None:
             grads.append(row_sums(g.reshape(n, o, -1)).sum(axis=0))
         return grads
@@ -357,7 +439,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
     out_h, out_w = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
     w_mat = weight.data.reshape(c, o * kh * kw)
     x_mat = xp.ascontiguousarray(x.data.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
-    y = col2im(w_mat.T @ x_mat, (n, o, out_h, out_w), (kh, kw), stride, padding)
+    y = col2im(w_mat.T @ x_mat, (n, o, out_h, out_w), (kh, kw), stride, padding,
+               overwrite_cols=True)
     if bias is not None:
         y += bias.data.reshape(1, o, 1, 1)
 
