@@ -8,7 +8,7 @@
 #
 # Sections:
 #
-# 1. im2col: a convolution is one matrix product, eq. (5.1)
+# 1. im2col: a convolution is one matrix product, eq. (5.1)-(5.1b)
 # 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4c)
 # 3. Group norm and its backward pass, eq. (5.5)-(5.6)
 # 4. Attention, softmax(Q K^T / sqrt(d)) V, its shapes and its backward, eq. (5.7)-(5.8)
@@ -113,6 +113,32 @@ wrong = shifted != cols_same
 assert wrong.any() and (cols_same[wrong] == 0).all()    # only padding entries differ
 print(f"shifted rows: {wrong.sum()} of {wrong.size} entries read a neighbour where im2col "
       f"has a padding zero; conv2d zeroes them")
+
+# %% [markdown]
+# Strided windows have the same kind of shortcut when H = s Ho (the U-Net's stride-2
+# downsampling: kernel 3, padding 1, even sizes).  Write kernel offset i as i - p = s d + r
+# with 0 <= r < s.  Output row a reads input row s a + i - p = s (a + d) + r, which is row
+# a + d of the *phase* x[r::s] (the rows r, r + s, r + 2s, ...), and every phase has Ho rows:
+#
+#     y[a, b] = sum_{i, j} w[i, j] x_phase(r_i, r_j)[a + d_i, b + d_j]   (0 outside)   (5.1b)
+#
+# a stride-s convolution is s^2 stride-1 convolutions of the phases, each by the offsets
+# that land on it.  `im2col` and `col2im` use it: a phase shifted by d rows is one
+# contiguous slice, where the plain strided view copies rows Wo numbers long.
+
+# %%
+x6 = rng.standard_normal((1, 1, 6, 6))
+w3 = rng.standard_normal((1, 1, 3, 3))
+y_phases = np.zeros((3, 3))
+for i in range(3):
+    d_i, r_i = divmod(i - 1, 2)                         # i - p = s d + r, s = 2, p = 1
+    for j in range(3):
+        d_j, r_j = divmod(j - 1, 2)
+        phase = np.pad(x6[0, 0, r_i::2, r_j::2], 1)     # 3 x 3 phase, zero border for d = -1
+        y_phases += w3[0, 0, i, j] * phase[1 + d_i:4 + d_i, 1 + d_j:4 + d_j]
+y_strided = F.conv2d(md.tensor(x6), md.tensor(w3), None, 2, 1).numpy()[0, 0]
+assert np.abs(y_phases - y_strided).max() < 1e-12
+print("(5.1b): the stride-2 convolution equals the sum over the input's four phases")
 
 # %% [markdown]
 # ## 2. The convolution's gradient
@@ -354,7 +380,8 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * (5.1) im2col turns a convolution into one GEMM; (5.2)-(5.4) its gradients are two more
+# * (5.1) im2col turns a convolution into one GEMM; (5.1b) a strided one is a sum of
+#   stride-1 ones over the input's phases; (5.2)-(5.4) its gradients are two more
 #   GEMMs and col2im, the adjoint of im2col; (5.4b)-(5.4c) at stride 1 both gradients come
 #   from the columns of the padded output gradient, dx as a convolution by the flipped kernel.
 # * (5.5)-(5.6) group norm's backward is r (gh - mean(gh) - xhat mean(gh xhat)).

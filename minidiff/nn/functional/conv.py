@@ -141,7 +141,7 @@ def col2im(cols, shape, kernel, stride=1, padding=0, overwrite_cols: bool = Fals
         cols = cols if overwrite_cols else cols.copy()
         _zero_outside(cols, rows, columns)
         q = n * ho * wo
-        margin = max(abs(d) for _, d in rows) * wo + max(abs(d) for _, d in columns)
+        margin = _margin(rows, columns, wo)
         acc = xp.zeros((sh, sw, c, q + 2 * margin), dtype=cols.dtype)
         flat = cols.reshape(c, kh, kw, q)
         for i, (ri, di) in enumerate(rows):
@@ -182,18 +182,24 @@ def _phase_shifts(kernel: int, stride: int, padding: int) -> list:
     return [((i - padding) % stride, (i - padding) // stride) for i in range(kernel)]
 
 
-def _phase_planes(x, stride, rows, columns):
+def _margin(rows, columns, width: int) -> int:
+    """How far (in a flat phase of rows ``width`` long) the largest shift reaches."""
+    return max(abs(d) for _, d in rows) * width + max(abs(d) for _, d in columns)
+
+
+def _phase_planes(x, stride, rows, columns, tag: str = "conv.phases"):
     """x (N, C, H, W) split into its phases, each laid out flat: (sh, sw, C, margin + N Ho Wo
     + margin), element [r, t, c, margin + (n Ho + a) Wo + b] = x[n, c, sh a + r, sw b + t],
-    with zero margins as wide as the largest shift (see ``flat_pad``, the stride-1 case).
-    A scratch buffer, valid until the next call.  Returns (planes, margin)."""
+    with zero margins as wide as the largest shift (``flat_pad`` is the stride-1 case).
+    A scratch buffer (``_workspace`` ``tag``), valid until the next call with that tag.
+    Returns (planes, margin)."""
     xp = backend.array_module_of(x)
     n, c, h, w = x.shape
     (sh, sw) = stride
     ho, wo = h // sh, w // sw
     q = n * ho * wo
-    margin = max(abs(d) for _, d in rows) * wo + max(abs(d) for _, d in columns)
-    planes = _workspace.buffer("conv.phases", (sh, sw, c, q + 2 * margin), x.dtype, xp)
+    margin = _margin(rows, columns, wo)
+    planes = _workspace.buffer(tag, (sh, sw, c, q + 2 * margin), x.dtype, xp)
     planes[..., :margin] = 0
     planes[..., margin + q:] = 0
     for r in range(sh):
@@ -214,21 +220,16 @@ def flat_pad(x, kernel, tag: str = "conv.flat"):
     """(N, C, H, W) -> (C, margin + N H W + margin): each channel one long row, its images
     and their rows end to end, with margin = ph W + pw zeros at both ends, where
     (ph, pw) = ((kh - 1) / 2, (kw - 1) / 2).  Pixel (n, c, y, x) sits at
-    [c, margin + (n H + y) W + x].
+    [c, margin + (n H + y) W + x].  The stride-1 case of ``_phase_planes``: one phase.
 
     A reused scratch buffer (``_workspace`` ``tag``), valid until the next call with that tag:
     conv2d rebuilds it in its backward pass from the input (which the graph keeps anyway)
     rather than keep a second copy.
     """
-    xp = backend.array_module_of(x)
     (kh, kw) = _pair(kernel)
-    n, c, h, w = x.shape
-    margin, q = (kh // 2) * w + kw // 2, n * h * w
-    flat = _workspace.buffer(tag, (c, q + 2 * margin), x.dtype, xp)
-    flat[:, :margin] = 0
-    flat[:, margin:margin + q].reshape(c, n, h * w)[...] = x.reshape(n, c, h * w).transpose(1, 0, 2)
-    flat[:, margin + q:] = 0
-    return flat
+    planes, _ = _phase_planes(x, (1, 1), _phase_shifts(kh, 1, kh // 2),
+                              _phase_shifts(kw, 1, kw // 2), tag)
+    return planes[0, 0]
 
 
 def flat_windows(flat, kernel, width: int, q: int):
