@@ -212,3 +212,32 @@ def test_load_npz_truncated_and_missing(tmp_path):
         backend.load_npz(path)
     with pytest.raises(FileNotFoundError):
         backend.load_npz(tmp_path / "missing.npz")
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, option, value):
+        self.calls.append((option, value))
+        return 1
+
+
+@pytest.mark.skipif(not (hasattr(os, "confstr") and
+                         (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")),
+                    reason="the malloc setting applies to glibc only")
+def test_keep_freed_memory_sets_both_thresholds_unless_the_user_did(monkeypatch):
+    """backend keeps freed arrays in glibc's heap (mmap threshold 32 MiB, trim threshold
+    1 GiB); a MALLOC_*_THRESHOLD_ the user gave glibc wins, and nothing is set."""
+    fake = _FakeLibc()
+    monkeypatch.setattr(backend.ctypes, "CDLL", lambda name: fake)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    backend._keep_freed_memory()
+    assert sorted(fake.calls) == [(-3, 32 * 2 ** 20), (-1, 2 ** 30)]
+    for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        fake.calls.clear()
+        monkeypatch.setenv(variable, "131072")
+        backend._keep_freed_memory()
+        assert fake.calls == []
+        monkeypatch.delenv(variable)
