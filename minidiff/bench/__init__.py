@@ -18,6 +18,10 @@ def import_torch(threads: int):
     return torch
 
 
+#: what a benchmark's title says in place of the torch version when torch does not run
+NO_TORCH = " (no torch: --no-torch, or not importable)"
+
+
 def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: --json, --repeat, --batch, --threads."""
     result = argparse.ArgumentParser(prog=prog, description=description)

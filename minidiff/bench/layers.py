@@ -26,7 +26,7 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import benchmark_parser, counts_error, import_torch
+from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
 
@@ -130,8 +130,8 @@ def run(args) -> dict:
 def _print_table(result) -> None:
     has_torch = result["torch"] is not None
     print(f"forward+backward, float32, batch {result['batch']}, min of {result['repeat']}, "
-          f"{result['threads']} threads" + (f", torch {result['torch']}" if has_torch else
-                                             " (no torch: --no-torch, or not importable)"))
+          f"{result['threads']} threads" + (f", torch {result['torch']}" if has_torch
+                                             else NO_TORCH))
     head = f"{'op':28s} {'minidiff ms':>12s}" + (f" {'torch ms':>10s} {'ratio':>7s}"
                                                 if has_torch else "")
     print(head)

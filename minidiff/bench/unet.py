@@ -43,7 +43,7 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import benchmark_parser, counts_error, import_torch
+from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
@@ -247,7 +247,7 @@ def _print_table(r) -> None:
     print(f"U-Net ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
           f"{r['threads']} threads, median/min of {r['repeat']} after a warm-up "
           "(ratios: of the medians / of the minima)"
-          + (f", torch {r['torch']}" if has_torch else " (no torch: --no-torch, or not importable)"))
+          + (f", torch {r['torch']}" if has_torch else NO_TORCH))
     if has_torch:
         print(f"outputs agree: max |minidiff - torch| = {r['max_abs_diff']:.2e} "
               f"(tolerance {r['tolerance']:.0e})")

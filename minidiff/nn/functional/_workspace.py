@@ -9,9 +9,9 @@ request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidif
 graph at a time).
 
 Arrays that *do* outlive the call -- what the backward pass needs, such as the columns of a
-strided convolution -- come from ``pooled``: a small pool per shape, and an array is handed out again only
-once nobody else holds a reference to it (``sys.getrefcount``), i.e. once its graph has been
-used by backward, or was never recorded (under ``no_grad``).
+strided convolution -- come from ``pooled``: a small pool per shape, and an array is handed
+out again only once nobody else holds a reference to it (``sys.getrefcount``), i.e. once its
+graph has been used by backward, or was never recorded (under ``no_grad``).
 """
 import math
 import sys

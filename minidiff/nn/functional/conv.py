@@ -100,10 +100,8 @@ def im2col(x, kernel, stride=1, padding=0):
         planes, margin = _phase_planes(x, (sh, sw), rows, columns)
         q = n * ho * wo
         flat = cols.reshape(c, kh, kw, q)
-        for i, (ri, di) in enumerate(rows):
-            for j, (rj, dj) in enumerate(columns):
-                start = margin + di * wo + dj
-                flat[:, i, j] = planes[ri, rj, :, start:start + q]
+        for i, j, ri, rj, shifted in _shifted_slices(rows, columns, margin, wo, q):
+            flat[:, i, j] = planes[ri, rj, :, shifted]
         _zero_outside(cols, rows, columns)
         return cols.reshape(c * kh * kw, q), (ho, wo)
     if ph or pw:
@@ -144,10 +142,8 @@ def col2im(cols, shape, kernel, stride=1, padding=0, overwrite_cols: bool = Fals
         margin = _margin(rows, columns, wo)
         acc = xp.zeros((sh, sw, c, q + 2 * margin), dtype=cols.dtype)
         flat = cols.reshape(c, kh, kw, q)
-        for i, (ri, di) in enumerate(rows):
-            for j, (rj, dj) in enumerate(columns):
-                start = margin + di * wo + dj
-                acc[ri, rj, :, start:start + q] += flat[:, i, j]
+        for i, j, ri, rj, shifted in _shifted_slices(rows, columns, margin, wo, q):
+            acc[ri, rj, :, shifted] += flat[:, i, j]
         dx = xp.empty(shape, dtype=cols.dtype)
         for ri in range(sh):
             for rj in range(sw):
@@ -182,9 +178,26 @@ def _phase_shifts(kernel: int, stride: int, padding: int) -> list:
     return [((i - padding) % stride, (i - padding) // stride) for i in range(kernel)]
 
 
+def _same_shifts(kernel) -> tuple:
+    """(rows, columns) of ``_phase_shifts`` for a 'same' convolution: stride 1, padding
+    (k - 1) / 2, so offset i reads its (only) phase shifted by i - p."""
+    (kh, kw) = _pair(kernel)
+    return _phase_shifts(kh, 1, kh // 2), _phase_shifts(kw, 1, kw // 2)
+
+
 def _margin(rows, columns, width: int) -> int:
     """How far (in a flat phase of rows ``width`` long) the largest shift reaches."""
     return max(abs(d) for _, d in rows) * width + max(abs(d) for _, d in columns)
+
+
+def _shifted_slices(rows, columns, margin: int, width: int, q: int):
+    """For each kernel offset (i, j): (i, j, r_i, r_j, slice), the slice of phase (r_i, r_j),
+    laid out flat with ``margin`` in front and rows ``width`` long, that the offset reads
+    for output positions 0 .. q-1 (shifted by d_i rows and d_j columns)."""
+    for i, (ri, di) in enumerate(rows):
+        for j, (rj, dj) in enumerate(columns):
+            start = margin + di * width + dj
+            yield i, j, ri, rj, slice(start, start + q)
 
 
 def _phase_planes(x, stride, rows, columns, tag: str = "conv.phases"):
@@ -226,9 +239,7 @@ def flat_pad(x, kernel, tag: str = "conv.flat"):
     conv2d rebuilds it in its backward pass from the input (which the graph keeps anyway)
     rather than keep a second copy.
     """
-    (kh, kw) = _pair(kernel)
-    planes, _ = _phase_planes(x, (1, 1), _phase_shifts(kh, 1, kh // 2),
-                              _phase_shifts(kw, 1, kw // 2), tag)
+    planes, _ = _phase_planes(x, (1, 1), *_same_shifts(kernel), tag)
     return planes[0, 0]
 
 
@@ -281,13 +292,13 @@ def _flat_columns(x, kernel):
     (kh, kw) = _pair(kernel)
     n, c, h, w = x.shape
     windows = flat_windows(flat_pad(x, (kh, kw)), (kh, kw), w, n * h * w)
+    rows, columns = _same_shifts((kh, kw))
     per = _images_per_chunk(c * kh * kw * h * w * x.itemsize, n)
     for n0 in range(0, n, per):
         k = min(per, n - n0)
         cols = _workspace.buffer("conv.columns", (c, kh, kw, k * h * w), x.dtype, xp)
         cols[...] = windows[..., n0 * h * w:(n0 + k) * h * w]
-        _zero_outside(cols.reshape(c, kh, kw, k, h, w), _phase_shifts(kh, 1, kh // 2),
-                      _phase_shifts(kw, 1, kw // 2))
+        _zero_outside(cols.reshape(c, kh, kw, k, h, w), rows, columns)
         yield n0, k, cols.reshape(c * kh * kw, k * h * w)
 
 
@@ -331,9 +342,9 @@ def _flat_backward(g, x, weight, groups: int):
     w_flipped = weight.data.reshape(groups, og, cg, kh, kw)[..., ::-1, ::-1]
     w_flipped = w_flipped.transpose(0, 2, 1, 3, 4).reshape(groups, cg, og * kh * kw)
     if weight.requires_grad:   # x as (C, N H W), the columns' grid
-        margin = (kh // 2) * w + kw // 2
-        x_rows = flat_pad(x.data, (kh, kw), tag="conv.flat_input")[:, margin:margin + n * h * w]
-        x_rows = x_rows.reshape(groups, cg, n * h * w)
+        planes, margin = _phase_planes(x.data, (1, 1), *_same_shifts((kh, kw)),
+                                       tag="conv.flat_input")
+        x_rows = planes[0, 0, :, margin:margin + n * h * w].reshape(groups, cg, n * h * w)
         dw_flipped = xp.zeros((groups, og * kh * kw, cg), dtype=g.dtype)
     dx = xp.empty(x.shape, dtype=g.dtype) if x.requires_grad else None
     for n0, k, gcols in _flat_columns(g, (kh, kw)):
