@@ -17,6 +17,7 @@ import os
 import struct
 
 from minidiff import backend
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["load_mnist", "to_unit_range", "from_unit_range", "MnistDataError", "DEFAULT_ROOT",
            "SHA256", "mnist_root"]
@@ -52,7 +53,7 @@ _RESTORE = ("restore it from the repository (git checkout -- data/mnist/) or cop
 _verified: set = set()
 
 
-class MnistDataError(OSError):
+class MnistDataError(MinidiffInputError, OSError):
     """A missing, truncated or corrupt MNIST file."""
 
 

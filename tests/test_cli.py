@@ -26,6 +26,6 @@ def test_console_entry_point_help():
 
 def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path))
-    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 1
+    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minidiff: MNIST file missing") and "restore" in err

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from minidiff import backend
 from minidiff.tensor import Tensor
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "StateDictError"]
 
 
-class StateDictError(KeyError):
+class StateDictError(MinidiffInputError, KeyError):
     """A state dict does not fit the module: lists missing, unexpected and mis-shaped keys."""
 
     def __str__(self):  # KeyError would quote the message

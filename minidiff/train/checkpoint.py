@@ -18,12 +18,13 @@ import json
 import os
 
 from minidiff import backend
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
            "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MinidiffInputError):
     """A file that is missing or is not a minidiff training checkpoint."""
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 
+from minidiff.validation import MinidiffInputError
+
 __all__ = ["PRESETS", "MODEL_KEYS", "ConfigError", "resolve", "parse_set", "model_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MinidiffInputError):
     """A preset, config file or override the trainer cannot use."""
 
 
