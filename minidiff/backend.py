@@ -279,6 +279,9 @@ def save_npz(path, arrays: dict) -> None:
             numpy.savez(stream, **{key: to_host(value) for key, value in arrays.items()})
             stream.flush()
             os.fsync(stream.fileno())
+        umask = os.umask(0)      # mkstemp makes the file 0600; give it the user's usual mode
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -14,7 +14,7 @@ import sys
 
 import minidiff
 from minidiff import backend
-from minidiff.validation import ArgumentParser, MinidiffInputError, one_line
+from minidiff.validation import INPUT_ERROR, ArgumentParser, MinidiffInputError, report
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
@@ -24,10 +24,6 @@ COMMANDS = {
     "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
     "bench": ("minidiff.bench", "speed benchmarks: layers | unet (against torch if installed)"),
 }
-
-#: exit status of a bad input (argparse uses the same)
-INPUT_ERROR = 2
-
 
 def build_parser() -> ArgumentParser:
     import argparse  # noqa: PLC0415
@@ -41,12 +37,6 @@ def build_parser() -> ArgumentParser:
                         help="one of the commands below; 'minidiff COMMAND --help' for its options")
     parser.epilog = "commands:\n" + listing
     return parser
-
-
-def report(error: BaseException) -> int:
-    """Print a user's error as one line on stderr; the exit status to return."""
-    print(f"minidiff: {one_line(error)}", file=sys.stderr)
-    return INPUT_ERROR
 
 
 def main(argv=None) -> int:

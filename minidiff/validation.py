@@ -10,7 +10,9 @@ Every command and every loader reports a bad input the same way:
   HINT``, and exit status 2.  Any *other* exception is a bug in minidiff and keeps its
   traceback;
 * command-line parsers are ``ArgumentParser`` from this module: argparse's own complaints
-  (a missing value, ``--steps abc``) come out as one line too, without the usage block.
+  (a missing value, ``--steps abc``) come out as one line too, without the usage block;
+* a command's ``main(argv)`` is decorated with ``@command``, which does the same one-line
+  report when it is run on its own (``python -m minidiff.sample``, a test calling it).
 
 The ``check_*`` helpers return the value they checked, so a command reads
 ``steps = check_int("--steps", args.steps, low=1, high=T)``.  A new command needs nothing
@@ -19,12 +21,13 @@ else: raise or check, and the dispatcher does the rest.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import numbers
 import os
 import sys
 
-__all__ = ["MinidiffInputError", "ArgumentParser", "check_int", "check_float", "check_choice",
+__all__ = ["MinidiffInputError", "ArgumentParser", "command", "check_int", "check_float", "check_choice",
            "check_input_file", "check_output_path", "check_run_folder", "int_arg",
            "float_arg", "one_line"]
 
@@ -47,6 +50,28 @@ def one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     hint = getattr(error, "hint", None)
     return f"{text}; {' '.join(hint.split())}" if hint else text
+
+
+#: exit status of a bad input (argparse uses the same)
+INPUT_ERROR = 2
+
+
+def report(error: BaseException) -> int:
+    """Print a user's error as one line, ``minidiff: ...``, on stderr; returns 2."""
+    print(f"minidiff: {one_line(error)}", file=sys.stderr)
+    return INPUT_ERROR
+
+
+def command(main):
+    """Decorate a command's ``main(argv) -> int``: a ``MinidiffInputError`` becomes one line
+    on stderr and exit status 2; every other exception propagates with its traceback."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except MinidiffInputError as error:
+            return report(error)
+    return run
 
 
 # ----------------------------------------------------------------------------- values
@@ -110,7 +135,7 @@ def check_input_file(name: str, path, hint: str | None = None) -> str:
 
 def _writable_folder(name: str, folder: str) -> None:
     """Refuse ``folder`` unless it exists as a writable folder or can be created."""
-    probe = folder
+    probe = os.path.abspath(folder)
     while not os.path.exists(probe):          # the nearest part of the path that exists
         parent = os.path.dirname(probe)
         if parent == probe:
