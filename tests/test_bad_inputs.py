@@ -68,7 +68,7 @@ CASES = [
     *_flag(TRAIN, "train", "--seed", ["-1", "abc"], ("seed",)),
     *_flag(TRAIN, "train", "--ema-decay", ["1.0", "1.5", "-0.1", "nan"], ("ema_decay",)),
     *_flag(TRAIN, "train", "--train-images", ["-1", "100000", "abc", "2"],
-           ("train_images", "batch")),
+           ("train_images", "train-images", "batch")),
     *_flag(TRAIN, "train", "--stop-at", ["0", "-1", "99", "abc"], ("--stop-at",)),
     ("train-preset-unknown", TRAIN + ["--preset", "nonesuch"], ("preset",)),
     ("train-bogus-option", TRAIN + ["--bogus"], ("--bogus",)),
@@ -85,17 +85,16 @@ CASES = [
     *_sets("checkpoint_every", -1),
     *_sets("diag_every", -1),
     *_sets("sample_steps", 0, 11),
-    *_sets("sample_count", 0),
+    *_sets("sample_count", 0, "true"),
     *_sets("image_size", 32, 0, 27),
-    *_sets("T", 0, -3, "abc"),
+    *_sets("T", 0, -3, "abc", 2.5),
     *_sets("channel_mults", "[]", "[0]", "[1,-2]", "abc"),
     *_sets("num_res_blocks", -1),
     *_sets("attention_resolutions", "[5]"),
     *_sets("time_embed_dim", 0, 3),
     *_sets("prediction", "noise"),
     *_sets("schedule", "quadratic"),
-    *_sets("batch_size", "true", 2.5),
-    *_sets("steps", 1.5),
+    *_sets("num_res_blocks", "true"),
     *_sets("lr", '"fast"'),
     ("train-set-unknown-key", *_train("--set", "learning_rate=1", names=("learning_rate",))),
     ("train-set-no-equals", *_train("--set", "lr", names=("--set",))),
@@ -200,7 +199,7 @@ def make_files(folder: str) -> dict:
     host = backend.host
     config = resolve("quick", sets=["base_channels=8", "channel_mults=[1,2]", "T=10",
                                     "sample_every=0", "diag_every=0", "log_every=0",
-                                    "checkpoint_every=0", "warmup_steps=1"],
+                                    "checkpoint_every=0", "warmup_steps=1", "sample_steps=2"],
                      overrides={"steps": 1, "batch_size": 4})
     images = host.random.default_rng(0).integers(0, 256, (8, 1, 28, 28)).astype(host.uint8)
     run = os.path.join(folder, "run")

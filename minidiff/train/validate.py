@@ -22,7 +22,7 @@ __all__ = ["check_config", "check_data", "resolutions"]
 _AT_LEAST = {"steps": 1, "batch_size": 1, "T": 1, "seed": 0, "warmup_steps": 0,
              "train_images": 0, "log_every": 0, "sample_every": 0, "checkpoint_every": 0,
              "diag_every": 0, "sample_count": 1, "sample_steps": 1, "base_channels": 1,
-             "num_res_blocks": 1, "num_heads": 1, "groups": 1, "time_embed_dim": 2,
+             "num_res_blocks": 0, "num_heads": 1, "groups": 1, "time_embed_dim": 2,
              "image_size": 1}
 #: key -> (low, high, high excluded)
 _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
