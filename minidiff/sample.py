@@ -18,6 +18,7 @@ from minidiff.data import from_unit_range
 from minidiff.diffusion import ddim_sample, ddpm_sample
 from minidiff.images import save_gif, save_grid, save_strip
 from minidiff.nn.module import StateDictError
+from minidiff.paths import resolve_user_path
 from minidiff.progress import Progress
 from minidiff.train.checkpoint import CheckpointError, eps_model_from_checkpoint
 from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
@@ -85,6 +86,7 @@ def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None,
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # everything the user typed is checked before the (possibly long) sampling
+    args.checkpoint = resolve_user_path(args.checkpoint)   # data/... works from any folder
     check_input_file("--checkpoint", args.checkpoint)
     check_output_path("--out", args.out, IMAGE_TYPES)
     if args.gif:

@@ -70,7 +70,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the train-vs-test FID floor")
     parser.add_argument("--classifier", default=None,
-                        help="feature classifier (default data/checkpoints/classifier.npz)")
+                        help="feature classifier (default: the shipped "
+                             "data/checkpoints/classifier.npz)")
     parser.add_argument("--stats-dir", default=DEFAULT_STATS_DIR,
                         help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
@@ -134,8 +135,7 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
 def evaluate(args, quiet: bool = False) -> dict:
     """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
     from minidiff.data import load_mnist, to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate.classifier import (DEFAULT_PATH, classify, file_checksum,  # noqa
-                                              load_classifier)
+    from minidiff.evaluate.classifier import classify, file_checksum, load_classifier  # noqa
     from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
     from minidiff.evaluate.likelihood import test_bits_per_dim  # noqa: PLC0415
 
@@ -146,7 +146,12 @@ def evaluate(args, quiet: bool = False) -> dict:
                                                         use_ema=not args.raw_weights,
                                                         arrays=arrays)
     check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
-    classifier_path = args.classifier or DEFAULT_PATH
+    if args.classifier is None:
+        from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
+        from minidiff.paths import find  # noqa: PLC0415
+        classifier_path = find(SHIPPED)
+    else:
+        classifier_path = args.classifier
     classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
     result = {"checkpoint": args.checkpoint, "step": arrays["step"] or None,
@@ -240,6 +245,8 @@ def main(argv=None) -> int:
         from minidiff.evaluate.train_classifier import main as train_main  # noqa: PLC0415
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from minidiff.paths import resolve_user_path  # noqa: PLC0415
+    args.checkpoint = resolve_user_path(args.checkpoint)
     check_input_file("--checkpoint", args.checkpoint)
     if args.classifier:
         check_input_file("--classifier", args.classifier)

@@ -22,6 +22,8 @@ from minidiff.tensor import Tensor, no_grad
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "data", "checkpoints", "classifier.npz")
 
+#: the shipped classifier, under data/ (found by ``minidiff.paths.find``)
+SHIPPED = os.path.join("checkpoints", "classifier.npz")
 FEATURE_DIM = 128
 
 
@@ -62,7 +64,9 @@ def load_classifier(path=None, name: str = "classifier") -> MnistClassifier:
     that starts with ``name`` and says what the file holds instead."""
     from minidiff.nn.module import StateDictError  # noqa: PLC0415
     from minidiff.validation import MinidiffInputError  # noqa: PLC0415
-    path = path or DEFAULT_PATH
+    if path is None:
+        from minidiff.paths import find  # noqa: PLC0415
+        path = find(SHIPPED)
     if not os.path.exists(path):
         raise MinidiffInputError(f"{name}: classifier not found: {path}",
                                  "train it with: minidiff eval train-classifier")
