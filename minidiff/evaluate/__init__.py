@@ -35,7 +35,7 @@ __all__ = ["main", "evaluate", "build_parser"]
 
 DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
 #: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
-BPD_IMAGES, BPD_SAMPLES = 256, 1
+BPD_IMAGES, BPD_SAMPLES = 256, 4
 
 
 def build_parser() -> ArgumentParser:
