@@ -234,3 +234,23 @@ def test_sigterm_stops_like_ctrl_c_and_prints_the_resume_command(tmp_path, capsy
     assert train_cli.main(argv) == 0
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 6
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_x0_panel_has_one_label_per_row_naming_t(tmp_path):
+    from PIL import Image
+    from minidiff.images import save_grid
+    from minidiff.train import diagnostics
+    schedule = NoiseSchedule.linear(50)
+    x0 = md.tensor(np.zeros((4, 1, 8, 8))).data
+
+    def zero(x, t):
+        return md.Tensor(np.zeros(x.shape, np.float32))
+    _, panel = diagnostics.timestep_report(zero, schedule, x0)
+    labels = diagnostics.panel_labels(50)
+    assert len(panel) == 4 * len(labels) and labels[-1] == "x0^  t=50"
+    save_grid(panel, tmp_path / "p.png", nrow=4, labels=labels)
+    save_grid(panel, tmp_path / "q.png", nrow=4)
+    assert Image.open(tmp_path / "p.png").width > Image.open(tmp_path / "q.png").width
+    assert diagnostics.OBJECTIVES["v"] == "||v - v_theta||^2"

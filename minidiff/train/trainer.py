@@ -164,7 +164,8 @@ class Trainer:
         self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
         self.t_history.append((self.step, losses))
         diagnostics.plot_timestep_loss(self.t_history, os.path.join(self.out, "loss_by_t.png"))
-        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4)
+        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4,
+                  labels=diagnostics.panel_labels(self.schedule.num_timesteps))
 
     def _due(self, key: str) -> bool:
         every = self.config[key]
@@ -201,8 +202,8 @@ class Trainer:
                     self.save()
                 if self._due("sample_every"):
                     self.log(f"samples: {self.sample_grid()}")
-                    diagnostics.plot_loss_curve(self.losses,
-                                                os.path.join(self.out, "loss.png"))
+                    diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
+                                                prediction=c["prediction"])
                 if self._due("diag_every"):
                     self.diagnose()
         except KeyboardInterrupt:
@@ -215,7 +216,8 @@ class Trainer:
         # the small file to share or sample from: EMA weights and config only
         save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
                         config=self.config, step=self.step, ema_only=True)
-        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
+        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
+                                    prediction=self.config["prediction"])
         return "done"
 
     def _install_sigint(self):
