@@ -82,8 +82,7 @@ def _plot(losses, out: str) -> None:
     print(f"loss curve saved to {path}")
 
 
-@command
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff demo", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int_arg(1), default=2000,
                         help="gradient steps (default 2000)")
@@ -93,7 +92,12 @@ def main(argv=None) -> int:
                         help="seed of the weights and the batches (default 0)")
     parser.add_argument("--out", default="runs/demo",
                         help="folder for loss.png (default runs/demo)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@command
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise MinidiffInputError(f"--out: {args.out} is a file, expected a folder")
     check_output_path("--out", os.path.join(args.out, "loss.png"), (".png",))
