@@ -27,9 +27,9 @@ import numbers
 import os
 import sys
 
-__all__ = ["MinidiffInputError", "ArgumentParser", "command", "check_int", "check_float", "check_choice",
-           "check_input_file", "check_output_path", "check_run_folder", "int_arg",
-           "float_arg", "one_line"]
+__all__ = ["MinidiffInputError", "ArgumentParser", "command", "report", "one_line", "check_int",
+           "check_float", "check_choice", "check_input_file", "check_output_path",
+           "check_run_folder", "int_arg", "float_arg"]
 
 
 class MinidiffInputError(ValueError):

@@ -96,7 +96,8 @@ def test_environment_variable_with_unavailable_cupy_fails_clearly():
     if backend.cupy_available():
         pytest.skip("CuPy is available here")
     env = dict(os.environ, MINIDIFF_BACKEND="cupy")
-    result = subprocess.run([sys.executable, "-c", "import minidiff; print(minidiff.get_backend())"],
+    result = subprocess.run([sys.executable, "-c",
+                             "import minidiff; print(minidiff.get_backend())"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "numpy"
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -81,7 +81,8 @@ class _Minidiff:
         self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
         self.schedule = schedule
         size = config.image_size
-        self.x0 = backend.randn(batch, config.in_channels, size, size, dtype="float32")
+        # a stand-in batch of images: uniform in [-1, 1], the range training_step accepts
+        self.x0 = backend.rand(batch, config.in_channels, size, size, dtype="float32") * 2 - 1
         self.t = backend.randint(0, schedule.num_timesteps, (batch,))
 
     def train_step(self):

@@ -25,6 +25,12 @@ class StateDictError(MinidiffInputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _first(items, separator: str, shown: int = 6) -> str:
+    """The first ``shown`` items, then how many more: an error stays readable."""
+    more = f"{separator}... and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
+
+
 class Parameter(Tensor):
     """A tensor that is a learnable parameter (requires_grad=True)."""
 
@@ -112,11 +118,12 @@ class Module:
         if missing or unexpected or wrong:
             lines = [f"load_state_dict for {type(self).__name__} does not fit:"]
             if missing:
-                lines.append("  missing keys: " + ", ".join(missing))
+                lines.append(f"  missing keys ({len(missing)}): " + _first(missing, ", "))
             if unexpected:
-                lines.append("  unexpected keys: " + ", ".join(unexpected))
+                lines.append(f"  unexpected keys ({len(unexpected)}): "
+                             + _first(unexpected, ", "))
             if wrong:
-                lines.append("  wrong shapes: " + "; ".join(wrong))
+                lines.append(f"  wrong shapes ({len(wrong)}): " + _first(wrong, "; "))
             raise StateDictError("\n".join(lines))
         for name, p in params.items():
             value = state[name].data if isinstance(state[name], Tensor) else state[name]

@@ -17,8 +17,8 @@ import shlex
 import sys
 
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import CheckpointError, load_checkpoint
-from minidiff.train.presets import PRESETS, ConfigError, resolve
+from minidiff.train.checkpoint import load_checkpoint
+from minidiff.train.presets import PRESETS, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
 from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
                                  check_run_folder, command, one_line)

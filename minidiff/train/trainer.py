@@ -11,8 +11,8 @@ same weights as N/2 steps, a checkpoint, and N/2 more.  Diagnostics and sample g
 and restore the generator's state, so they do not perturb the run either.
 
 **Failure handling.**  Ctrl-C (SIGINT), or SIGTERM from a job scheduler or ``timeout``, only
-sets a flag, so the step in flight finishes; the
-loop then saves a checkpoint and returns (a second signal interrupts at once); a NaN or Inf loss stops
+sets a flag, so the step in flight finishes; the loop then saves a checkpoint and returns (a
+second signal interrupts at once); a NaN or Inf loss stops
 the run with ``TrainingDiverged`` naming the step and the last good checkpoint.
 """
 from __future__ import annotations
