@@ -78,11 +78,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _log(quiet: bool, message: str) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _cached_stats(path_key: str, stats_dir: str, compute):
     """(mu, cov) from ``stats_dir/<path_key>.npz``, computing and saving it when absent."""
     path = os.path.join(stats_dir, path_key + ".npz")
@@ -252,7 +247,7 @@ def main(argv=None) -> int:
         check_input_file("--classifier", args.classifier)
     if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
         raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
-    result = evaluate(args, quiet=args.json)
+    result = evaluate(args)   # progress goes to stderr, so --json output stays clean
     if args.json:
         print(json.dumps(result, indent=2))
     else:
