@@ -207,6 +207,7 @@ assert total == model.num_parameters() == 1_623_169
 # %%
 try:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
@@ -219,7 +220,11 @@ else:
     axes[1].set(title="emb(s) . emb(t) / (d/2)", xlabel="t", ylabel="s")
     axes[2].barh(list(groups), list(groups.values()))
     axes[2].invert_yaxis()
-    axes[2].tick_params(axis="y", labelsize=6)
+    axes[2].tick_params(axis="y", labelsize=7)
+    # a few ticks in thousands, so that six-digit counts do not run into each other
+    axes[2].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+    axes[2].xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda value, _: f"{value / 1000:.0f}k"))
     axes[2].set(title=f"parameters per block (total {total:,})", xlabel="parameters")
     fig.tight_layout()
     fig.savefig(out_dir / "06_unet.png", dpi=100)

@@ -40,6 +40,7 @@ except ImportError:  # run from a checkout without installing: use the repositor
 from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, ddim_sample, ddpm_sample
 from minidiff.models import UNet
+from minidiff.paths import resolve_user_path
 from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
@@ -170,6 +171,8 @@ for row in table:
 
 # %%
 checkpoint_images = None
+# data/checkpoints/... is found from lessons/ (a notebook) or after pip install (minidiff.paths)
+args.checkpoint = resolve_user_path(args.checkpoint)
 if pathlib.Path(args.checkpoint).exists():
     from minidiff.train.checkpoint import eps_model_from_checkpoint  # noqa: E402
 

@@ -279,6 +279,9 @@ def save_npz(path, arrays: dict) -> None:
             numpy.savez(stream, **{key: to_host(value) for key, value in arrays.items()})
             stream.flush()
             os.fsync(stream.fileno())
+        umask = os.umask(0)      # mkstemp makes the file 0600; give it the user's usual mode
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -287,24 +290,52 @@ def save_npz(path, arrays: dict) -> None:
 
 
 def load_npz(path) -> dict:
-    """Read an ``.npz`` file into a dict of host arrays; object arrays are refused."""
+    """Read an ``.npz`` file into a dict of host arrays; object arrays are refused.
+
+    Errors are ``MinidiffInputError`` (a ValueError) naming the file: not an .npz file at all,
+    truncated, or holding pickled objects (never loaded: unpickling runs code)."""
+    from minidiff.validation import MinidiffInputError  # noqa: PLC0415
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise MinidiffInputError(f"{path} is a folder, not an .npz file")
+    if not zipfile.is_zipfile(path):
+        raise MinidiffInputError(f"{path} is not an .npz file (an .npz is a zip archive of "
+                                 "arrays; this file is not a zip archive)")
     try:
         # open the file here so it is closed even when numpy.load fails on a truncated file
         with open(path, "rb") as stream, numpy.load(stream, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as error:
-        raise ValueError(f"{path}: not a plain .npz of arrays ({error})") from None
+        if "pickle" in str(error):
+            raise MinidiffInputError(f"{path}: holds pickled Python objects, not plain arrays; "
+                                     "minidiff reads only arrays of numbers and never "
+                                     "unpickles (unpickling can run any code)") from None
+        raise MinidiffInputError(f"{path}: not a plain .npz of arrays ({error})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: unreadable or truncated .npz file ({error})") from None
+        raise MinidiffInputError(f"{path}: unreadable or truncated .npz file ({error})") from None
+
+
+#: why the backend named by $MINIDIFF_BACKEND could not be used (None when it could)
+environment_error = None
 
 
 def _init_from_environment() -> None:
+    """Use the backend ``$MINIDIFF_BACKEND`` names.  One that is unknown or cannot run here
+    does not break ``import minidiff``: one line on stderr says so, minidiff stays on NumPy,
+    and ``environment_error`` keeps the reason (the ``minidiff`` command then stops)."""
+    global environment_error
     name = os.environ.get("MINIDIFF_BACKEND")
-    if name:
+    if not name:
+        return
+    try:
         set_backend(name)
+    except (ValueError, BackendUnavailableError) as error:
+        environment_error = f"MINIDIFF_BACKEND={name}: {' '.join(str(error).split())}"
+        import sys  # noqa: PLC0415
+        print(f"minidiff: {environment_error} (unset it, or set numpy or cupy)",
+              file=sys.stderr)
 
 
 _init_from_environment()

@@ -2,15 +2,19 @@
 
 ``minidiff [--backend numpy|cupy] COMMAND [options]``; each command lives in its own module
 with a ``main(argv) -> int`` that parses its own options (``minidiff COMMAND --help``).
+
+Errors in what the user gave (``MinidiffInputError`` and its subclasses, see
+``minidiff/validation.py``) end as one line, ``minidiff: MESSAGE; HINT``, with exit status 2;
+any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
+import minidiff
 from minidiff import backend
-from minidiff.data import MnistDataError
+from minidiff.validation import INPUT_ERROR, ArgumentParser, MinidiffInputError, report
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
@@ -21,16 +25,17 @@ COMMANDS = {
     "bench": ("minidiff.bench", "speed benchmarks: layers | unet (against torch if installed)"),
 }
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidiff", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    import argparse  # noqa: PLC0415
+    parser = ArgumentParser(prog="minidiff", description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"minidiff {minidiff.__version__}")
     parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
                         help="array library to run on (default: numpy, or $MINIDIFF_BACKEND)")
     listing = "\n".join(f"  {name:8s} {help_text}" for name, (_, help_text) in COMMANDS.items())
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND",
                         help="one of the commands below; 'minidiff COMMAND --help' for its options")
     parser.epilog = "commands:\n" + listing
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -43,14 +48,14 @@ def main(argv=None) -> int:
         try:
             backend.set_backend(args.backend)
         except backend.BackendUnavailableError as error:
-            print(f"minidiff: {error}", file=sys.stderr)
-            return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+            return report(error)
+    elif backend.environment_error:   # already said in one line when minidiff was imported
+        return INPUT_ERROR
     try:
+        module = importlib.import_module(COMMANDS[args.command][0])
         return module.main(args.rest) or 0
-    except MnistDataError as error:
-        print(f"minidiff: {error}", file=sys.stderr)
-        return 1
+    except (MinidiffInputError, backend.BackendUnavailableError) as error:
+        return report(error)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """MNIST from the four gzip IDX files committed in ``data/mnist/`` (no download step).
 
 IDX layout (big-endian): int32 magic (2051 for images, 2049 for labels), int32 item count,
-for images int32 rows and cols, then the raw uint8 values.  Each ``.gz`` file's sha256 is
-checked once per process against the table below, so a truncated or corrupted file is
-caught with an error that names it and says how to restore it.
+for images int32 rows and cols, then the raw uint8 values.  The sha256 of each file's
+*decompressed* content is checked against the table below (once per process), so a truncated
+or corrupted file is caught with an error that names it and says how to restore it, while
+the same data compressed again (another gzip level or tool) is still accepted.  The folder
+is found by ``minidiff.paths`` ($MINIDIFF_DATA, the working folder, the source tree, the
+installation).
 
 Images are uint8 in [0, 255]; diffusion works on floats in [-1, 1] (``to_unit_range`` and back
 with ``from_unit_range``), the range on which the 256-level discretized decoder of lesson 04
@@ -16,7 +19,8 @@ import hashlib
 import os
 import struct
 
-from minidiff import backend
+from minidiff import backend, paths
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["load_mnist", "to_unit_range", "from_unit_range", "MnistDataError", "DEFAULT_ROOT",
            "SHA256", "mnist_root"]
@@ -27,61 +31,65 @@ DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def mnist_root() -> str:
-    """Where the MNIST files are: ``$MINIDIFF_DATA/mnist`` if that variable is set, else
-    ``data/mnist`` under the current folder (the clone you run from), else the checkout
-    this package was imported from."""
-    if os.environ.get("MINIDIFF_DATA"):
-        return os.path.join(os.environ["MINIDIFF_DATA"], "mnist")
-    here = os.path.join(os.getcwd(), "data", "mnist")
-    return here if os.path.isdir(here) else DEFAULT_ROOT
+    """The ``mnist`` folder ``minidiff.paths.find`` gives (the first of $MINIDIFF_DATA, the
+    working folder, the source tree, the installation); the first candidate when none has it,
+    so that the error names a place."""
+    try:
+        return paths.find("mnist")
+    except paths.DataNotFoundError:
+        return os.path.join(paths.data_roots()[0][1], "mnist")
 
+
+#: sha256 of each file's decompressed content (the IDX bytes)
 SHA256 = {
     "train-images-idx3-ubyte.gz":
-        "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte.gz":
-        "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
     "t10k-images-idx3-ubyte.gz":
-        "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte.gz":
-        "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-_RESTORE = ("restore it from the repository (git checkout -- data/mnist/) or copy the original "
-            "MNIST .gz file into {folder}")
+_RESTORE = ("restore it from the repository (git checkout -- data/mnist/), copy the original "
+            "MNIST .gz file into {folder}, or set MINIDIFF_DATA to a folder whose mnist/ "
+            "holds the four files")
 _verified: set = set()
 
 
-class MnistDataError(OSError):
+class MnistDataError(MinidiffInputError, OSError):
     """A missing, truncated or corrupt MNIST file."""
 
 
-def _verify(path: str) -> None:
+def _verify(path: str, raw: bytes) -> None:
+    """Compare the sha256 of the decompressed bytes with the table (once per file)."""
     if path in _verified:
         return
-    name = os.path.basename(path)
-    restore = _RESTORE.format(folder=os.path.dirname(path))
-    if not os.path.exists(path):
-        raise MnistDataError(f"MNIST file missing: {path}; {restore}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    expected = SHA256.get(name)
-    if expected is not None and digest.hexdigest() != expected:
-        raise MnistDataError(f"MNIST file corrupt or truncated: {path} has sha256 "
-                             f"{digest.hexdigest()}, expected {expected}; {restore}")
+    expected = SHA256.get(os.path.basename(path))
+    found = hashlib.sha256(raw).hexdigest()
+    if expected is not None and found != expected:
+        raise MnistDataError(f"MNIST file corrupt: {path} decompresses to content with sha256 "
+                             f"{found}, expected {expected}; "
+                             + _RESTORE.format(folder=os.path.dirname(path)))
     _verified.add(path)
 
 
 def _read_idx(path: str, magic: int):
-    """Parse one gzip IDX file into a host uint8 array, checking its header against its size."""
+    """Parse one gzip IDX file into a host uint8 array, checking its content's sha256 and its
+    header against its size."""
+    if not os.path.exists(path):
+        raise MnistDataError(f"MNIST file missing: {path} (looked in: "
+                             f"{paths.searched('mnist')}); "
+                             + _RESTORE.format(folder=os.path.dirname(path)))
     try:
         with gzip.open(path, "rb") as stream:
             raw = stream.read()
     except (OSError, EOFError) as error:
-        raise MnistDataError(f"MNIST file unreadable: {path} ({error}); "
+        raise MnistDataError(f"MNIST file corrupt or truncated: {path} ({error}); "
                              + _RESTORE.format(folder=os.path.dirname(path))) from None
+    _verify(path, raw)
     dims = 3 if magic == 2051 else 1
     header = 4 * (1 + dims)
     if len(raw) < header:
@@ -105,8 +113,6 @@ def load_mnist(split: str = "train", root: str | None = None):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     root = root or mnist_root()
     image_path, label_path = (os.path.join(root, name) for name in _FILES[split])
-    for path in (image_path, label_path):
-        _verify(path)
     images = _read_idx(image_path, 2051)
     labels = _read_idx(label_path, 2049).astype(backend.host.int64)
     if len(images) != len(labels):

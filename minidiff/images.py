@@ -40,11 +40,24 @@ def _ensure_folder(path) -> None:
     os.makedirs(folder, exist_ok=True)
 
 
-def save_grid(images, path, nrow: int | None = None, pad: int = 2, scale: int = 2) -> None:
-    """Write the images as one PNG grid (square-ish unless ``nrow`` is given)."""
-    from PIL import Image  # noqa: PLC0415
+def save_grid(images, path, nrow: int | None = None, pad: int = 2, scale: int = 2,
+              labels=None) -> None:
+    """Write the images as one PNG grid (square-ish unless ``nrow`` is given); ``labels``,
+    one per row, are written in a margin on the left."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
     _ensure_folder(path)
-    Image.fromarray(make_grid(images, nrow, pad, scale), mode="L").save(path)
+    picture = Image.fromarray(make_grid(images, nrow, pad, scale), mode="L")
+    if labels:
+        rows = len(labels)
+        margin = 6 * max(len(text) for text in labels) + 8
+        labelled = Image.new("L", (picture.width + margin, picture.height), 255)
+        labelled.paste(picture, (margin, 0))
+        draw = ImageDraw.Draw(labelled)
+        row_height = picture.height / rows
+        for i, text in enumerate(labels):
+            draw.text((3, int((i + 0.5) * row_height) - 5), text, fill=0)
+        picture = labelled
+    picture.save(path)
 
 
 def save_gif(frames, path, nrow: int | None = None, duration_ms: int = 80,

@@ -11,7 +11,6 @@ x_T to x_0; ``--strip`` shows the first digit's reverse process as one row.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from minidiff import backend
@@ -19,32 +18,51 @@ from minidiff.data import from_unit_range
 from minidiff.diffusion import ddim_sample, ddpm_sample
 from minidiff.images import save_gif, save_grid, save_strip
 from minidiff.nn.module import StateDictError
+from minidiff.paths import resolve_user_path
+from minidiff.progress import Progress
 from minidiff.train.checkpoint import CheckpointError, eps_model_from_checkpoint
+from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
+                                 check_output_path, command, float_arg, int_arg)
+
+#: what each output may be written as
+IMAGE_TYPES, GIF_TYPES = (".png", ".jpg", ".jpeg"), (".gif",)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidiff sample",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint from minidiff train")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="sampling steps (default: 50 for ddim, T for ddpm)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
-    parser.add_argument("--n", type=int, default=64, help="number of digits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="samples.png", help="PNG grid to write")
-    parser.add_argument("--gif", help="also write the denoising animation here")
-    parser.add_argument("--strip", help="also write one digit's reverse process here")
-    parser.add_argument("--frames", type=int, default=20, help="frames in --gif / --strip")
-    parser.add_argument("--raw", action="store_true", help="use the raw, not the EMA, weights")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="minidiff sample", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint.npz or ema.npz written by minidiff train")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
+                        help="ddim (default; deterministic with --eta 0) or ddpm (ancestral, "
+                             "Algorithm 2)")
+    parser.add_argument("--steps", type=int_arg(1), default=None,
+                        help="sampling steps, 1..T (default: 50 for ddim, T for ddpm)")
+    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
+                        help="DDIM noise in [0, 1]: 0 deterministic, 1 as much as DDPM")
+    parser.add_argument("--n", type=int_arg(1), default=64, help="number of digits (default 64)")
+    parser.add_argument("--seed", type=int_arg(0), default=0,
+                        help="seed of the noise x_T and of every draw (default 0; the same "
+                             "seed gives the same digits)")
+    parser.add_argument("--out", default="samples.png",
+                        help="the grid of digits, .png (default samples.png)")
+    parser.add_argument("--gif", help="also write the denoising animation here (.gif)")
+    parser.add_argument("--strip", help="also write the first digit's reverse process here "
+                        "(.png)")
+    parser.add_argument("--frames", type=int_arg(1), default=20,
+                        help="frames in --gif / --strip (default 20)")
+    parser.add_argument("--raw", action="store_true",
+                        help="use the last trained weights instead of their EMA "
+                             "(needs checkpoint.npz, not the ema.npz export)")
     return parser
 
 
 def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
-           seed: int = 0, eta: float = 0.0, frames: int = 0):
+           seed: int = 0, eta: float = 0.0, frames: int = 0, progress=None):
     """``(x0, frames)`` in [-1, 1]: ``n`` digits from ``eps_model`` (frames empty unless
-    asked)."""
-    steps = steps or (50 if sampler == "ddim" else schedule.num_timesteps)
+    asked).  Samples with NaN or Inf in them raise ``MinidiffInputError``."""
+    steps = steps or min(50 if sampler == "ddim" else schedule.num_timesteps,
+                         schedule.num_timesteps)
+    check_int("--steps", steps, low=1, high=schedule.num_timesteps)
     backend.manual_seed(seed)
     shape = (n, 1, config.get("image_size", 28), config.get("image_size", 28))
     kwargs = {"steps": steps}
@@ -53,15 +71,28 @@ def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None,
     if frames:
         kwargs.update(return_frames=True, frame_every=max(1, steps // frames))
     run = ddim_sample if sampler == "ddim" else ddpm_sample
-    result = run(eps_model, schedule, shape, **kwargs)
-    return result if frames else (result, [])
+    result = run(eps_model, schedule, shape, progress=progress, **kwargs)
+    x0, frames = result if frames else (result, [])
+    bad = ~backend.xp().isfinite(x0).reshape(n, -1).all(axis=1)
+    if bad.any():
+        raise MinidiffInputError(
+            f"{int(bad.sum())} of {n} samples hold NaN or Inf: the network's output overflowed "
+            f"during {sampler} sampling (its weights are finite)",
+            "try the EMA weights (without --raw), another checkpoint, or --sampler ddim")
+    return x0, frames
 
 
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n < 1 or (args.steps is not None and args.steps < 1):
-        print("minidiff: --n and --steps must be positive", file=sys.stderr)
-        return 2
+    # everything the user typed is checked before the (possibly long) sampling
+    args.checkpoint = resolve_user_path(args.checkpoint)   # data/... works from any folder
+    check_input_file("--checkpoint", args.checkpoint)
+    check_output_path("--out", args.out, IMAGE_TYPES)
+    if args.gif:
+        check_output_path("--gif", args.gif, GIF_TYPES)
+    if args.strip:
+        check_output_path("--strip", args.strip, IMAGE_TYPES)
     try:
         eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
                                                                 use_ema=not args.raw)
@@ -73,9 +104,11 @@ def main(argv=None) -> int:
         print(f"minidiff: {args.checkpoint} does not fit the model its config describes: "
               f"{detail}", file=sys.stderr)
         return 2
+    if args.steps is not None:
+        check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
     want_frames = args.frames if (args.gif or args.strip) else 0
     x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, args.n, args.seed,
-                        args.eta, want_frames)
+                        args.eta, want_frames, progress=Progress(f"sampling ({args.sampler})"))
     save_grid(from_unit_range(x0), args.out)
     print(f"wrote {args.out} ({args.n} digits, {args.sampler}, seed {args.seed})")
     if args.gif:

@@ -17,6 +17,14 @@ Reverse-mode automatic differentiation in three ideas:
 Gradients accumulate (``+=`` semantics) into ``.grad`` of leaf tensors that ``requires_grad``.
 Intermediate gradients and the closures (which hold the forward buffers) are freed as soon as
 backward has used them.
+
+**In-place changes.**  A backward closure reads the forward arrays it saved, so changing a
+tensor after an operation used it, and before backward, would make a silently wrong gradient.
+As in PyTorch, every tensor carries a version counter, raised by each in-place change the
+engine can see: ``x[index] = value``, assigning ``x.data = ...`` and the augmented
+assignments ``x.data -= ...`` (which assign).  Each node remembers its inputs' versions, and
+backward refuses to use one that changed.  Writing into the raw array, ``x.data[...] = v``,
+goes around the engine (NumPy tells nobody); write ``x[...] = v`` instead.
 """
 from __future__ import annotations
 
@@ -68,7 +76,8 @@ class Tensor:
     ``requires_grad`` marks leaves whose gradient is wanted (parameters, inputs).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
+    __slots__ = ("_data", "_version", "_versions", "grad", "requires_grad", "_parents",
+                 "_backward", "_op", "__weakref__")
     __array_priority__ = 1000  # so that ``ndarray * Tensor`` calls Tensor.__rmul__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -82,7 +91,8 @@ class Tensor:
             data = data.astype(dtype)
         if requires_grad and data.dtype.kind != "f":
             raise TypeError(f"requires_grad needs a floating dtype, got {data.dtype}")
-        self.data = data
+        self._data = data
+        self._version = 0
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._parents = ()
@@ -96,12 +106,14 @@ class Tensor:
         if not backend.is_array(data):  # 0-d results of reductions come back as scalars
             data = backend.array_module_of(parents[0].data).asarray(data)
         out = Tensor.__new__(Tensor)
-        out.data = data
+        out._data = data
+        out._version = 0
         out.grad = None
         out._op = op
         if _grad_enabled[-1] and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
+            out._versions = tuple(p._version for p in parents)
             out._backward = backward
         else:
             out.requires_grad = False
@@ -158,6 +170,7 @@ class Tensor:
                     node.grad = node_grad.copy() if node.grad is None else node.grad + node_grad
                 continue
             if node_grad is not None:
+                _check_versions(node)
                 parent_grads = node._backward(node_grad)
                 for parent, parent_grad in zip(node._parents, parent_grads):
                     if parent_grad is None or not parent.requires_grad:
@@ -168,6 +181,23 @@ class Tensor:
             if not retain_graph:  # free the closure (and the forward buffers it holds)
                 node._backward = _freed_backward
                 node._parents = ()
+
+    # ------------------------------------------------------------------ data and versions
+    @property
+    def data(self):
+        """The array (NumPy or CuPy) this tensor holds."""
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self._version += 1
+
+    def __setitem__(self, index, value) -> None:
+        """In-place ``x[index] = value`` (no gradient flows through it); raises the version,
+        so a graph that saved ``x`` before refuses to backward through the old values."""
+        self._data[index] = _raw(value)
+        self._version += 1
 
     # ------------------------------------------------------------------ conveniences
     def detach(self) -> "Tensor":
@@ -267,6 +297,17 @@ class Tensor:
     @property
     def T(self) -> "Tensor":
         return _ops.transpose(self, None)
+
+
+def _check_versions(node) -> None:
+    """Refuse to backward through ``node`` if an input changed in place since it was used."""
+    for position, (parent, seen) in enumerate(zip(node._parents, node._versions)):
+        if parent._version != seen:
+            raise RuntimeError(
+                f"backward(): input {position} of '{node._op or 'an operation'}' "
+                f"(shape {parent.shape}) was modified in place after the operation used it "
+                f"(version {seen} then, {parent._version} now), so its gradient would be "
+                "wrong; change a copy instead, or change it before building the graph")
 
 
 def _freed_backward(grad):

@@ -15,8 +15,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Read and remove the variable *before* minidiff is imported: backend.py would otherwise raise
-# at import time on a machine without CuPy, and the error would hide every test.
+# Read and remove the variable *before* minidiff is imported: backend.py would otherwise try
+# it at import time (on a machine without CuPy: one line on stderr and NumPy instead), and the
+# suite would not run on the backend that was asked for.
 REQUESTED_BACKEND = os.environ.pop("MINIDIFF_BACKEND", "numpy") or "numpy"
 
 settings.register_profile(

@@ -1,6 +1,8 @@
 """``minidiff bench layers`` at a tiny batch: it runs and its JSON has the documented rows."""
 import json
 
+import pytest
+
 from minidiff.bench import layers as bench_layers
 
 
@@ -16,5 +18,8 @@ def test_bench_layers_json_rows(capsys):
 
 
 def test_bench_layers_rejects_zero_repeats(capsys):
-    assert bench_layers.main(["--repeat", "0"]) == 2
-    assert "--repeat" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:     # argparse's exit, with one line on stderr
+        bench_layers.main(["--repeat", "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--repeat" in err and len(err.strip().splitlines()) == 1

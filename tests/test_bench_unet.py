@@ -45,8 +45,10 @@ def test_memory_probe_reports_growth():
     assert probe["source"] in ("VmHWM", "ru_maxrss")
 
 
-def test_bad_arguments():
-    assert bench_unet.main(["--repeat", "0"]) == 2
+def test_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as stop:     # argparse's exit, with one line on stderr
+        bench_unet.main(["--repeat", "0"])
+    assert stop.value.code == 2 and "--repeat" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch_available(), reason="torch is not importable (optional)")

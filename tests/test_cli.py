@@ -26,6 +26,49 @@ def test_console_entry_point_help():
 
 def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path))
-    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 1
+    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minidiff: MNIST file missing") and "restore" in err
+
+
+def _parsers():
+    """Every command's parser (the options a user can type)."""
+    from minidiff import demo, evaluate, sample
+    from minidiff.bench import benchmark_parser
+    from minidiff.bench import unet as bench_unet
+    from minidiff.evaluate import train_classifier
+    from minidiff.train import cli as train_cli
+    return {"minidiff": cli.build_parser(), "train": train_cli.build_parser(),
+            "sample": sample.build_parser(), "eval": evaluate.build_parser(),
+            "train-classifier": train_classifier.build_parser(), "demo": demo.build_parser(),
+            "bench layers": benchmark_parser("minidiff bench layers", "", "repeats"),
+            "bench unet": bench_unet._parser()}
+
+
+def test_every_option_has_a_help_text():
+    import argparse
+    missing = [f"{name} {action.option_strings or action.dest}"
+               for name, parser in _parsers().items() for action in parser._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert not missing
+
+
+def test_version_module_entry_and_bench_help():
+    version = subprocess.run([sys.executable, "-m", "minidiff", "--version"],
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("minidiff 0.")
+    bench = subprocess.run([sys.executable, "-m", "minidiff", "bench", "--help"],
+                           capture_output=True, text=True)
+    assert bench.returncode == 0 and "layers" in bench.stdout and "unet" in bench.stdout
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only the user's errors become one line: anything else is a bug and propagates."""
+    import pytest
+    from minidiff import demo
+
+    def broken(argv):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(demo, "main", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["demo"])

@@ -54,8 +54,36 @@ def test_truncated_file_fails_its_checksum(tmp_path):
     root = _copy_root(tmp_path)
     path = root / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(MnistDataError, match="corrupt or truncated.*t10k-images.*sha256"):
+    with pytest.raises(MnistDataError, match="corrupt or truncated.*t10k-images"):
         load_mnist("test", root=str(root))
+
+
+def test_checksum_is_of_the_content_not_of_the_compression(tmp_path):
+    """The same IDX bytes compressed again (another level) load; one changed pixel does not."""
+    root = _copy_root(tmp_path)
+    path = root / "t10k-labels-idx1-ubyte.gz"
+    content = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(content, compresslevel=1, mtime=0))
+    assert load_mnist("test", root=str(root))[1].shape == (10_000,)
+    changed = bytearray(content)
+    changed[-1] = (changed[-1] + 1) % 10
+    path.write_bytes(gzip.compress(bytes(changed)))
+    data._verified.discard(str(path))
+    with pytest.raises(MnistDataError, match="corrupt.*t10k-labels.*sha256"):
+        load_mnist("test", root=str(root))
+
+
+def test_data_search_order_and_the_readme_paths_from_any_folder(tmp_path, monkeypatch):
+    from minidiff import paths
+    monkeypatch.chdir(tmp_path)                    # not a clone: found in the source tree
+    found = paths.resolve_user_path("data/checkpoints/quick.npz")
+    assert os.path.isabs(found) and os.path.exists(found)
+    assert paths.resolve_user_path("elsewhere/quick.npz") == "elsewhere/quick.npz"
+    (tmp_path / "data" / "mnist").mkdir(parents=True)          # the working folder comes first
+    assert paths.find("mnist") == str(tmp_path / "data" / "mnist")
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "mine"))  # and MINIDIFF_DATA before it
+    with pytest.raises(paths.DataNotFoundError, match=r"MINIDIFF_DATA.*mine.*mnist"):
+        paths.find("mnist")
 
 
 def test_bad_header_is_reported_when_the_file_is_unknown(tmp_path):

@@ -95,8 +95,8 @@ def test_load_state_dict_lists_every_problem(tmp_path):
     with pytest.raises(nn.StateDictError) as info:
         block.load_state_dict(state)
     message = str(info.value)
-    for needle in ["missing keys: conv.bias, heads.1.weight", "unexpected keys: extra.weight",
-                   "norm.weight: expected (4,), got (5,)"]:
+    for needle in ["missing keys (2): conv.bias, heads.1.weight",
+                   "unexpected keys (1): extra.weight", "norm.weight: expected (4,), got (5,)"]:
         assert needle in message
     np.testing.assert_array_equal(backend.to_host(block.norm.bias.data), before)
     backend.save_npz(tmp_path / "bad.npz", state)

@@ -13,7 +13,7 @@ from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint
 from minidiff.train.presets import resolve
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-        "attention_resolutions": [], "T": 20, "image_size": 16}
+        "attention_resolutions": [], "T": 20, "image_size": 16, "sample_steps": 5}
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_missing_checkpoint_names_path(tmp_path, capsys):
 def test_plain_weights_file_is_refused(tmp_path, capsys):
     path = tmp_path / "weights.npz"
     UNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()
-            if k != "T"}).save(path)
+            if k not in ("T", "sample_steps")}).save(path)
     err = _one_line_error(capsys, sample_cli.main(["--checkpoint", str(path)]))
     assert "not a minidiff training checkpoint" in err
 

@@ -121,7 +121,9 @@ def test_nan_loss_names_step_and_checkpoint(tmp_path, images):
 def test_wrong_architecture_resume_is_one_line(tmp_path, images, capsys):
     trainer = Trainer(tiny(steps=1), str(tmp_path), images=images, log=lambda _: None)
     trainer.run()
-    assert cli.main(["--resume", trainer.last_checkpoint, "--base-channels", "16"]) == 2
+    # (image_size=28: the command trains on MNIST itself, not on the 16x16 crops)
+    assert cli.main(["--resume", trainer.last_checkpoint, "--out", str(tmp_path),
+                     "--base-channels", "16", "--set", "image_size=28"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minidiff: ") and "wrong shapes" in err and err.count("\n") == 1
 

@@ -5,7 +5,13 @@ import importlib
 import os
 import sys
 
+from minidiff.validation import ArgumentParser, int_arg
+
 BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet"}
+USAGE = ("usage: minidiff bench {layers,unet} [options]\n\n"
+         "  layers   time each layer's forward and backward, minidiff vs torch\n"
+         "  unet     time a U-Net training and sampling step, minidiff vs torch\n\n"
+         "'minidiff bench layers --help' and 'minidiff bench unet --help' list the options.")
 
 
 def import_torch(threads: int):
@@ -24,13 +30,13 @@ NO_TORCH = " (no torch: --no-torch, or not importable)"
 
 def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: --json, --repeat, --batch, --threads."""
-    result = argparse.ArgumentParser(prog=prog, description=description)
+    result = ArgumentParser(prog=prog, description=description)
     result.add_argument("--json", action="store_true", help="print the results as JSON")
-    result.add_argument("--repeat", type=int, default=5, help=repeat_help)
-    result.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    result.add_argument("--repeat", type=int_arg(1), default=5, help=repeat_help)
+    result.add_argument("--batch", type=int_arg(1), default=64, help="batch size (default 64)")
     cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1))
-    result.add_argument("--threads", type=int, default=cpus,
+    result.add_argument("--threads", type=int_arg(1), default=cpus,
                         help="threads for PyTorch (match NumPy's BLAS)")
     result.add_argument("--no-torch", action="store_true",
                         help="time minidiff alone, even where torch is installed")
@@ -46,6 +52,9 @@ def counts_error(args, prog: str):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
         got = repr(argv[0]) if argv else "nothing"
         print(f"minidiff bench: expected one of {', '.join(BENCHMARKS)}, got {got}",

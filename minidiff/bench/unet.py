@@ -44,6 +44,7 @@ import time
 
 from minidiff import backend
 from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
+from minidiff.validation import MinidiffInputError, command, int_arg
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
@@ -80,7 +81,8 @@ class _Minidiff:
         self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
         self.schedule = schedule
         size = config.image_size
-        self.x0 = backend.randn(batch, config.in_channels, size, size, dtype="float32")
+        # a stand-in batch of images: uniform in [-1, 1], the range training_step accepts
+        self.x0 = backend.rand(batch, config.in_channels, size, size, dtype="float32") * 2 - 1
         self.t = backend.randint(0, schedule.num_timesteps, (batch,))
 
     def train_step(self):
@@ -282,16 +284,24 @@ def _parser():
                               "timed repeats (default 5)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
-    parser.add_argument("--base-channels", type=int, default=None,
-                        help="a smaller network than the reference (tests)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="another image size (attention at size / 4)")
+    parser.add_argument("--base-channels", type=int_arg(8), default=None,
+                        help="a smaller network than the reference (tests); a multiple of 8, "
+                             "the GroupNorm groups")
+    parser.add_argument("--image-size", type=int_arg(4), default=None,
+                        help="another image size, a multiple of 4 (attention at size / 4)")
     parser.add_argument("--probe", choices=("minidiff", "torch"), help=argparse.SUPPRESS)
     return parser
 
 
+@command
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.base_channels is not None and args.base_channels % 8:
+        raise MinidiffInputError(f"--base-channels: expected a multiple of 8 (the GroupNorm "
+                                 f"groups), got {args.base_channels}")
+    if args.image_size is not None and args.image_size % 4:
+        raise MinidiffInputError(f"--image-size: expected a multiple of 4 (two Downsamples, "
+                                 f"attention at size / 4), got {args.image_size}")
     error = counts_error(args, "minidiff bench unet")
     if error:
         print(error, file=sys.stderr)

@@ -45,6 +45,15 @@ def _abar(schedule, index: int) -> float:
     return 1.0 if index < 0 else float(schedule.alphas_cumprod[index])
 
 
+def _check_steps(schedule, steps) -> None:
+    """``steps``: None (all T) or an integer in [1, T]; both samplers say the same."""
+    if steps is None:
+        return
+    if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= schedule.num_timesteps:
+        raise ValueError(f"steps: expected None (all T) or an integer in [1, T = "
+                         f"{schedule.num_timesteps}], got {steps!r}")
+
+
 def _finish(x, frames, return_frames):
     return (x, frames) if return_frames else x
 
@@ -58,6 +67,7 @@ def ddpm_sample(eps_model, schedule, shape, steps=None, variance="fixed_small",
     ``dtype`` defaults to minidiff's default float dtype (float32 unless changed).
     """
     xp = backend.xp()
+    _check_steps(schedule, steps)
     if steps is not None and int(steps) != schedule.num_timesteps:
         sched = respace(schedule, space_timesteps(schedule.num_timesteps, steps))
         tmap = sched.timestep_map
@@ -107,6 +117,7 @@ def ddim_sample(eps_model, schedule, shape, steps=None, eta: float = 0.0, clip_x
     """DDIM sampling over ``steps`` evenly spaced indices (all T when None), eq. (12);
     ``dtype`` defaults to minidiff's default float dtype."""
     xp = backend.xp()
+    _check_steps(schedule, steps)
     kept = space_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps)
     x = backend.randn(*shape, dtype=dtype) if noise is None else raw(noise)
     frames = [x] if return_frames else None

@@ -16,6 +16,31 @@ from minidiff.tensor import Tensor
 
 __all__ = ["training_step"]
 
+#: float32 rounding of 2 u / 255 - 1 may step just past +-1
+_RANGE_TOLERANCE = 1e-5
+
+
+def _check_batch(x0) -> None:
+    """Refuse data that is not images in [-1, 1] (raw uint8 pixels trained silently)."""
+    if not backend.is_array(x0) or x0.dtype.kind != "f":
+        kind = getattr(x0, "dtype", type(x0).__name__)
+        raise ValueError(f"training_step: x0 must be a float array of images in [-1, 1], got "
+                         f"{kind} (uint8 pixels go through data.to_unit_range first)")
+    low, high = float(x0.min()), float(x0.max())
+    if low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"training_step: x0 must be images in [-1, 1], got values in "
+                         f"[{low:g}, {high:g}] (uint8 pixels go through data.to_unit_range)")
+
+
+def _check_timesteps(schedule, t, n: int) -> None:
+    if not backend.is_array(t) or t.shape != (n,) or t.dtype.kind not in "iu":
+        raise ValueError(f"training_step: t must be {n} integer indices, got "
+                         f"{getattr(t, 'dtype', type(t).__name__)} of shape "
+                         f"{getattr(t, 'shape', None)}")
+    if n and (int(t.min()) < 0 or int(t.max()) >= schedule.num_timesteps):
+        raise ValueError(f"training_step: t must lie in [0, T) = [0, {schedule.num_timesteps})"
+                         f", got [{int(t.min())}, {int(t.max())}]")
+
 
 def training_step(model, schedule, x0, target_type: str = "eps",
                   min_snr_gamma: float | None = None, t=None, noise=None):
@@ -27,7 +52,10 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
     x0 = raw(x0)
+    _check_batch(x0)
     n = x0.shape[0]
+    if t is not None:
+        _check_timesteps(schedule, raw(t), n)
     if t is None:
         t = backend.to_device(backend.randint(0, schedule.num_timesteps, (n,)),
                               backend.backend_name_of(x0))

@@ -21,55 +21,61 @@ Figures:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
 from minidiff import backend
+from minidiff.progress import Progress
+from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
+                                 command, float_arg, int_arg)
 
 __all__ = ["main", "evaluate", "build_parser"]
 
 DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
+#: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
+BPD_IMAGES, BPD_SAMPLES = 256, 4
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="minidiff eval", description="FID, classifier confidence and bits/dim of a "
         "checkpoint ('minidiff eval train-classifier --help' re-trains the classifier)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint from minidiff train")
-    parser.add_argument("--n", type=int, default=10_000,
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint.npz or ema.npz written by minidiff train")
+    parser.add_argument("--n", type=int_arg(2), default=10_000,
                         help="samples to generate for FID (default 10,000; fewer are biased)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    parser.add_argument("--steps", type=int, default=50,
-                        help="sampling steps (default 50; 0 = all T)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    parser.add_argument("--batch", type=int, default=250, help="images per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                        help="ddim (default) or ddpm")
+    parser.add_argument("--steps", type=int_arg(0), default=50,
+                        help="sampling steps, 1..T (default 50; 0 = all T)")
+    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
+                        help="DDIM eta in [0, 1] (0 = deterministic)")
+    parser.add_argument("--batch", type=int_arg(1), default=250,
+                        help="images per forward pass (default 250)")
+    parser.add_argument("--seed", type=int_arg(0), default=0,
+                        help="seed of the samples (default 0)")
     parser.add_argument("--raw-weights", action="store_true",
                         help="use the raw weights instead of the EMA weights")
-    parser.add_argument("--bpd-images", type=int, default=256,
-                        help="test images for bits/dim (0 skips it; default 256)")
-    parser.add_argument("--bpd-samples", type=int, default=1,
-                        help="random timesteps per image for the Monte-Carlo bound")
+    parser.add_argument("--bpd-images", type=int_arg(0, 10_000), default=BPD_IMAGES,
+                        help=f"test images for bits/dim (0 skips it; default {BPD_IMAGES})")
+    parser.add_argument("--bpd-samples", type=int_arg(1), default=BPD_SAMPLES,
+                        help="random timesteps per image for the Monte-Carlo bound "
+                             f"(default {BPD_SAMPLES})")
     parser.add_argument("--bpd-full", action="store_true",
                         help="the full bound: all T terms per image (T forward passes each)")
-    parser.add_argument("--reference-images", type=int, default=10_000,
+    parser.add_argument("--reference-images", type=int_arg(2, 10_000), default=10_000,
                         help="MNIST test images the FID compares with (default: all 10,000)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the train-vs-test FID floor")
     parser.add_argument("--classifier", default=None,
-                        help="feature classifier (default data/checkpoints/classifier.npz)")
+                        help="feature classifier (default: the shipped "
+                             "data/checkpoints/classifier.npz)")
     parser.add_argument("--stats-dir", default=DEFAULT_STATS_DIR,
                         help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
-
-
-def _log(quiet: bool, message: str) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _cached_stats(path_key: str, stats_dir: str, compute):
@@ -99,37 +105,49 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
     xp = backend.xp()
     c = model.config
-    chunks, done, start = [], 0, time.time()
+    chunks, done = [], 0
+    per_batch = steps or schedule.num_timesteps
+    total = -(-n // batch) * per_batch
+    progress = None if quiet else Progress(f"sampling {n} images ({sampler})")
     while done < n:
         size = min(batch, n - done)
         shape = (size, c.in_channels, c.image_size, c.image_size)
+        offset = done // batch * per_batch
+        hook = None if progress is None else (lambda i, _, o=offset: progress(o + i, total))
         if sampler == "ddim":
-            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta)
+            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta, progress=hook)
         else:
-            x = ddpm_sample(model, schedule, shape, steps=steps or None)
+            x = ddpm_sample(model, schedule, shape, steps=steps or None, progress=hook)
+        if not bool(xp.isfinite(x).all()):
+            raise MinidiffInputError("the samples hold NaN or Inf: the network's output "
+                                     f"overflowed during {sampler} sampling (its weights "
+                                     "are finite)", "try the EMA weights or another checkpoint")
         chunks.append(xp.clip(x, -1.0, 1.0))
         done += size
-        _log(quiet, f"sampled {done}/{n} ({time.time() - start:.0f} s)")
     return xp.concatenate(chunks)
 
 
 def evaluate(args, quiet: bool = False) -> dict:
     """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
     from minidiff.data import load_mnist, to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate.classifier import (DEFAULT_PATH, classify, file_checksum,  # noqa
-                                              load_classifier)
+    from minidiff.evaluate.classifier import classify, file_checksum, load_classifier  # noqa
     from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
     from minidiff.evaluate.likelihood import test_bits_per_dim  # noqa: PLC0415
 
-    if args.n < 2:
-        raise ValueError(f"--n: FID needs at least 2 samples, got {args.n}")
+    check_int("--n", args.n, low=2)
     from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint  # noqa
     arrays = load_checkpoint(args.checkpoint)
     model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
                                                         use_ema=not args.raw_weights,
                                                         arrays=arrays)
-    classifier_path = args.classifier or DEFAULT_PATH
-    classifier = load_classifier(classifier_path)
+    check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
+    if args.classifier is None:
+        from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
+        from minidiff.paths import find  # noqa: PLC0415
+        classifier_path = find(SHIPPED)
+    else:
+        classifier_path = args.classifier
+    classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
     result = {"checkpoint": args.checkpoint, "step": arrays["step"] or None,
               "backend": backend.get_backend(),
@@ -182,7 +200,8 @@ def evaluate(args, quiet: bool = False) -> dict:
         start = time.time()
         bpd = test_bits_per_dim(schedule, model, x0,
                                 num_samples=None if args.bpd_full else args.bpd_samples,
-                                batch=min(args.batch, 100))
+                                batch=min(args.batch, 100),
+                                progress=None if quiet else Progress("bits/dim", unit="images"))
         bpd["samples_per_image"] = None if args.bpd_full else args.bpd_samples
         bpd["seconds"] = round(time.time() - start, 2)
         result["bits_per_dim"] = bpd
@@ -214,25 +233,21 @@ def _report(r: dict) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train-classifier"]:
         from minidiff.evaluate.train_classifier import main as train_main  # noqa: PLC0415
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from minidiff.data import MnistDataError  # noqa: PLC0415
-    from minidiff.nn import StateDictError  # noqa: PLC0415
-    from minidiff.train.checkpoint import CheckpointError  # noqa: PLC0415
-    if not os.path.exists(args.checkpoint):
-        print(f"minidiff: checkpoint not found: {args.checkpoint}", file=sys.stderr)
-        return 1
-    try:
-        result = evaluate(args, quiet=args.json)
-    except (CheckpointError, StateDictError, FileNotFoundError, ValueError,
-            MnistDataError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"minidiff: {message}", file=sys.stderr)
-        return 1
+    from minidiff.paths import resolve_user_path  # noqa: PLC0415
+    args.checkpoint = resolve_user_path(args.checkpoint)
+    check_input_file("--checkpoint", args.checkpoint)
+    if args.classifier:
+        check_input_file("--classifier", args.classifier)
+    if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
+        raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
+    result = evaluate(args)   # progress goes to stderr, so --json output stays clean
     if args.json:
         print(json.dumps(result, indent=2))
     else:

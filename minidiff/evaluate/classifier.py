@@ -22,6 +22,8 @@ from minidiff.tensor import Tensor, no_grad
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "data", "checkpoints", "classifier.npz")
 
+#: the shipped classifier, under data/ (found by ``minidiff.paths.find``)
+SHIPPED = os.path.join("checkpoints", "classifier.npz")
 FEATURE_DIM = 128
 
 
@@ -55,14 +57,33 @@ def file_checksum(path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_classifier(path=None) -> MnistClassifier:
-    """The shipped classifier (or the one at ``path``), in eval mode, on the active backend."""
-    path = path or DEFAULT_PATH
+def load_classifier(path=None, name: str = "classifier") -> MnistClassifier:
+    """The shipped classifier (or the one at ``path``), in eval mode, on the active backend.
+
+    A file that is missing, not an .npz, or holds other weights is a ``MinidiffInputError``
+    that starts with ``name`` and says what the file holds instead."""
+    from minidiff.nn.module import StateDictError  # noqa: PLC0415
+    from minidiff.validation import MinidiffInputError  # noqa: PLC0415
+    if path is None:
+        from minidiff.paths import find  # noqa: PLC0415
+        path = find(SHIPPED)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"classifier not found: {path} (train it with "
-                                f"python -m minidiff.evaluate.train_classifier)")
+        raise MinidiffInputError(f"{name}: classifier not found: {path}",
+                                 "train it with: minidiff eval train-classifier")
     model = MnistClassifier()
-    model.load(path)
+    try:
+        arrays = backend.load_npz(path)
+        if any(not backend.host.isfinite(v).all() for v in arrays.values() if v.dtype.kind == "f"):
+            raise MinidiffInputError(f"{path} has NaN or Inf weights")
+        model.load_state_dict(arrays)
+    except StateDictError:
+        found = ", ".join(sorted(arrays)[:3]) + (", ..." if len(arrays) > 3 else "")
+        raise MinidiffInputError(
+            f"{name}: {path} is not a minidiff MNIST classifier: it holds {len(arrays)} arrays "
+            f"({found}) where the classifier has {len(model.state_dict())} "
+            f"({', '.join(list(model.state_dict())[:3])}, ...)") from None
+    except MinidiffInputError as error:
+        raise MinidiffInputError(f"{name}: {error}") from None
     return model.eval()
 
 

@@ -57,19 +57,23 @@ def train(epochs: int = 4, batch: int = 128, lr: float = 1e-3, seed: int = 0,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidiff eval train-classifier",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=DEFAULT_PATH)
+    from minidiff.validation import ArgumentParser, float_arg, int_arg  # noqa: PLC0415
+    parser = ArgumentParser(prog="minidiff eval train-classifier",
+                            description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int_arg(1), default=4, help="passes over the data")
+    parser.add_argument("--batch", type=int_arg(1), default=128, help="images per step")
+    parser.add_argument("--lr", type=float_arg(0.0), default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int_arg(0), default=0, help="seed of the run")
+    parser.add_argument("--out", default=DEFAULT_PATH, help="where to write the classifier "
+                        "(.npz; default: the shipped one)")
     parser.add_argument("--init", default=None, help="start from this classifier file")
     return parser
 
 
 def main(argv=None) -> int:
+    from minidiff.validation import check_output_path  # noqa: PLC0415
     args = build_parser().parse_args(argv)
+    check_output_path("--out", args.out, (".npz",))
     train(args.epochs, args.batch, args.lr, args.seed, args.out, init=args.init)
     return 0
 

@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from minidiff.models.blocks import AttentionBlock, Downsample, ResBlock, Upsample
 from minidiff.models.embedding import timestep_embedding
 from minidiff.nn import Conv2d, GroupNorm, Linear, Module, ModuleList, functional as F
+from minidiff import backend
 from minidiff.ops import concatenate
+from minidiff.tensor import Tensor
 
 __all__ = ["UNetConfig", "UNet", "REFERENCE_CONFIG"]
 
@@ -150,11 +152,39 @@ class UNet(Module):
                 stored.append(h)
         return h
 
+    def check_inputs(self, x, t) -> None:
+        """Refuse, in the model's words, what would otherwise fail six frames down (or not
+        at all): x not a floating Tensor/array of shape (N, C, H, W) with H and W halvable
+        by every Downsample, t not N non-negative integer steps."""
+        c = self.config
+        if not (isinstance(x, Tensor) or backend.is_array(x)):
+            raise TypeError(f"UNet: x must be a Tensor or an array, got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"UNet: x must hold floats in [-1, 1], got {x.dtype} (uint8 pixels "
+                            "go through data.to_unit_range first)")
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(f"UNet: x must be (N, {c.in_channels}, H, W), got {x.shape}")
+        factor = 2 ** (len(c.channel_mults) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"UNet: image size {x.shape[2]}x{x.shape[3]} cannot be halved "
+                             f"{len(c.channel_mults) - 1} time(s) by its Downsamples; use "
+                             f"multiples of {factor} (configured for {c.image_size})")
+        steps = t.data if isinstance(t, Tensor) else t
+        if not backend.is_array(steps):
+            raise TypeError(f"UNet: t must be an array of N = {x.shape[0]} integer steps, "
+                            f"got {type(t).__name__}")
+        if steps.shape != (x.shape[0],):
+            raise ValueError(f"UNet: t must hold one step per image, shape ({x.shape[0]},), "
+                             f"got {steps.shape}")
+        if steps.dtype.kind not in "iu":
+            raise TypeError(f"UNet: t must be integer steps (0-based indices), got {steps.dtype}")
+        if x.shape[0] and int(steps.min()) < 0:
+            raise ValueError(f"UNet: t must be >= 0 (0-based steps), got {int(steps.min())}")
+
     def forward(self, x, t, concat=None, context=None):
         """eps_theta(x_t, t): x (N, C, H, W), t (N,) integer steps (0-based)."""
         c = self.config
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(f"UNet: x must be (N, {c.in_channels}, H, W), got {x.shape}")
+        self.check_inputs(x, t)
         emb = timestep_embedding(t, c.time_embed_dim)
         emb = self.time_mlp2(F.silu(self.time_mlp1(emb)))
         if c.concat_channels:

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from minidiff import backend
 from minidiff.tensor import Tensor
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "StateDictError"]
 
 
-class StateDictError(KeyError):
+class StateDictError(MinidiffInputError, KeyError):
     """A state dict does not fit the module: lists missing, unexpected and mis-shaped keys."""
 
     def __str__(self):  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def _first(items, separator: str, shown: int = 6) -> str:
+    """The first ``shown`` items, then how many more: an error stays readable."""
+    more = f"{separator}... and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
 
 
 class Parameter(Tensor):
@@ -111,11 +118,12 @@ class Module:
         if missing or unexpected or wrong:
             lines = [f"load_state_dict for {type(self).__name__} does not fit:"]
             if missing:
-                lines.append("  missing keys: " + ", ".join(missing))
+                lines.append(f"  missing keys ({len(missing)}): " + _first(missing, ", "))
             if unexpected:
-                lines.append("  unexpected keys: " + ", ".join(unexpected))
+                lines.append(f"  unexpected keys ({len(unexpected)}): "
+                             + _first(unexpected, ", "))
             if wrong:
-                lines.append("  wrong shapes: " + "; ".join(wrong))
+                lines.append(f"  wrong shapes ({len(wrong)}): " + _first(wrong, "; "))
             raise StateDictError("\n".join(lines))
         for name, p in params.items():
             value = state[name].data if isinstance(state[name], Tensor) else state[name]

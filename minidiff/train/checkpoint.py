@@ -18,12 +18,13 @@ import json
 import os
 
 from minidiff import backend
+from minidiff.validation import MinidiffInputError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
            "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MinidiffInputError):
     """A file that is missing or is not a minidiff training checkpoint."""
 
 
@@ -63,9 +64,22 @@ def load_checkpoint(path) -> dict:
     if "config" not in arrays or not any(k.startswith("ema.") for k in arrays):
         raise CheckpointError(f"{path}: not a minidiff training checkpoint (no 'config' and "
                               "'ema.*' entries; was it written by Module.save?)")
+    _check_finite(path, arrays)
     arrays["config"] = json.loads(str(arrays["config"]))
     arrays["step"] = int(arrays.get("step", 0))
     return arrays
+
+
+def _check_finite(path, arrays: dict) -> None:
+    """Refuse weights with NaN or Inf in them, naming the first such entry: sampling from
+    them would draw black grids and exit 0."""
+    host = backend.host
+    for key, value in arrays.items():
+        if value.dtype.kind == "f" and not host.isfinite(value).all():
+            what = "NaN" if host.isnan(value).any() else "Inf"
+            raise CheckpointError(f"{path} has {what} in {key}: the run diverged, or the file "
+                                  "was damaged, before it was saved",
+                                  "use an earlier checkpoint of the run")
 
 
 def group(arrays: dict, prefix: str) -> dict:
@@ -85,8 +99,9 @@ def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None
     config = arrays["config"]
     weights = group(arrays, "ema" if use_ema else "model")
     if not weights:
-        raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "
-                              "sample with the EMA weights")
+        raise CheckpointError(f"--raw / --raw-weights: {path} holds no raw model weights (it "
+                              "is an EMA-only export)", "leave the option out to use its EMA "
+                              "weights, or give the run's checkpoint.npz")
     model = UNet(model_config(config))
     model.load_state_dict(weights)
     return model.eval(), config

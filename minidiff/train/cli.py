@@ -11,23 +11,25 @@ DDIM) and ``x0_pred_*.png``.  Errors in the input end with one line ``minidiff: 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shlex
 import sys
 
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import CheckpointError, load_checkpoint
-from minidiff.train.presets import PRESETS, ConfigError, resolve
+from minidiff.train.checkpoint import load_checkpoint
+from minidiff.train.presets import PRESETS, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
+from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
+                                 check_run_folder, command, one_line)
 
 #: explicit flags -> config keys (each also settable with --set key=value)
 FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "seed": int,
          "ema_decay": float, "train_images": int}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minidiff train", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="minidiff train", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="quick",
                         help=f"starting configuration: {', '.join(PRESETS)} (default quick)")
     parser.add_argument("--config", help="JSON file of key: value overriding the preset")
@@ -36,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=f"same as --set {name}=...")
-    parser.add_argument("--out", help="run folder (default runs/PRESET)")
+    parser.add_argument("--out", help="run folder (default runs/PRESET); refused if it "
+                        "already holds a run, unless --resume or --overwrite")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="continue exactly from CKPT (default OUT/checkpoint.npz)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its checkpoints, grids and "
+                             "plots are deleted first)")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop (and checkpoint) at this step without changing the "
                              "schedule, e.g. to split a run in two")
@@ -47,11 +53,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str, code: int = 2) -> int:
-    print("minidiff: " + " ".join(str(message).split()), file=sys.stderr)
+def _error(message, code: int = 2) -> int:
+    print("minidiff: " + one_line(message), file=sys.stderr)
     return code
 
 
+#: what a run writes into its folder (what --overwrite deletes; nothing else is touched)
+RUN_FILES = ("checkpoint.npz", "ema.npz", "config.json", "loss.png", "loss_by_t.png")
+RUN_PREFIXES = ("samples_", "x0_pred_", ".tmp-")
+
+
+def _clear_run(out: str) -> None:
+    for name in os.listdir(out):
+        if name in RUN_FILES or name.startswith(RUN_PREFIXES):
+            os.remove(os.path.join(out, name))
+
+
+def resume_command(out: str, checkpoint: str) -> str:
+    """The command line that continues this run where it stopped."""
+    from minidiff import backend  # noqa: PLC0415
+    words = ["minidiff"] + (["--backend", backend.get_backend()]
+                            if backend.get_backend() != "numpy" else [])
+    words += ["train", "--out", out, "--resume"]
+    if os.path.abspath(checkpoint) != os.path.abspath(os.path.join(out, "checkpoint.npz")):
+        words.append(checkpoint)
+    return " ".join(shlex.quote(word) for word in words)
+
+
+@command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS}
@@ -60,30 +89,38 @@ def main(argv=None) -> int:
         base = None
         if args.resume:
             path = os.path.join(out, "checkpoint.npz") if args.resume == "auto" else args.resume
+            check_input_file("--resume", path, hint="give the checkpoint.npz of the run to "
+                             "continue (minidiff train --out RUN --resume)")
             base = load_checkpoint(path)["config"]
         config = resolve(args.preset, args.config, args.set, flags, base=base)
+        if args.stop_at is not None:
+            check_int("--stop-at", args.stop_at, low=1, high=config["steps"])
         if args.show_config:
             print(json.dumps(config, indent=2, sort_keys=True))
             return 0
+        check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
         trainer = Trainer(config, out, log=lambda line: print(line, flush=True))
         if args.resume:
             trainer.resume(path)
             print(f"resumed from {path} at step {trainer.step}", flush=True)
         os.makedirs(out, exist_ok=True)
+        if args.overwrite:
+            _clear_run(out)
         with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as stream:
             json.dump(config, stream, indent=2, sort_keys=True)
         print(f"training {trainer.model.num_parameters():,} parameters for "
               f"{config['steps']} steps (batch {config['batch_size']}) into {out}", flush=True)
         status = trainer.run(stop_at=args.stop_at)
-    except (ConfigError, CheckpointError) as error:
-        return _error(error)
     except StateDictError as error:
         return _error(f"the checkpoint does not fit the configured model: {error}")
+    except MinidiffInputError as error:   # ConfigError, CheckpointError, MnistDataError...
+        return _error(error)
     except TrainingDiverged as error:
         return _error(error, 1)
     except KeyboardInterrupt:
         return _error("interrupted before training started", 130)
     if status == "interrupted":
+        print(f"to continue: {resume_command(out, trainer.last_checkpoint)}", flush=True)
         return 130
     finished = "done" if trainer.step >= config["steps"] else "stopped"
     print(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "

@@ -30,6 +30,20 @@ def _steps(fractions, T: int) -> list:
     return sorted({round(f * (T - 1)) for f in fractions})
 
 
+def panel_labels(T: int) -> list:
+    """The row labels of ``timestep_report``'s panel: x_0, then x_t and x0_hat for each t
+    (the paper's step, 1..T)."""
+    labels = ["x_0"]
+    for t in _steps(_PANEL_FRACTIONS, T):
+        labels += [f"x_t  t={t + 1}", f"x0^  t={t + 1}"]
+    return labels
+
+
+#: what the network is trained to predict -> the loss it minimises, for plot labels
+OBJECTIVES = {"eps": "||eps - eps_theta||^2 (L_simple)", "x0": "||x_0 - x0_theta||^2",
+              "v": "||v - v_theta||^2"}
+
+
 def _pyplot():
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
@@ -37,8 +51,9 @@ def _pyplot():
     return plt
 
 
-def plot_loss_curve(losses, path, window: int = 50) -> None:
-    """Per-step loss (light) and its running mean over ``window`` steps (dark), log y."""
+def plot_loss_curve(losses, path, window: int = 50, prediction: str = "eps") -> None:
+    """Per-step loss (light) and its running mean over ``window`` steps (dark), log y; the
+    axis names the objective trained (``prediction``: eps, x0 or v)."""
     if not losses:
         return
     plt = _pyplot()
@@ -50,7 +65,9 @@ def plot_loss_curve(losses, path, window: int = 50) -> None:
     ax.plot(host.arange(1, len(values) + 1), values, alpha=0.3, lw=0.8, label="loss")
     ax.plot(host.arange(kernel, len(values) + 1), smooth, lw=1.5,
             label=f"mean of {kernel}")
-    ax.set(xlabel="step", ylabel="L_simple", yscale="log", title="training loss")
+    objective = OBJECTIVES.get(prediction, prediction)
+    ax.set(xlabel="step", ylabel=f"{prediction} loss", yscale="log",
+           title=f"training loss: {objective}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

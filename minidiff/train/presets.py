@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 
+from minidiff.validation import MinidiffInputError
+
 __all__ = ["PRESETS", "MODEL_KEYS", "ConfigError", "resolve", "parse_set", "model_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MinidiffInputError):
     """A preset, config file or override the trainer cannot use."""
 
 
@@ -103,15 +105,20 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     # a key added to minidiff after a checkpoint was written takes its old behaviour
     config = {**_COMMON, **base}
     if config_file:
-        if not os.path.exists(config_file):
-            raise ConfigError(f"config file not found: {config_file}")
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"--config: {config_file} is "
+                              + ("a folder" if os.path.isdir(config_file) else "not found")
+                              + ", expected a JSON file")
         try:
             with open(config_file, encoding="utf-8") as stream:
                 loaded = json.load(stream)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"{config_file}: not valid JSON ({error})") from None
+            raise ConfigError(f"--config: {config_file} is not valid JSON ({error})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config: {config_file} is not a JSON text file") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: expected a JSON object of key: value")
+            raise ConfigError(f"--config: {config_file}: expected a JSON object of key: value, "
+                              f"got a {type(loaded).__name__}")
         _check_keys(loaded, config_file, config)
         config.update(loaded)
     parsed = dict(parse_set(item) for item in sets)
@@ -127,7 +134,8 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     for key in ("steps", "batch_size", "T"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
-    return config
+    from minidiff.train.validate import check_config  # noqa: PLC0415  (it imports this module)
+    return check_config(config)
 
 
 def model_config(config: dict):

@@ -10,8 +10,9 @@ permutation of epoch ``step // batches_per_epoch``, drawn from a generator seede
 same weights as N/2 steps, a checkpoint, and N/2 more.  Diagnostics and sample grids save
 and restore the generator's state, so they do not perturb the run either.
 
-**Failure handling.**  Ctrl-C (SIGINT) only sets a flag, so the step in flight finishes; the
-loop then saves a checkpoint and returns (a second Ctrl-C interrupts at once); a NaN or Inf loss stops
+**Failure handling.**  Ctrl-C (SIGINT), or SIGTERM from a job scheduler or ``timeout``, only
+sets a flag, so the step in flight finishes; the loop then saves a checkpoint and returns (a
+second signal interrupts at once); a NaN or Inf loss stops
 the run with ``TrainingDiverged`` naming the step and the last good checkpoint.
 """
 from __future__ import annotations
@@ -29,9 +30,10 @@ from minidiff.images import save_grid
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
 from minidiff.train import diagnostics
-from minidiff.train.checkpoint import (group, load_checkpoint, save_checkpoint,
-                                       schedule_from_config)
+from minidiff.train.checkpoint import (CheckpointError, group, load_checkpoint,
+                                       save_checkpoint, schedule_from_config)
 from minidiff.train.presets import model_config
+from minidiff.train.validate import check_config, check_data
 
 __all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
 
@@ -53,7 +55,7 @@ class Trainer:
 
     def __init__(self, config: dict, out: str, images=None, log=print):
         self.config, self.out, self.log = dict(config), out, log
-        c = self.config
+        c = check_config(self.config)
         backend.manual_seed(c["seed"])
         self.model = UNet(model_config(c)).train()
         self.schedule = schedule_from_config(c)
@@ -66,6 +68,7 @@ class Trainer:
         self.ema = EMA(self.model, decay=c["ema_decay"])
         if images is None:
             images, _ = load_mnist("train")
+        check_data(c, images)
         if c["train_images"]:
             images = images[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
@@ -86,6 +89,12 @@ class Trainer:
         """Restore weights, EMA, optimizer, schedule, generator, step and history from
         ``path`` (a ``StateDictError`` if the architecture differs)."""
         arrays = load_checkpoint(path)
+        if not group(arrays, "model"):
+            raise CheckpointError(
+                f"{path} is an EMA-only export (the averaged weights and config, for sampling), "
+                "not a training checkpoint: it has no raw weights or optimizer state to "
+                "continue from", f"resume from the run's checkpoint.npz, or sample from this "
+                f"file with: minidiff sample --checkpoint {path}")
         self.model.load_state_dict(group(arrays, "model"))
         shadow = group(arrays, "ema")
         names = list(self.model.state_dict())
@@ -155,7 +164,8 @@ class Trainer:
         self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
         self.t_history.append((self.step, losses))
         diagnostics.plot_timestep_loss(self.t_history, os.path.join(self.out, "loss_by_t.png"))
-        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4)
+        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4,
+                  labels=diagnostics.panel_labels(self.schedule.num_timesteps))
 
     def _due(self, key: str) -> bool:
         every = self.config[key]
@@ -192,25 +202,27 @@ class Trainer:
                     self.save()
                 if self._due("sample_every"):
                     self.log(f"samples: {self.sample_grid()}")
-                    diagnostics.plot_loss_curve(self.losses,
-                                                os.path.join(self.out, "loss.png"))
+                    diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
+                                                prediction=c["prediction"])
                 if self._due("diag_every"):
                     self.diagnose()
         except KeyboardInterrupt:
             self.log(f"interrupted at step {self.step}; checkpoint saved to {self.save()}")
             return "interrupted"
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in (previous or {}).items():
+                signal.signal(signum, handler)
         self.save()
         # the small file to share or sample from: EMA weights and config only
         save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
                         config=self.config, step=self.step, ema_only=True)
-        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
+        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
+                                    prediction=self.config["prediction"])
         return "done"
 
     def _install_sigint(self):
-        """First Ctrl-C: finish the current step, then stop; returns the old handler."""
+        """First Ctrl-C or SIGTERM: finish the current step, then stop; returns the old
+        handlers, {signal: handler}."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -218,8 +230,10 @@ class Trainer:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
-            self.log("Ctrl-C: stopping after this step (again to stop at once)")
-        return signal.signal(signal.SIGINT, handler)
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.log(f"{name}: stopping after this step (again to stop at once)")
+        return {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _clock(seconds: float) -> str:

@@ -1,0 +1,39 @@
+"""A progress line for long loops: how far, how fast, how long is left.
+
+``Progress("sampling", stream)`` is called as ``progress(done, total)`` (the signature the
+samplers' ``progress=`` hook uses) and prints at most one line every ``every`` seconds, plus
+the last one:
+
+    sampling  120/1000 steps  12% of 0:01:40  left 0:01:28
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["Progress", "clock"]
+
+
+def clock(seconds: float) -> str:
+    """h:mm:ss"""
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    def __init__(self, label: str, stream=None, every: float = 5.0, unit: str = "steps"):
+        self.label, self.unit, self.every = label, unit, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.time()
+        self.last = self.start
+
+    def __call__(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units finished (counted from when this object was made)."""
+        now = time.time()
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / max(done, 1) * (total - done)
+        print(f"{self.label}  {done}/{total} {self.unit}  {100 * done / max(total, 1):3.0f}%  "
+              f"elapsed {clock(elapsed)}  left {clock(left)}", file=self.stream, flush=True)

@@ -1,0 +1,231 @@
+"""Checking what a user gives minidiff, once, before any work, with one line that says what.
+
+Every command and every loader reports a bad input the same way:
+
+* it raises ``MinidiffInputError`` (or a subclass: ``ConfigError``, ``CheckpointError``,
+  ``MnistDataError``, ``StateDictError``...) whose message starts with the name of the
+  argument, then what was expected and what came: ``--steps: expected an integer in
+  [1, 1000], got 0``.  An optional ``hint`` says what to do about it;
+* ``minidiff.cli.main`` turns such an error into one line on stderr, ``minidiff: MESSAGE;
+  HINT``, and exit status 2.  Any *other* exception is a bug in minidiff and keeps its
+  traceback;
+* command-line parsers are ``ArgumentParser`` from this module: argparse's own complaints
+  (a missing value, ``--steps abc``) come out as one line too, without the usage block;
+* a command's ``main(argv)`` is decorated with ``@command``, which does the same one-line
+  report when it is run on its own (``python -m minidiff.sample``, a test calling it).
+
+The ``check_*`` helpers return the value they checked, so a command reads
+``steps = check_int("--steps", args.steps, low=1, high=T)``.  A new command needs nothing
+else: raise or check, and the dispatcher does the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import numbers
+import os
+import sys
+
+__all__ = ["MinidiffInputError", "ArgumentParser", "command", "report", "one_line", "check_int",
+           "check_float", "check_choice", "check_input_file", "check_output_path",
+           "check_run_folder", "int_arg", "float_arg"]
+
+
+class MinidiffInputError(ValueError):
+    """Something a user gave minidiff (an option, a file, a configuration) cannot be used.
+
+    ``str(error)`` is the message; ``error.hint`` (or None) says what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+def one_line(error: BaseException) -> str:
+    """The error (and its hint, when it has one) as one line, whitespace collapsed."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    hint = getattr(error, "hint", None)
+    return f"{text}; {' '.join(hint.split())}" if hint else text
+
+
+#: exit status of a bad input (argparse uses the same)
+INPUT_ERROR = 2
+
+
+def report(error: BaseException) -> int:
+    """Print a user's error as one line, ``minidiff: ...``, on stderr; returns 2."""
+    print(f"minidiff: {one_line(error)}", file=sys.stderr)
+    return INPUT_ERROR
+
+
+def command(main):
+    """Decorate a command's ``main(argv) -> int``: a ``MinidiffInputError`` becomes one line
+    on stderr and exit status 2; every other exception propagates with its traceback."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except MinidiffInputError as error:
+            return report(error)
+    return run
+
+
+# ----------------------------------------------------------------------------- values
+
+def _describe_range(low, high, closed_high: bool = True) -> str:
+    if low is not None and high is not None:
+        return f"in [{low}, {high}{']' if closed_high else ')'}"
+    if low is not None:
+        return f">= {low}"
+    if high is not None:
+        return f"<= {high}" if closed_high else f"< {high}"
+    return ""
+
+
+def check_int(name: str, value, low=None, high=None):
+    """``value`` if it is an integer within [low, high] (either bound may be None)."""
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not is_int or (low is not None and value < low) or (high is not None and value > high):
+        bounds = _describe_range(low, high)
+        raise MinidiffInputError(f"{name}: expected an integer{' ' + bounds if bounds else ''}"
+                                 f", got {value!r}")
+    return value
+
+
+def check_float(name: str, value, low=None, high=None, high_open: bool = False):
+    """``value`` if it is a finite number within [low, high] (or [low, high) with
+    ``high_open``)."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    bad = not is_number or not math.isfinite(value)
+    if not bad:
+        bad = ((low is not None and value < low) or
+               (high is not None and (value >= high if high_open else value > high)))
+    if bad:
+        bounds = _describe_range(low, high, closed_high=not high_open)
+        raise MinidiffInputError(f"{name}: expected a finite number"
+                                 f"{' ' + bounds if bounds else ''}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices):
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise MinidiffInputError(f"{name}: expected one of {', '.join(map(str, choices))}, "
+                                 f"got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- files
+
+def check_input_file(name: str, path, hint: str | None = None) -> str:
+    """``path`` if it names an existing, readable file (not a folder)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MinidiffInputError(f"{name}: no such file: {path}", hint)
+    if os.path.isdir(path):
+        raise MinidiffInputError(f"{name}: {path} is a folder, expected a file", hint)
+    if not os.access(path, os.R_OK):
+        raise MinidiffInputError(f"{name}: {path} is not readable (permissions)", hint)
+    return path
+
+
+def _writable_folder(name: str, folder: str) -> None:
+    """Refuse ``folder`` unless it exists as a writable folder or can be created."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):          # the nearest part of the path that exists
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise MinidiffInputError(f"{name}: cannot write under {folder}: {probe} is a file, "
+                                 "not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MinidiffInputError(f"{name}: cannot write under {folder}: {probe} is not "
+                                 "writable (permissions)")
+
+
+def check_output_path(name: str, path, extensions) -> str:
+    """``path`` if a file with one of ``extensions`` (".png", ...) can be written there.
+
+    Checked before any work, so that minutes of sampling are never lost to a typo: the
+    extension, that the path is not a folder, that an existing file is writable, and that
+    its folder exists and is writable or can be created."""
+    path = os.fspath(path)
+    extensions = tuple(e.lower() for e in extensions)
+    if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise MinidiffInputError(f"{name}: {path or repr(path)} is a folder; expected a file "
+                                 f"name ending in {' or '.join(extensions)}")
+    if not path.lower().endswith(extensions):
+        found = os.path.splitext(path)[1] or "no extension"
+        raise MinidiffInputError(f"{name}: expected a file name ending in "
+                                 f"{' or '.join(extensions)}, got {path} ({found})")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise MinidiffInputError(f"{name}: {path} exists and is not writable (permissions)")
+    _writable_folder(name, os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def check_run_folder(name: str, folder, resume: bool, overwrite: bool) -> str:
+    """``folder`` if a run may be written into it: absent or empty, or ``resume`` (continue
+    the run in it) or ``overwrite`` (replace it) was asked for explicitly."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MinidiffInputError(f"{name}: {folder} is a file, expected a run folder")
+    if resume and overwrite:
+        raise MinidiffInputError("--resume and --overwrite: give one of them, not both")
+    if os.path.isdir(folder) and os.listdir(folder) and not (resume or overwrite):
+        raise MinidiffInputError(
+            f"{name}: {folder} already holds a run ({', '.join(sorted(os.listdir(folder))[:3])}"
+            f"{', ...' if len(os.listdir(folder)) > 3 else ''})",
+            "add --resume to continue it, --overwrite to replace it, or choose another --out")
+    _writable_folder(name, folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------- argparse
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its complaints as one line (``PROG: argument --x: ...``) and exit 2."""
+
+    def error(self, message):
+        text = " ".join(message.split())
+        print(f"{self.prog}: {text} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def int_arg(low=None, high=None):
+    """An argparse ``type``: an integer within [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int("value", value, low, high)
+        except MinidiffInputError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer {_describe_range(low, high)}, got {text}") from None
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(low=None, high=None, high_open: bool = False):
+    """An argparse ``type``: a finite number within [low, high] (or [low, high))."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_float("value", value, low, high, high_open)
+        except MinidiffInputError:
+            bounds = _describe_range(low, high, closed_high=not high_open)
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number{' ' + bounds if bounds else ''}, got {text}") from None
+    parse.__name__ = "number"
+    return parse

@@ -1,0 +1,343 @@
+"""Every command, many bad inputs: each must end with exactly one line on stderr that names the
+argument, a non-zero exit status, and no traceback, before any work is done.
+
+The table is run in-process through ``minidiff.cli.main`` (fast), with stdout and stderr
+captured.  Each case is ``(id, argv, names)``: ``names`` are the words one of which the error
+line must contain (the argument, or the file it is about).  ``{ckpt}``, ``{out}`` ... in argv
+are filled in from the fixture files built once for the module (``make_files``); ``{out}`` is
+a fresh folder per case.
+
+Run as a script (``python3 -m tests.test_bad_inputs``) it prints how each case ends:
+one-line error / multi-line error / unnamed (one line, argument not named) / traceback /
+silent (exit 0: the bad input was accepted), which is how the before/after counts of issue 15
+were taken.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import traceback
+
+import pytest
+
+from minidiff import backend, cli
+
+# A train command that finishes in seconds when nothing is wrong with it.
+TRAIN = ["train", "--preset", "quick", "--out", "{out}", "--set", "base_channels=8",
+         "--set", "channel_mults=[1,2]", "--set", "T=10", "--steps", "2", "--batch-size", "4",
+         "--train-images", "16", "--set", "sample_every=0", "--set", "diag_every=0",
+         "--set", "log_every=1", "--set", "checkpoint_every=0", "--set", "warmup_steps=1",
+         "--set", "sample_steps=2"]
+SAMPLE = ["sample", "--checkpoint", "{ckpt}", "--out", "{out}/grid.png", "--n", "2",
+          "--steps", "2"]
+EVAL = ["eval", "--checkpoint", "{ckpt}", "--n", "4", "--steps", "2", "--bpd-images", "0",
+        "--no-floor", "--reference-images", "16", "--batch", "4", "--stats-dir", "{out}/stats",
+        "--json"]
+DEMO = ["demo", "--steps", "1", "--out", "{out}"]
+BENCH_UNET = ["bench", "unet", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
+              "--base-channels", "8"]
+BENCH_LAYERS = ["bench", "layers", "--no-torch", "--repeat", "1", "--batch", "1"]
+
+
+def _train(*extra, names):
+    return TRAIN + list(extra), names
+
+
+def _sets(key, *values, names=None):
+    return [(f"train-set-{key}={value}", *_train("--set", f"{key}={value}",
+                                                  names=names or (key,)))
+            for value in values]
+
+
+def _flag(base, prefix, flag, values, names=None):
+    return [(f"{prefix}{flag}={value}", base + [flag, str(value)], names or (flag,))
+            for value in values]
+
+
+CASES = [
+    # ---------------------------------------------------------------- train: flags
+    *_flag(TRAIN, "train", "--steps", ["0", "-5", "abc", "1.5"], ("steps",)),
+    *_flag(TRAIN, "train", "--batch-size", ["0", "-1", "x", "17"], ("batch",)),
+    *_flag(TRAIN, "train", "--lr", ["-1", "nan", "inf", "abc"], ("lr",)),
+    *_flag(TRAIN, "train", "--base-channels", ["0", "-8", "7"], ("base_channels", "groups")),
+    *_flag(TRAIN, "train", "--seed", ["-1", "abc"], ("seed",)),
+    *_flag(TRAIN, "train", "--ema-decay", ["1.0", "1.5", "-0.1", "nan"], ("ema_decay",)),
+    *_flag(TRAIN, "train", "--train-images", ["-1", "100000", "abc", "2"],
+           ("train_images", "train-images", "batch")),
+    *_flag(TRAIN, "train", "--stop-at", ["0", "-1", "99", "abc"], ("--stop-at",)),
+    ("train-preset-unknown", TRAIN + ["--preset", "nonesuch"], ("preset",)),
+    ("train-bogus-option", TRAIN + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- train: --set values
+    *_sets("groups", 3, 0, -2),
+    *_sets("num_heads", 3, 0),
+    *_sets("dropout", 1.0, -0.5, 2),
+    *_sets("warmup_steps", -1),
+    *_sets("min_lr", -1),
+    *_sets("weight_decay", -1),
+    *_sets("grad_clip", -1),
+    *_sets("log_every", -1, 1.5),
+    *_sets("sample_every", -1),
+    *_sets("checkpoint_every", -1),
+    *_sets("diag_every", -1),
+    *_sets("sample_steps", 0, 11),
+    *_sets("sample_count", 0, "true"),
+    *_sets("image_size", 32, 0, 27),
+    *_sets("T", 0, -3, "abc", 2.5),
+    *_sets("channel_mults", "[]", "[0]", "[1,-2]", "abc"),
+    *_sets("num_res_blocks", -1),
+    *_sets("attention_resolutions", "[5]"),
+    *_sets("time_embed_dim", 0, 3),
+    *_sets("prediction", "noise"),
+    *_sets("schedule", "quadratic"),
+    *_sets("num_res_blocks", "true"),
+    *_sets("lr", '"fast"'),
+    ("train-set-unknown-key", *_train("--set", "learning_rate=1", names=("learning_rate",))),
+    ("train-set-no-equals", *_train("--set", "lr", names=("--set",))),
+    ("train-set-empty-value", *_train("--set", "lr=", names=("--set",))),
+    # ---------------------------------------------------------------- train: files and folders
+    ("train-config-missing", *_train("--config", "{tmp}/missing.json", names=("config",))),
+    ("train-config-folder", *_train("--config", "{tmp}", names=("config",))),
+    ("train-config-not-json", *_train("--config", "{text}", names=("config", "JSON"))),
+    ("train-config-list", *_train("--config", "{json_list}", names=("config", "object"))),
+    ("train-config-bad-value", *_train("--config", "{json_bad_lr}", names=("lr",))),
+    ("train-config-unknown-key", *_train("--config", "{json_unknown}", names=("nonesuch",))),
+    ("train-out-is-file", *_train("--out", "{text}", names=("--out",))),
+    ("train-out-under-file", *_train("--out", "{text}/run", names=("--out",))),
+    ("train-out-holds-run", *_train("--out", "{run}", names=("--out", "--resume"))),
+    ("train-resume-and-overwrite",
+     *_train("--out", "{run}", "--resume", "--overwrite", names=("--resume", "--overwrite"))),
+    ("train-resume-missing", *_train("--resume", "{tmp}/nope.npz", names=("nope.npz",))),
+    ("train-resume-empty-folder", *_train("--resume", names=("checkpoint.npz", "--resume"))),
+    ("train-resume-garbage", *_train("--resume", "{garbage}", names=("garbage.npz",))),
+    ("train-resume-text", *_train("--resume", "{text}", names=("notes.txt",))),
+    ("train-resume-export", *_train("--resume", "{export}", names=("EMA-only", "export"))),
+    ("train-resume-nan", *_train("--resume", "{nan}", names=("NaN",))),
+    ("train-resume-folder", *_train("--resume", "{tmp}", names=("--resume", "folder"))),
+    ("train-resume-classifier",
+     *_train("--resume", "{classifier}", names=("classifier.npz", "checkpoint"))),
+    # ---------------------------------------------------------------- sample
+    *_flag(SAMPLE, "sample", "--steps", ["0", "-1", "11", "abc"]),
+    *_flag(SAMPLE, "sample", "--n", ["0", "-1", "abc"]),
+    *_flag(SAMPLE, "sample", "--eta", ["-0.1", "1.5", "nan", "abc"]),
+    *_flag(SAMPLE, "sample", "--seed", ["-1", "abc"]),
+    *_flag(SAMPLE + ["--gif", "{out}/a.gif"], "sample", "--frames", ["0", "-1", "x"]),
+    *_flag(SAMPLE, "sample", "--out", ["{out}/grid.txt", "{out}/grid", "{tmp}", "{text}/g.png"]),
+    *_flag(SAMPLE, "sample", "--gif", ["{out}/a.png", "{out}/anim", "{tmp}", "{text}/a.gif"]),
+    *_flag(SAMPLE, "sample", "--strip", ["{out}/s.gif", "{text}/s.png", "{tmp}"]),
+    *_flag(SAMPLE, "sample", "--sampler", ["euler"]),
+    ("sample-checkpoint-missing", SAMPLE + ["--checkpoint", "{tmp}/nope.npz"], ("nope.npz",)),
+    ("sample-checkpoint-garbage", SAMPLE + ["--checkpoint", "{garbage}"], ("garbage.npz",)),
+    ("sample-checkpoint-text", SAMPLE + ["--checkpoint", "{text}"], ("notes.txt",)),
+    ("sample-checkpoint-folder", SAMPLE + ["--checkpoint", "{tmp}"], ("--checkpoint",)),
+    ("sample-checkpoint-nan", SAMPLE + ["--checkpoint", "{nan}"], ("NaN",)),
+    ("sample-checkpoint-classifier", SAMPLE + ["--checkpoint", "{classifier}"],
+     ("classifier.npz",)),
+    ("sample-raw-from-export", SAMPLE + ["--checkpoint", "{export}", "--raw"],
+     ("--raw", "EMA-only")),
+    ("sample-no-checkpoint", ["sample", "--out", "{out}/g.png"], ("--checkpoint",)),
+    ("sample-bogus-option", SAMPLE + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- eval
+    *_flag(EVAL, "eval", "--n", ["1", "0", "-5", "abc"]),
+    *_flag(EVAL, "eval", "--steps", ["-1", "11", "abc"]),
+    *_flag(EVAL, "eval", "--eta", ["-1", "2", "nan"]),
+    *_flag(EVAL, "eval", "--batch", ["0", "-1"]),
+    *_flag(EVAL, "eval", "--seed", ["-1"]),
+    *_flag(EVAL, "eval", "--bpd-images", ["-1", "20000"]),
+    *_flag(EVAL, "eval", "--bpd-samples", ["0", "-1"]),
+    *_flag(EVAL, "eval", "--reference-images", ["1", "0", "-1", "20000"]),
+    *_flag(EVAL, "eval", "--sampler", ["euler"]),
+    *_flag(EVAL, "eval", "--classifier", ["{tmp}/nope.npz", "{garbage}", "{ckpt}", "{tmp}"],
+           ("--classifier", "classifier")),
+    ("eval-stats-dir-is-file", EVAL + ["--stats-dir", "{text}"], ("--stats-dir",)),
+    ("eval-checkpoint-missing", EVAL + ["--checkpoint", "{tmp}/nope.npz"], ("nope.npz",)),
+    ("eval-checkpoint-garbage", EVAL + ["--checkpoint", "{garbage}"], ("garbage.npz",)),
+    ("eval-checkpoint-folder", EVAL + ["--checkpoint", "{tmp}"], ("--checkpoint",)),
+    ("eval-checkpoint-nan", EVAL + ["--checkpoint", "{nan}"], ("NaN",)),
+    ("eval-raw-from-export", EVAL + ["--checkpoint", "{export}", "--raw-weights"],
+     ("--raw-weights", "EMA-only")),
+    ("eval-bogus-option", EVAL + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- demo
+    *_flag(DEMO, "demo", "--steps", ["0", "-1", "abc"]),
+    *_flag(DEMO, "demo", "--batch", ["0", "-1", "100000"]),
+    *_flag(DEMO, "demo", "--seed", ["-1"]),
+    *_flag(DEMO, "demo", "--out", ["{text}", "{text}/sub"]),
+    ("demo-bogus-option", DEMO + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- bench
+    ("bench-nothing", ["bench"], ("layers", "unet")),
+    ("bench-unknown", ["bench", "nonesuch"], ("nonesuch",)),
+    *_flag(BENCH_LAYERS, "bench-layers", "--repeat", ["0", "abc"]),
+    *_flag(BENCH_LAYERS, "bench-layers", "--batch", ["0"]),
+    *_flag(BENCH_LAYERS, "bench-layers", "--threads", ["0"]),
+    *_flag(BENCH_UNET, "bench-unet", "--repeat", ["0", "-1"]),
+    *_flag(BENCH_UNET, "bench-unet", "--batch", ["-1"]),
+    *_flag(BENCH_UNET, "bench-unet", "--threads", ["0"]),
+    *_flag(BENCH_UNET, "bench-unet", "--base-channels", ["0", "7"], ("--base-channels",)),
+    *_flag(BENCH_UNET, "bench-unet", "--image-size", ["0", "30"], ("--image-size",)),
+    # ---------------------------------------------------------------- the dispatcher
+    ("cli-unknown-command", ["nonesuch"], ("nonesuch",)),
+    ("cli-no-command", [], ("COMMAND", "command")),
+    ("cli-unknown-backend", ["--backend", "jax", "demo"], ("--backend",)),
+]
+
+IDS = [case[0] for case in CASES]
+assert len(IDS) == len(set(IDS)), "duplicate case ids"
+
+
+# ----------------------------------------------------------------------------- fixture files
+
+def make_files(folder: str) -> dict:
+    """The files the cases point at: a tiny run (full checkpoint + EMA export), a checkpoint
+    with a NaN weight, random bytes named .npz, a text file, JSON configs."""
+    from minidiff.train.presets import resolve
+    from minidiff.train.trainer import Trainer
+    os.makedirs(folder, exist_ok=True)
+    host = backend.host
+    config = resolve("quick", sets=["base_channels=8", "channel_mults=[1,2]", "T=10",
+                                    "sample_every=0", "diag_every=0", "log_every=0",
+                                    "checkpoint_every=0", "warmup_steps=1", "sample_steps=2"],
+                     overrides={"steps": 1, "batch_size": 4})
+    images = host.random.default_rng(0).integers(0, 256, (8, 1, 28, 28)).astype(host.uint8)
+    run = os.path.join(folder, "run")
+    Trainer(config, run, images=images, log=lambda line: None).run()
+    files = {"tmp": folder, "run": run, "ckpt": os.path.join(run, "checkpoint.npz"),
+             "export": os.path.join(run, "ema.npz")}
+    arrays = backend.load_npz(files["ckpt"])
+    key = next(k for k in arrays if k.startswith("ema.") and k.endswith("weight"))
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] = host.nan
+    files["nan"] = os.path.join(folder, "nan.npz")
+    backend.save_npz(files["nan"], arrays)
+    files["garbage"] = os.path.join(folder, "garbage.npz")
+    with open(files["garbage"], "wb") as stream:
+        stream.write(host.random.default_rng(1).bytes(4096))
+    files["text"] = os.path.join(folder, "notes.txt")
+    with open(files["text"], "w", encoding="utf-8") as stream:
+        stream.write("not a checkpoint\n")
+    for name, content in {"json_list": [1, 2], "json_bad_lr": {"lr": -1.0},
+                          "json_unknown": {"nonesuch": 1}}.items():
+        files[name] = os.path.join(folder, name + ".json")
+        with open(files[name], "w", encoding="utf-8") as stream:
+            json.dump(content, stream)
+    from minidiff.evaluate.classifier import DEFAULT_PATH
+    files["classifier"] = DEFAULT_PATH
+    return files
+
+
+def fill(argv, files: dict, out: str) -> list:
+    return [arg.format(out=out, **files) for arg in argv]
+
+
+# ----------------------------------------------------------------------------- running a case
+
+def run_case(argv) -> tuple:
+    """``(status, stdout, stderr, traceback or None)`` of ``minidiff ARGV`` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    trace = None
+    saved = (backend.get_backend(), backend.default_dtype(), backend.get_rng_state())
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(list(argv))
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception:  # noqa: BLE001  (a traceback is one of the outcomes we count)
+            status, trace = None, traceback.format_exc()
+    backend.set_backend(saved[0])
+    backend.set_default_dtype(saved[1])
+    backend.set_rng_state(saved[2])
+    return status, out.getvalue(), err.getvalue(), trace
+
+
+def outcome(result, names) -> str:
+    status, _, err, trace = result
+    if trace is not None or "Traceback" in err:
+        return "traceback"
+    if status == 0:
+        return "silent"
+    lines = [line for line in err.splitlines() if line.strip()]
+    if len(lines) != 1:
+        return "multi-line"
+    if not any(name.lower() in lines[0].lower() for name in names):
+        return "unnamed"
+    return "one-line"
+
+
+# ----------------------------------------------------------------------------- the test
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    saved = backend.get_rng_state()
+    made = make_files(str(tmp_path_factory.mktemp("bad_inputs")))
+    backend.set_rng_state(saved)
+    return made
+
+
+@pytest.mark.parametrize("case_id, argv, names", CASES, ids=IDS)
+def test_bad_input_is_one_named_line(case_id, argv, names, files, tmp_path):
+    result = run_case(fill(argv, files, str(tmp_path / "out")))
+    status, _, err, trace = result
+    assert outcome(result, names) == "one-line", (
+        f"status {status}; stderr:\n{err}\n{trace or ''}")
+    assert status not in (0, None)
+
+
+def test_the_table_is_wide():
+    commands = {argv[0] if argv else "" for _, argv, _ in CASES}
+    assert {"train", "sample", "eval", "demo", "bench"} <= commands
+    assert len(CASES) >= 150
+
+
+def test_every_fixture_file_case_runs_clean_when_nothing_is_wrong(files, tmp_path):
+    """The base commands of the table succeed, so each case fails for its own bad input."""
+    for argv in (SAMPLE, EVAL):
+        result = run_case(fill(argv, files, str(tmp_path / argv[0])))
+        assert result[0] == 0, result[2] + (result[3] or "")
+
+
+def test_unknown_backend_in_the_environment_is_one_line():
+    """MINIDIFF_BACKEND is read at import: a bad value must not break ``import minidiff``, and
+    the command says what is wrong in one line."""
+    env = {**os.environ, "MINIDIFF_BACKEND": "jax"}
+    imported = subprocess.run([sys.executable, "-c", "import minidiff"], env=env,
+                              capture_output=True, text=True)
+    assert imported.returncode == 0 and "Traceback" not in imported.stderr
+    command = subprocess.run([sys.executable, "-m", "minidiff", "bench", "nonesuch"], env=env,
+                             capture_output=True, text=True)
+    assert command.returncode == 2 and "Traceback" not in command.stderr
+    assert len(command.stderr.strip().splitlines()) == 1
+    assert "MINIDIFF_BACKEND" in command.stderr
+
+
+# ----------------------------------------------------------------------------- as a script
+
+def _count(timeout: int = 120) -> None:
+    import collections
+    import tempfile
+
+    def alarm(signum, frame):
+        raise TimeoutError("case took too long")
+    signal.signal(signal.SIGALRM, alarm)
+    counts, rows = collections.Counter(), []
+    with tempfile.TemporaryDirectory() as folder:
+        made = make_files(os.path.join(folder, "files"))
+        for case_id, argv, names in CASES:
+            signal.alarm(timeout)
+            try:
+                result = run_case(fill(argv, made, os.path.join(folder, "out", case_id)))
+            except TimeoutError:
+                result = (0, "", "", None)
+            signal.alarm(0)
+            kind = outcome(result, names)
+            counts[kind] += 1
+            first = (result[3] or result[2]).strip().splitlines()
+            rows.append(f"{kind:11s} {case_id:40s} {first[-1][:110] if first else ''}")
+    print("\n".join(rows))
+    print(f"{len(CASES)} cases: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+
+
+if __name__ == "__main__":
+    _count()

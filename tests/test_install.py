@@ -1,0 +1,72 @@
+"""A plain, non-editable install finds its shipped data from any folder (issue 15).
+
+The package is built into a wheel (no network: ``--no-build-isolation --no-index``) from a
+copy of the sources, installed into a fresh virtual environment that reuses this
+interpreter's packages (``--system-site-packages``: numpy, Pillow, matplotlib), and run from
+an empty folder: the README's ``--checkpoint data/checkpoints/quick.npz``, MNIST and the
+FID classifier must all come from ``<venv>/share/minidiff/data``.
+"""
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SOURCES = ("minidiff", "data", "setup.cfg", "pyproject.toml", "README.md", "LICENSE",
+           "MANIFEST.in")
+
+pytestmark = [
+    pytest.mark.slow,   # ~25 s on the 2-core machine (wheel build, venv, install, three runs)
+    pytest.mark.skipif(importlib.util.find_spec("wheel") is None,
+                       reason="building a wheel needs the 'wheel' package "
+                              "(pip install 'minidiff[dev]')")]
+
+
+def _run(args, cwd, env=None):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_installed_wheel_finds_its_data_from_any_folder(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in SOURCES:
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (REPO / name).is_dir() else {}))
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+          "--no-index", "-w", str(tmp_path / "dist"), str(source)], cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("minidiff-*.whl"))
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+         cwd=tmp_path)
+    python = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+          "--no-index", str(wheel)], cwd=tmp_path)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "MINIDIFF_DATA", "MINIDIFF_BACKEND")}
+    share = str(venv / "share" / "minidiff" / "data")
+    where = _run([str(python), "-c", "import minidiff, minidiff.paths as p; "
+                  "from minidiff.evaluate.classifier import load_classifier; load_classifier(); "
+                  "print(minidiff.__file__); print(p.find('mnist')); "
+                  "print(p.find('checkpoints/classifier.npz'))"], cwd=elsewhere, env=env)
+    package, mnist, classifier = where.split()
+    assert package.startswith(str(venv)), "the installed package, not the clone, was imported"
+    assert mnist.startswith(share) and classifier.startswith(share)
+    minidiff = str(venv / "bin" / "minidiff")
+    out = _run([minidiff, "sample", "--checkpoint", "data/checkpoints/quick.npz", "--n", "2",
+                "--steps", "2", "--out", "grid.png"], cwd=elsewhere, env=env)
+    assert "wrote grid.png" in out and (elsewhere / "grid.png").stat().st_size > 100
+    assert "test accuracy" in _run([minidiff, "demo", "--steps", "20", "--out", "demo"],
+                                   cwd=elsewhere, env=env)
+    assert _run([str(python), "-m", "minidiff", "--version"], cwd=elsewhere, env=env).strip() \
+        .startswith("minidiff ")
