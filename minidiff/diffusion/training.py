@@ -18,11 +18,14 @@ __all__ = ["training_step"]
 
 
 def training_step(model, schedule, x0, target_type: str = "eps",
-                  min_snr_gamma: float | None = None, t=None, noise=None):
+                  min_snr_gamma: float | None = None, t=None, noise=None, part=None):
     """Loss Tensor of Algorithm 1 for the batch ``x0`` (array or Tensor, shape (N, ...)).
 
     ``model(Tensor x_t, t)`` predicts ``target_type``; ``t`` and ``noise`` default to fresh
-    draws.  Call ``.backward()`` on the result.
+    draws.  ``part`` (a slice): draw t and noise for all N items, as without it, then compute
+    the loss of ``x0[part]`` only, so that data-parallel ranks that each take their part of one
+    batch draw the same numbers and leave the generator in the same state.  Call
+    ``.backward()`` on the result.
     """
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
@@ -33,6 +36,8 @@ def training_step(model, schedule, x0, target_type: str = "eps",
                               backend.backend_name_of(x0))
     if noise is None:
         noise = backend.randn(*x0.shape, dtype=x0.dtype)
+    if part is not None:
+        x0, t, noise = x0[part], t[part], noise[part]
     x_t = q_sample(schedule, x0, t, noise)
     prediction = model(Tensor(x_t), t)
     target = {"eps": lambda: noise, "x0": lambda: x0,

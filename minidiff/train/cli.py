@@ -4,10 +4,12 @@
     minidiff train --preset mnist --out runs/mnist      # the reference configuration
     minidiff train --preset quick --set lr=1e-3 --steps 2000 --config my.json
     minidiff train --out runs/quick --resume            # continue from runs/quick/checkpoint.npz
+    mpiexec -n 4 minidiff train --preset mnist --distributed   # 4 ranks, 32 images each
 
 Writes into ``--out``: ``checkpoint.npz`` (model, EMA, AdamW, generator state, step,
 config), ``config.json``, ``loss.png``, ``loss_by_t.png``, ``samples_*.png`` (EMA weights,
 DDIM) and ``x0_pred_*.png``.  Errors in the input end with one line ``minidiff: ...``.
+With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 
 from minidiff.nn.module import StateDictError
 from minidiff.train.checkpoint import CheckpointError, load_checkpoint
+from minidiff.train.distributed import DistributedError, connect
 from minidiff.train.presets import PRESETS, ConfigError, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
 
@@ -42,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop (and checkpoint) at this step without changing the "
                              "schedule, e.g. to split a run in two")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of an MPI job (mpiexec -n N ...): "
+                             "each rank takes batch_size/N images of every batch")
     parser.add_argument("--show-config", action="store_true",
                         help="print the resolved configuration and exit")
     return parser
 
 
-def _error(message: str, code: int = 2) -> int:
-    print("minidiff: " + " ".join(str(message).split()), file=sys.stderr)
+def _error(message: str, code: int = 2, quiet: bool = False) -> int:
+    if not quiet:
+        print("minidiff: " + " ".join(str(message).split()), file=sys.stderr)
     return code
 
 
@@ -56,39 +63,56 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS}
     out = args.out or os.path.join("runs", args.preset)
+    ranks, quiet = None, False    # quiet: a rank other than 0, which leaves printing to rank 0
+    say = print
     try:
+        if args.distributed:
+            ranks = connect()
+            quiet = not ranks.is_main
+            say = (lambda *a, **k: None) if quiet else print
         base = None
         if args.resume:
             path = os.path.join(out, "checkpoint.npz") if args.resume == "auto" else args.resume
             base = load_checkpoint(path)["config"]
         config = resolve(args.preset, args.config, args.set, flags, base=base)
         if args.show_config:
-            print(json.dumps(config, indent=2, sort_keys=True))
+            say(json.dumps(config, indent=2, sort_keys=True))
             return 0
-        trainer = Trainer(config, out, log=lambda line: print(line, flush=True))
+        if ranks:
+            ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
+        trainer = Trainer(config, out, log=lambda line: print(line, flush=True),
+                          distributed=ranks)
         if args.resume:
             trainer.resume(path)
-            print(f"resumed from {path} at step {trainer.step}", flush=True)
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as stream:
-            json.dump(config, stream, indent=2, sort_keys=True)
-        print(f"training {trainer.model.num_parameters():,} parameters for "
-              f"{config['steps']} steps (batch {config['batch_size']}) into {out}", flush=True)
+            say(f"resumed from {path} at step {trainer.step}", flush=True)
+        if not quiet:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as stream:
+                json.dump(config, stream, indent=2, sort_keys=True)
+        each = (f", {config['batch_size'] // ranks.size} on each of {ranks.size} ranks"
+                if ranks else "")
+        say(f"training {trainer.model.num_parameters():,} parameters for "
+            f"{config['steps']} steps (batch {config['batch_size']}{each}) into {out}",
+            flush=True)
         status = trainer.run(stop_at=args.stop_at)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, DistributedError) as error:
+        return _error(error, quiet=quiet)
+    except CheckpointError as error:   # may be one rank's alone (e.g. no shared folder)
         return _error(error)
     except StateDictError as error:
         return _error(f"the checkpoint does not fit the configured model: {error}")
     except TrainingDiverged as error:
-        return _error(error, 1)
+        return _error(error, 1, quiet=quiet)
     except KeyboardInterrupt:
-        return _error("interrupted before training started", 130)
+        return _error("interrupted before training started", 130, quiet=quiet)
+    if ranks:
+        say(ranks.summary(), flush=True)
     if status == "interrupted":
         return 130
     finished = "done" if trainer.step >= config["steps"] else "stopped"
-    print(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "
-          f"{trainer.losses[-1]:.4f}; checkpoint {trainer.last_checkpoint}, EMA weights "
-          f"{os.path.join(out, 'ema.npz')}", flush=True)
+    say(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "
+        f"{trainer.losses[-1]:.4f}; checkpoint {trainer.last_checkpoint}, EMA weights "
+        f"{os.path.join(out, 'ema.npz')}", flush=True)
     return 0
 
 
