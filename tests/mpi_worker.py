@@ -5,8 +5,8 @@
 Trains the tiny test U-Net of tests/test_train.py on 64 random 16x16 images for STEPS steps
 into the run folder OUT/run_rank{r} (only rank 0 may write there), and writes every rank's
 final weights to OUT/weights_rank{r}.npz (the test compares them with each other and with a
-one-process run), its pid to OUT/pid_rank{r} at start, and "rank r: STATUS at step S" on
-stdout.
+one-process run), its pid to OUT/pid_rank{r} once its first step is done (its Ctrl-C
+handler is then in place), and "rank r: STATUS at step S" on stdout.
 """
 import os
 import sys
@@ -28,10 +28,23 @@ def images():
     return backend.host.random.default_rng(0).integers(0, 256, (64, 1, 16, 16), dtype="uint8")
 
 
-def train(out: str, steps: int, distributed=None) -> Trainer:
+class _Trainer(Trainer):
+    pid_file = None
+
+    def train_step(self):
+        value = super().train_step()
+        if self.step == 1 and self.pid_file:
+            with open(self.pid_file + ".tmp", "w", encoding="utf-8") as stream:
+                stream.write(str(os.getpid()))
+            os.replace(self.pid_file + ".tmp", self.pid_file)   # the test never reads half
+        return value
+
+
+def train(out: str, steps: int, distributed=None, pid_file=None):
     config = resolve("quick", overrides={**TINY, "steps": steps})
-    trainer = Trainer(config, out, images=images(), log=lambda line: None,
-                      distributed=distributed)
+    trainer = _Trainer(config, out, images=images(), log=lambda line: None,
+                       distributed=distributed)
+    trainer.pid_file = pid_file
     status = trainer.run()
     return trainer, status
 
@@ -47,9 +60,8 @@ def main(argv):
         ranks = connect()
     rank = ranks.rank if ranks else 0
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"pid_rank{rank}"), "w", encoding="utf-8") as stream:
-        stream.write(str(os.getpid()))
-    trainer, status = train(os.path.join(out, f"run_rank{rank}"), steps, ranks)
+    trainer, status = train(os.path.join(out, f"run_rank{rank}"), steps, ranks,
+                            os.path.join(out, f"pid_rank{rank}"))
     weights = {k: backend.to_host(v) for k, v in trainer.model.state_dict().items()}
     backend.save_npz(os.path.join(out, f"weights_rank{rank}.npz"), weights)
     print(f"rank {rank}: {status} at step {trainer.step}", flush=True)

@@ -24,8 +24,10 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     ``model(Tensor x_t, t)`` predicts ``target_type``; ``t`` and ``noise`` default to fresh
     draws.  ``part`` (a slice): draw t and noise for all N items, as without it, then compute
     the loss of ``x0[part]`` only, so that data-parallel ranks that each take their part of one
-    batch draw the same numbers and leave the generator in the same state.  Call
-    ``.backward()`` on the result.
+    batch draw the same numbers; the model's own draws (dropout masks) then come from a
+    stretch of the stream 2^64 draws per item further on, so that parts get independent masks
+    and the generator still ends in the same state for every part.  Call ``.backward()`` on
+    the result.
     """
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
@@ -39,7 +41,9 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     if part is not None:
         x0, t, noise = x0[part], t[part], noise[part]
     x_t = q_sample(schedule, x0, t, noise)
-    prediction = model(Tensor(x_t), t)
+    offset = 0 if part is None else (part.start or 0) << 64
+    with backend.rng_offset(offset):
+        prediction = model(Tensor(x_t), t)
     target = {"eps": lambda: noise, "x0": lambda: x0,
               "v": lambda: predict_v(schedule, x0, t, noise)}[target_type]()
     return loss_simple(prediction, target, t=t, schedule=schedule, target_type=target_type,
