@@ -28,14 +28,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ----------------------------------------------------------------------------- without MPI
 
 class _FakeComm:
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
+    """A communicator whose Allreduce adds the buffer ``other`` (another rank's) in place."""
+    IN_PLACE, SUM = "in place", "sum"
+
+    def __init__(self, rank, size, other=None):
+        self.rank, self.size, self.other = rank, size, other
 
     def Get_rank(self):
         return self.rank
 
     def Get_size(self):
         return self.size
+
+    def Allreduce(self, sendbuf, recvbuf, op):
+        assert sendbuf is self.IN_PLACE and op is self.SUM
+        assert type(recvbuf) is type(self.other)    # reduced in host memory, whatever the backend
+        recvbuf += self.other
 
 
 def test_batch_must_split_evenly_over_ranks():
@@ -44,6 +52,28 @@ def test_batch_must_split_evenly_over_ranks():
     with pytest.raises(DistributedError, match="batch_size: expected a multiple of the 2 "
                                                "ranks.*got 5"):
         ranks.part(5)
+
+
+def test_average_packs_one_buffer_and_unpacks_the_mean():
+    """Gradients, loss and stop flag travel in one host buffer; each gradient comes back as
+    the mean over the ranks, in its shape and on its backend; a missing gradient stays so."""
+    from minidiff.nn.module import Parameter  # noqa: PLC0415
+    params = [Parameter(backend.randn(2, 3)), Parameter(backend.randn(4)),
+              Parameter(backend.randn(5))]
+    mine = [backend.randn(2, 3), backend.randn(4), None]
+    for p, g in zip(params, mine):
+        p.grad = g
+    theirs = backend.host.arange(12, dtype=backend.host.float32)   # 10 gradients, loss, stop
+    theirs[-2:] = [3.0, 1.0]
+    ranks = Distributed(_FakeComm(0, 2, other=theirs), mpi=_FakeComm)
+    loss, stop = ranks.average(params, 1.0, stop=False)
+    assert loss == 2.0 and stop is True and ranks.reduce_bytes == 12 * 4
+    expected = [(backend.to_host(mine[0]) + theirs[:6].reshape(2, 3)) / 2,
+                (backend.to_host(mine[1]) + theirs[6:10]) / 2]
+    for p, e in zip(params, expected):
+        assert backend.backend_name_of(p.grad) == backend.get_backend()
+        assert abs(backend.to_host(p.grad) - e).max() < 1e-6
+    assert params[2].grad is None
 
 
 def test_mean_of_slice_gradients_is_the_batch_gradient():
