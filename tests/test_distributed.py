@@ -237,6 +237,9 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     deadline = time.time() + 60
     while not pid_file.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.1)
+    if not pid_file.exists():                          # never leave a 100,000-step job behind
+        process.kill()
+        pytest.fail("rank 1 never finished its first step:\n" + process.communicate()[0])
     os.kill(int(pid_file.read_text()), signal.SIGINT)
     code, out = _finish(process)
     assert code == 0, out
