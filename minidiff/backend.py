@@ -19,6 +19,7 @@ What lives here:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -249,6 +250,20 @@ def randint(low: int, high: int, size):
 def permutation(n: int):
     """A random permutation of range(n) as a host int64 array (for shuffling data)."""
     return _rng["generator"].permutation(n)
+
+
+@contextlib.contextmanager
+def rng_offset(delta: int):
+    """Inside the block, draws come from ``delta`` draws further along the generator's stream
+    (PCG64 jumps there at once); afterwards it is exactly where the same draws without the
+    offset would have left it.  Data-parallel ranks use it with offsets 2^64 apart for their
+    dropout masks: independent masks, yet the same generator state on every rank."""
+    bits = _rng["generator"].bit_generator
+    bits.advance(delta)
+    try:
+        yield
+    finally:
+        bits.advance(-delta)
 
 
 # ----------------------------------------------------------------------------- scatter-add

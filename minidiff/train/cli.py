@@ -4,10 +4,12 @@
     minidiff train --preset mnist --out runs/mnist      # the reference configuration
     minidiff train --preset quick --set lr=1e-3 --steps 2000 --config my.json
     minidiff train --out runs/quick --resume            # continue from runs/quick/checkpoint.npz
+    mpiexec -n 4 minidiff train --preset mnist --distributed   # 4 ranks, 32 images each
 
 Writes into ``--out``: ``checkpoint.npz`` (model, EMA, AdamW, generator state, step,
 config), ``config.json``, ``loss.png``, ``loss_by_t.png``, ``samples_*.png`` (EMA weights,
 DDIM) and ``x0_pred_*.png``.  Errors in the input end with one line ``minidiff: ...``.
+With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import shlex
 import sys
 
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import load_checkpoint
+from minidiff.train.checkpoint import CheckpointError, load_checkpoint
+from minidiff.train.distributed import connect
 from minidiff.train.presets import PRESETS, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
 from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
@@ -48,13 +51,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop (and checkpoint) at this step without changing the "
                              "schedule, e.g. to split a run in two")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of an MPI job (mpiexec -n N ...): "
+                             "each rank takes batch_size/N images of every batch")
     parser.add_argument("--show-config", action="store_true",
                         help="print the resolved configuration and exit")
     return parser
 
 
-def _error(message, code: int = 2) -> int:
-    print("minidiff: " + one_line(message), file=sys.stderr)
+def _error(message, code: int = 2, quiet: bool = False) -> int:
+    if not quiet:
+        print("minidiff: " + one_line(message), file=sys.stderr)
     return code
 
 
@@ -69,7 +76,7 @@ def _clear_run(out: str) -> None:
             os.remove(os.path.join(out, name))
 
 
-def resume_command(out: str, checkpoint: str) -> str:
+def resume_command(out: str, checkpoint: str, ranks=None) -> str:
     """The command line that continues this run where it stopped."""
     from minidiff import backend  # noqa: PLC0415
     words = ["minidiff"] + (["--backend", backend.get_backend()]
@@ -77,6 +84,8 @@ def resume_command(out: str, checkpoint: str) -> str:
     words += ["train", "--out", out, "--resume"]
     if os.path.abspath(checkpoint) != os.path.abspath(os.path.join(out, "checkpoint.npz")):
         words.append(checkpoint)
+    if ranks:
+        words = ["mpiexec", "-n", str(ranks.size)] + words + ["--distributed"]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -85,7 +94,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS}
     out = args.out or os.path.join("runs", args.preset)
+    ranks, quiet = None, False    # quiet: a rank other than 0, which leaves printing to rank 0
+    say = print
     try:
+        if args.distributed:
+            ranks = connect()
+            quiet = not ranks.is_main
+            say = (lambda *a, **k: None) if quiet else print
         base = None
         if args.resume:
             path = os.path.join(out, "checkpoint.npz") if args.resume == "auto" else args.resume
@@ -96,38 +111,49 @@ def main(argv=None) -> int:
         if args.stop_at is not None:
             check_int("--stop-at", args.stop_at, low=1, high=config["steps"])
         if args.show_config:
-            print(json.dumps(config, indent=2, sort_keys=True))
+            say(json.dumps(config, indent=2, sort_keys=True))
             return 0
         check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
-        trainer = Trainer(config, out, log=lambda line: print(line, flush=True))
+        if ranks:
+            ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
+            ranks.barrier()                       # every rank has checked --out before any writes
+        trainer = Trainer(config, out, log=lambda line: print(line, flush=True),
+                          distributed=ranks)
         if args.resume:
             trainer.resume(path)
-            print(f"resumed from {path} at step {trainer.step}", flush=True)
-        os.makedirs(out, exist_ok=True)
-        if args.overwrite:
-            _clear_run(out)
-        with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as stream:
-            json.dump(config, stream, indent=2, sort_keys=True)
-        print(f"training {trainer.model.num_parameters():,} parameters for "
-              f"{config['steps']} steps (batch {config['batch_size']}) into {out}", flush=True)
+            say(f"resumed from {path} at step {trainer.step}", flush=True)
+        if not quiet:
+            os.makedirs(out, exist_ok=True)
+            if args.overwrite:
+                _clear_run(out)
+            with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as stream:
+                json.dump(config, stream, indent=2, sort_keys=True)
+        each = (f", {config['batch_size'] // ranks.size} on each of {ranks.size} ranks"
+                if ranks else "")
+        say(f"training {trainer.model.num_parameters():,} parameters for "
+            f"{config['steps']} steps (batch {config['batch_size']}{each}) into {out}",
+            flush=True)
         status = trainer.run(stop_at=args.stop_at)
     except StateDictError as error:
         return _error(f"the checkpoint does not fit the configured model: {error}")
-    except MinidiffInputError as error:   # ConfigError, CheckpointError, MnistDataError...
+    except CheckpointError as error:   # may be one rank's alone (e.g. no shared folder)
         return _error(error)
+    except MinidiffInputError as error:   # ConfigError, MnistDataError, DistributedError...
+        return _error(error, quiet=quiet)
     except TrainingDiverged as error:
-        return _error(error, 1)
+        return _error(error, 1, quiet=quiet)
     except KeyboardInterrupt:
-        return _error("interrupted before training started", 130)
+        return _error("interrupted before training started", 130, quiet=quiet)
+    if ranks:
+        say(ranks.summary(), flush=True)
     if status == "interrupted":
-        print(f"to continue: {resume_command(out, trainer.last_checkpoint)}", flush=True)
+        say(f"to continue: {resume_command(out, trainer.last_checkpoint, ranks)}", flush=True)
         return 130
     finished = "done" if trainer.step >= config["steps"] else "stopped"
-    print(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "
-          f"{trainer.losses[-1]:.4f}; checkpoint {trainer.last_checkpoint}, EMA weights "
-          f"{os.path.join(out, 'ema.npz')}", flush=True)
+    say(f"{finished}: {trainer.step}/{config['steps']} steps, final loss "
+        f"{trainer.losses[-1]:.4f}; checkpoint {trainer.last_checkpoint}, EMA weights "
+        f"{os.path.join(out, 'ema.npz')}", flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

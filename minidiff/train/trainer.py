@@ -14,6 +14,11 @@ and restore the generator's state, so they do not perturb the run either.
 sets a flag, so the step in flight finishes; the loop then saves a checkpoint and returns (a
 second signal interrupts at once); a NaN or Inf loss stops
 the run with ``TrainingDiverged`` naming the step and the last good checkpoint.
+
+**Data parallel** (``distributed``, see ``minidiff.train.distributed``).  Each rank computes its
+slice of every batch; between backward and clipping the gradients, the loss and the stop flag
+are averaged over the ranks, so all keep the same weights and stop after the same step.  Rank 0
+alone writes checkpoints, pictures and the log.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
 from minidiff.train import diagnostics
 from minidiff.train.checkpoint import (CheckpointError, group, load_checkpoint,
                                        save_checkpoint, schedule_from_config)
+from minidiff.train.distributed import digest as distributed_digest
 from minidiff.train.presets import model_config
 from minidiff.train.validate import check_config, check_data
 
@@ -53,8 +59,11 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int):
 class Trainer:
     """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``."""
 
-    def __init__(self, config: dict, out: str, images=None, log=print):
+    def __init__(self, config: dict, out: str, images=None, log=print, distributed=None):
         self.config, self.out, self.log = dict(config), out, log
+        self.distributed, self.is_main = distributed, distributed is None or distributed.is_main
+        if not self.is_main:
+            self.log = lambda line: None
         c = check_config(self.config)
         backend.manual_seed(c["seed"])
         self.model = UNet(model_config(c)).train()
@@ -73,15 +82,17 @@ class Trainer:
             images = images[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
         self.step, self.losses, self.t_history = 0, [], []
+        self.stop_requested = self.stop_agreed = False
         self.last_checkpoint = None
         self.checkpoint_path = os.path.join(out, "checkpoint.npz")
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path=None) -> str:
         path = path or self.checkpoint_path
-        save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
-                        step=self.step, optimizer=self.optimizer, scheduler=self.scheduler,
-                        history=self.losses)
+        if self.is_main:
+            save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
+                            step=self.step, optimizer=self.optimizer,
+                            scheduler=self.scheduler, history=self.losses)
         self.last_checkpoint = path
         return path
 
@@ -113,14 +124,19 @@ class Trainer:
         c = self.config
         index = batch_indices(c["seed"], self.step, c["batch_size"], len(self.images))
         x0 = to_unit_range(self.images[index])
-        loss = training_step(self.model, self.schedule, x0, target_type=c["prediction"])
+        part = self.distributed.part(len(x0)) if self.distributed else None
+        loss = training_step(self.model, self.schedule, x0, target_type=c["prediction"],
+                             part=part)
         value = loss.item()
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.distributed:   # mean gradient and loss over the ranks; agree on stopping
+            value, self.stop_agreed = self.distributed.average(
+                self.model.parameters(), value, self.stop_requested)
         if not math.isfinite(value):
             where = self.last_checkpoint or "none saved yet"
             raise TrainingDiverged(f"loss is {value} at step {self.step + 1}; "
                                    f"last good checkpoint: {where}")
-        self.optimizer.zero_grad()
-        loss.backward()
         if c["grad_clip"]:
             norm = clip_grad_norm(self.model.parameters(), c["grad_clip"])
             if not math.isfinite(norm):   # refuse the update, keep the weights finite
@@ -179,13 +195,16 @@ class Trainer:
         (EMA weights and config only, for ``minidiff sample``)."""
         c = self.config
         end = min(c["steps"], stop_at or c["steps"])
-        os.makedirs(self.out, exist_ok=True)
+        if self.is_main:
+            os.makedirs(self.out, exist_ok=True)
         start_step, busy = self.step, 0.0
-        self.stop_requested = False
+        self.stop_requested = self.stop_agreed = False
+        self._check_ranks_agree()
         previous = self._install_sigint()
         try:
             while self.step < end:
-                if self.stop_requested:
+                # with ranks, only the flag they all learnt in the last Allreduce
+                if self.stop_agreed if self.distributed else self.stop_requested:
                     raise KeyboardInterrupt
                 tick = time.time()
                 loss = self.train_step()
@@ -199,12 +218,13 @@ class Trainer:
                              f"{rate * c['batch_size']:6.1f} images/s  "
                              f"{rate:.2f} steps/s  left {_clock(left)}")
                 if self._due("checkpoint_every"):
+                    self._check_ranks_agree()
                     self.save()
-                if self._due("sample_every"):
+                if self._due("sample_every") and self.is_main:
                     self.log(f"samples: {self.sample_grid()}")
                     diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
                                                 prediction=c["prediction"])
-                if self._due("diag_every"):
+                if self._due("diag_every") and self.is_main:
                     self.diagnose()
         except KeyboardInterrupt:
             self.log(f"interrupted at step {self.step}; checkpoint saved to {self.save()}")
@@ -213,12 +233,21 @@ class Trainer:
             for signum, handler in (previous or {}).items():
                 signal.signal(signum, handler)
         self.save()
-        # the small file to share or sample from: EMA weights and config only
-        save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
-                        config=self.config, step=self.step, ema_only=True)
-        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
-                                    prediction=self.config["prediction"])
+        if self.is_main:
+            # the small file to share or sample from: EMA weights and config only
+            save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
+                            config=self.config, step=self.step, ema_only=True)
+            diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"),
+                                        prediction=self.config["prediction"])
         return "done"
+
+    def _check_ranks_agree(self) -> None:
+        """With ranks: stop all of them unless every one holds rank 0's weights, step and
+        generator state (the same seed and config, or the same checkpoint)."""
+        if self.distributed:
+            self.distributed.check_same(
+                step=str(self.step), rng=backend.get_rng_state(),
+                weights=distributed_digest(p.data for p in self.model.parameters()))
 
     def _install_sigint(self):
         """First Ctrl-C or SIGTERM: finish the current step, then stop; returns the old
