@@ -46,6 +46,8 @@ def test_preset_and_config_checks():
         resolve("ae-quick", sets=["recon_loss=l3"])
     with pytest.raises(ConfigError, match="model must be one of"):
         resolve("quick", sets=["model=gan"])
+    with pytest.raises(ConfigError, match="needs the keys.*kl_weight.*ae-quick"):
+        resolve("quick", sets=["model=autoencoder"])
 
 
 def test_tiny_autoencoder_learns_and_round_trips(tmp_path, images):

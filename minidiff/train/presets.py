@@ -150,6 +150,10 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
                "model": MODELS}
     if config["model"] == "autoencoder":
+        missing = sorted(set(_AE) - set(config))
+        if missing:
+            raise ConfigError(f"model=autoencoder needs the keys {', '.join(missing)}; start "
+                              "from --preset ae-quick (or ae)")
         choices["recon_loss"] = RECON_LOSSES
     for key, allowed in choices.items():
         if config[key] not in allowed:
