@@ -169,22 +169,29 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 # does not want a good likelihood but sharp reconstructions with a *small* KL weight: the
 # KL only has to keep the latent scale sane, not compress.  So
 #
-#     loss = mean_n [ sum_pixels |x - D(z)| + kl_weight * KL(q(z|x_n) || N(0, I)) ] / 784,
+#     loss = mean_n [ sum_pixels (x - D(z))^2 + kl_weight * KL(q(z|x_n) || N(0, I)) ] / 784,
 #            z = mu + sigma * eps                                                (9.5)
 #
 # with kl_weight = 1e-4 (divided by the 784 pixels so the loss reads as an error per pixel).
-# Why |.| and not (.)^2: both were trained for the same steps; the measurement is in
-# data/checkpoints/ae.md.  We check (9.5) against the library's `autoencoder_loss`.
+# Why the squared error (a Gaussian decoder) and not |.| (Laplace, and CompVis' choice):
+# measured, not assumed.  Trained for the same 400 steps (batch 32, 4 x 7 x 7 latents), the
+# squared error reconstructed 1000 test digits with MSE 0.0022 (PSNR 26.6 dB) and a
+# classifier-FID of the reconstructions of 7.4, the absolute error with MSE 0.0048 (23.2 dB)
+# and 35.6 (data/checkpoints/ae.md).  A likely reason: |.| is minimised by the conditional
+# *median*, and a pixel on the edge of a stroke is either ink or background, so where the
+# decoder is unsure the median drops the ink; the squared error's mean keeps a grey stroke,
+# which the next steps sharpen.  (|.|'s gradient also does not shrink near the optimum, so a
+# short run ends noisier.)  We check (9.5) against the library's `autoencoder_loss`.
 
 # %%
 x = to_unit_range(load_mnist("train")[0][:8])
 noise = backend.randn(8, *model.latent_shape)
 q = model.encode(x)
 x_hat = model.decode(q.sample(noise))
-loss, terms = autoencoder_loss(x, x_hat, q, kl_weight=1e-4, recon="l1")
+loss, terms = autoencoder_loss(x, x_hat, q, kl_weight=1e-4, recon="l2")
 mean_, lv_ = host(q.mean).astype(np.float64), host(q.logvar).astype(np.float64)
 kl_by_hand = 0.5 * (mean_ ** 2 + np.exp(lv_) - 1 - lv_).reshape(8, -1).sum(axis=1)
-by_hand = (np.abs(host(x_hat) - host(x)).reshape(8, -1).sum(axis=1) + 1e-4 * kl_by_hand).mean()
+by_hand = (((host(x_hat) - host(x)) ** 2).reshape(8, -1).sum(axis=1) + 1e-4 * kl_by_hand).mean()
 by_hand /= 784
 print(f"(9.5) loss by hand {by_hand:.6f} == autoencoder_loss {loss.item():.6f} "
       f"(rec {terms['rec']:.4f} per pixel, KL {terms['kl']:.4f} nats per latent number)")
