@@ -1,4 +1,5 @@
-"""``minidiff eval``: how good is a trained diffusion model?
+"""``minidiff eval``: how good is a trained diffusion model?  (Given an autoencoder checkpoint,
+it reports reconstruction figures instead: ``autoencoder.py``.)
 
     minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
                   [--bpd-images 256 | --bpd-full] [--json]
@@ -76,6 +77,12 @@ def build_parser() -> ArgumentParser:
                         help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
+
+
+def _log(quiet: bool, message: str) -> None:
+    """A progress message on stderr (so that --json output on stdout stays clean)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _cached_stats(path_key: str, stats_dir: str, compute):
@@ -247,11 +254,14 @@ def main(argv=None) -> int:
         check_input_file("--classifier", args.classifier)
     if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
         raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
-    result = evaluate(args)   # progress goes to stderr, so --json output stays clean
-    if args.json:
-        print(json.dumps(result, indent=2))
+    from minidiff.evaluate import autoencoder  # noqa: PLC0415
+    if autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
+        result = autoencoder.evaluate_autoencoder(args)
+        text = autoencoder.report(result)
     else:
-        print(_report(result))
+        result = evaluate(args)   # progress goes to stderr, so --json output stays clean
+        text = _report(result)
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0
 
 

@@ -11,6 +11,10 @@ Strings are stored as 0-d unicode arrays (NumPy's ``str_``), which need no pickl
 file is written atomically (``backend.save_npz``), so Ctrl-C or a crash mid-write leaves the
 previous checkpoint intact.  An *export* (``ema_only=True``) keeps just the EMA weights and
 the config: what sampling needs, a quarter of the size.
+
+The config's ``model`` says what was trained: ``"unet"`` (a diffusion model; checkpoints
+written before the key existed are U-Nets) or ``"autoencoder"`` (lesson 09), whose files also
+hold ``scale_factor``, the measured latent scale (float64 scalar), in the export too.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from minidiff import backend
 from minidiff.validation import MinidiffInputError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
-           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint"]
+           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint",
+           "autoencoder_from_checkpoint"]
 
 
 class CheckpointError(MinidiffInputError):
@@ -33,8 +38,10 @@ def _text(value: str):
 
 
 def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None,
-                    scheduler=None, history=(), ema_only: bool = False) -> None:
-    """Write one checkpoint file (see the module docstring for what goes in)."""
+                    scheduler=None, history=(), ema_only: bool = False,
+                    extra: dict | None = None) -> None:
+    """Write one checkpoint file (see the module docstring for what goes in); ``extra``:
+    more named arrays (a latent model's ``autoencoder.sha256``), kept in exports too."""
     host = backend.host
     arrays = {f"ema.{k}": v for k, v in zip(model.state_dict(), ema.shadow)}
     arrays.update({"config": _text(json.dumps(config, sort_keys=True)),
@@ -47,6 +54,7 @@ def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None
         arrays.update({f"sched.{k}": v for k, v in scheduler.state_dict().items()})
         arrays["rng"] = _text(backend.get_rng_state())
         arrays["history.loss"] = host.asarray(list(history), dtype=host.float64)
+    arrays.update({k: _text(v) if isinstance(v, str) else v for k, v in (extra or {}).items()})
     backend.save_npz(path, arrays)
 
 
@@ -97,6 +105,10 @@ def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None
     from minidiff.train.presets import model_config  # noqa: PLC0415
     arrays = load_checkpoint(path) if arrays is None else arrays
     config = arrays["config"]
+    if config.get("model", "unet") != "unet":
+        raise CheckpointError(f"{path}: expected a diffusion checkpoint (model 'unet', from "
+                              "'minidiff train --preset quick' or '--preset ldm-quick'), got "
+                              f"model {config['model']!r}")
     weights = group(arrays, "ema" if use_ema else "model")
     if not weights:
         raise CheckpointError(f"--raw / --raw-weights: {path} holds no raw model weights (it "
@@ -126,3 +138,27 @@ def eps_model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = 
     model, config = model_from_checkpoint(path, use_ema=use_ema, arrays=arrays)
     schedule = schedule_from_config(config)
     return as_eps_model(model, schedule, config.get("prediction", "eps")), schedule, config
+
+
+def autoencoder_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
+    """``(AutoencoderKL, config, scale_factor)`` from an autoencoder checkpoint (lesson 09).
+
+    ``scale_factor`` is the float stored at the end of training (``scale_by_std``), or None
+    for a checkpoint written mid-run, before it was measured.  A diffusion checkpoint here is
+    a ``CheckpointError``, as an autoencoder is in ``model_from_checkpoint``."""
+    from minidiff.models.autoencoder import AutoencoderKL  # noqa: PLC0415
+    from minidiff.train.presets import autoencoder_config  # noqa: PLC0415
+    arrays = load_checkpoint(path) if arrays is None else arrays
+    config = arrays["config"]
+    if config.get("model", "unet") != "autoencoder":
+        raise CheckpointError(f"{path}: expected an autoencoder checkpoint (model "
+                              "'autoencoder', from 'minidiff train --preset ae-quick'), got "
+                              f"model {config.get('model', 'unet')!r}")
+    weights = group(arrays, "ema" if use_ema else "model")
+    if not weights:
+        raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "
+                              "use the EMA weights")
+    model = AutoencoderKL(autoencoder_config(config))
+    model.load_state_dict(weights)
+    scale = float(arrays["scale_factor"]) if "scale_factor" in arrays else None
+    return model.eval(), config, scale
