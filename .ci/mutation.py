@@ -5,6 +5,7 @@ subset of the tests fails.  Not part of the default test run (it takes minutes).
     python3 .ci/mutation.py --list          # the mutants, numbered, without running anything
     python3 .ci/mutation.py --only 3 17     # just those
     python3 .ci/mutation.py --root DIR      # mutate another checkout (e.g. an older commit)
+    python3 .ci/mutation.py --only 18 --tests tests/test_diffusion_oracles.py   # one file
 
 Each mutant is an exact string in one file and what replaces it: a sign flip, a dropped term, an
 off-by-one index, swapped arguments, a removed call.  The string must occur exactly once (a
@@ -207,7 +208,9 @@ def run_tests(tree: str, tests: list[str], timeout: float) -> tuple[str, float]:
     if result.returncode == 0:
         return "SURVIVED", time.time() - start
     if result.returncode in (1, 2):   # a failure, or a collection error the mutant caused
-        return "killed", time.time() - start
+        failed = [line.split()[1] for line in result.stdout.splitlines()
+                  if line.startswith(("FAILED ", "ERROR "))]
+        return "killed" + (f" by {failed[0]}" if failed else ""), time.time() - start
     return f"error (pytest exit {result.returncode})", time.time() - start
 
 
@@ -218,6 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", type=int, nargs="*", help="mutant numbers to run")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant")
+    parser.add_argument("--tests", nargs="*", help="test files to run instead of TESTS")
     args = parser.parse_args(argv)
     root = os.path.abspath(args.root)
     chosen = [(i, m) for i, m in enumerate(MUTANTS, 1) if not args.only or i in args.only]
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
                 matches = f.read().count(old)
             print(f"{i:3d}  {path:38s} {what}" + ("" if matches == 1 else f"  STALE ({matches})"))
         return 0
-    tests = [t for t in TESTS if os.path.exists(os.path.join(root, t))]
+    tests = [t for t in (args.tests or TESTS) if os.path.exists(os.path.join(root, t))]
     print(f"{len(chosen)} mutants; tests: {' '.join(tests)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="minidiff-mutants-") as tree:
         copy_tree(root, tree)
@@ -253,7 +257,9 @@ def main(argv=None) -> int:
             finally:
                 with open(target, "w", encoding="utf-8") as f:
                     f.write(original)
-            print(f"{i:3d} {outcome[i]:9s} {seconds:5.0f} s  {path}: {what}", flush=True)
+            print(f"{i:3d} {outcome[i].split(' by ')[0]:9s} {seconds:5.0f} s  {path}: {what}"
+                  + (f"  [{outcome[i].split(' by ')[1]}]" if " by " in outcome[i] else ""),
+                  flush=True)
     killed = sum(v.startswith("killed") for v in outcome.values())
     survived = [i for i, v in outcome.items() if v == "SURVIVED"]
     other = [i for i, v in outcome.items() if not v.startswith("killed") and v != "SURVIVED"]
