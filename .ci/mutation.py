@@ -15,8 +15,8 @@ copied once to a temporary folder; each mutant is applied there, the tests run w
 never modified.  A mutant is *killed* when pytest fails (or runs past ``--timeout``), *survives*
 when it passes.  Score = killed / (killed + survived).
 
-The test subset is the unit tests of the mutated packages (TESTS below, files that do not exist
-in the checkout are left out); the lessons are not run (minutes each).
+Each mutant runs the unit tests of its package and of the code that calls it (TESTS below;
+files that do not exist in the checkout are left out); the lessons are not run (minutes each).
 """
 from __future__ import annotations
 
@@ -28,14 +28,23 @@ import sys
 import tempfile
 import time
 
-TESTS = [
+#: the tests run against a mutant of each package: its own unit tests, and those of the code
+#: that calls it (the sampler CLI for diffusion, the trainer for the optimizers and models)
+DIFFUSION_TESTS = [
     "tests/test_diffusion_forward.py", "tests/test_diffusion_losses.py",
     "tests/test_diffusion_posterior.py", "tests/test_diffusion_samplers.py",
     "tests/test_diffusion_schedule.py", "tests/test_diffusion_vlb.py",
     "tests/test_diffusion_oracles.py", "tests/test_diffusion_bound.py",
-    "tests/test_optim.py", "tests/test_training_wiring.py", "tests/test_train.py",
-    "tests/test_unet.py", "tests/test_sample.py",
+    "tests/test_training_wiring.py", "tests/test_sample.py",
 ]
+TRAIN_TESTS = ["tests/test_optim.py", "tests/test_training_wiring.py", "tests/test_train.py"]
+TESTS = {
+    "minidiff/diffusion/": DIFFUSION_TESTS,
+    "minidiff/train/": TRAIN_TESTS,
+    "minidiff/optim/": TRAIN_TESTS,
+    "minidiff/models/": ["tests/test_unet.py", "tests/test_nn_modules.py",
+                         "tests/test_training_wiring.py", "tests/test_train.py"],
+}
 
 D, T, M, O = "minidiff/diffusion/", "minidiff/train/", "minidiff/models/", "minidiff/optim/"
 
@@ -231,11 +240,15 @@ def main(argv=None) -> int:
                 matches = f.read().count(old)
             print(f"{i:3d}  {path:38s} {what}" + ("" if matches == 1 else f"  STALE ({matches})"))
         return 0
-    tests = [t for t in (args.tests or TESTS) if os.path.exists(os.path.join(root, t))]
-    print(f"{len(chosen)} mutants; tests: {' '.join(tests)}", flush=True)
+    def tests_for(path):
+        listed = args.tests or next(v for k, v in TESTS.items() if path.startswith(k))
+        return [t for t in listed if os.path.exists(os.path.join(root, t))]
+
+    every = sorted({t for _, (path, _, _, _) in chosen for t in tests_for(path)})
+    print(f"{len(chosen)} mutants; tests: {' '.join(every)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="minidiff-mutants-") as tree:
         copy_tree(root, tree)
-        baseline, seconds = run_tests(tree, tests, args.timeout)
+        baseline, seconds = run_tests(tree, every, args.timeout)
         print(f"unmutated tree: {'passes' if baseline == 'SURVIVED' else baseline} "
               f"({seconds:.0f} s)", flush=True)
         if baseline != "SURVIVED":
@@ -253,7 +266,7 @@ def main(argv=None) -> int:
             try:
                 with open(target, "w", encoding="utf-8") as f:
                     f.write(original.replace(old, new))
-                outcome[i], seconds = run_tests(tree, tests, args.timeout)
+                outcome[i], seconds = run_tests(tree, tests_for(path), args.timeout)
             finally:
                 with open(target, "w", encoding="utf-8") as f:
                     f.write(original)
