@@ -28,18 +28,20 @@ import sys
 import tempfile
 import time
 
-#: the tests run against a mutant of each package: its own unit tests, and those of the code
-#: that calls it (the sampler CLI for diffusion, the trainer for the optimizers and models)
+#: the tests run against a mutant, by the longest matching path prefix: its package's unit tests
+#: and those of the code that calls it (the training step's for training.py and forward.py,
+#: the trainer's for the optimizers and the models)
 DIFFUSION_TESTS = [
+    "tests/test_diffusion_oracles.py", "tests/test_diffusion_bound.py",
     "tests/test_diffusion_forward.py", "tests/test_diffusion_losses.py",
     "tests/test_diffusion_posterior.py", "tests/test_diffusion_samplers.py",
     "tests/test_diffusion_schedule.py", "tests/test_diffusion_vlb.py",
-    "tests/test_diffusion_oracles.py", "tests/test_diffusion_bound.py",
-    "tests/test_training_wiring.py", "tests/test_sample.py",
 ]
 TRAIN_TESTS = ["tests/test_optim.py", "tests/test_training_wiring.py", "tests/test_train.py"]
 TESTS = {
     "minidiff/diffusion/": DIFFUSION_TESTS,
+    "minidiff/diffusion/training.py": DIFFUSION_TESTS + ["tests/test_training_wiring.py"],
+    "minidiff/diffusion/forward.py": DIFFUSION_TESTS + ["tests/test_training_wiring.py"],
     "minidiff/train/": TRAIN_TESTS,
     "minidiff/optim/": TRAIN_TESTS,
     "minidiff/models/": ["tests/test_unet.py", "tests/test_nn_modules.py",
@@ -202,6 +204,13 @@ def copy_tree(root: str, dest: str) -> None:
             shutil.copy(os.path.join(root, name), dest)
     if os.path.isdir(os.path.join(root, "data")):
         os.symlink(os.path.abspath(os.path.join(root, "data")), os.path.join(dest, "data"))
+    # in the copy only: hypothesis reports the first failing example without shrinking it (a
+    # killed mutant needs no minimal example, and shrinking can take minutes)
+    with open(os.path.join(dest, "tests", "conftest.py"), "a", encoding="utf-8") as f:
+        f.write("\n\nfrom hypothesis import Phase  # noqa: E402\n"
+                "settings.register_profile('mutation', parent=settings.get_profile('ci'),\n"
+                "                          phases=[Phase.explicit, Phase.reuse, Phase.generate])\n"
+                "settings.load_profile('mutation')\n")
 
 
 def run_tests(tree: str, tests: list[str], timeout: float) -> tuple[str, float]:
@@ -229,7 +238,8 @@ def main(argv=None) -> int:
                         help="the checkout to mutate (default: this one)")
     parser.add_argument("--only", type=int, nargs="*", help="mutant numbers to run")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=1200,
+                        help="seconds per mutant (a timeout counts as killed, and is reported)")
     parser.add_argument("--tests", nargs="*", help="test files to run instead of TESTS")
     args = parser.parse_args(argv)
     root = os.path.abspath(args.root)
@@ -241,7 +251,7 @@ def main(argv=None) -> int:
             print(f"{i:3d}  {path:38s} {what}" + ("" if matches == 1 else f"  STALE ({matches})"))
         return 0
     def tests_for(path):
-        listed = args.tests or next(v for k, v in TESTS.items() if path.startswith(k))
+        listed = args.tests or TESTS[max((k for k in TESTS if path.startswith(k)), key=len)]
         return [t for t in listed if os.path.exists(os.path.join(root, t))]
 
     every = sorted({t for _, (path, _, _, _) in chosen for t in tests_for(path)})
