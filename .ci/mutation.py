@@ -44,8 +44,9 @@ TESTS = {
     "minidiff/diffusion/forward.py": DIFFUSION_TESTS + ["tests/test_training_wiring.py"],
     "minidiff/train/": TRAIN_TESTS,
     "minidiff/optim/": TRAIN_TESTS,
-    "minidiff/models/": ["tests/test_model_blocks.py", "tests/test_unet.py", "tests/test_nn_modules.py",
-                         "tests/test_training_wiring.py", "tests/test_train.py"],
+    "minidiff/models/": ["tests/test_model_blocks.py", "tests/test_unet.py",
+                         "tests/test_nn_modules.py", "tests/test_training_wiring.py",
+                         "tests/test_train.py"],
 }
 
 D, T, M, O = "minidiff/diffusion/", "minidiff/train/", "minidiff/models/", "minidiff/optim/"

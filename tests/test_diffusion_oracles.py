@@ -252,7 +252,8 @@ def test_exact_laws_tell_the_roads_apart():
     variances = {name: law()[1] for name, (_, law, _) in ROADS.items()}
     for a, b in [("ddpm-small", "ddpm-large"), ("ddim-eta0", "ddim-eta1"),
                  ("ddpm-small", "ddpm-small-respaced"), ("ddim-eta0", "ddim-eta0-respaced"),
-                 ("coarse-ddpm-small", "coarse-ddpm-large"), ("coarse-ddim-eta0", "coarse-ddim-eta1"),
+                 ("coarse-ddpm-small", "coarse-ddpm-large"),
+                 ("coarse-ddim-eta0", "coarse-ddim-eta1"),
                  ("coarse-ddpm-small", "coarse-ddpm-respaced")]:
         n = N if a.startswith("coarse") else NF
         se = max(variances[a], variances[b]) * math.sqrt(2 / n)

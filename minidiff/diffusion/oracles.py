@@ -15,7 +15,8 @@ E[eps | x_t] = -sqrt(1 - abar_t) grad log q(x_t) (Tweedie's formula), which for 
 
 likewise the best x_0 and v predictions (2.5)-(2.6) are
 
-    x0*(x_t, t) = E[x_0 | x_t] = sum_k r_k (m_k + sqrt(abar_t) s_k^2 / v_k (x_t - sqrt(abar_t) m_k)),
+    x0*(x_t, t) = E[x_0 | x_t]
+                = sum_k r_k (m_k + sqrt(abar_t) s_k^2 / v_k (x_t - sqrt(abar_t) m_k)),
     v*(x_t, t)  = sqrt(abar_t) eps* - sqrt(1 - abar_t) x0*.                                (8.3)
 
 One component (K = 1) is the Gaussian data set; its eps* is linear in x_t.  Timesteps are
@@ -83,8 +84,9 @@ class GaussianMixture:
         x = x.reshape(x.shape[0], -1).astype(xp.float64)
         a = backend.to_device(schedule.alphas_cumprod)[xp.asarray(raw(t)).reshape(-1)][:, None]
         v = a * self.stds[None, :] ** 2 + 1.0 - a                                # (N, K)
+        # ||x - sqrt(a) m_k||^2 for every item and component, (N, K)
         centred_sq = ((x ** 2).sum(1)[:, None] - 2.0 * xp.sqrt(a) * (x @ self.means.T)
-                      + a * (self.means ** 2).sum(1)[None, :])                 # ||x - sqrt(a) m_k||^2
+                      + a * (self.means ** 2).sum(1)[None, :])
         log_r = (xp.log(self.weights)[None, :] - 0.5 * centred_sq / v
                  - 0.5 * self.dim * xp.log(2.0 * math.pi * v))
         log_r = log_r - log_r.max(axis=1, keepdims=True)
@@ -93,24 +95,26 @@ class GaussianMixture:
 
     def eps(self, schedule, x_t, t):
         """eps*(x_t, t) of (8.2), same shape and dtype as x_t."""
+        xp = backend.xp()
         x, a, v, r = self._posterior(schedule, x_t, t)
         rv = r / v
-        out = xp_sqrt(1.0 - a) * (x * rv.sum(1, keepdims=True) - xp_sqrt(a) * (rv @ self.means))
+        out = xp.sqrt(1.0 - a) * (x * rv.sum(1, keepdims=True) - xp.sqrt(a) * (rv @ self.means))
         return out.reshape(raw(x_t).shape).astype(raw(x_t).dtype)
 
     def x0(self, schedule, x_t, t):
         """x0*(x_t, t) = E[x_0 | x_t] of (8.3), same shape and dtype as x_t."""
+        xp = backend.xp()
         x, a, v, r = self._posterior(schedule, x_t, t)
-        gain = r * xp_sqrt(a) * self.stds[None, :] ** 2 / v                     # (N, K)
-        out = (r @ self.means) + gain.sum(1, keepdims=True) * x \
-            - xp_sqrt(a) * (gain @ self.means)
+        gain = r * xp.sqrt(a) * self.stds[None, :] ** 2 / v                     # (N, K)
+        out = (r @ self.means) + gain.sum(1, keepdims=True) * x - xp.sqrt(a) * (gain @ self.means)
         return out.reshape(raw(x_t).shape).astype(raw(x_t).dtype)
 
     def v(self, schedule, x_t, t):
         """v*(x_t, t) = sqrt(abar_t) eps* - sqrt(1 - abar_t) x0* of (8.3)."""
-        a = backend.to_device(schedule.alphas_cumprod)[backend.xp().asarray(raw(t)).reshape(-1)]
+        xp = backend.xp()
+        a = backend.to_device(schedule.alphas_cumprod)[xp.asarray(raw(t)).reshape(-1)]
         a = a.reshape((-1,) + (1,) * (raw(x_t).ndim - 1))
-        out = xp_sqrt(a) * self.eps(schedule, x_t, t) - xp_sqrt(1.0 - a) * self.x0(schedule, x_t, t)
+        out = xp.sqrt(a) * self.eps(schedule, x_t, t) - xp.sqrt(1.0 - a) * self.x0(schedule, x_t, t)
         return out.astype(raw(x_t).dtype)
 
     def model(self, schedule, prediction: str = "eps"):
@@ -121,6 +125,3 @@ class GaussianMixture:
         predict = getattr(self, prediction)
         return lambda x_t, t: predict(schedule, x_t, t)
 
-
-def xp_sqrt(value):
-    return backend.xp().sqrt(value)
