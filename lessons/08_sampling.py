@@ -352,7 +352,8 @@ else:
     for label, _, drawn in (mixture_rows[0], mixture_rows[3]):
         axes[3].hist(drawn, bins=80, range=(-1, 1), density=True, alpha=0.5, label=label)
     axes[3].plot(grid, density, "k", lw=1, label="data")
-    axes[3].set(title="mixture data, exact eps (8.2)", xlabel="x")
+    axes[3].set(title="mixture data, exact eps (8.2)", xlabel="x",
+                ylim=(0, 1.5 * density.max()))   # the 1-step samples: one spike, cut off
     axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "08_sampling.png", dpi=100)
