@@ -17,8 +17,9 @@
 #
 # 1. A one-point data set: the exact eps, and the last step without noise
 # 2. A Gaussian data set: DDPM vs DDIM at 2 ... 1000 steps
-# 3. (If a checkpoint is shipped) DDPM vs DDIM on MNIST
-# 4. The speed problem: time per sample as T and the image size grow
+# 3. A mixture of Gaussians: the exact eps in general, (8.1)-(8.3), and every sampler road
+# 4. (If a checkpoint is shipped) DDPM vs DDIM on MNIST
+# 5. The speed problem: time per sample as T and the image size grow
 #
 #     python lessons/08_sampling.py            # the full lesson
 #     python lessons/08_sampling.py --quick    # a fast pass (used by the tests)
@@ -38,7 +39,8 @@ except ImportError:  # run from a checkout without installing: use the repositor
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import minidiff as md
 from minidiff import backend
-from minidiff.diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from minidiff.diffusion import NoiseSchedule, as_eps_model, ddim_sample, ddpm_sample
+from minidiff.diffusion.oracles import GaussianMixture
 from minidiff.models import UNet
 from minidiff.paths import resolve_user_path
 from minidiff.tensor import Tensor, no_grad
@@ -49,7 +51,7 @@ parser = argparse.ArgumentParser(description="Lesson 08: sampling")
 parser.add_argument("--quick", action="store_true", help="a fast pass (smaller everything)")
 parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
 parser.add_argument("--checkpoint", default="data/checkpoints/quick.npz",
-                    help="a trained checkpoint for section 3 (skipped when absent)")
+                    help="a trained checkpoint for section 4 (skipped when absent)")
 args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
 
 out_dir = pathlib.Path(args.out)
@@ -164,7 +166,84 @@ for row in table:
         assert row[4] < row[2], row
 
 # %% [markdown]
-# ## 3. A trained network (when a checkpoint is shipped)
+# ## 3. A mixture of Gaussians: the exact eps in general
+#
+# Sections 1 and 2 guessed eps* from the form of the data.  There is a rule behind both.  The
+# network that minimises L_simple (4.6) is the average noise given what it sees,
+# eps*(x_t, t) = E[eps | x_t].  Write x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (2.4) and let
+# q(x_t) be its density.  Differentiating q(x_t) = E_{x_0}[N(x_t; sqrt(abar) x_0, (1 - abar) I)]
+# under the expectation gives grad q = E_{x_0}[N(...) (sqrt(abar) x_0 - x_t) / (1 - abar)], and
+# sqrt(abar) x_0 - x_t = -sqrt(1 - abar) eps, so grad log q(x_t) = -E[eps | x_t] / sqrt(1 - abar):
+#
+#     eps*(x_t, t) = -sqrt(1 - abar_t) grad log q(x_t)      (the score, up to a factor).
+#
+# For data x_0 ~ sum_k w_k N(m_k, s_k^2 I), x_t given component k is N(sqrt(abar) m_k, v_k I)
+# with v_k = abar s_k^2 + 1 - abar, so x_t is a mixture too, and its score is a weighted sum:
+#
+#     q(x_t) = sum_k w_k N(x_t; sqrt(abar) m_k, v_k I)                                   (8.1)
+#     eps*(x_t, t) = sqrt(1 - abar) sum_k r_k(x_t) (x_t - sqrt(abar) m_k) / v_k           (8.2)
+#     r_k(x_t) = w_k N(x_t; sqrt(abar) m_k, v_k I) / q(x_t),
+#
+# r_k being how much component k explains x_t.  The x_0 and v an exact network would predict
+# follow from (2.5)-(2.6): x0* = E[x_0 | x_t] = sum_k r_k (m_k + sqrt(abar) s_k^2 / v_k
+# (x_t - sqrt(abar) m_k)) and v* = sqrt(abar) eps* - sqrt(1 - abar) x0*                 (8.3).
+# One component is section 2's Gaussian; a point (s -> 0) is section 1's.
+#
+# ``minidiff.diffusion.oracles.GaussianMixture`` implements (8.1)-(8.3); the tests run every
+# sampler with it.  Here we check (8.2) against a numerical gradient of log q, then sample:
+# unlike a one-point data set, every step matters, and one step cannot get the mixture right.
+
+# %%
+mixture = GaussianMixture([[-0.5], [0.1], [0.6]], [0.1, 0.15, 0.08], [0.2, 0.3, 0.5])
+m_k, s_k, w_k = (host(a) for a in (mixture.means[:, 0], mixture.stds, mixture.weights))
+
+
+def log_q(x, abar):                                                          # (8.1), 1-D
+    v = abar * s_k ** 2 + 1 - abar
+    dens = w_k * np.exp(-0.5 * (x[:, None] - math.sqrt(abar) * m_k) ** 2 / v) / np.sqrt(
+        2 * math.pi * v)
+    return np.log(dens.sum(1))
+
+
+probe = np.linspace(-2, 2, 9)
+worst = 0.0
+for index in (0, 100, 500, 999):
+    abar = float(schedule.alphas_cumprod[index])
+    h_step = 1e-5
+    score = (log_q(probe + h_step, abar) - log_q(probe - h_step, abar)) / (2 * h_step)
+    eps_star = host(mixture.eps(schedule, xp.asarray(probe[:, None]), xp.full((9,), index)))
+    worst = max(worst, float(np.abs(eps_star[:, 0] + math.sqrt(1 - abar) * score).max()))
+print(f"(8.2) eps* = -sqrt(1 - abar) grad log q: max |difference| from a central difference "
+      f"= {worst:.1e}")
+assert worst < 1e-6
+
+# Each sampler with the exact model: how much mass lands nearest each component?
+n_mix = 2000 if args.quick else 20000
+edges = [-0.2, 0.35]                            # between the components
+data_draws, _ = mixture.sample(200_000)
+want_mass = np.bincount(np.digitize(host(data_draws)[:, 0], edges), minlength=3) / 200_000
+mixture_rows = []
+for label, run in (("DDPM, 1000 steps, fixed_large",
+                    lambda m: ddpm_sample(m, schedule, (n_mix, 1), variance="fixed_large")),
+                   ("DDIM eta=0, 100 steps", lambda m: ddim_sample(m, schedule, (n_mix, 1),
+                                                                   steps=100)),
+                   ("DDIM eta=0, 100 steps, v-network",
+                    lambda m: ddim_sample(as_eps_model(mixture.model(schedule, "v"), schedule,
+                                                       "v"), schedule, (n_mix, 1), steps=100)),
+                   ("DDIM, 1 step", lambda m: ddim_sample(m, schedule, (n_mix, 1), steps=1))):
+    md.manual_seed(3)
+    drawn = host(run(mixture.model(schedule)))[:, 0]
+    mass = np.bincount(np.digitize(drawn, edges), minlength=3) / n_mix
+    mixture_rows.append((label, mass, drawn))
+    print(f"{label:34s} mass per component {np.round(mass, 3)} (data {np.round(want_mass, 3)})")
+mass_se = np.sqrt(want_mass * (1 - want_mass) / n_mix)
+for label, mass, _ in mixture_rows[:3]:   # 5 standard errors, plus 0.01 for the sampler's own
+    assert np.all(np.abs(mass - want_mass) < 5 * mass_se + 0.01), (label, mass)
+one_step = mixture_rows[3][1]              # x0*(x_T): every sample near the mixture's mean
+assert np.abs(one_step - want_mass).max() > 0.2, one_step
+
+# %% [markdown]
+# ## 4. A trained network (when a checkpoint is shipped)
 #
 # With `data/checkpoints/quick.npz` (written by `minidiff train`), the same comparison on
 # MNIST: DDPM with all 1000 steps vs DDIM with 50.  Skipped when the file is absent.
@@ -200,15 +279,17 @@ if pathlib.Path(args.checkpoint).exists():
     save_grid(from_unit_range(sampled), out_dir / "08_checkpoint_samples.png", nrow=k)
     print(f"samples written to {out_dir / '08_checkpoint_samples.png'}")
 else:
-    print(f"no checkpoint at {args.checkpoint}: section 3 skipped (run `minidiff train`)")
+    print(f"no checkpoint at {args.checkpoint}: section 4 skipped (run `minidiff train`)")
 
 # %% [markdown]
-# ## 4. The speed problem
+# ## 5. The speed problem
 #
 # Every sampling step is one full network evaluation.  We time one no-grad forward pass of a
 # U-Net at growing image sizes (attention at a quarter of the size, as in the reference) and
 # multiply by the number of steps: T = 1000 DDPM steps versus 50 DDIM steps.  The cost grows
 # at least with the number of pixels (convolutions), and attention's grows with its square.
+# These are measurements on whatever machine runs the lesson, printed, not asserted: a timing
+# on a busy machine can come out in any order (``minidiff bench`` is where speed is measured).
 
 # %%
 sizes = (16, 32) if args.quick else (28, 56, 112)
@@ -232,7 +313,6 @@ print(f"U-Net ({base} base channels) forward, batch {batch}, median of {repeats}
 print(f"{'size':>8s} {'ms/forward':>11s} {'DDPM T=1000 (s)':>16s} {'DDIM 50 (s)':>12s}")
 for size, ms in forward_ms.items():
     print(f"{size:>5d}^2 {ms:11.1f} {ms:16.1f} {ms * 50 / 1000:12.2f}")
-assert forward_ms[sizes[-1]] > forward_ms[sizes[0]], "bigger images take longer"
 growth = forward_ms[sizes[-1]] / forward_ms[sizes[0]]
 print(f"x{(sizes[-1] / sizes[0]) ** 2:.0f} pixels costs x{growth:.1f} time "
       "(on a shared machine: indicative)")
@@ -248,7 +328,7 @@ try:
 except ImportError:
     print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
 else:
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     md.manual_seed(2)
     few = ddpm_sample(gaussian_eps, schedule, (2000, 2), steps=step_counts[0], clip_x0=False)
     md.manual_seed(2)
@@ -270,6 +350,14 @@ else:
     axes[2].set(xlabel="pixels", ylabel=f"seconds per batch of {batch}",
                 title="the speed problem")
     axes[2].legend()
+    grid = np.linspace(-1, 1, 400)
+    density = np.exp(log_q(grid, 1.0 - 1e-12))          # abar -> 1: the data's density (8.1)
+    for label, _, drawn in (mixture_rows[0], mixture_rows[3]):
+        axes[3].hist(drawn, bins=80, range=(-1, 1), density=True, alpha=0.5, label=label)
+    axes[3].plot(grid, density, "k", lw=1, label="data")
+    axes[3].set(title="mixture data, exact eps (8.2)", xlabel="x",
+                ylim=(0, 1.5 * density.max()))   # the 1-step samples: one spike, cut off
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "08_sampling.png", dpi=100)
     plt.close(fig)
@@ -281,6 +369,9 @@ else:
 # * (3.7) Algorithm 2 is the posterior mean at the predicted x_0 plus sigma_t z, with no
 #   noise at the last step: for an exact model it returns the data point itself.
 # * DDIM (eta = 0) reaches the data in far fewer steps than ancestral DDPM.
+# * (8.1)-(8.3) The exact eps of any Gaussian mixture is -sqrt(1 - abar) times the score of
+#   q(x_t), a responsibility-weighted sum: with it every sampler puts the right mass on each
+#   component, while a single step collapses onto the mean.
 # * Each step costs one U-Net pass, and that cost grows with the pixel count: 1000 of them
 #   per sample is the price DDIM, distillation and latent diffusion all attack.
 

@@ -82,3 +82,15 @@ def broadcast_pair(draw, elements_a=None, elements_b=None):
     """Two float64 arrays whose shapes broadcast together."""
     shape_a, shape_b = draw(broadcastable_shapes(2))
     return draw(arrays(shape_a, elements_a)), draw(arrays(shape_b, elements_b))
+
+
+@st.composite
+def gaussian_mixtures(draw, max_components=3, max_dim=3):
+    """(means (K, D), stds (K,), weights (K,)) of a mixture of isotropic Gaussians, the data
+    sets whose exact denoiser ``minidiff.diffusion.oracles.GaussianMixture`` knows."""
+    k = draw(st.integers(1, max_components))
+    d = draw(st.integers(1, max_dim))
+    means = draw(arrays((k, d), floats(-0.8, 0.8)))
+    stds = draw(arrays((k,), floats(0.05, 0.5)))
+    raw = draw(arrays((k,), floats(0.1, 1.0)))
+    return means, stds, raw / raw.sum()

@@ -31,7 +31,10 @@ def test_posterior_is_bayes_rule_on_a_grid(sched, data, x0, x_t):
     mean_grid = (w * grid).sum()
     var_grid = (w * (grid - mean_grid) ** 2).sum()
     mean, var, log_var = q_posterior(sched, dev([[x0]]), dev([[x_t]]), dev([step]))
-    if var_grid < 1e-5:  # the grid cannot resolve a very narrow posterior
+    if var_grid < 1e-5:
+        # the grid (spacing 1.2e-4) cannot resolve so narrow a posterior: check only that the
+        # library's is as narrow, and its mean where the grid's mass is
+        assert h(var).item() < 2e-5 and abs(h(mean).item() - mean_grid) < 1e-3
         return
     np.testing.assert_allclose(h(mean).item(), mean_grid, atol=1e-5 + 1e-3 * math.sqrt(var_grid))
     np.testing.assert_allclose(h(var).item(), var_grid, rtol=1e-3)

@@ -27,7 +27,8 @@ LESSONS = {
                    ("assert ", "savefig", "--quick"), 300),
     "07_training.py": (("(2.4)", "(4.6)", "mean loss over the first"),
                        ("assert ", "savefig", "--quick"), 300),
-    "08_sampling.py": (("(3.7)", "DDIM", "ms/forward"), ("assert ", "savefig", "--quick"), 300),
+    "08_sampling.py": (("(3.7)", "DDIM", "(8.2)", "ms/forward"), ("assert ", "savefig", "--quick"),
+                       300),
     "09_autoencoder.py": (("(9.1)", "(9.3)", "Monte Carlo (9.2)", "(9.5)", "(9.6)"),
                           ("assert ", "savefig", "--quick", "scale_by_std"), 300),
 }
