@@ -217,6 +217,13 @@ def to_device(array, backend: str | None = None):
     return _module(name).asarray(array)
 
 
+def synchronize() -> None:
+    """Wait until the device has finished its queued work (CuPy launches kernels
+    asynchronously, so a timing must end with this); nothing to wait for on NumPy/cupy-sim."""
+    if _state["name"] == "cupy":
+        _cupy.cuda.Device().synchronize()
+
+
 # ----------------------------------------------------------------------------- dtypes
 
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
