@@ -13,10 +13,11 @@ their own, and at every boundary they behave as ``cupy.ndarray`` does (read from
   ("no implementation found"); a NumPy *ufunc* (``numpy.exp(a)``, ``ndarray + a``) is
   dispatched (``__array_ufunc__``) the same way;
 * mixing with a ``numpy.ndarray`` (``a + n``, ``n * a``, ``concatenate([a, n])``,
-  ``a[...] = n``) raises ``minidiff.BackendMismatchError`` (a ``TypeError``, as CuPy's
-  "Unsupported type <class 'numpy.ndarray'>" is); NumPy *scalars* and Python numbers mix
-  freely, as in CuPy; ``asarray(n)`` (host to device) and indexing with a NumPy integer array
-  are allowed, as in CuPy;
+  ``a[:, 0] = n``) raises ``minidiff.BackendMismatchError`` (a ``TypeError``, as CuPy's
+  "Unsupported type <class 'numpy.ndarray'>" is; for the slice assignment CuPy raises a
+  ValueError from ``fill``); NumPy *scalars* and Python numbers mix freely, as in CuPy; so do
+  what CuPy copies over by itself: ``asarray(n)``, indexing with a NumPy integer or boolean
+  array, assigning a 0-d NumPy array, or a NumPy array through an array/mask index;
 * reductions and integer indexing return 0-d arrays, never NumPy scalars;
   ``float(a)``, ``int(a)``, ``bool(a)``, ``a.item()``, ``a.tolist()``, ``str(a)`` and
   ``format(a, spec)`` synchronise and work as in CuPy (``float`` of an array of more than one
@@ -125,6 +126,13 @@ def _index(key):
     if isinstance(key, tuple):
         return tuple(_index(k) for k in key)
     return key
+
+
+def _is_advanced(key) -> bool:
+    """Whether an (unwrapped) index uses integer or boolean arrays (or lists)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(p, list) or (isinstance(p, numpy.ndarray) and p.ndim > 0)
+               for p in parts)
 
 
 def _should_defer(other) -> bool:
@@ -286,7 +294,11 @@ class ndarray:
         return _wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
-        self._a[_index(key)] = _unwrap(value, "ndarray.__setitem__")
+        key = _index(key)
+        if isinstance(value, numpy.ndarray) and (value.ndim == 0 or _is_advanced(key)):
+            self._a[key] = value   # CuPy takes a 0-d host array as a scalar, and copies the
+            return                 # values of an advanced (array or mask) assignment over
+        self._a[key] = _unwrap(value, "ndarray.__setitem__")
 
     # --- operators
     def __neg__(self):
