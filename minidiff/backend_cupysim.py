@@ -384,6 +384,15 @@ def _elementwise(ufunc, where):
     return call
 
 
+def _unravel_index(indices, dims, order="C"):
+    """``cupy.unravel_index`` takes a device array only: given a Python int it fails (its
+    ``can_cast`` check refuses Python ints under NumPy 2, then ``(indices < 0).any()``)."""
+    if type(indices) is not ndarray:
+        raise TypeError(f"cupy.unravel_index: indices must be a cupy array, got "
+                        f"{type(indices).__name__} (CuPy fails on Python ints here)")
+    return _wrap(numpy.unravel_index(indices._a, dims, order=order))
+
+
 def scatter_add(a, slices, value) -> None:
     """``cupyx.scatter_add``: ``a[slices] += value`` with repeated indices accumulated."""
     if type(a) is not ndarray:
@@ -402,6 +411,7 @@ def _build() -> types.ModuleType:
         elif target is not None:
             setattr(sim, name, _wrapped(target, f"cupy.{name}"))
     sim.ndarray = ndarray
+    sim.unravel_index = _unravel_index
     sim.asarray = _asarray
     sim.array = _array
     sim.asnumpy = asnumpy
