@@ -51,7 +51,7 @@ _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
 #: (https://docs.cupy.dev/en/stable/reference/routines.html and its pages: creation,
 #: manipulation, math, logic, sorting, statistics, indexing, data types, linalg, lib).
 CUPY_API = frozenset("""
-    abs absolute add all allclose may_share_memory shares_memory amax amin any arange arccos arcsin arctan arctan2 argmax
+    abs absolute add all allclose amax amin any arange arccos arcsin arctan arctan2 argmax
     argmin argsort array array_equal asarray ascontiguousarray asnumpy atleast_1d atleast_2d
     broadcast_arrays broadcast_to ceil clip concatenate copy cos cosh cumprod cumsum diag
     diagonal divide dot einsum empty empty_like equal exp expand_dims expm1 eye flip floor
@@ -61,7 +61,7 @@ CUPY_API = frozenset("""
     not_equal ones ones_like outer pad power prod ravel reciprocal repeat reshape round rint
     sign sin sinh sort split sqrt square squeeze stack std subtract sum swapaxes take tanh
     tensordot tile trace transpose tril triu true_divide unique unravel_index var where
-    zeros zeros_like
+    zeros zeros_like may_share_memory shares_memory
 """.split())
 
 #: Sub-modules and their functions (cupy.linalg, cupy.lib.stride_tricks).
@@ -189,7 +189,7 @@ class ndarray:
         return _wrap(ufunc(*_unwrap(inputs, f"numpy.{ufunc.__name__}"), **kwargs))
 
     def __array_function__(self, func, types_, args, kwargs):
-        table = {"numpy": module_, "numpy.linalg": module_.linalg}.get(func.__module__)
+        table = {"numpy": module, "numpy.linalg": module.linalg}.get(func.__module__)
         if (table is None or not hasattr(table, func.__name__)
                 or not all(issubclass(t, (ndarray, numpy.ndarray)) for t in types_)):
             return NotImplemented      # numpy then raises "no implementation found"
@@ -207,7 +207,8 @@ class ndarray:
         if not isinstance(arr, numpy.ndarray):
             raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
         if arr.dtype != self.dtype or arr.shape != self.shape:
-            raise ValueError(f"set: expected {self.shape} {self.dtype}, got {arr.shape} {arr.dtype}")
+            raise ValueError(f"set: expected {self.shape} {self.dtype}, "
+                             f"got {arr.shape} {arr.dtype}")
         self._a[...] = arr
 
     # --- attributes
@@ -428,4 +429,4 @@ def _build() -> types.ModuleType:
 
 
 #: the simulated ``cupy`` module that ``minidiff.backend.xp()`` returns under cupy-sim
-module = module_ = _build()
+module = _build()

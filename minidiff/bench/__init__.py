@@ -23,8 +23,12 @@ def import_torch(threads: int):
 
 def torch_device(torch) -> str:
     """Where the torch side runs: "cuda" when minidiff runs on CuPy and torch sees a GPU (the
-    same kind of device for both), else "cpu"."""
+    same kind of device for both), else "cpu".  On "cuda", torch's TF32 shortcuts for float32
+    convolutions and matmuls are switched off: CuPy computes them in full float32 (unless
+    CUPY_TF32=1), and the comparison must be float32 against float32."""
     if torch is not None and backend.get_backend() == "cupy" and torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
         return "cuda"
     return "cpu"
 
