@@ -8,8 +8,11 @@ scans minidiff for every ``xp.NAME`` it uses and checks each against that verifi
 """
 import ast
 import operator
+import os
 import pathlib
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,6 +47,19 @@ def test_selectable_like_the_others(on_sim):
     t = md.tensor([1.0, 2.0])
     assert t.backend == "cupy-sim" and type(t.data) is SimArray
     assert backend.is_array(t.data) and backend.backend_name_of(t.data) == "cupy-sim"
+
+
+def test_selectable_by_environment_and_command_line():
+    env = dict(os.environ, MINIDIFF_BACKEND="cupy-sim")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, minidiff; t = minidiff.tensor([1.0]); "
+         "print(minidiff.get_backend(), type(t.data).__module__); "
+         "assert 'cupy' not in sys.modules"],
+        cwd=PACKAGE.parent, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cupy-sim", "minidiff.backend_cupysim"]
+    from minidiff.cli import build_parser
+    assert build_parser().parse_args(["--backend", "cupy-sim", "demo"]).backend == "cupy-sim"
 
 
 @pytest.mark.parametrize("convert", [
