@@ -74,6 +74,7 @@ __all__ = [
     "array_module_of", "backend_name_of", "is_array", "is_device_backend", "to_host", "to_device",
     "set_default_dtype", "default_dtype", "manual_seed", "get_rng_state", "set_rng_state",
     "randn", "rand", "randint", "permutation", "scatter_add", "save_npz", "load_npz", "host",
+    "synchronize",
 ]
 
 #: NumPy itself, for host-side work that is not math (image and file I/O).
