@@ -21,9 +21,11 @@ their own, and at every boundary they behave as ``cupy.ndarray`` does (read from
 * reductions and integer indexing return 0-d arrays, never NumPy scalars;
   ``float(a)``, ``int(a)``, ``bool(a)``, ``a.item()``, ``a.tolist()``, ``str(a)`` and
   ``format(a, spec)`` synchronise and work as in CuPy (``float`` of an array of more than one
-  element fails, as NumPy's does); ``operator.index(a)`` fails (CuPy defines no ``__index__``);
-* only names in ``CUPY_API`` exist in the module, each checked against CuPy's API reference
-  (tests/test_cupy_sim.py holds the list minidiff uses to it), so a NumPy routine that CuPy
+  element fails, as NumPy's does); ``operator.index(a)`` fails (the CuPy source read defines
+  no ``__index__``);
+* only names in ``CUPY_API`` exist in the module (routines from the tables of CuPy's API
+  reference; the ones minidiff uses were each looked up there, and tests/test_cupy_sim.py
+  fails when minidiff starts using a name outside the list), so a NumPy routine that CuPy
   lacks fails here as it would on a GPU.
 
 What it cannot catch (it runs NumPy's kernels, not CuPy's): differences in floating-point
@@ -58,7 +60,7 @@ CUPY_API = frozenset("""
     floor_divide full full_like greater greater_equal isclose isfinite isinf isnan less
     less_equal linspace log log10 log1p log2 logaddexp logical_and logical_not logical_or
     matmul max maximum mean min minimum moveaxis multiply nan_to_num negative nonzero
-    not_equal ones ones_like outer pad power prod ravel reciprocal repeat reshape round rint
+    not_equal ones ones_like outer pad power prod ravel reciprocal repeat reshape rint
     sign sin sinh sort split sqrt square squeeze stack std subtract sum swapaxes take tanh
     tensordot tile trace transpose tril triu true_divide unique unravel_index var where
     zeros zeros_like may_share_memory shares_memory
