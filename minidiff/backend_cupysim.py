@@ -400,7 +400,10 @@ def scatter_add(a, slices, value) -> None:
     """``cupyx.scatter_add``: ``a[slices] += value`` with repeated indices accumulated."""
     if type(a) is not ndarray:
         raise TypeError(f"cupyx.scatter_add: expected a cupy array, got {type(a).__name__}")
-    numpy.add.at(a._a, _index(slices), _unwrap(value, "cupyx.scatter_add"))
+    slices = _index(slices)
+    if not (isinstance(value, numpy.ndarray) and (value.ndim == 0 or _is_advanced(slices))):
+        value = _unwrap(value, "cupyx.scatter_add")   # else CuPy copies the host values over
+    numpy.add.at(a._a, slices, value)
 
 
 def _build() -> types.ModuleType:
