@@ -37,9 +37,9 @@ LESSONS = {
 def test_lesson_runs_quick(name, tmp_path):
     shown, _, timeout = LESSONS[name]
     env = {k: v for k, v in os.environ.items() if k != "MINIDIFF_BACKEND"}
-    env["MPLBACKEND"] = "Agg"
     if backend.get_backend() == "cupy-sim":   # the lessons too must keep CuPy's rules; on a
         env["MINIDIFF_BACKEND"] = "cupy-sim"  # real GPU they stay on NumPy (time budget)
+    env["MPLBACKEND"] = "Agg"
     result = subprocess.run([sys.executable, str(REPO / "lessons" / name), "--quick",
                              "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=timeout)

@@ -42,12 +42,12 @@ import subprocess
 import sys
 
 from minidiff import backend
-from minidiff.bench import (NO_TORCH, benchmark_parser, counts_error, import_torch, timed,
-                            torch_device)
+from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
 from minidiff.tensor import Tensor, no_grad
+from minidiff.bench import timed, torch_device
 
 __all__ = ["main", "run", "TOLERANCE"]
 
