@@ -121,7 +121,7 @@ with no_grad():
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     o = (weights @ v).transpose(0, 1, 3, 2).reshape(batch, 64, 7, 7)
-    by_hand = host(a_in) + host(attn.proj_out(Tensor(o.astype("float32"))))
+    by_hand = host(a_in) + host(attn.proj_out(Tensor(backend.to_device(o.astype("float32")))))
     assert np.allclose(by_hand, host(attn(a_in)), atol=1e-4)
 print(f"attention: {49} tokens x 4 heads, weights {weights.shape}, rows sum to 1: "
       f"{np.allclose(weights.sum(-1), 1)}")

@@ -5,9 +5,11 @@ numpy or cupy itself, so the same code runs on both (``tests/test_backend.py`` c
 
 What lives here:
 
-* choosing the backend: ``set_backend("numpy" | "cupy")``, or the environment variable
-  ``MINIDIFF_BACKEND`` read at import; asking for CuPy where it cannot run gives a one-line
-  ``BackendUnavailableError`` that says why (not installed, or no usable GPU);
+* choosing the backend: ``set_backend("numpy" | "cupy" | "cupy-sim")``, or the environment
+  variable ``MINIDIFF_BACKEND`` read at import; asking for CuPy where it cannot run gives a
+  one-line ``BackendUnavailableError`` that says why (not installed, or no usable GPU).
+  ``cupy-sim`` (``backend_cupysim.py``) computes with NumPy but keeps CuPy's rules at the
+  host/device boundary, so the GPU road (``is_device_backend``) can be tested on a CPU;
 * the default floating dtype (float32; float64 for gradient checks);
 * moving arrays between host and device: ``to_host``, ``to_device``, ``array_module_of``;
 * randomness: one seeded generator, ``manual_seed(n)``.  It draws on the host (NumPy's PCG64)
@@ -70,15 +72,18 @@ _keep_freed_memory()
 
 __all__ = [
     "BackendUnavailableError", "BackendMismatchError", "set_backend", "get_backend", "xp",
-    "array_module_of", "backend_name_of", "is_array", "to_host", "to_device",
+    "array_module_of", "backend_name_of", "is_array", "is_device_backend", "to_host", "to_device",
     "set_default_dtype", "default_dtype", "manual_seed", "get_rng_state", "set_rng_state",
     "randn", "rand", "randint", "permutation", "scatter_add", "save_npz", "load_npz", "host",
+    "synchronize",
 ]
 
 #: NumPy itself, for host-side work that is not math (image and file I/O).
 host = numpy
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numpy", "cupy", "cupy-sim")
+#: the backends whose arrays live on a (real or simulated) device and take CuPy's code paths
+DEVICE_BACKENDS = ("cupy", "cupy-sim")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -90,6 +95,7 @@ class BackendMismatchError(TypeError):
 
 
 _cupy = None  # the cupy module once it has been imported successfully
+_cupysim = None  # minidiff.backend_cupysim once cupy-sim has been asked for
 _state = {"name": "numpy", "dtype": numpy.float32}
 
 
@@ -125,40 +131,65 @@ def cupy_available() -> bool:
     return True
 
 
+def _import_cupysim():
+    """The CuPy simulator (imported on first use: it is no part of a plain ``import minidiff``)."""
+    global _cupysim
+    if _cupysim is None:
+        from minidiff import backend_cupysim  # noqa: PLC0415
+        _cupysim = backend_cupysim
+    return _cupysim
+
+
 def set_backend(name: str) -> None:
-    """Make ``name`` ("numpy" or "cupy") the array library of every new tensor."""
+    """Make ``name`` ("numpy", "cupy" or "cupy-sim") the array library of every new tensor."""
     if name not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
     if name == "cupy":
         _import_cupy()
+    elif name == "cupy-sim":
+        _import_cupysim()
     _state["name"] = name
 
 
 def get_backend() -> str:
-    """The name of the active backend, "numpy" or "cupy"."""
+    """The name of the active backend, "numpy", "cupy" or "cupy-sim"."""
     return _state["name"]
 
 
+def is_device_backend(name: str | None = None) -> bool:
+    """True when ``name`` (default: the active backend) keeps arrays on a device: "cupy", or
+    "cupy-sim", which must take every CuPy code path so that a CPU run tests them."""
+    return (name or _state["name"]) in DEVICE_BACKENDS
+
+
 def xp():
-    """The active array module: ``numpy`` or ``cupy``."""
-    return _cupy if _state["name"] == "cupy" else numpy
+    """The active array module: ``numpy``, ``cupy`` or the cupy-sim module."""
+    return _module(_state["name"]) if _state["name"] != "numpy" else numpy
 
 
 def _module(name: str):
-    return _import_cupy() if name == "cupy" else numpy
+    if name == "cupy":
+        return _import_cupy()
+    if name == "cupy-sim":
+        return _import_cupysim().module
+    return numpy
 
 
 def is_array(value) -> bool:
-    """True for a NumPy or (already imported) CuPy ndarray."""
+    """True for a NumPy, (already imported) CuPy or cupy-sim ndarray."""
     if isinstance(value, numpy.ndarray):
+        return True
+    if _cupysim is not None and type(value) is _cupysim.ndarray:
         return True
     return _cupy is not None and isinstance(value, _cupy.ndarray)
 
 
 def backend_name_of(array) -> str:
-    """"numpy" or "cupy": where ``array`` lives.  Raises TypeError for anything else."""
+    """"numpy", "cupy" or "cupy-sim": where ``array`` lives.  TypeError for anything else."""
     if isinstance(array, numpy.ndarray):
         return "numpy"
+    if _cupysim is not None and type(array) is _cupysim.ndarray:
+        return "cupy-sim"
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return "cupy"
     raise TypeError(f"expected a numpy or cupy array, got {type(array).__name__}")
@@ -173,6 +204,8 @@ def to_host(array):
     """A NumPy copy (or view, when already on the host) of ``array``."""
     if isinstance(array, numpy.ndarray):
         return array
+    if _cupysim is not None and type(array) is _cupysim.ndarray:
+        return array.get()
     if _cupy is not None and isinstance(array, _cupy.ndarray):
         return _cupy.asnumpy(array)
     return numpy.asarray(array)
@@ -184,6 +217,13 @@ def to_device(array, backend: str | None = None):
     if name == "numpy":
         return to_host(array)
     return _module(name).asarray(array)
+
+
+def synchronize() -> None:
+    """Wait until the device has finished its queued work (CuPy launches kernels
+    asynchronously, so a timing must end with this); nothing to wait for on NumPy/cupy-sim."""
+    if _state["name"] == "cupy":
+        _cupy.cuda.Device().synchronize()
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -269,9 +309,12 @@ def rng_offset(delta: int):
 # ----------------------------------------------------------------------------- scatter-add
 
 def scatter_add(target, index, values) -> None:
-    """``target[index] += values`` with repeated indices accumulated (``numpy.add.at``)."""
+    """``target[index] += values`` with repeated indices accumulated (``numpy.add.at``, or
+    ``cupyx.scatter_add`` on the device)."""
     if isinstance(target, numpy.ndarray):
         numpy.add.at(target, index, values)
+    elif _cupysim is not None and type(target) is _cupysim.ndarray:
+        _cupysim.scatter_add(target, index, values)   # the simulator's cupyx.scatter_add
     else:
         import cupyx  # noqa: PLC0415  (only ever reached with CuPy arrays)
         cupyx.scatter_add(target, index, values)

@@ -1,6 +1,6 @@
 """The ``minidiff`` command line.
 
-``minidiff [--backend numpy|cupy] COMMAND [options]``; each command lives in its own module
+``minidiff [--backend numpy|cupy|cupy-sim] COMMAND [options]``; each command lives in its own module
 with a ``main(argv) -> int`` that parses its own options (``minidiff COMMAND --help``).
 
 Errors in what the user gave (``MinidiffInputError`` and its subclasses, see

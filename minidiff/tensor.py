@@ -212,7 +212,8 @@ class Tensor:
         return self.data.item()
 
     def to(self, backend_name: str) -> "Tensor":
-        """A copy on another backend ("numpy" or "cupy"); a leaf keeps ``requires_grad``."""
+        """A copy on another backend ("numpy", "cupy" or "cupy-sim"); a leaf keeps
+        ``requires_grad``."""
         return Tensor(backend.to_device(self.data, backend_name), requires_grad=self.requires_grad)
 
     def zero_grad(self) -> None:

@@ -78,7 +78,7 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
         error = xp.abs(analytic - numeric) - (atol + rtol * xp.abs(numeric))
         worst = int(error.argmax()) if error.size else 0
         if error.size and error.reshape(-1)[worst].item() > 0:
-            where = tuple(int(i) for i in xp.unravel_index(worst, x.shape))
+            where = tuple(int(i) for i in backend.host.unravel_index(worst, x.shape))
             raise GradcheckError(
                 f"gradient of input {index} (shape {x.shape}) is wrong at {where}: "
                 f"backward gives {analytic.reshape(-1)[worst].item():.8g}, finite differences "

@@ -3,7 +3,8 @@
 * Hypothesis profile ``ci`` (no deadline: the first call of an op, or a GPU warm-up, can be
   slow) is registered and loaded; pick another with ``--hypothesis-profile``.
 * Backend: the suite runs on the backend named by the environment variable
-  ``MINIDIFF_BACKEND`` ("numpy", the default, or "cupy").  With ``MINIDIFF_BACKEND=cupy`` on a
+  ``MINIDIFF_BACKEND`` ("numpy", the default, "cupy", or "cupy-sim": the CuPy simulator
+  that takes CuPy's code paths on a CPU).  With ``MINIDIFF_BACKEND=cupy`` on a
   machine where CuPy cannot run, every test is skipped with the reason.  Tests that need CuPy
   whatever the active backend carry ``@pytest.mark.cupy`` (or ``gpu``, see setup.cfg) and are skipped with a reason when
   ``minidiff.backend.cupy_available()`` is False.
@@ -74,7 +75,7 @@ def _fresh_backend_state():
 
 @pytest.fixture
 def backend_name():
-    """The backend this run of the suite uses ("numpy" or "cupy")."""
+    """The backend this run of the suite uses ("numpy", "cupy" or "cupy-sim")."""
     return backend.get_backend()
 
 

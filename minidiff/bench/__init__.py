@@ -4,6 +4,9 @@ import argparse
 import importlib
 import os
 import sys
+import time
+
+from minidiff import backend
 
 from minidiff.validation import ArgumentParser, int_arg
 
@@ -22,6 +25,29 @@ def import_torch(threads: int):
         return None
     torch.set_num_threads(threads)
     return torch
+
+
+def torch_device(torch) -> str:
+    """Where the torch side runs: "cuda" when minidiff runs on CuPy and torch sees a GPU (the
+    same kind of device for both), else "cpu".  On "cuda", torch's TF32 shortcuts for float32
+    convolutions and matmuls are switched off: CuPy computes them in full float32 (unless
+    CUPY_TF32=1), and the comparison must be float32 against float32."""
+    if torch is not None and backend.get_backend() == "cupy" and torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return "cuda"
+    return "cpu"
+
+
+def timed(fn, torch=None, device: str = "cpu") -> float:
+    """Seconds that ``fn()`` takes, waiting for the GPU work it queued (CuPy's and, on
+    "cuda", torch's) before the clock stops: both launch kernels asynchronously."""
+    start = time.perf_counter()
+    fn()
+    backend.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 #: what a benchmark's title says in place of the torch version when torch does not run

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from minidiff import backend
-from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
+from minidiff.bench import (NO_TORCH, benchmark_parser, counts_error, import_torch, timed,
+                            torch_device)
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
 
@@ -90,30 +90,25 @@ def _theirs(torch, kind, a, tensors):
     out.backward(torch.ones_like(out))
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def run(args) -> dict:
     """Time every case; returns {"rows": [...], "total": {...}} (seconds, minimum of repeats)."""
     torch = None if args.no_torch else import_torch(args.threads)
+    device = torch_device(torch)
     backend.manual_seed(0)
     rows = []
     for name, kind, a, weight in CASES:
         arrays = _inputs(kind, a, args.batch)
         ours, theirs = [], []
-        tt = [torch.from_numpy(backend.to_host(x)) for x in arrays] if torch else None
+        tt = [torch.from_numpy(backend.to_host(x)).to(device) for x in arrays] if torch else None
         _ours(kind, a, arrays)  # warm up both
         if torch:
             _theirs(torch, kind, a, tt)
         for _ in range(2):  # two rounds of back-to-back repeats per framework
             for _ in range((args.repeat + 1) // 2):
-                ours.append(_timed(lambda: _ours(kind, a, arrays)))
+                ours.append(timed(lambda: _ours(kind, a, arrays)))
             if torch:
                 for _ in range((args.repeat + 1) // 2):
-                    theirs.append(_timed(lambda: _theirs(torch, kind, a, tt)))
+                    theirs.append(timed(lambda: _theirs(torch, kind, a, tt), torch, device))
         row = {"name": name, "weight": weight, "minidiff_ms": 1e3 * min(ours)}
         if torch:
             row["torch_ms"] = 1e3 * min(theirs)
@@ -124,14 +119,16 @@ def run(args) -> dict:
         total["torch_ms"] = sum(r["weight"] * r["torch_ms"] for r in rows)
         total["ratio"] = total["minidiff_ms"] / total["torch_ms"]
     return {"batch": args.batch, "repeat": args.repeat, "threads": args.threads,
-            "torch": torch.__version__ if torch else None, "rows": rows, "total": total}
+            "torch": torch.__version__ if torch else None, "torch_device": device,
+            "backend": backend.get_backend(), "rows": rows, "total": total}
 
 
 def _print_table(result) -> None:
     has_torch = result["torch"] is not None
     print(f"forward+backward, float32, batch {result['batch']}, min of {result['repeat']}, "
-          f"{result['threads']} threads" + (f", torch {result['torch']}" if has_torch
-                                             else NO_TORCH))
+          f"{result['threads']} threads, backend {result['backend']}"
+          + (f", torch {result['torch']} on {result['torch_device']}" if has_torch
+             else NO_TORCH))
     head = f"{'op':28s} {'minidiff ms':>12s}" + (f" {'torch ms':>10s} {'ratio':>7s}"
                                                 if has_torch else "")
     print(head)

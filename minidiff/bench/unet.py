@@ -40,7 +40,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 from minidiff import backend
 from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
@@ -49,6 +48,7 @@ from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
 from minidiff.tensor import Tensor, no_grad
+from minidiff.bench import timed, torch_device
 
 __all__ = ["main", "run", "TOLERANCE"]
 
@@ -65,12 +65,6 @@ def _config(args) -> UNetConfig:
         overrides["image_size"] = args.image_size
         overrides["attention_resolutions"] = (args.image_size // 4,)
     return UNetConfig.from_dict({**REFERENCE_CONFIG.to_dict(), **overrides})
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- the two sides
@@ -98,20 +92,21 @@ class _Minidiff:
 
 
 class _Torch:
-    def __init__(self, torch, twin, schedule, x0, t):
-        self.torch, self.model = torch, twin
+    def __init__(self, torch, twin, schedule, x0, t, device="cpu"):
+        self.torch, self.model, self.device = torch, twin.to(device), device
         self.optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-4, weight_decay=1e-2)
-        self.sqrt_abar = torch.from_numpy(backend.to_host(schedule.sqrt_alphas_cumprod)).float()
-        self.sqrt_1mabar = torch.from_numpy(
-            backend.to_host(schedule.sqrt_one_minus_alphas_cumprod)).float()
+
+        def moved(array):
+            return torch.from_numpy(backend.to_host(array).copy()).to(device)
+        self.sqrt_abar = moved(schedule.sqrt_alphas_cumprod).float()
+        self.sqrt_1mabar = moved(schedule.sqrt_one_minus_alphas_cumprod).float()
         self.T = schedule.num_timesteps
-        self.x0 = torch.from_numpy(backend.to_host(x0).copy())
-        self.t = torch.from_numpy(backend.to_host(t).copy())
+        self.x0, self.t = moved(x0), moved(t)
 
     def train_step(self):
         torch, x0 = self.torch, self.x0
         self.optimizer.zero_grad(set_to_none=True)
-        t = torch.randint(0, self.T, (x0.shape[0],))
+        t = torch.randint(0, self.T, (x0.shape[0],), device=self.device)
         noise = torch.randn_like(x0)
         x_t = self.sqrt_abar[t][:, None, None, None] * x0 + \
             self.sqrt_1mabar[t][:, None, None, None] * noise
@@ -189,6 +184,7 @@ def _stats(seconds) -> dict:
 def run(args) -> dict:
     """Time both steps (and measure memory unless ``args.no_memory``); returns a dict."""
     torch = None if args.no_torch else import_torch(args.threads)
+    device = torch_device(torch)
     backend.manual_seed(0)
     config = _config(args)
     schedule = NoiseSchedule.linear(1000)
@@ -203,21 +199,24 @@ def run(args) -> dict:
         if not agreement <= TOLERANCE:
             raise AssertionError(f"minidiff and torch U-Nets disagree: max |diff| = "
                                  f"{agreement:.3g} > {TOLERANCE}")
-        theirs = _Torch(torch, twin, schedule, ours.x0, ours.t)
+        theirs = _Torch(torch, twin, schedule, ours.x0, ours.t, device)  # agreement: on the CPU
     sides = [("minidiff", ours)] + ([("torch", theirs)] if theirs else [])
     times = {name: {"train": [], "sample": []} for name, _ in sides}
-    for _, side in sides:       # warm-up: first calls allocate pools, caches, optimizer state
-        side.train_step()
-        side.sample_step()
+    for name, side in sides:    # warm-up: first calls allocate pools, caches, optimizer state
+        timed(side.train_step, torch, device if name == "torch" else "cpu")
+        timed(side.sample_step, torch, device if name == "torch" else "cpu")
     for _ in range(args.repeat):
         for name, side in sides:
-            times[name]["train"].append(_timed(side.train_step))
+            times[name]["train"].append(
+                timed(side.train_step, torch, device if name == "torch" else "cpu"))
         for name, side in sides:
-            times[name]["sample"].append(_timed(side.sample_step))
+            times[name]["sample"].append(
+                timed(side.sample_step, torch, device if name == "torch" else "cpu"))
     result = {
         "config": config.to_dict(), "parameters": ours.model.num_parameters(),
         "batch": args.batch, "repeat": args.repeat, "threads": args.threads,
         "cpus": os.cpu_count(), "torch": torch.__version__ if torch else None,
+        "backend": backend.get_backend(), "torch_device": device,
         "max_abs_diff": agreement, "tolerance": TOLERANCE,
         "minidiff": {"train_step": _stats(times["minidiff"]["train"]),
                      "sample_step": _stats(times["minidiff"]["sample"])},
@@ -232,7 +231,8 @@ def run(args) -> dict:
         result["ratio_of_minima"] = {key: result["minidiff"][key]["min_ms"] /
                                      result["torch_times"][key]["min_ms"]
                                      for key in ("train_step", "sample_step")}
-    if not args.no_memory:
+    # the peak-memory probe measures host RSS on NumPy: meaningless for arrays on a GPU
+    if not args.no_memory and not backend.is_device_backend():
         mem = _measure_memory(args, "minidiff")
         result["minidiff"]["peak_memory_mb"] = mem and mem["peak_growth_bytes"] / 2 ** 20
         if theirs:
@@ -249,7 +249,8 @@ def _print_table(r) -> None:
     print(f"U-Net ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
           f"{r['threads']} threads, median/min of {r['repeat']} after a warm-up "
           "(ratios: of the medians / of the minima)"
-          + (f", torch {r['torch']}" if has_torch else NO_TORCH))
+          + f", backend {r['backend']}"
+          + (f", torch {r['torch']} on {r['torch_device']}" if has_torch else NO_TORCH))
     if has_torch:
         print(f"outputs agree: max |minidiff - torch| = {r['max_abs_diff']:.2e} "
               f"(tolerance {r['tolerance']:.0e})")
