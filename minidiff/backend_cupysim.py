@@ -61,7 +61,8 @@ CUPY_API = frozenset("""
     less_equal linspace log log10 log1p log2 logaddexp logical_and logical_not logical_or
     matmul max maximum mean min minimum moveaxis multiply nan_to_num negative nonzero
     not_equal ones ones_like outer pad power prod ravel reciprocal repeat reshape rint
-    sign sin sinh sort split sqrt square squeeze stack std subtract sum swapaxes take tanh
+    searchsorted sign sin sinh sort split sqrt square squeeze stack std subtract sum swapaxes
+    take tanh
     tensordot tile trace transpose tril triu true_divide unique unravel_index var where
     zeros zeros_like may_share_memory shares_memory
 """.split())
