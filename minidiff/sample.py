@@ -4,9 +4,13 @@
     minidiff sample --checkpoint F --sampler ddpm --steps 1000 --n 64 --seed 0 \\
                     --gif denoise.gif --strip strip.png
     minidiff --backend cupy sample --checkpoint F ...       # the same, on the GPU
+    minidiff sample --checkpoint data/checkpoints/ldm.npz --out digits.npz   # raw uint8
 
 The model is rebuilt from the configuration stored in the checkpoint and given its EMA
-weights (``--raw`` for the last trained weights).  ``--gif`` animates the whole grid from
+weights (``--raw`` for the last trained weights).  A latent diffusion model (its config
+names an ``autoencoder``) samples latents and decodes them with that autoencoder, which must
+be the one it was trained on (``minidiff.spaces``).  ``--out`` ending in ``.npz`` writes the
+raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif`` animates the whole grid from
 x_T to x_0; ``--strip`` shows the first digit's reverse process as one row.
 """
 from __future__ import annotations
@@ -19,7 +23,9 @@ from minidiff.data import from_unit_range
 from minidiff.diffusion import ddim_sample, ddpm_sample
 from minidiff.images import save_gif, save_grid, save_strip
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import CheckpointError, eps_model_from_checkpoint
+from minidiff.spaces import SpaceError, space_from_checkpoint
+from minidiff.train.checkpoint import (CheckpointError, eps_model_from_checkpoint,
+                                       load_checkpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,22 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
     parser.add_argument("--n", type=int, default=64, help="number of digits")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="samples.png", help="PNG grid to write")
+    parser.add_argument("--out", default="samples.png",
+                        help="PNG grid to write, or FILE.npz for the raw uint8 digits")
     parser.add_argument("--gif", help="also write the denoising animation here")
     parser.add_argument("--strip", help="also write one digit's reverse process here")
     parser.add_argument("--frames", type=int, default=20, help="frames in --gif / --strip")
     parser.add_argument("--raw", action="store_true", help="use the raw, not the EMA, weights")
+    parser.add_argument("--autoencoder", default=None, metavar="AE",
+                        help="a latent model's autoencoder, if not at the path it recorded")
     return parser
 
 
 def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
-           seed: int = 0, eta: float = 0.0, frames: int = 0):
-    """``(x0, frames)`` in [-1, 1]: ``n`` digits from ``eps_model`` (frames empty unless
-    asked)."""
+           seed: int = 0, eta: float = 0.0, frames: int = 0, space=None):
+    """``(x0, frames)``: ``n`` samples from ``eps_model`` in ``space`` (default pixels, in
+    [-1, 1]; ``space.decode`` turns them into images), frames empty unless asked."""
     steps = steps or (50 if sampler == "ddim" else schedule.num_timesteps)
     backend.manual_seed(seed)
-    shape = (n, 1, config.get("image_size", 28), config.get("image_size", 28))
-    kwargs = {"steps": steps}
+    size = config.get("image_size", 28)
+    shape = (n, *(space.shape if space is not None else (1, size, size)))
+    kwargs = {"steps": steps, "clip_x0": space.clip_x0 if space is not None else True}
     if sampler == "ddim":
         kwargs["eta"] = eta
     if frames:
@@ -63,9 +73,12 @@ def main(argv=None) -> int:
         print("minidiff: --n and --steps must be positive", file=sys.stderr)
         return 2
     try:
+        arrays = load_checkpoint(args.checkpoint)
         eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
-                                                                use_ema=not args.raw)
-    except CheckpointError as error:
+                                                                use_ema=not args.raw,
+                                                                arrays=arrays)
+        space = space_from_checkpoint(arrays, args.autoencoder)
+    except (CheckpointError, SpaceError) as error:
         print(f"minidiff: {error}", file=sys.stderr)
         return 2
     except StateDictError as error:
@@ -75,15 +88,19 @@ def main(argv=None) -> int:
         return 2
     want_frames = args.frames if (args.gif or args.strip) else 0
     x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, args.n, args.seed,
-                        args.eta, want_frames)
-    save_grid(from_unit_range(x0), args.out)
+                        args.eta, want_frames, space)
+    digits = from_unit_range(space.decode(x0))
+    if args.out.lower().endswith(".npz"):
+        backend.save_npz(args.out, {"images": digits[:, 0]})
+    else:
+        save_grid(digits, args.out)
     print(f"wrote {args.out} ({args.n} digits, {args.sampler}, seed {args.seed})")
     if args.gif:
-        save_gif([from_unit_range(f) for f in frames], args.gif)
+        save_gif([from_unit_range(space.decode(f)) for f in frames], args.gif)
         print(f"wrote {args.gif} ({len(frames)} frames)")
     if args.strip:
-        save_strip(backend.host.concatenate([from_unit_range(f[:1]) for f in frames]),
-                   args.strip)
+        save_strip(backend.host.concatenate([from_unit_range(space.decode(f[:1]))
+                                             for f in frames]), args.strip)
         print(f"wrote {args.strip}")
     return 0
 

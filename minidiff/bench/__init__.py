@@ -1,11 +1,13 @@
 """Benchmarks: ``minidiff bench layers`` and ``minidiff bench unet`` time minidiff against
-PyTorch in the same process when torch is importable (it is never a dependency)."""
+PyTorch in the same process when torch is importable (it is never a dependency);
+``minidiff bench ldm`` sets the pixel model against the latent one."""
 import argparse
 import importlib
 import os
 import sys
 
-BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet"}
+BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet",
+              "ldm": "minidiff.bench.ldm"}
 
 
 def import_torch(threads: int):

@@ -32,8 +32,10 @@ def _text(value: str):
 
 
 def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None,
-                    scheduler=None, history=(), ema_only: bool = False) -> None:
-    """Write one checkpoint file (see the module docstring for what goes in)."""
+                    scheduler=None, history=(), ema_only: bool = False,
+                    extra: dict | None = None) -> None:
+    """Write one checkpoint file (see the module docstring for what goes in); ``extra``:
+    more named arrays (a latent model's ``autoencoder.sha256``), kept in exports too."""
     host = backend.host
     arrays = {f"ema.{k}": v for k, v in zip(model.state_dict(), ema.shadow)}
     arrays.update({"config": _text(json.dumps(config, sort_keys=True)),
@@ -46,6 +48,7 @@ def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None
         arrays.update({f"sched.{k}": v for k, v in scheduler.state_dict().items()})
         arrays["rng"] = _text(backend.get_rng_state())
         arrays["history.loss"] = host.asarray(list(history), dtype=host.float64)
+    arrays.update({k: _text(v) if isinstance(v, str) else v for k, v in (extra or {}).items()})
     backend.save_npz(path, arrays)
 
 
@@ -83,6 +86,10 @@ def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None
     from minidiff.train.presets import model_config  # noqa: PLC0415
     arrays = load_checkpoint(path) if arrays is None else arrays
     config = arrays["config"]
+    if config.get("model", "unet") != "unet":
+        raise CheckpointError(f"{path}: expected a diffusion checkpoint (model 'unet', from "
+                              "'minidiff train --preset quick' or '--preset ldm-quick'), got "
+                              f"model {config['model']!r}")
     weights = group(arrays, "ema" if use_ema else "model")
     if not weights:
         raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "

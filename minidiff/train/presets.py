@@ -22,12 +22,14 @@ class ConfigError(ValueError):
 
 
 #: keys forwarded to ``UNetConfig``
-MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
+MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
               "num_heads", "dropout", "groups", "time_embed_dim")
 
 _COMMON = {
-    # data and diffusion
-    "image_size": 28, "T": 1000, "schedule": "linear",
+    # data and diffusion: x_0 is (in_channels, image_size, image_size); a non-empty
+    # ``autoencoder`` (a checkpoint path) makes it that autoencoder's latents (lesson 10)
+    "in_channels": 1, "out_channels": 1, "image_size": 28, "T": 1000, "schedule": "linear",
+    "autoencoder": "",
     # what the network predicts: "eps" (Ho et al.), "x0" or "v" (lesson 02, (2.5)-(2.6))
     "prediction": "eps",
     # optimization (AdamW, linear warm-up then cosine decay, clipping, EMA), float32

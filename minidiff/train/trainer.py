@@ -23,11 +23,12 @@ import threading
 import time
 
 from minidiff import backend
-from minidiff.data import from_unit_range, load_mnist, to_unit_range
+from minidiff.data import from_unit_range, load_mnist
 from minidiff.diffusion import as_eps_model, ddim_sample, training_step
 from minidiff.images import save_grid
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
+from minidiff.spaces import SpaceError, space_from_config
 from minidiff.train import diagnostics
 from minidiff.train.checkpoint import (group, load_checkpoint, save_checkpoint,
                                        schedule_from_config)
@@ -49,9 +50,12 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int):
 
 
 class Trainer:
-    """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``."""
+    """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``.
 
-    def __init__(self, config: dict, out: str, images=None, log=print):
+    The space x_0 lives in (pixels, or an autoencoder's latents: ``minidiff.spaces``) comes
+    from the config unless ``space`` is given; it encodes the training images once here."""
+
+    def __init__(self, config: dict, out: str, images=None, log=print, space=None):
         self.config, self.out, self.log = dict(config), out, log
         c = self.config
         backend.manual_seed(c["seed"])
@@ -69,6 +73,7 @@ class Trainer:
         if c["train_images"]:
             images = images[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
+        self.space = (space if space is not None else space_from_config(c)).use(images, log=log)
         self.step, self.losses, self.t_history = 0, [], []
         self.last_checkpoint = None
         self.checkpoint_path = os.path.join(out, "checkpoint.npz")
@@ -78,7 +83,7 @@ class Trainer:
         path = path or self.checkpoint_path
         save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
                         step=self.step, optimizer=self.optimizer, scheduler=self.scheduler,
-                        history=self.losses)
+                        history=self.losses, extra=self._space_record())
         self.last_checkpoint = path
         return path
 
@@ -86,6 +91,11 @@ class Trainer:
         """Restore weights, EMA, optimizer, schedule, generator, step and history from
         ``path`` (a ``StateDictError`` if the architecture differs)."""
         arrays = load_checkpoint(path)
+        recorded = str(arrays.get("autoencoder.sha256", ""))
+        if recorded != self._space_record().get("autoencoder.sha256", ""):
+            raise SpaceError(f"{path} was trained on the autoencoder with weights sha256 "
+                             f"{recorded[:16] or '(none: pixels)'}..., this run uses "
+                             f"{getattr(self.space, 'sha256', '(none: pixels)')[:16]}...")
         self.model.load_state_dict(group(arrays, "model"))
         shadow = group(arrays, "ema")
         names = list(self.model.state_dict())
@@ -103,7 +113,7 @@ class Trainer:
     def train_step(self) -> float:
         c = self.config
         index = batch_indices(c["seed"], self.step, c["batch_size"], len(self.images))
-        x0 = to_unit_range(self.images[index])
+        x0 = self.space.batch(index)
         loss = training_step(self.model, self.schedule, x0, target_type=c["prediction"])
         value = loss.item()
         if not math.isfinite(value):
@@ -135,21 +145,24 @@ class Trainer:
         try:
             with self.ema.swapped():
                 self.model.eval()
-                shape = (c["sample_count"], *self.images.shape[1:])
-                x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"])
+                shape = (c["sample_count"], *self.space.shape)
+                x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"],
+                                clip_x0=self.space.clip_x0)
+                images = self.space.decode(x)
         finally:
             self.model.train()
             backend.set_rng_state(saved)
         path = path or os.path.join(self.out, f"samples_{self.step:06d}.png")
-        save_grid(from_unit_range(x), path)
+        save_grid(from_unit_range(images), path)
         return path
 
     def diagnose(self) -> None:
         """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
-        x0 = to_unit_range(self.images[:32])
+        x0 = self.space.batch(backend.host.arange(min(32, len(self.images))), draw=False)
         self.model.eval()
         try:
-            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0)
+            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0,
+                                                        decode=self.space.decode)
         finally:
             self.model.train()
         self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
@@ -205,9 +218,15 @@ class Trainer:
         self.save()
         # the small file to share or sample from: EMA weights and config only
         save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
-                        config=self.config, step=self.step, ema_only=True)
+                        config=self.config, step=self.step, ema_only=True,
+                        extra=self._space_record())
         diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
         return "done"
+
+    def _space_record(self) -> dict:
+        """What a checkpoint records about the space: the autoencoder's weights hash."""
+        sha = getattr(self.space, "sha256", None)
+        return {"autoencoder.sha256": sha} if sha else {}
 
     def _install_sigint(self):
         """First Ctrl-C: finish the current step, then stop; returns the old handler."""
