@@ -1,7 +1,11 @@
-"""Networks built from ``minidiff.nn``: the DDPM U-Net (lesson 06)."""
+"""Networks built from ``minidiff.nn``: the DDPM U-Net (lesson 06) and the KL autoencoder
+(lesson 09)."""
+from minidiff.models.autoencoder import AutoencoderConfig, AutoencoderKL
 from minidiff.models.blocks import AttentionBlock, Downsample, ResBlock, Upsample
+from minidiff.models.distributions import DiagonalGaussian
 from minidiff.models.embedding import timestep_embedding
 from minidiff.models.unet import REFERENCE_CONFIG, UNet, UNetConfig
 
 __all__ = ["UNet", "UNetConfig", "REFERENCE_CONFIG", "ResBlock", "AttentionBlock",
-           "Downsample", "Upsample", "timestep_embedding"]
+           "Downsample", "Upsample", "timestep_embedding", "AutoencoderKL",
+           "AutoencoderConfig", "DiagonalGaussian"]

@@ -3,7 +3,8 @@
 ResBlock (Ho et al. 2020, following Wide ResNets), with the time embedding added in the middle:
 
     h = conv3x3(SiLU(GN(x)))
-    h = h + Linear(SiLU(emb))[:, :, None, None]        # "which step are we at?"
+    h = h + Linear(SiLU(emb))[:, :, None, None]        # "which step are we at?" (U-Net only;
+                                                       #  emb_dim=None: the autoencoder's blocks)
     h = conv3x3(dropout(SiLU(GN(h))))
     out = skip(x) + h                                  # skip: 1x1 conv when channels change
 
@@ -24,22 +25,24 @@ __all__ = ["ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 
 class ResBlock(Module):
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, groups: int = 8,
-                 dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None,
+                 groups: int = 8, dropout: float = 0.0):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = Linear(emb_dim, out_channels)
+        # no time embedding (emb_dim None): the block of the autoencoder (lesson 09)
+        self.emb_proj = Linear(emb_dim, out_channels) if emb_dim else None
         self.norm2 = GroupNorm(groups, out_channels)
         self.dropout = Dropout(dropout)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels \
             else Identity()
 
-    def forward(self, x, emb):
+    def forward(self, x, emb=None):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb)).reshape(emb.shape[0], self.out_channels, 1, 1)
+        if self.emb_proj is not None:
+            h = h + self.emb_proj(F.silu(emb)).reshape(emb.shape[0], self.out_channels, 1, 1)
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
