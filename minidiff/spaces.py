@@ -203,7 +203,10 @@ def space_from_config(config: dict, autoencoder_path: str | None = None,
     try:
         autoencoder, _, scale_factor = autoencoder_from_checkpoint(path)
     except CheckpointError as error:
-        raise SpaceError(f"autoencoder {path}: {error}") from None
+        raise SpaceError(f"autoencoder: {error}") from None
+    if scale_factor is None:
+        raise SpaceError(f"autoencoder {path}: holds no latent scale factor (written before "
+                         "its training finished); use the ema.npz of a finished run")
     space = LatentSpace(autoencoder, scale_factor, path)
     if expected_sha256 and space.sha256 != expected_sha256:
         raise SpaceError(

@@ -11,6 +11,10 @@ Strings are stored as 0-d unicode arrays (NumPy's ``str_``), which need no pickl
 file is written atomically (``backend.save_npz``), so Ctrl-C or a crash mid-write leaves the
 previous checkpoint intact.  An *export* (``ema_only=True``) keeps just the EMA weights and
 the config: what sampling needs, a quarter of the size.
+
+The config's ``model`` says what was trained: ``"unet"`` (a diffusion model; checkpoints
+written before the key existed are U-Nets) or ``"autoencoder"`` (lesson 09), whose files also
+hold ``scale_factor``, the measured latent scale (float64 scalar), in the export too.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import os
 from minidiff import backend
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
-           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint"]
+           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint",
+           "autoencoder_from_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -118,3 +123,27 @@ def eps_model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = 
     model, config = model_from_checkpoint(path, use_ema=use_ema, arrays=arrays)
     schedule = schedule_from_config(config)
     return as_eps_model(model, schedule, config.get("prediction", "eps")), schedule, config
+
+
+def autoencoder_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
+    """``(AutoencoderKL, config, scale_factor)`` from an autoencoder checkpoint (lesson 09).
+
+    ``scale_factor`` is the float stored at the end of training (``scale_by_std``), or None
+    for a checkpoint written mid-run, before it was measured.  A diffusion checkpoint here is
+    a ``CheckpointError``, as an autoencoder is in ``model_from_checkpoint``."""
+    from minidiff.models.autoencoder import AutoencoderKL  # noqa: PLC0415
+    from minidiff.train.presets import autoencoder_config  # noqa: PLC0415
+    arrays = load_checkpoint(path) if arrays is None else arrays
+    config = arrays["config"]
+    if config.get("model", "unet") != "autoencoder":
+        raise CheckpointError(f"{path}: expected an autoencoder checkpoint (model "
+                              "'autoencoder', from 'minidiff train --preset ae-quick'), got "
+                              f"model {config.get('model', 'unet')!r}")
+    weights = group(arrays, "ema" if use_ema else "model")
+    if not weights:
+        raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "
+                              "use the EMA weights")
+    model = AutoencoderKL(autoencoder_config(config))
+    model.load_state_dict(weights)
+    scale = float(arrays["scale_factor"]) if "scale_factor" in arrays else None
+    return model.eval(), config, scale

@@ -1,13 +1,16 @@
-"""``minidiff train``: train the DDPM U-Net on MNIST from a preset.
+"""``minidiff train``: train the DDPM U-Net (or the autoencoder) on MNIST from a preset.
 
     minidiff train --preset quick                       # ~10 minutes on a CPU
     minidiff train --preset mnist --out runs/mnist      # the reference configuration
+    minidiff train --preset ae-quick                    # the autoencoder of lesson 09
     minidiff train --preset quick --set lr=1e-3 --steps 2000 --config my.json
     minidiff train --out runs/quick --resume            # continue from runs/quick/checkpoint.npz
 
 Writes into ``--out``: ``checkpoint.npz`` (model, EMA, AdamW, generator state, step,
 config), ``config.json``, ``loss.png``, ``loss_by_t.png``, ``samples_*.png`` (EMA weights,
-DDIM) and ``x0_pred_*.png``.  Errors in the input end with one line ``minidiff: ...``.
+DDIM) and ``x0_pred_*.png``; for an autoencoder ``reconstructions_*.png`` (originals above,
+reconstructions below), ``loss_rec.png``, ``loss_kl.png``, and the latent scale factor in both
+checkpoint files.  Errors in the input end with one line ``minidiff: ...``.
 """
 from __future__ import annotations
 

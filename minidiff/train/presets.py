@@ -5,8 +5,10 @@ It is resolved in layers, later ones winning:
 
     PRESETS[name]  <-  --config file.json  <-  --set key=value ...  (and explicit flags)
 
-Model keys (``base_channels``, ``channel_mults``, ...) go to ``UNetConfig``; the rest drive
-the schedule, the optimizer and the logging.  Unknown keys are refused with the list of known
+``model`` names what is trained: ``"unet"`` (a diffusion model; model keys go to
+``UNetConfig``) or ``"autoencoder"`` (lesson 09; model keys go to ``AutoencoderConfig``, and
+``recon_loss``, ``kl_weight`` shape its loss).  The rest drive the schedule, the optimizer and
+the logging.  Unknown keys are refused with the list of known
 ones, so a typo cannot silently train the default.
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = ["PRESETS", "MODEL_KEYS", "ConfigError", "resolve", "parse_set", "model_config"]
+__all__ = ["PRESETS", "MODEL_KEYS", "AE_MODEL_KEYS", "MODELS", "ConfigError", "resolve",
+           "parse_set", "model_config", "autoencoder_config"]
 
 
 class ConfigError(ValueError):
@@ -22,10 +25,20 @@ class ConfigError(ValueError):
 
 
 #: keys forwarded to ``UNetConfig``
-MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions",
-              "num_heads", "dropout", "groups", "time_embed_dim")
+MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults",
+              "num_res_blocks", "attention_resolutions", "num_heads", "dropout", "groups",
+              "time_embed_dim")
+
+#: keys forwarded to ``AutoencoderConfig``
+AE_MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks",
+                 "latent_channels", "groups", "dropout")
+
+#: what a config can train (its ``model`` key)
+MODELS = ("unet", "autoencoder")
 
 _COMMON = {
+    # what is trained: "unet" (diffusion) or "autoencoder" (lesson 09)
+    "model": "unet",
     # data and diffusion: x_0 is (in_channels, image_size, image_size); a non-empty
     # ``autoencoder`` (a checkpoint path) makes it that autoencoder's latents (lesson 10)
     "in_channels": 1, "out_channels": 1, "image_size": 28, "T": 1000, "schedule": "linear",
@@ -74,6 +87,20 @@ PRESETS = {
               "attention_resolutions": [7], "num_heads": 4, "dropout": 0.1, "groups": 8,
               "time_embed_dim": 32},
 }
+
+# The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
+# ResBlock per level), 4 x 7 x 7 latents, an L1 reconstruction + kl_weight * KL (per image,
+# summed, (9.5)).  The choices are measured in data/checkpoints/ae.md.
+_AE = {**_COMMON, "model": "autoencoder", "base_channels": 16, "channel_mults": [1, 2, 4],
+       "num_res_blocks": 1, "latent_channels": 4, "groups": 8, "dropout": 0.0,
+       "recon_loss": "l1", "kl_weight": 1e-4, "scale_images": 10_000}
+PRESETS["ae-quick"] = {**_AE, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
+                       "min_lr": 1e-4, "steps": 1500, "ema_decay": 0.99, "log_every": 10,
+                       "sample_every": 250, "checkpoint_every": 100, "diag_every": 0}
+PRESETS["ae"] = {**_AE, "base_channels": 32, "num_res_blocks": 2, "batch_size": 64,
+                 "lr": 1e-3, "warmup_steps": 200, "min_lr": 1e-5, "steps": 20_000,
+                 "ema_decay": 0.999, "log_every": 50, "sample_every": 1000,
+                 "checkpoint_every": 500, "diag_every": 0}
 
 
 def parse_set(item: str) -> tuple:
@@ -136,7 +163,11 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for key, value in config.items():
         _check_type(key, value, base.get(key))
-    choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear")}
+    from minidiff.models.autoencoder import RECON_LOSSES  # noqa: PLC0415
+    choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
+               "model": MODELS}
+    if config["model"] == "autoencoder":
+        choices["recon_loss"] = RECON_LOSSES
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
@@ -150,3 +181,9 @@ def model_config(config: dict):
     """The ``UNetConfig`` a training configuration describes."""
     from minidiff.models.unet import UNetConfig  # noqa: PLC0415
     return UNetConfig.from_dict({k: config[k] for k in MODEL_KEYS if k in config})
+
+
+def autoencoder_config(config: dict):
+    """The ``AutoencoderConfig`` a training configuration with ``model: autoencoder`` describes."""
+    from minidiff.models.autoencoder import AutoencoderConfig  # noqa: PLC0415
+    return AutoencoderConfig.from_dict({k: config[k] for k in AE_MODEL_KEYS if k in config})

@@ -3,6 +3,12 @@
 Each step: take the next batch, draw t and eps, ``loss = training_step(...)``, backward,
 clip the global gradient norm, set the warm-up/cosine learning rate, AdamW step, EMA update.
 
+**One loop, several models.**  What is trained comes from the config's ``model``
+(``tasks.py``): a diffusion U-Net (the step above) or the autoencoder of lesson 09 (its
+loss is reconstruction + kl_weight * KL).  The task supplies the network, the loss of a
+batch, the picture saved every ``sample_every`` steps and what is measured at the end; the
+loop below (progress, checkpoints, resumption, Ctrl-C, NaN stop, EMA) is the same for all.
+
 **Exact resumption.**  Everything random comes from minidiff's one generator, whose state is
 saved in every checkpoint, except the order of the data: batch ``step`` is a slice of the
 permutation of epoch ``step // batches_per_epoch``, drawn from a generator seeded with
@@ -23,16 +29,11 @@ import threading
 import time
 
 from minidiff import backend
-from minidiff.data import from_unit_range, load_mnist
-from minidiff.diffusion import as_eps_model, ddim_sample, training_step
-from minidiff.images import save_grid
-from minidiff.models.unet import UNet
+from minidiff.data import load_mnist
 from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
-from minidiff.spaces import SpaceError, space_from_config
-from minidiff.train import diagnostics
-from minidiff.train.checkpoint import (group, load_checkpoint, save_checkpoint,
-                                       schedule_from_config)
-from minidiff.train.presets import model_config
+from minidiff.spaces import SpaceError
+from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint, save_checkpoint
+from minidiff.train.tasks import make_task
 
 __all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
 
@@ -52,38 +53,46 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int):
 class Trainer:
     """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``.
 
-    The space x_0 lives in (pixels, or an autoencoder's latents: ``minidiff.spaces``) comes
-    from the config unless ``space`` is given; it encodes the training images once here."""
+    A diffusion model's x_0 lives in the space its config names (pixels, or an autoencoder's
+    latents: ``minidiff.spaces``) unless ``space`` is given."""
 
     def __init__(self, config: dict, out: str, images=None, log=print, space=None):
         self.config, self.out, self.log = dict(config), out, log
         c = self.config
         backend.manual_seed(c["seed"])
-        self.model = UNet(model_config(c)).train()
-        self.schedule = schedule_from_config(c)
-        # what the samplers and diagnostics call: eps_theta, whatever the network predicts
-        self.eps_model = as_eps_model(self.model, self.schedule, c["prediction"])
-        self.optimizer = AdamW(self.model.parameters(), lr=c["lr"],
-                               weight_decay=c["weight_decay"])
-        self.scheduler = WarmupCosine(self.optimizer, c["steps"], c["warmup_steps"],
-                                      c["min_lr"])
-        self.ema = EMA(self.model, decay=c["ema_decay"])
         if images is None:
             images, _ = load_mnist("train")
         if c["train_images"]:
             images = images[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
-        self.space = (space if space is not None else space_from_config(c)).use(images, log=log)
-        self.step, self.losses, self.t_history = 0, [], []
+        # the network, its loss and its pictures: a U-Net or an autoencoder (tasks.py)
+        self.task = make_task(c, images, space=space, log=log)
+        self.model = self.task.model
+        self.schedule = getattr(self.task, "schedule", None)      # diffusion only
+        self.eps_model = getattr(self.task, "eps_model", None)
+        self.optimizer = AdamW(self.model.parameters(), lr=c["lr"],
+                               weight_decay=c["weight_decay"])
+        self.scheduler = WarmupCosine(self.optimizer, c["steps"], c["warmup_steps"],
+                                      c["min_lr"])
+        self.ema = EMA(self.model, decay=c["ema_decay"])
+        self.step, self.losses, self.terms = 0, [], {}
+        self.extra = {}                           # what the task measured at the end
+        self.grid_seed = 0
         self.last_checkpoint = None
         self.checkpoint_path = os.path.join(out, "checkpoint.npz")
 
     # ------------------------------------------------------------------ checkpoints
+    def _terms_record(self) -> dict:
+        host = backend.host
+        return {f"history.{k}": host.asarray(v, dtype=host.float64)
+                for k, v in self.terms.items()}
+
     def save(self, path=None) -> str:
         path = path or self.checkpoint_path
         save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
                         step=self.step, optimizer=self.optimizer, scheduler=self.scheduler,
-                        history=self.losses, extra=self._space_record())
+                        history=self.losses,
+                        extra={**self._terms_record(), **self.extra, **self._space_record()})
         self.last_checkpoint = path
         return path
 
@@ -91,11 +100,16 @@ class Trainer:
         """Restore weights, EMA, optimizer, schedule, generator, step and history from
         ``path`` (a ``StateDictError`` if the architecture differs)."""
         arrays = load_checkpoint(path)
+        kind, here = arrays["config"].get("model", "unet"), self.config.get("model", "unet")
+        if kind != here:
+            raise CheckpointError(f"{path}: holds a {kind!r} model, this run trains a "
+                                  f"{here!r} model; resume it with its own preset")
         recorded = str(arrays.get("autoencoder.sha256", ""))
         if recorded != self._space_record().get("autoencoder.sha256", ""):
+            space = getattr(self.task, "space", None)
             raise SpaceError(f"{path} was trained on the autoencoder with weights sha256 "
                              f"{recorded[:16] or '(none: pixels)'}..., this run uses "
-                             f"{getattr(self.space, 'sha256', '(none: pixels)')[:16]}...")
+                             f"{getattr(space, 'sha256', '(none: pixels)')[:16]}...")
         self.model.load_state_dict(group(arrays, "model"))
         shadow = group(arrays, "ema")
         names = list(self.model.state_dict())
@@ -106,15 +120,16 @@ class Trainer:
         self.scheduler.load_state_dict(group(arrays, "sched"))
         backend.set_rng_state(str(arrays["rng"]))
         self.step = arrays["step"]
-        self.losses = [float(v) for v in arrays["history.loss"]]
+        history = group(arrays, "history")
+        self.losses = [float(v) for v in history.pop("loss")]
+        self.terms = {k: [float(v) for v in values] for k, values in history.items()}
         self.last_checkpoint = path
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> float:
         c = self.config
         index = batch_indices(c["seed"], self.step, c["batch_size"], len(self.images))
-        x0 = self.space.batch(index)
-        loss = training_step(self.model, self.schedule, x0, target_type=c["prediction"])
+        loss, terms = self.task.loss(index)
         value = loss.item()
         if not math.isfinite(value):
             where = self.last_checkpoint or "none saved yet"
@@ -133,42 +148,22 @@ class Trainer:
         self.ema.update()
         self.step += 1
         self.losses.append(value)
+        for name, term in terms.items():
+            self.terms.setdefault(name, []).append(term)
         return value
 
     # ------------------------------------------------------------------ outputs
     def sample_grid(self, path=None, seed: int = 0):
-        """A grid of ``sample_count`` digits from the EMA weights with a few DDIM steps
-        (fixed seed, so grids at different steps are comparable)."""
-        c = self.config
-        saved = backend.get_rng_state()
-        backend.manual_seed(seed)
-        try:
-            with self.ema.swapped():
-                self.model.eval()
-                shape = (c["sample_count"], *self.space.shape)
-                x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"],
-                                clip_x0=self.space.clip_x0)
-                images = self.space.decode(x)
-        finally:
-            self.model.train()
-            backend.set_rng_state(saved)
-        path = path or os.path.join(self.out, f"samples_{self.step:06d}.png")
-        save_grid(from_unit_range(images), path)
+        """The task's picture from the EMA weights, fixed seed (grids at different steps are
+        comparable): DDIM samples of a diffusion model, reconstructions of an autoencoder."""
+        self.grid_seed = seed
+        path = path or os.path.join(self.out, f"{self.task.grid_name}_{self.step:06d}.png")
+        self.task.grid(self, path)
         return path
 
     def diagnose(self) -> None:
-        """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
-        x0 = self.space.batch(backend.host.arange(min(32, len(self.images))), draw=False)
-        self.model.eval()
-        try:
-            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0,
-                                                        decode=self.space.decode)
-        finally:
-            self.model.train()
-        self.t_history = [h for h in self.t_history if h[0] != self.step][-5:]
-        self.t_history.append((self.step, losses))
-        diagnostics.plot_timestep_loss(self.t_history, os.path.join(self.out, "loss_by_t.png"))
-        save_grid(panel, os.path.join(self.out, f"x0_pred_{self.step:06d}.png"), nrow=4)
+        """The task's diagnostics (diffusion: loss by timestep, predicted-x0 panel)."""
+        self.task.diagnose(self)
 
     def _due(self, key: str) -> bool:
         every = self.config[key]
@@ -197,16 +192,16 @@ class Trainer:
                     elapsed = busy  # time in training steps only, not in samples/figures
                     rate = (self.step - start_step) / max(elapsed, 1e-9)
                     left = (end - self.step) / max(rate, 1e-9)
-                    self.log(f"step {self.step:6d}/{c['steps']}  loss {loss:.4f}  "
+                    parts = "".join(f"{k} {v[-1]:.4f}  " for k, v in self.terms.items())
+                    self.log(f"step {self.step:6d}/{c['steps']}  loss {loss:.4f}  {parts}"
                              f"lr {self.optimizer.lr:.2e}  "
                              f"{rate * c['batch_size']:6.1f} images/s  "
                              f"{rate:.2f} steps/s  left {_clock(left)}")
                 if self._due("checkpoint_every"):
                     self.save()
                 if self._due("sample_every"):
-                    self.log(f"samples: {self.sample_grid()}")
-                    diagnostics.plot_loss_curve(self.losses,
-                                                os.path.join(self.out, "loss.png"))
+                    self.log(f"{self.task.grid_name}: {self.sample_grid()}")
+                    self.task.plot(self)
                 if self._due("diag_every"):
                     self.diagnose()
         except KeyboardInterrupt:
@@ -215,17 +210,19 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        if self.step >= c["steps"]:
+            self.extra = self.task.finish(self)   # e.g. the autoencoder's scale factor
         self.save()
         # the small file to share or sample from: EMA weights and config only
         save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
                         config=self.config, step=self.step, ema_only=True,
-                        extra=self._space_record())
-        diagnostics.plot_loss_curve(self.losses, os.path.join(self.out, "loss.png"))
+                        extra={**self.extra, **self._space_record()})
+        self.task.plot(self)
         return "done"
 
     def _space_record(self) -> dict:
-        """What a checkpoint records about the space: the autoencoder's weights hash."""
-        sha = getattr(self.space, "sha256", None)
+        """What a latent model's checkpoints record: its autoencoder's weights hash."""
+        sha = getattr(getattr(self.task, "space", None), "sha256", None)
         return {"autoencoder.sha256": sha} if sha else {}
 
     def _install_sigint(self):

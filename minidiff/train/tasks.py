@@ -1,0 +1,166 @@
+"""What the one training loop (``trainer.py``) trains: a *task* per config ``model``.
+
+A task owns the network and knows four things the loop does not:
+
+    batch(index) -> x       the training examples of one step (host indices -> device array)
+    loss(index) -> (loss, terms)   the objective of one step, and its named parts (floats)
+    grid(trainer, path)     the picture saved every ``sample_every`` steps (EMA weights)
+    finish(trainer) -> {}   named arrays measured at the end, stored in both checkpoint files
+
+* ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), DDIM sample grids, the
+  loss-by-timestep and predicted-x0 diagnostics, in the space its config names: pixels, or
+  the latents of an autoencoder (``minidiff.spaces``, lesson 10), which then encodes the
+  training images once, here.
+* ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
+  (9.5), a grid of originals above their reconstructions, curves of each loss term, and at
+  the end the latent scale factor (9.6), measured on the EMA weights.
+"""
+from __future__ import annotations
+
+import os
+
+from minidiff import backend
+from minidiff.data import from_unit_range, to_unit_range
+from minidiff.diffusion import as_eps_model, ddim_sample, training_step
+from minidiff.images import save_grid
+from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
+from minidiff.models.unet import UNet
+from minidiff.spaces import space_from_config
+from minidiff.tensor import no_grad
+from minidiff.train import diagnostics
+from minidiff.train.checkpoint import schedule_from_config
+from minidiff.train.presets import autoencoder_config, model_config
+
+__all__ = ["make_task", "DiffusionTask", "AutoencoderTask"]
+
+
+class _EvalWithEma:
+    """``with _EvalWithEma(trainer):`` EMA weights, eval mode, the generator untouched."""
+
+    def __init__(self, trainer, seed: int = 0):
+        self.trainer, self.seed = trainer, seed
+
+    def __enter__(self):
+        self.saved = backend.get_rng_state()
+        backend.manual_seed(self.seed)
+        self.swap = self.trainer.ema.swapped()
+        self.swap.__enter__()
+        self.trainer.model.eval()
+
+    def __exit__(self, *exc):
+        self.trainer.model.train()
+        self.swap.__exit__(*exc)
+        backend.set_rng_state(self.saved)
+
+
+class DiffusionTask:
+    """A U-Net trained by Algorithm 1 on images, or on their latents."""
+
+    grid_name = "samples"
+
+    def __init__(self, config: dict, images, space=None, log=print):
+        self.config, self.images = config, images
+        self.space = (space if space is not None else space_from_config(config)).use(images,
+                                                                                     log=log)
+        self.model = UNet(model_config(config)).train()
+        self.schedule = schedule_from_config(config)
+        # what the samplers and diagnostics call: eps_theta, whatever the network predicts
+        self.eps_model = as_eps_model(self.model, self.schedule, config["prediction"])
+        self.t_history = []
+
+    def batch(self, index):
+        """x_0 of one step: images scaled to [-1, 1], or s z drawn from their posteriors."""
+        return self.space.batch(index)
+
+    def loss(self, index):
+        return training_step(self.model, self.schedule, self.batch(index),
+                             target_type=self.config["prediction"]), {}
+
+    def grid(self, trainer, path):
+        """``sample_count`` digits from the EMA weights with a few DDIM steps."""
+        c = self.config
+        with _EvalWithEma(trainer, seed=trainer.grid_seed):
+            shape = (c["sample_count"], *self.space.shape)
+            x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"],
+                            clip_x0=self.space.clip_x0)
+            images = self.space.decode(x)
+        save_grid(from_unit_range(images), path)
+
+    def diagnose(self, trainer) -> None:
+        """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
+        x0 = self.space.batch(backend.host.arange(min(32, len(self.images))), draw=False)
+        self.model.eval()
+        try:
+            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0,
+                                                        decode=self.space.decode)
+        finally:
+            self.model.train()
+        self.t_history = [h for h in self.t_history if h[0] != trainer.step][-5:]
+        self.t_history.append((trainer.step, losses))
+        diagnostics.plot_timestep_loss(self.t_history, os.path.join(trainer.out, "loss_by_t.png"))
+        save_grid(panel, os.path.join(trainer.out, f"x0_pred_{trainer.step:06d}.png"), nrow=4)
+
+    def plot(self, trainer) -> None:
+        diagnostics.plot_loss_curve(trainer.losses, os.path.join(trainer.out, "loss.png"))
+
+    def finish(self, trainer) -> dict:
+        return {}
+
+
+class AutoencoderTask:
+    """The KL autoencoder of lesson 09."""
+
+    grid_name = "reconstructions"
+
+    def __init__(self, config: dict, images):
+        self.config, self.images = config, images
+        self.model = AutoencoderKL(autoencoder_config(config)).train()
+
+    def batch(self, index):
+        return to_unit_range(self.images[index])
+
+    def loss(self, index):
+        """(9.5): reconstruction of x from a reparameterized z ~ q(z|x), plus the weighted KL."""
+        x = self.batch(index)
+        reconstruction, posterior = self.model(x)
+        return autoencoder_loss(x, reconstruction, posterior, self.config["kl_weight"],
+                                self.config["recon_loss"])
+
+    def grid(self, trainer, path):
+        """The first ``sample_count`` training images (rows of 8) above D(mean of q(z|x))."""
+        x = to_unit_range(self.images[:self.config["sample_count"]])
+        with _EvalWithEma(trainer), no_grad():
+            reconstruction = self.model.decode(self.model.encode(x).mode()).data
+        xp = backend.xp()
+        both = xp.concatenate([x, xp.clip(reconstruction, -1.0, 1.0)])
+        save_grid(from_unit_range(both), path, nrow=8)
+
+    def diagnose(self, trainer) -> None:
+        """Nothing beyond the grid and the curves."""
+
+    def plot(self, trainer) -> None:
+        """Total loss, then each term (reconstruction per pixel, KL per latent dimension)."""
+        diagnostics.plot_loss_curve(trainer.losses, os.path.join(trainer.out, "loss.png"))
+        for name, values in trainer.terms.items():
+            diagnostics.plot_loss_curve(values, os.path.join(trainer.out, f"loss_{name}.png"))
+
+    def finish(self, trainer) -> dict:
+        """The latent scale factor (9.6) of the EMA weights, on ``scale_images`` images."""
+        x = to_unit_range(self.images[:self.config["scale_images"] or None])
+        with _EvalWithEma(trainer):
+            scale = scale_by_std(self.model, x)
+        trainer.log(f"latent scale factor (1 / std of z over {len(x)} training images): "
+                    f"{scale:.5f}")
+        return {"scale_factor": backend.host.asarray(scale, dtype=backend.host.float64)}
+
+
+TASKS = {"unet": DiffusionTask, "autoencoder": AutoencoderTask}
+
+
+def make_task(config: dict, images, space=None, log=print):
+    """The task the config's ``model`` names (configs without the key train a U-Net);
+    ``space``: where a U-Net's x_0 lives (default: the one its config names)."""
+    kind = config.get("model", "unet")
+    if kind == "unet":
+        return DiffusionTask(config, images, space=space, log=log)
+    return TASKS[kind](config, images)
