@@ -77,7 +77,8 @@ class _Side:
         from minidiff.diffusion import ddim_sample  # noqa: PLC0415
         self.model.eval()
         z = ddim_sample(self.eps_model, self.schedule, (n, *self.space.shape),
-                        steps=SAMPLING_STEPS, clip_x0=self.space.clip_x0)
+                        steps=min(SAMPLING_STEPS, self.schedule.num_timesteps),
+                        clip_x0=self.space.clip_x0)
         start = time.perf_counter()
         self.space.decode(z)
         return time.perf_counter() - start

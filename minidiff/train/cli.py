@@ -20,6 +20,7 @@ import os
 import sys
 
 from minidiff.nn.module import StateDictError
+from minidiff.spaces import SpaceError
 from minidiff.train.checkpoint import CheckpointError, load_checkpoint
 from minidiff.train.presets import PRESETS, ConfigError, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         print(f"training {trainer.model.num_parameters():,} parameters for "
               f"{config['steps']} steps (batch {config['batch_size']}) into {out}", flush=True)
         status = trainer.run(stop_at=args.stop_at)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, SpaceError) as error:
         return _error(error)
     except StateDictError as error:
         return _error(f"the checkpoint does not fit the configured model: {error}")
