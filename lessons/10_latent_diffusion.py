@@ -148,8 +148,9 @@ assert halfway(25.0) > halfway(1.0) > halfway(1.0 / 25.0)
 #     Var(z_t) = abar_t Var(z_0) + (1 - abar_t),                                       (10.3)
 #
 # which is 1 at every t exactly when Var(z_0) = 1: the scaled latents keep unit variance all
-# the way from data to noise (latents five times too large start at variance 25 instead).  Then one step of Algorithm 1 on z_0 with a U-Net whose input is
-# c x 7 x 7: `training_step` is the very function that trains the pixel model.
+# the way from data to noise (latents five times too large start at variance 25 instead).
+# Then one step of Algorithm 1 on z_0 with a U-Net whose input is c x 7 x 7:
+# `training_step` is the very function that trains the pixel model.
 
 # %%
 z0 = backend.to_device(scaled.astype(np.float32))

@@ -10,8 +10,9 @@ The model is rebuilt from the configuration stored in the checkpoint and given i
 weights (``--raw`` for the last trained weights).  A latent diffusion model (its config
 names an ``autoencoder``) samples latents and decodes them with that autoencoder, which must
 be the one it was trained on (``minidiff.spaces``).  ``--out`` ending in ``.npz`` writes the
-raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif`` animates the whole grid from
-x_T to x_0; ``--strip`` shows the first digit's reverse process as one row.
+raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif``
+animates the whole grid from x_T to x_0; ``--strip`` shows the first digit's reverse process
+as one row.
 """
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ class LatentSpace:
         log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         with no_grad():
             for begin in range(0, n, batch):
-                posterior = self.autoencoder.encode(Tensor(to_unit_range(images[begin:begin + batch])))
+                x = to_unit_range(images[begin:begin + batch])
+                posterior = self.autoencoder.encode(Tensor(x))
                 means.append(_raw(posterior.mean).astype(backend.default_dtype()))
                 stds.append(_raw(posterior.std).astype(backend.default_dtype()))
                 done = min(begin + batch, n)
@@ -187,9 +188,9 @@ def _check_fits(space, config: dict, where: str) -> None:
 def space_from_config(config: dict, autoencoder_path: str | None = None,
                       expected_sha256: str | None = None):
     """The space a diffusion config trains or samples in: pixels unless it names an
-    ``autoencoder`` (a path; ``autoencoder_path`` overrides it for a latent model).  ``expected_sha256``: the
-    hash recorded by the checkpoint; a different autoencoder raises ``SpaceError`` naming
-    both hashes."""
+    ``autoencoder`` (a path; ``autoencoder_path`` overrides it for a latent model).
+    ``expected_sha256``: the hash recorded by the checkpoint; a different autoencoder raises
+    ``SpaceError`` naming both hashes."""
     if not is_latent(config):
         space = PixelSpace(int(config.get("image_size", 28)), int(config.get("in_channels", 1)))
         _check_fits(space, config, "pixel space")
