@@ -28,6 +28,8 @@ LESSONS = {
     "07_training.py": (("(2.4)", "(4.6)", "mean loss over the first"),
                        ("assert ", "savefig", "--quick"), 300),
     "08_sampling.py": (("(3.7)", "DDIM", "ms/forward"), ("assert ", "savefig", "--quick"), 300),
+    "09_autoencoder.py": (("(9.1)", "(9.3)", "Monte Carlo (9.2)", "(9.5)", "(9.6)"),
+                          ("assert ", "savefig", "--quick", "scale_by_std"), 300),
     "10_latent_diffusion.py": (("(10.2)", "(10.3)", "(10.4)", "encode once", "cheaper per image"),
                                ("assert ", "savefig", "--quick", "q_sample"), 300),
 }

@@ -46,6 +46,8 @@ def test_preset_and_config_checks():
         resolve("ae-quick", sets=["recon_loss=l3"])
     with pytest.raises(ConfigError, match="model must be one of"):
         resolve("quick", sets=["model=gan"])
+    with pytest.raises(ConfigError, match="needs the keys.*kl_weight.*ae-quick"):
+        resolve("quick", sets=["model=autoencoder"])
 
 
 def test_tiny_autoencoder_learns_and_round_trips(tmp_path, images):
@@ -117,3 +119,27 @@ def test_train_cli_trains_the_autoencoder(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert "scale factor" in capsys.readouterr().out
     assert autoencoder_from_checkpoint(tmp_path / "ema.npz")[2] > 0
+
+
+def test_eval_reports_an_autoencoder(tmp_path, capsys):
+    """``minidiff eval`` sees the autoencoder in the config and reports its figures."""
+    from minidiff import evaluate
+    config = resolve("ae-quick", overrides={**AE_TINY, "image_size": 28,
+                                            "channel_mults": [1, 2, 4], "steps": 1})
+    trainer = Trainer(config, str(tmp_path), images=load_mnist("train")[0][:64], log=_quiet)
+    trainer.run()
+    code = evaluate.main(["--checkpoint", str(tmp_path / "ema.npz"), "--n", "40",
+                          "--reference-images", "60", "--no-floor", "--json",
+                          "--stats-dir", str(tmp_path / "stats")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    import json
+    result = json.loads(out)
+    assert result["model"] == "autoencoder" and result["n"] == 40
+    assert 0 < result["mse"] <= 1 and result["psnr_db"] == pytest.approx(
+        10 * np.log10(1 / result["mse"]))
+    assert result["rfid"] > 0 and result["kl_per_dim"] > 0 and result["scale_factor"] > 0
+    assert evaluate.main(["--checkpoint", str(tmp_path / "ema.npz"), "--n", "40",
+                          "--reference-images", "60", "--no-floor",
+                          "--stats-dir", str(tmp_path / "stats")]) == 0
+    assert "rFID" in capsys.readouterr().out

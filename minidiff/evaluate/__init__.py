@@ -1,4 +1,5 @@
-"""``minidiff eval``: how good is a trained diffusion model?
+"""``minidiff eval``: how good is a trained diffusion model?  (Given an autoencoder checkpoint,
+it reports reconstruction figures instead: ``autoencoder.py``.)
 
     minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
                   [--bpd-images 256 | --bpd-full] [--json]
@@ -237,16 +238,19 @@ def main(argv=None) -> int:
         print(f"minidiff: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 1
     try:
-        result = evaluate(args, quiet=args.json)
+        from minidiff.evaluate import autoencoder  # noqa: PLC0415
+        if autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
+            result = autoencoder.evaluate_autoencoder(args, quiet=args.json)
+            text = autoencoder.report(result)
+        else:
+            result = evaluate(args, quiet=args.json)
+            text = _report(result)
     except (CheckpointError, StateDictError, FileNotFoundError, ValueError,
             MnistDataError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"minidiff: {message}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(_report(result))
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0
 
 

@@ -189,14 +189,14 @@ class AutoencoderKL(Module):
         return self.decode(z), posterior
 
 
-def autoencoder_loss(x, reconstruction, posterior, kl_weight: float, recon: str = "l1"):
+def autoencoder_loss(x, reconstruction, posterior, kl_weight: float, recon: str = "l2"):
     """(loss, {"rec": ..., "kl": ...}): the training objective (9.5), per pixel,
 
         loss = mean_n [ sum_pixels rho(x - D(z)) + kl_weight * KL(q(z|x_n) || N(0, I)) ] / D
 
-    with rho = |.| ("l1") or (.)^2 ("l2") and D the number of pixels of one image, so that
-    kl_weight means what it means in CompVis' configs (a weight against a *summed*
-    reconstruction error) while the loss stays O(0.1).  The terms come back as floats:
+    with rho = (.)^2 ("l2", the default: measured sharper, see lesson 09) or |.| ("l1") and D
+    the number of pixels of one image, so that kl_weight means what it means in CompVis'
+    configs (a weight against a *summed* reconstruction error) while the loss stays O(0.1).  The terms come back as floats:
     "rec" the mean rho per pixel, "kl" the KL per latent dimension (nats)."""
     if recon not in RECON_LOSSES:
         raise ValueError(f"recon: expected one of {RECON_LOSSES}, got {recon!r}")

@@ -89,13 +89,13 @@ PRESETS = {
 }
 
 # The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
-# ResBlock per level), 4 x 7 x 7 latents, an L1 reconstruction + kl_weight * KL (per image,
+# ResBlock per level), 4 x 7 x 7 latents, an L2 reconstruction + kl_weight * KL (per image,
 # summed, (9.5)).  The choices are measured in data/checkpoints/ae.md.
 _AE = {**_COMMON, "model": "autoencoder", "base_channels": 16, "channel_mults": [1, 2, 4],
        "num_res_blocks": 1, "latent_channels": 4, "groups": 8, "dropout": 0.0,
-       "recon_loss": "l1", "kl_weight": 1e-4, "scale_images": 10_000}
+       "recon_loss": "l2", "kl_weight": 1e-4, "scale_images": 10_000}
 PRESETS["ae-quick"] = {**_AE, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
-                       "min_lr": 1e-4, "steps": 1500, "ema_decay": 0.99, "log_every": 10,
+                       "min_lr": 1e-4, "steps": 1000, "ema_decay": 0.99, "log_every": 10,
                        "sample_every": 250, "checkpoint_every": 100, "diag_every": 0}
 PRESETS["ae"] = {**_AE, "base_channels": 32, "num_res_blocks": 2, "batch_size": 64,
                  "lr": 1e-3, "warmup_steps": 200, "min_lr": 1e-5, "steps": 20_000,
@@ -167,6 +167,10 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
                "model": MODELS}
     if config["model"] == "autoencoder":
+        missing = sorted(set(_AE) - set(config))
+        if missing:
+            raise ConfigError(f"model=autoencoder needs the keys {', '.join(missing)}; start "
+                              "from --preset ae-quick (or ae)")
         choices["recon_loss"] = RECON_LOSSES
     for key, allowed in choices.items():
         if config[key] not in allowed:
