@@ -286,3 +286,35 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     probe = bench_ldm._probe(bench_ldm._parser().parse_args(argv + ["--probe", "ldm"]))
     assert probe["peak_growth_bytes"] >= 0
     assert bench_ldm.main(argv[:2] + ["--ldm", str(tmp_path / "none.npz")]) == 2
+
+
+# ----------------------------------------------------------------------------- shipped files
+
+SHIPPED_AE = "data/checkpoints/ae.npz"
+SHIPPED_LDM = "data/checkpoints/ldm.npz"
+
+
+def _require(*paths):
+    import os
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        pytest.skip(f"not shipped: {', '.join(missing)}")
+
+
+def test_ldm_quick_preset_fits_the_shipped_autoencoder():
+    from minidiff.spaces import space_from_config
+    _require(SHIPPED_AE)
+    space = space_from_config(resolve("ldm-quick"))
+    assert space.shape == (4, 7, 7) and space.path == SHIPPED_AE
+    assert 0.1 < space.scale_factor < 10
+
+
+def test_shipped_ldm_records_the_shipped_autoencoder():
+    _require(SHIPPED_AE, SHIPPED_LDM)
+    arrays = load_checkpoint(SHIPPED_LDM)
+    assert str(arrays["autoencoder.sha256"]) == file_sha256(SHIPPED_AE)
+    assert arrays["config"]["autoencoder"] == SHIPPED_AE
+    assert not any(k.startswith(("model.", "optim.")) for k in arrays)   # EMA only
+    space = space_from_checkpoint(arrays)
+    model, _, _ = eps_model_from_checkpoint(SHIPPED_LDM, arrays=arrays)
+    assert space.shape == (model.config.in_channels, 7, 7)
