@@ -19,8 +19,8 @@ stored in its checkpoint) puts z back at unit variance, so the same schedule fit
 
 **Encode once.**  ``use(images)`` runs the encoder over the whole training set a single time
 and keeps the posterior mean and standard deviation of every image (60,000 x c x 7 x 7 each,
-float32, a few tens of MB); ``batch(index)`` then draws z from them, so a training step costs
-only the U-Net.  Drawing z (rather than always taking the mean) is what the decoder was
+float32: 47 MB each for c = 4); ``batch(index)`` then draws z from them, so a training step
+costs only the U-Net.  Drawing z (rather than always taking the mean) is what the decoder was
 trained to decode, and it is cheap noise augmentation; the draw uses minidiff's one
 generator, so a resumed run stays exact.
 
