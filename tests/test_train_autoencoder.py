@@ -48,6 +48,11 @@ def test_preset_and_config_checks():
         resolve("quick", sets=["model=gan"])
     with pytest.raises(ConfigError, match="needs the keys.*kl_weight.*ae-quick"):
         resolve("quick", sets=["model=autoencoder"])
+    for item, words in (("latent_channels=0", "latent_channels must be an integer >= 1"),
+                        ("kl_weight=-1", "kl_weight must be >= 0"),
+                        ("scale_images=1.5", "scale_images must be an integer")):
+        with pytest.raises(ConfigError, match=words):
+            resolve("ae-quick", sets=[item])
 
 
 def test_tiny_autoencoder_learns_and_round_trips(tmp_path, images):

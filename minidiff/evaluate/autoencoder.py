@@ -123,6 +123,8 @@ def report(r: dict) -> str:
     if "fid_floor_train_vs_test" in r:
         lines.append(f"FID floor    {r['fid_floor_train_vs_test']:.3f}  ({r['n']} training "
                      f"images vs the test set)")
+    if r["n"] < 10_000:
+        lines.append(f"             note: {r['n']} < 10,000 images, rFID is biased upward")
     lines.append(f"accuracy     {r['accuracy_reconstructions']:.4f} on the reconstructions, "
                  f"{r['accuracy_originals']:.4f} on the originals (shipped classifier)")
     lines.append(f"KL / dim     {r['kl_per_dim']:.4f} nats (KL(q(z|x) || N(0, I)) per latent "

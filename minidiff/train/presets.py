@@ -177,6 +177,11 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
             raise ConfigError(f"model=autoencoder needs the keys {', '.join(missing)}; start "
                               "from --preset ae-quick (or ae)")
         choices["recon_loss"] = RECON_LOSSES
+        for key, low in (("latent_channels", 1), ("scale_images", 0)):
+            if not isinstance(config[key], int) or config[key] < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, got {config[key]!r}")
+        if config["kl_weight"] < 0:
+            raise ConfigError(f"kl_weight must be >= 0, got {config['kl_weight']!r}")
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
