@@ -19,12 +19,12 @@ from minidiff.validation import INPUT_ERROR, ArgumentParser, MinidiffInputError,
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
     "demo": ("minidiff.demo", "train a small perceptron on MNIST with the engine (~10 s)"),
-    "train": ("minidiff.train.cli", "train a diffusion model (--preset quick | mnist) or an "
-                                    "autoencoder (--preset ae-quick | ae)"),
+    "train": ("minidiff.train.cli", "train a diffusion model (--preset quick | ldm-quick | "
+                                    "mnist) or an autoencoder (--preset ae-quick | ae)"),
     "train-ae": ("minidiff.train.ae_cli", "train the autoencoder (train --preset ae-quick)"),
     "sample": ("minidiff.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
     "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
-    "bench": ("minidiff.bench", "speed benchmarks: layers | unet (against torch if installed)"),
+    "bench": ("minidiff.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
 }
 
 

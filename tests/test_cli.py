@@ -15,7 +15,7 @@ def test_demo_learns(tmp_path, capsys):
 
 def test_unknown_benchmark_is_named(capsys):
     assert cli.main(["bench", "nonesuch"]) == 2
-    assert "expected one of layers, unet, got 'nonesuch'" in capsys.readouterr().err
+    assert "expected one of layers, unet, ldm, got 'nonesuch'" in capsys.readouterr().err
 
 
 def test_console_entry_point_help():

@@ -33,6 +33,8 @@ LESSONS = {
                        300),
     "09_autoencoder.py": (("(9.1)", "(9.3)", "Monte Carlo (9.2)", "(9.5)", "(9.6)"),
                           ("assert ", "savefig", "--quick", "scale_by_std"), 300),
+    "10_latent_diffusion.py": (("(10.2)", "(10.3)", "(10.4)", "encode once", "cheaper per image"),
+                               ("assert ", "savefig", "--quick", "q_sample"), 300),
 }
 
 

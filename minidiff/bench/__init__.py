@@ -1,5 +1,6 @@
 """Benchmarks: ``minidiff bench layers`` and ``minidiff bench unet`` time minidiff against
-PyTorch in the same process when torch is importable (it is never a dependency)."""
+PyTorch in the same process when torch is importable (it is never a dependency);
+``minidiff bench ldm`` sets the pixel model against the latent one."""
 import argparse
 import importlib
 import os
@@ -7,14 +8,16 @@ import sys
 import time
 
 from minidiff import backend
-
 from minidiff.validation import ArgumentParser, int_arg
 
-BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet"}
-USAGE = ("usage: minidiff bench {layers,unet} [options]\n\n"
+BENCHMARKS = {"layers": "minidiff.bench.layers", "unet": "minidiff.bench.unet",
+              "ldm": "minidiff.bench.ldm"}
+USAGE = ("usage: minidiff bench {layers,unet,ldm} [options]\n\n"
          "  layers   time each layer's forward and backward, minidiff vs torch\n"
-         "  unet     time a U-Net training and sampling step, minidiff vs torch\n\n"
-         "'minidiff bench layers --help' and 'minidiff bench unet --help' list the options.")
+         "  unet     time a U-Net training and sampling step, minidiff vs torch\n"
+         "  ldm      the pixel quick model against the latent one: cost per image, memory, "
+         "quality\n\n"
+         "'minidiff bench NAME --help' lists the options of each.")
 
 
 def import_torch(threads: int):

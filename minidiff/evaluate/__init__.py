@@ -19,6 +19,10 @@ Figures:
 * **bits/dim** (``likelihood.py``): the variational bound on the NLL of test images, a
   Monte-Carlo estimate with its standard error (``--bpd-images``, ``--bpd-samples``) or the
   full T-term bound (``--bpd-full``).
+
+A latent diffusion model (``minidiff.spaces``) samples latents and decodes them with the
+autoencoder it was trained on before they are scored; its bits/dim are not reported (the
+bound would be on latents, not on the images' pixels).
 """
 from __future__ import annotations
 
@@ -107,8 +111,9 @@ def _features_of(classifier, images_uint8):
 
 
 def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=250,
-                  quiet=True):
-    """``n`` samples in [-1, 1], (n, C, H, W), on the active backend."""
+                  quiet=True, space=None):
+    """``n`` images in [-1, 1], (n, C, H, W), on the active backend: samples of ``space``
+    (default pixels) decoded."""
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
     xp = backend.xp()
     c = model.config
@@ -121,10 +126,15 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
         shape = (size, c.in_channels, c.image_size, c.image_size)
         offset = done // batch * per_batch
         hook = None if progress is None else (lambda i, _, o=offset: progress(o + i, total))
+        clip = space.clip_x0 if space is not None else True
         if sampler == "ddim":
-            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta, progress=hook)
+            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta, clip_x0=clip,
+                            progress=hook)
         else:
-            x = ddpm_sample(model, schedule, shape, steps=steps or None, progress=hook)
+            x = ddpm_sample(model, schedule, shape, steps=steps or None, clip_x0=clip,
+                            progress=hook)
+        if space is not None:
+            x = space.decode(x)
         if not bool(xp.isfinite(x).all()):
             raise MinidiffInputError("the samples hold NaN or Inf: the network's output "
                                      f"overflowed during {sampler} sampling (its weights "
@@ -148,6 +158,8 @@ def evaluate(args, quiet: bool = False) -> dict:
                                                         use_ema=not args.raw_weights,
                                                         arrays=arrays)
     check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
+    from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
+    space = space_from_checkpoint(arrays)
     if args.classifier is None:
         from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
         from minidiff.paths import find  # noqa: PLC0415
@@ -177,7 +189,8 @@ def evaluate(args, quiet: bool = False) -> dict:
     backend.manual_seed(args.seed)
     start = time.time()
     samples = sample_images(model, schedule, args.n, args.sampler, args.steps, args.eta,
-                            args.batch, quiet)
+                            args.batch, quiet, space)
+    result["space"] = space.describe()
     result["sampling_seconds"] = round(time.time() - start, 2)
     feats, probs = classify(classifier, samples)
     mu_s, cov_s = gaussian_stats(feats)
@@ -202,7 +215,7 @@ def evaluate(args, quiet: bool = False) -> dict:
         result["fid_floor_n"] = n_floor
 
     # bits/dim on the test set
-    if args.bpd_images > 0:
+    if args.bpd_images > 0 and space.kind == "pixel":
         x0 = to_unit_range(test_images[:args.bpd_images])
         start = time.time()
         bpd = test_bits_per_dim(schedule, model, x0,
@@ -220,6 +233,7 @@ def _report(r: dict) -> str:
              f"sampler      {r['sampler']}, {r['steps']} steps"
              + (f", eta {r['eta']}" if r['eta'] is not None else "")
              + f", seed {r['seed']}, {r['sampling_seconds']} s",
+             f"space        {r['space']}",
              f"FID          {r['fid']:.3f}  ({r['n']} samples vs {r['fid_reference']['n']} "
              f"MNIST test images; MNIST-classifier FID, comparable only within minidiff)"]
     if "fid_floor_train_vs_test" in r:

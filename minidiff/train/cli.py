@@ -158,5 +158,6 @@ def main(argv=None) -> int:
         f"{os.path.join(out, 'ema.npz')}", flush=True)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,11 +74,14 @@ def plot_loss_curve(losses, path, window: int = 50, prediction: str = "eps") -> 
     plt.close(fig)
 
 
-def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234):
+def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234, decode=None):
     """``(losses, panel)``: the mean squared error of eps on the batch ``x0`` (same noise for
     every t) at each t in ``timesteps`` (default: spread over [0, T) by ``DIAG_FRACTIONS``),
     and a uint8 panel of rows x_0 | x_t | x0_hat for a few t (first 4 images each), ready
-    for ``images.save_grid``."""
+    for ``images.save_grid``; ``decode`` maps x_0 to images first (a latent space's)."""
+    def image(x):
+        return from_unit_range(x if decode is None else decode(x))
+
     xp = backend.xp()
     saved = backend.get_rng_state()
     backend.manual_seed(seed)
@@ -86,7 +89,7 @@ def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234):
         T = schedule.num_timesteps
         timesteps = _steps(DIAG_FRACTIONS, T) if timesteps is None else list(timesteps)
         noise = backend.randn(*x0.shape, dtype=x0.dtype)
-        losses, rows = {}, [from_unit_range(x0[:4])]
+        losses, rows = {}, [image(x0[:4])]
         panel_t = _steps(_PANEL_FRACTIONS, T)
         with no_grad():
             for t in sorted(set(timesteps) | set(panel_t)):
@@ -97,7 +100,7 @@ def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234):
                     losses[t] = float(((eps - noise) ** 2).mean())
                 if t in panel_t:
                     x0_hat = predict_x0_from_eps(schedule, x_t, tt, eps)
-                    rows += [from_unit_range(x_t[:4]), from_unit_range(x0_hat[:4])]
+                    rows += [image(x_t[:4]), image(x0_hat[:4])]
     finally:
         backend.set_rng_state(saved)
     return losses, backend.host.concatenate(rows)

@@ -9,7 +9,9 @@ A task owns the network and knows four things the loop does not:
     finish(trainer) -> {}   named arrays measured at the end, stored in both checkpoint files
 
 * ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), DDIM sample grids, the
-  loss-by-timestep and predicted-x0 diagnostics.
+  loss-by-timestep and predicted-x0 diagnostics, in the space its config names: pixels, or
+  the latents of an autoencoder (``minidiff.spaces``, lesson 10), which then encodes the
+  training images once, here.
 * ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
   (9.5), a grid of originals above their reconstructions, curves of each loss term, and at
   the end the latent scale factor (9.6), measured on the EMA weights.
@@ -24,6 +26,7 @@ from minidiff.diffusion import as_eps_model, ddim_sample, training_step
 from minidiff.images import save_grid
 from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
 from minidiff.models.unet import UNet
+from minidiff.spaces import space_from_config
 from minidiff.tensor import no_grad
 from minidiff.train import diagnostics
 from minidiff.train.checkpoint import schedule_from_config
@@ -52,12 +55,14 @@ class _EvalWithEma:
 
 
 class DiffusionTask:
-    """A U-Net trained by Algorithm 1 on images."""
+    """A U-Net trained by Algorithm 1 on images, or on their latents."""
 
     grid_name = "samples"
 
-    def __init__(self, config: dict, images):
+    def __init__(self, config: dict, images, space=None, log=print):
         self.config, self.images = config, images
+        self.space = (space if space is not None else space_from_config(config)).use(images,
+                                                                                     log=log)
         self.model = UNet(model_config(config)).train()
         self.schedule = schedule_from_config(config)
         # what the samplers and diagnostics call: eps_theta, whatever the network predicts
@@ -65,27 +70,31 @@ class DiffusionTask:
         self.t_history = []
 
     def batch(self, index):
-        """x_0 of one step: images scaled to [-1, 1]."""
-        return to_unit_range(self.images[index])
+        """x_0 of one step: images scaled to [-1, 1], or s z drawn from their posteriors."""
+        return self.space.batch(index)
 
     def loss(self, index, part=None):
         return training_step(self.model, self.schedule, self.batch(index),
-                             target_type=self.config["prediction"], part=part), {}
+                             target_type=self.config["prediction"], part=part,
+                             x0_range=self.space.data_range), {}
 
     def grid(self, trainer, path):
         """``sample_count`` digits from the EMA weights with a few DDIM steps."""
         c = self.config
         with _EvalWithEma(trainer, seed=trainer.grid_seed):
-            shape = (c["sample_count"], *self.images.shape[1:])
-            x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"])
-        save_grid(from_unit_range(x), path)
+            shape = (c["sample_count"], *self.space.shape)
+            x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"],
+                            clip_x0=self.space.clip_x0)
+            images = self.space.decode(x)
+        save_grid(from_unit_range(images), path)
 
     def diagnose(self, trainer) -> None:
         """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
-        x0 = to_unit_range(self.images[:32])
+        x0 = self.space.batch(backend.host.arange(min(32, len(self.images))), draw=False)
         self.model.eval()
         try:
-            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0)
+            losses, panel = diagnostics.timestep_report(self.eps_model, self.schedule, x0,
+                                                        decode=self.space.decode)
         finally:
             self.model.train()
         self.t_history = [h for h in self.t_history if h[0] != trainer.step][-5:]
@@ -157,6 +166,10 @@ class AutoencoderTask:
 TASKS = {"unet": DiffusionTask, "autoencoder": AutoencoderTask}
 
 
-def make_task(config: dict, images):
-    """The task the config's ``model`` names (configs without the key train a U-Net)."""
-    return TASKS[config.get("model", "unet")](config, images)
+def make_task(config: dict, images, space=None, log=print):
+    """The task the config's ``model`` names (configs without the key train a U-Net);
+    ``space``: where a U-Net's x_0 lives (default: the one its config names)."""
+    kind = config.get("model", "unet")
+    if kind == "unet":
+        return DiffusionTask(config, images, space=space, log=log)
+    return TASKS[kind](config, images)

@@ -37,6 +37,7 @@ import time
 from minidiff import backend
 from minidiff.data import load_mnist
 from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
+from minidiff.spaces import SpaceError
 from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint, save_checkpoint
 from minidiff.train.distributed import digest as distributed_digest
 from minidiff.train.tasks import make_task
@@ -58,9 +59,13 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int):
 
 
 class Trainer:
-    """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``."""
+    """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``.
 
-    def __init__(self, config: dict, out: str, images=None, log=print, distributed=None):
+    A diffusion model's x_0 lives in the space its config names (pixels, or an autoencoder's
+    latents: ``minidiff.spaces``) unless ``space`` is given."""
+
+    def __init__(self, config: dict, out: str, images=None, log=print, space=None,
+                 distributed=None):
         self.config, self.out, self.log = dict(config), out, log
         self.distributed, self.is_main = distributed, distributed is None or distributed.is_main
         if not self.is_main:
@@ -74,7 +79,7 @@ class Trainer:
             images = images[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
         # the network, its loss and its pictures: a U-Net or an autoencoder (tasks.py)
-        self.task = make_task(c, images)
+        self.task = make_task(c, images, space=space, log=log)
         self.model = self.task.model
         self.schedule = getattr(self.task, "schedule", None)      # diffusion only
         self.eps_model = getattr(self.task, "eps_model", None)
@@ -102,7 +107,8 @@ class Trainer:
             save_checkpoint(path, model=self.model, ema=self.ema, config=self.config,
                             step=self.step, optimizer=self.optimizer,
                             scheduler=self.scheduler, history=self.losses,
-                            extra={**self._terms_record(), **self.extra})
+                            extra={**self._terms_record(), **self.extra,
+                                   **self._space_record()})
         self.last_checkpoint = path
         return path
 
@@ -120,6 +126,12 @@ class Trainer:
         if kind != here:
             raise CheckpointError(f"{path}: holds a {kind!r} model, this run trains a "
                                   f"{here!r} model; resume it with its own preset")
+        recorded = str(arrays.get("autoencoder.sha256", ""))
+        if recorded != self._space_record().get("autoencoder.sha256", ""):
+            space = getattr(self.task, "space", None)
+            raise SpaceError(f"{path} was trained on the autoencoder with weights sha256 "
+                             f"{recorded[:16] or '(none: pixels)'}..., this run uses "
+                             f"{getattr(space, 'sha256', '(none: pixels)')[:16]}...")
         self.model.load_state_dict(group(arrays, "model"))
         shadow = group(arrays, "ema")
         names = list(self.model.state_dict())
@@ -235,9 +247,14 @@ class Trainer:
             # the small file to share or sample from: EMA weights and config only
             save_checkpoint(os.path.join(self.out, "ema.npz"), model=self.model, ema=self.ema,
                             config=self.config, step=self.step, ema_only=True,
-                            extra=self.extra)
+                            extra={**self.extra, **self._space_record()})
             self.task.plot(self)
         return "done"
+
+    def _space_record(self) -> dict:
+        """What a latent model's checkpoints record: its autoencoder's weights hash."""
+        sha = getattr(getattr(self.task, "space", None), "sha256", None)
+        return {"autoencoder.sha256": sha} if sha else {}
 
     def _check_ranks_agree(self) -> None:
         """With ranks: stop all of them unless every one holds rank 0's weights, step and

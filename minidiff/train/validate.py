@@ -100,7 +100,8 @@ def check_data(config: dict, images) -> None:
     if len(shape) != 4 or str(images.dtype) != "uint8":
         raise ConfigError(f"training images: expected uint8 pixels (N, C, H, W) in [0, 255], "
                           f"got {images.dtype} of shape {shape}")
-    size = config.get("image_size", shape[-1])
+    # a latent model's image_size is its latents' (the autoencoder checks the pixels)
+    size = shape[-1] if config.get("autoencoder") else config.get("image_size", shape[-1])
     if shape[-2:] != (size, size):
         raise ConfigError(f"image_size: the configuration says {size}, the data is "
                           f"{shape[-2]}x{shape[-1]}")

@@ -1,0 +1,308 @@
+"""Benchmark: the pixel ``quick`` U-Net against the latent diffusion model's (lesson 10).
+
+    minidiff bench ldm [--json] [--batch 64] [--sample-batch 32] [--repeat 3] [--no-torch]
+                       [--pixel data/checkpoints/quick.npz] [--ldm data/checkpoints/ldm.npz]
+
+In one process, on the same machine load, for each model as shipped (weights and config
+from its checkpoint, the LDM with the autoencoder it records):
+
+* **training step per image**: Algorithm 1 on a batch of ``--batch`` x_0 of the model's
+  space (28x28 pixels, or c x 7 x 7 latents): draw t and eps, x_t (2.4), forward, L_simple
+  (4.6), backward, AdamW; divided by the batch.  The LDM's data are encoded once before
+  training (``minidiff.spaces``), so the encoder is not part of its step;
+* **sampling time per image**: DDIM with 50 steps on ``--sample-batch`` images, the decoder
+  D(z / s) included for the LDM (its share is printed too), divided by the batch;
+* **peak memory**: the growth of the peak resident set over two training steps, each model
+  in a fresh subprocess (as ``bench unet`` measures it);
+* the ratios pixel / latent of all three.
+
+The two models are timed alternately (pixel, latent, pixel, ...) after a warm-up, and the
+table gives the median and the minimum of ``--repeat`` runs.  Beside the costs, the quality
+of each shipped model is *read* from ``data/checkpoints/figures.json`` (what ``minidiff
+eval`` measured for it, with its n), not recomputed here.  Where torch imports, the latent
+U-Net is also timed against its PyTorch twin (``torch_unet.torch_twin``, outputs compared
+first), as ``bench unet`` does for the reference U-Net: at 7x7 the fixed cost of each
+operation, not the GEMMs, may dominate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from minidiff import backend
+from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
+
+__all__ = ["main", "run", "FIGURES"]
+
+FIGURES = os.path.join("data", "checkpoints", "figures.json")
+DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
+            "ldm": os.path.join("data", "checkpoints", "ldm.npz")}
+SAMPLING_STEPS = 50
+
+
+class _Side:
+    """One shipped model: its U-Net (trainable copy), space, schedule and optimizer."""
+
+    def __init__(self, path: str, batch: int, autoencoder: str | None = None):
+        from minidiff.diffusion import as_eps_model  # noqa: PLC0415
+        from minidiff.optim import AdamW  # noqa: PLC0415
+        from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
+        from minidiff.train.checkpoint import (load_checkpoint,  # noqa: PLC0415
+                                               model_from_checkpoint, schedule_from_config)
+        arrays = load_checkpoint(path)
+        self.model, self.config = model_from_checkpoint(path, arrays=arrays)
+        self.space = space_from_checkpoint(arrays, autoencoder)
+        self.schedule = schedule_from_config(self.config)
+        self.prediction = self.config.get("prediction", "eps")
+        self.eps_model = as_eps_model(self.model, self.schedule, self.prediction)
+        self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
+        self.x0 = backend.randn(batch, *self.space.shape, dtype="float32")
+        self.path = path
+
+    def train_step(self):
+        from minidiff.diffusion import training_step  # noqa: PLC0415
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = training_step(self.model, self.schedule, self.x0, target_type=self.prediction,
+                             x0_range=None)
+        loss.backward()
+        self.optimizer.step()
+
+    def sample(self, n: int) -> float:
+        """Seconds spent in the decoder; draws ``n`` images with DDIM (50 steps)."""
+        from minidiff.diffusion import ddim_sample  # noqa: PLC0415
+        self.model.eval()
+        z = ddim_sample(self.eps_model, self.schedule, (n, *self.space.shape),
+                        steps=min(SAMPLING_STEPS, self.schedule.num_timesteps),
+                        clip_x0=self.space.clip_x0)
+        start = time.perf_counter()
+        self.space.decode(z)
+        return time.perf_counter() - start
+
+
+def _stats(seconds, per: int) -> dict:
+    return {"median_ms": 1e3 * statistics.median(seconds) / per,
+            "min_ms": 1e3 * min(seconds) / per}
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def _probe(args) -> dict:
+    """Run in a fresh subprocess: peak RSS growth over two training steps of one model."""
+    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
+    backend.manual_seed(0)
+    side = _Side(args.pixel if args.probe == "pixel" else args.ldm, args.batch, args.autoencoder)
+    base, source = _peak_rss_bytes(reset=True)
+    for _ in range(2):
+        side.train_step()
+    peak, _ = _peak_rss_bytes()
+    return {"peak_growth_bytes": max(peak - base, 0), "source": source}
+
+
+def _measure_memory(args, which: str):
+    command = [sys.executable, "-m", "minidiff.bench.ldm", "--probe", which,
+               "--batch", str(args.batch), "--pixel", args.pixel, "--ldm", args.ldm]
+    if args.autoencoder:
+        command += ["--autoencoder", args.autoencoder]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, MINIDIFF_BACKEND="numpy"))
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_growth_bytes"] / 2 ** 20
+
+
+def _quality(figures_path: str, path: str):
+    """What ``figures.json`` records for the checkpoint file named like ``path``."""
+    try:
+        with open(figures_path, encoding="utf-8") as stream:
+            figures = json.load(stream)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return figures.get(os.path.basename(path))
+
+
+def _versus_torch(side, args, torch) -> dict:
+    """The latent U-Net against its PyTorch twin: training and sampling step, batch --batch."""
+    from minidiff.bench.torch_unet import max_abs_diff, torch_twin  # noqa: PLC0415
+    from minidiff.bench.unet import TOLERANCE, _Minidiff, _Torch  # noqa: PLC0415
+    backend.manual_seed(0)
+    ours = _Minidiff(side.model.config, args.batch, side.schedule)
+    twin = torch_twin(ours.model)
+    n = min(args.batch, 8)
+    agreement = max_abs_diff(ours.model, twin, backend.to_host(ours.x0[:n]),
+                             backend.to_host(ours.t[:n]))
+    if not agreement <= TOLERANCE:
+        raise AssertionError(f"minidiff and torch latent U-Nets disagree: max |diff| = "
+                             f"{agreement:.3g} > {TOLERANCE}")
+    theirs = _Torch(torch, twin, side.schedule, ours.x0, ours.t)
+    sides = (("minidiff", ours), ("torch", theirs))
+    times = {name: {"train_step": [], "sample_step": []} for name, _ in sides}
+    for _, s in sides:
+        s.train_step()
+        s.sample_step()
+    for _ in range(max(args.repeat, 3)):
+        for name, s in sides:
+            times[name]["train_step"].append(_timed(s.train_step)[0])
+            times[name]["sample_step"].append(_timed(s.sample_step)[0])
+    result = {"torch": torch.__version__, "max_abs_diff": agreement, "tolerance": TOLERANCE,
+              "batch": args.batch}
+    for name, _ in sides:
+        result[name] = {key: _stats(v, 1) for key, v in times[name].items()}
+    result["ratio"] = {key: result["minidiff"][key]["median_ms"] /
+                       result["torch"][key]["median_ms"] for key in times["torch"]}
+    return result
+
+
+def run(args) -> dict:
+    """Every figure of the benchmark as a dict (see the module docstring)."""
+    backend.manual_seed(0)
+    sides = {"pixel": _Side(args.pixel, args.batch),
+             "latent": _Side(args.ldm, args.batch, args.autoencoder)}
+    times = {name: {"train": [], "sample": [], "decode": []} for name in sides}
+    for side in sides.values():       # warm-up: pools, caches, optimizer state
+        side.train_step()
+        side.sample(min(args.sample_batch, 4))
+    for _ in range(args.repeat):
+        for name, side in sides.items():
+            times[name]["train"].append(_timed(side.train_step)[0])
+        for name, side in sides.items():
+            seconds, decoding = _timed(lambda s=side: s.sample(args.sample_batch))
+            times[name]["sample"].append(seconds)
+            times[name]["decode"].append(decoding)
+    result = {"batch": args.batch, "sample_batch": args.sample_batch, "repeat": args.repeat,
+              "sampler": f"DDIM, {SAMPLING_STEPS} steps, eta 0", "cpus": os.cpu_count(),
+              "backend": backend.get_backend(),
+              "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    for name, side in sides.items():
+        result[name] = {
+            "checkpoint": side.path, "space": side.space.describe(),
+            "parameters": side.model.num_parameters(),
+            "x0_shape": list(side.space.shape),
+            "train_ms_per_image": _stats(times[name]["train"], args.batch),
+            "sample_ms_per_image": _stats(times[name]["sample"], args.sample_batch),
+            "decode_ms_per_image": _stats(times[name]["decode"], args.sample_batch),
+            "quality": _quality(args.figures, side.path)}
+    if not args.no_memory:
+        for name, which in (("pixel", "pixel"), ("latent", "ldm")):
+            result[name]["peak_memory_mb"] = _measure_memory(args, which)
+    pixel, latent = result["pixel"], result["latent"]
+    result["ratio_pixel_over_latent"] = {
+        key: pixel[key]["median_ms"] / latent[key]["median_ms"]
+        for key in ("train_ms_per_image", "sample_ms_per_image")}
+    result["ratio_of_minima"] = {key: pixel[key]["min_ms"] / latent[key]["min_ms"]
+                                 for key in ("train_ms_per_image", "sample_ms_per_image")}
+    if pixel.get("peak_memory_mb") and latent.get("peak_memory_mb"):
+        result["ratio_pixel_over_latent"]["peak_memory"] = (pixel["peak_memory_mb"] /
+                                                           latent["peak_memory_mb"])
+    torch = None if args.no_torch else import_torch(args.threads)
+    result["torch"] = _versus_torch(sides["latent"], args, torch) if torch else None
+    return result
+
+
+def _quality_text(q) -> str:
+    if not q:
+        return "(no record in figures.json)"
+    return (f"FID {q['fid']:.1f} (n = {q['n']:,}, {q['sampler']} {q['steps']} steps), "
+            f"confidence {q['mean_confidence']:.3f}")
+
+
+def _print_table(r) -> None:
+    p, z = r["pixel"], r["latent"]
+    print(f"pixel {p['space']}: {p['checkpoint']}, {p['parameters']:,} parameters")
+    print(f"latent {z['space']}: {z['checkpoint']}, {z['parameters']:,} parameters")
+    print(f"training batch {r['batch']}, sampling {r['sampler']} on {r['sample_batch']} images, "
+          f"median / min of {r['repeat']} alternating runs, float32, {r['backend']}")
+    head = f"{'per image':28s} {'pixel':>17s} {'latent':>17s} {'pixel / latent':>16s}"
+    print(head)
+    print("-" * len(head))
+    ratio, minima = r["ratio_pixel_over_latent"], r["ratio_of_minima"]
+    for key, label in (("train_ms_per_image", "training step (ms)"),
+                       ("sample_ms_per_image", "sampling, decoder incl. (ms)")):
+        print(f"{label:28s} {p[key]['median_ms']:8.2f} /{p[key]['min_ms']:7.2f} "
+              f"{z[key]['median_ms']:8.2f} /{z[key]['min_ms']:7.2f} "
+              f"{ratio[key]:8.1f} /{minima[key]:6.1f}")
+    decoder = z["decode_ms_per_image"]["median_ms"]
+    print(f"{'  of which the decoder (ms)':28s} {'':17s} {decoder:8.2f}")
+    if "peak_memory_mb" in p:
+        pm, zm = p["peak_memory_mb"], z["peak_memory_mb"]
+        ratio_text = f"{ratio['peak_memory']:8.1f}" if "peak_memory" in ratio else ""
+        print(f"{'peak RSS growth, train (MiB)':28s} "
+              f"{'-' if pm is None else f'{pm:.1f}':>17s} "
+              f"{'-' if zm is None else f'{zm:.1f}':>17s} {ratio_text:>8s}")
+    print(f"quality, pixel:  {_quality_text(p['quality'])}")
+    print(f"quality, latent: {_quality_text(z['quality'])}")
+    print("(quality as recorded in figures.json by minidiff eval; MNIST-classifier FID)")
+    t = r["torch"]
+    if t:
+        print(f"latent U-Net vs torch {t['torch']} (batch {t['batch']}, max |diff| "
+              f"{t['max_abs_diff']:.1e}), median ms, minidiff vs torch:")
+        for key, label in (("train_step", "training step"), ("sample_step", "sampling step")):
+            print(f"  {label:14s} {t['minidiff'][key]['median_ms']:8.1f} vs "
+                  f"{t['torch'][key]['median_ms']:8.1f} ms  ({t['ratio'][key]:.2f}x)")
+    else:
+        print("latent U-Net vs torch:" + NO_TORCH)
+    if r.get("load_average"):
+        print(f"load average {r['load_average'][0]:.2f} on {r['cpus']} CPUs (other work on "
+              "the machine slows both models; the ratios suffer less than the times)")
+
+
+def _parser():
+    parser = benchmark_parser("minidiff bench ldm", __doc__.split("\n")[0],
+                              "timed repeats (default 3)")
+    parser.set_defaults(repeat=3)
+    parser.add_argument("--sample-batch", type=int, default=32,
+                        help="images per timed DDIM run (default 32)")
+    parser.add_argument("--pixel", default=DEFAULTS["pixel"], help="the pixel model's checkpoint")
+    parser.add_argument("--ldm", default=DEFAULTS["ldm"], help="the latent model's checkpoint")
+    parser.add_argument("--autoencoder", default=None,
+                        help="the LDM's autoencoder, if not at the path it recorded")
+    parser.add_argument("--figures", default=FIGURES,
+                        help=f"quality record of the shipped models (default {FIGURES})")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory subprocesses")
+    parser.add_argument("--probe", choices=("pixel", "ldm"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    error = counts_error(args, "minidiff bench ldm")
+    if error is None and args.sample_batch < 1:
+        error = "minidiff bench ldm: --sample-batch must be >= 1"
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    from minidiff.spaces import SpaceError  # noqa: PLC0415
+    from minidiff.train.checkpoint import CheckpointError  # noqa: PLC0415
+    try:
+        if args.probe:
+            print(json.dumps(_probe(args)))
+            return 0
+        result = run(args)
+    except (CheckpointError, SpaceError) as error:
+        print(f"minidiff bench ldm: {error}", file=sys.stderr)
+        return 2
+    except AssertionError as error:
+        print(f"minidiff bench ldm: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
