@@ -93,7 +93,7 @@ def test_reparameterized_sample_gradient(data):
     shape = data.draw(shapes(min_dims=2, max_dims=3))
     mean = _t(data.draw(arrays(shape)), grad=True)
     logvar = _t(data.draw(arrays(shape, floats(-3.0, 2.0))), grad=True)
-    noise = data.draw(arrays(shape))
+    noise = backend.to_device(data.draw(arrays(shape)))
     gradcheck(lambda m, lv: DiagonalGaussian(m, lv).sample(noise), mean, logvar)
     gradcheck(lambda m, lv: DiagonalGaussian(m, lv).kl(), mean, logvar)
     gradcheck(lambda m, lv: DiagonalGaussian(m, lv).nll(noise), mean, logvar)
@@ -106,8 +106,8 @@ def test_loss_gradient_wrt_mean_and_logvar(recon, float64):
     rng = np.random.default_rng(1)
     mean = _t(rng.normal(size=(2, 3, 2, 2)), grad=True)
     logvar = _t(rng.uniform(-2, 1, size=(2, 3, 2, 2)), grad=True)
-    noise = rng.normal(size=(2, 3, 2, 2))
-    x = np.where(rng.random((2, 3, 2, 2)) < 0.5, -12.0, 12.0)
+    noise = backend.to_device(rng.normal(size=(2, 3, 2, 2)))
+    x = backend.to_device(np.where(rng.random((2, 3, 2, 2)) < 0.5, -12.0, 12.0))
 
     def loss(m, lv):
         q = DiagonalGaussian(m, lv)
@@ -116,7 +116,7 @@ def test_loss_gradient_wrt_mean_and_logvar(recon, float64):
 
 
 def test_loss_terms_are_what_they_say():
-    x = np.zeros((2, 1, 4, 4))
+    x = backend.to_device(np.zeros((2, 1, 4, 4)))
     reconstruction = np.full((2, 1, 4, 4), 0.5)
     q = DiagonalGaussian(_t(np.ones((2, 2, 1, 1))), _t(np.zeros((2, 2, 1, 1))))
     loss, terms = autoencoder_loss(x, _t(reconstruction), q, kl_weight=0.1, recon="l2")
@@ -160,7 +160,7 @@ def test_encoder_and_decoder_gradients_tiny(float64):
     """Finite differences through E then D: the input, the first and the last weights."""
     model = AutoencoderKL(**TINY)
     x = _t(np.random.default_rng(0).uniform(-1, 1, (1, 1, 8, 8)), grad=True)
-    noise = np.random.default_rng(1).normal(size=(1, 2, 4, 4))
+    noise = backend.to_device(np.random.default_rng(1).normal(size=(1, 2, 4, 4)))
 
     def run(x, *_):
         q = model.encode(x)
@@ -172,7 +172,7 @@ class _Known:
     """An 'encoder' with a known latent law: z = 3 x + 2 eps."""
 
     def encode(self, x):
-        return DiagonalGaussian(md.Tensor(3.0 * x), md.Tensor(np.full(x.shape, math.log(4.0))))
+        return DiagonalGaussian(md.Tensor(3.0 * x), md.Tensor(backend.xp().full(x.shape, math.log(4.0))))
 
 
 def test_scale_factor_on_a_known_case(float64):
