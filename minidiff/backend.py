@@ -73,10 +73,10 @@ _keep_freed_memory()
 
 __all__ = [
     "BackendUnavailableError", "BackendMismatchError", "set_backend", "get_backend", "xp",
-    "array_module_of", "array_of", "backend_name_of", "is_array", "is_device_backend", "to_host", "to_device",
-    "set_default_dtype", "default_dtype", "manual_seed", "get_rng_state", "set_rng_state",
-    "randn", "rand", "randint", "permutation", "scatter_add", "save_npz", "load_npz", "host",
-    "synchronize",
+    "array_module_of", "array_of", "backend_name_of", "is_array", "is_device_backend",
+    "to_host", "to_device", "set_default_dtype", "default_dtype", "manual_seed",
+    "get_rng_state", "set_rng_state", "randn", "rand", "randint", "permutation", "scatter_add",
+    "save_npz", "load_npz", "host", "synchronize",
 ]
 
 #: NumPy itself, for host-side work that is not math (image and file I/O).
