@@ -56,7 +56,7 @@ def dev(a):
 
 
 def host(a):
-    return backend.to_host(getattr(a, "data", a))
+    return backend.to_host(backend.array_of(a))
 
 
 # %% [markdown]

@@ -55,7 +55,7 @@ def dev(a):
 
 
 def host(a):
-    return backend.to_host(getattr(a, "data", a))
+    return backend.to_host(backend.array_of(a))
 
 
 def log_normal(x, mean, var):

@@ -12,6 +12,7 @@ What lives here:
   host/device boundary, so the GPU road (``is_device_backend``) can be tested on a CPU;
 * the default floating dtype (float32; float64 for gradient checks);
 * moving arrays between host and device: ``to_host``, ``to_device``, ``array_module_of``;
+  ``array_of`` unwraps "a Tensor or an array";
 * randomness: one seeded generator, ``manual_seed(n)``.  It draws on the host (NumPy's PCG64)
   and the draws are moved to the device, so a seed gives the *same* numbers on either backend
   and the generator's state can be saved in a checkpoint and restored exactly;
@@ -72,10 +73,10 @@ _keep_freed_memory()
 
 __all__ = [
     "BackendUnavailableError", "BackendMismatchError", "set_backend", "get_backend", "xp",
-    "array_module_of", "backend_name_of", "is_array", "is_device_backend", "to_host", "to_device",
-    "set_default_dtype", "default_dtype", "manual_seed", "get_rng_state", "set_rng_state",
-    "randn", "rand", "randint", "permutation", "scatter_add", "save_npz", "load_npz", "host",
-    "synchronize",
+    "array_module_of", "array_of", "backend_name_of", "is_array", "is_device_backend",
+    "to_host", "to_device", "set_default_dtype", "default_dtype", "manual_seed",
+    "get_rng_state", "set_rng_state", "randn", "rand", "randint", "permutation", "scatter_add",
+    "save_npz", "load_npz", "host", "synchronize",
 ]
 
 #: NumPy itself, for host-side work that is not math (image and file I/O).
@@ -182,6 +183,13 @@ def is_array(value) -> bool:
     if _cupysim is not None and type(value) is _cupysim.ndarray:
         return True
     return _cupy is not None and isinstance(value, _cupy.ndarray)
+
+
+def array_of(value):
+    """The array behind ``value``: a Tensor's ``.data``, an array itself.  Not
+    ``getattr(value, "data", value)``: an array has a ``.data`` of its own (a memoryview in
+    NumPy, a device ``MemoryPointer`` in CuPy), which is not the array."""
+    return value if is_array(value) else getattr(value, "data", value)
 
 
 def backend_name_of(array) -> str:

@@ -18,6 +18,11 @@ their own, and at every boundary they behave as ``cupy.ndarray`` does (read from
   ValueError from ``fill``); NumPy *scalars* and Python numbers mix freely, as in CuPy; so do
   what CuPy copies over by itself: ``asarray(n)``, indexing with a NumPy integer or boolean
   array, assigning a 0-d NumPy array, or a NumPy array through an array/mask index;
+* ``a.data`` is a pointer to the memory (``MemoryPointer`` below, as ``cupy.ndarray.data`` is a
+  ``cupy.cuda.MemoryPointer``), not an array: ``getattr(x, "data", x)``, meant to unwrap a
+  Tensor, gives a pointer when ``x`` is a raw device array (``minidiff.backend.array_of`` is the
+  safe unwrap; NumPy's ``.data``, a memoryview, happens to convert back, so only the device
+  road breaks);
 * reductions and integer indexing return 0-d arrays, never NumPy scalars;
   ``float(a)``, ``int(a)``, ``bool(a)``, ``a.item()``, ``a.tolist()``, ``str(a)`` and
   ``format(a, spec)`` synchronise and work as in CuPy (``float`` of an array of more than one
@@ -44,7 +49,7 @@ import numpy
 
 from minidiff.backend import BackendMismatchError
 
-__all__ = ["ndarray", "asnumpy", "scatter_add", "CUPY_API", "module"]
+__all__ = ["ndarray", "MemoryPointer", "asnumpy", "scatter_add", "CUPY_API", "module"]
 
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
              "Please use `.get()` to construct a NumPy array explicitly.")
@@ -164,6 +169,22 @@ def _binary(ufunc, name):
     return forward, reflected, inplace
 
 
+class MemoryPointer:
+    """What ``a.data`` is for a CuPy array (``cupy.cuda.MemoryPointer``): the address of its
+    device memory, not an array; NumPy makes it a 0-d object array, useless as data."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __int__(self):
+        return self.ptr
+
+    def __repr__(self):
+        return f"<cupy-sim MemoryPointer 0x{self.ptr:x}>"
+
+
 class ndarray:
     """An array "on the simulated device": a NumPy array that refuses to leave implicitly."""
 
@@ -226,6 +247,7 @@ class ndarray:
     T = property(lambda self: ndarray._of(self._a.T))
     base = property(lambda self: None if self._a.base is None else ndarray._of(self._a.base))
     device = property(lambda self: "cupy-sim")
+    data = property(lambda self: MemoryPointer(self._a.__array_interface__["data"][0]))
 
     def __getattr__(self, name):
         if name in _METHODS:

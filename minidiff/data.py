@@ -128,5 +128,5 @@ def to_unit_range(images):
 
 def from_unit_range(x):
     """float in [-1, 1] -> uint8 [0, 255] (clipped, rounded) as a host array."""
-    x = backend.to_host(getattr(x, "data", x))
+    x = backend.to_host(backend.array_of(x))
     return ((x.clip(-1.0, 1.0) + 1.0) * 127.5).round().astype(backend.host.uint8)

@@ -16,7 +16,7 @@ __all__ = ["make_grid", "save_grid", "save_gif", "save_strip"]
 
 def make_grid(images, nrow: int | None = None, pad: int = 2, scale: int = 2):
     """One (H', W') uint8 host array: the images tiled ``nrow`` per row, ``pad`` pixels apart."""
-    images = backend.to_host(getattr(images, "data", images))
+    images = backend.to_host(backend.array_of(images))
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images: expected (N, 1, H, W), got shape {images.shape}")
     if images.dtype != backend.host.uint8:
@@ -75,5 +75,5 @@ def save_gif(frames, path, nrow: int | None = None, duration_ms: int = 80,
 
 def save_strip(images, path, scale: int = 3) -> None:
     """One row: the states of a single digit through the reverse process, left to right."""
-    images = backend.to_host(getattr(images, "data", images))
+    images = backend.to_host(backend.array_of(images))
     save_grid(images, path, nrow=len(images), scale=scale)

@@ -59,6 +59,13 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _requested_backend_for_shared_fixtures():
+    """Module-scoped fixtures (a model trained once for a file) are built before a test's own
+    setup below: select the requested backend before any of them."""
+    backend.set_backend(REQUESTED_BACKEND if REQUESTED_BACKEND in backend.BACKENDS else "numpy")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_backend_state():
     """Run each test on the requested backend with float32, seed 0; restore afterwards."""

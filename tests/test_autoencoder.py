@@ -172,8 +172,8 @@ class _Known:
     """An 'encoder' with a known latent law: z = 3 x + 2 eps."""
 
     def encode(self, x):
-        return DiagonalGaussian(md.Tensor(3.0 * x),
-                                md.Tensor(md.xp().full(x.shape, math.log(4.0))))
+        logvar = backend.xp().full(x.shape, math.log(4.0))
+        return DiagonalGaussian(md.Tensor(3.0 * x), md.Tensor(logvar))
 
 
 def test_scale_factor_on_a_known_case(float64):

@@ -263,3 +263,28 @@ def test_every_listed_name_exists_in_the_simulator():
         assert callable(getattr(sim, name)), name
     for name in CUPY_LINALG:
         assert callable(getattr(sim.linalg, name)), name
+
+
+def test_an_arrays_data_is_a_pointer_and_the_library_unwraps_raw_arrays(device):
+    """``cupy.ndarray.data`` is a MemoryPointer, not an array: ``getattr(x, "data", x)``, meant
+    to unwrap a Tensor, crashed ``data.from_unit_range`` on a raw CuPy array on an H200.  The
+    library's functions that take "a Tensor or an array" must take a raw device array."""
+    from minidiff.data import from_unit_range
+    from minidiff.images import make_grid
+    from minidiff.models.autoencoder import scale_by_std
+    from minidiff.models.distributions import DiagonalGaussian
+    xp = md.xp()
+    a = xp.zeros((2, 1, 4, 4))
+    assert not backend.is_array(a.data) and not isinstance(a.data, np.ndarray)
+    assert backend.array_of(a) is a and backend.array_of(md.Tensor(a)) is a
+    for x in (a, md.Tensor(a)):
+        pixels = from_unit_range(x)
+        assert type(pixels) is np.ndarray and pixels.shape == (2, 1, 4, 4)
+        assert (pixels == 128).all()                       # 0 -> (0 + 1) * 127.5, rounded
+        assert make_grid(xp.asarray(pixels), pad=0, scale=1).shape == (4, 8)
+
+    class Constant:                                        # z = x + eps, eps ~ N(0, 1)
+        def encode(self, x):
+            return DiagonalGaussian(md.Tensor(x), md.Tensor(xp.zeros(x.shape)))
+    md.manual_seed(0)
+    assert 0.9 < scale_by_std(Constant(), xp.zeros((200, 1, 4, 4))) < 1.1

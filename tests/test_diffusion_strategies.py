@@ -18,7 +18,7 @@ DIFFUSION = settings(deadline=None, max_examples=15, derandomize=True,
 
 def h(a):
     """Host NumPy array of anything (array on either backend, Tensor, number)."""
-    a = getattr(a, "data", a)
+    a = backend.array_of(a)
     return np.asarray(backend.to_host(a)) if backend.is_array(a) else np.asarray(a)
 
 

@@ -58,10 +58,16 @@ def test_unchanged_graph_and_changes_after_backward_are_fine():
 
 # ----------------------------------------------------------------------------- model inputs
 
-@pytest.fixture   # per test: built after conftest has selected the suite's backend
-def unet():
+@pytest.fixture(scope="module")
+def _unet():
     return UNet(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
                 attention_resolutions=())
+
+
+@pytest.fixture
+def unet(_unet):
+    """Built once, before the per-test fixture sets the suite's backend: moved there here."""
+    return _unet.to(backend.get_backend())
 
 
 @pytest.mark.parametrize("x, t, words", [
@@ -81,7 +87,7 @@ def test_unet_checks_its_inputs_in_its_own_words(unet, x, t, words):
 
 def test_training_step_refuses_raw_pixels_and_steps_outside_t(unet):
     schedule = NoiseSchedule.linear(10)
-    pixels = np.full((2, 1, 28, 28), 200, np.uint8)
+    pixels = backend.to_device(np.full((2, 1, 28, 28), 200, np.uint8))
     with pytest.raises(ValueError, match="to_unit_range"):
         training_step(unet, schedule, pixels)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -89,8 +95,8 @@ def test_training_step_refuses_raw_pixels_and_steps_outside_t(unet):
     x0 = backend.to_device(np.zeros((2, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match=r"\[0, T\)"):
         training_step(unet, schedule, x0, t=backend.to_device(np.array([0, 10])))
-    assert np.isfinite(training_step(unet, schedule, x0,
-                                     t=backend.to_device(np.array([0, 9]))).item())
+    t = backend.to_device(np.array([0, 9]))
+    assert np.isfinite(training_step(unet, schedule, x0, t=t).item())
 
 
 def test_trainer_refuses_float_images(tmp_path):
@@ -118,7 +124,7 @@ def test_non_finite_samples_name_the_cause():
     schedule = NoiseSchedule.linear(10)
 
     def overflowing(x, t):
-        return md.xp().full(x.shape, np.nan, np.float32)
+        return backend.xp().full(x.shape, np.nan, np.float32)
     with pytest.raises(MinidiffInputError, match="NaN or Inf.*overflowed"):
         sample(overflowing, schedule, {"image_size": 4}, "ddim", steps=2, n=2)
 
@@ -229,7 +235,9 @@ def test_sigterm_stops_like_ctrl_c_and_prints_the_resume_command(tmp_path, capsy
     assert "SIGTERM: stopping after this step" in printed
     assert load_checkpoint(out / "checkpoint.npz")["step"] in (2, 3)
     resume = printed.strip().splitlines()[-1]
-    assert resume.startswith("to continue: minidiff ") and " train --out " in resume
+    on = [] if md.get_backend() == "numpy" else ["--backend", md.get_backend()]
+    prefix = " ".join(["to continue: minidiff", *on, "train --out "])
+    assert resume.startswith(prefix), resume      # the backend it ran on, named unless default
     monkeypatch.setattr(Trainer, "train_step", original)
     argv = resume.split(" train ", 1)[1].split()
     assert train_cli.main(argv) == 0
@@ -247,7 +255,7 @@ def test_x0_panel_has_one_label_per_row_naming_t(tmp_path):
     x0 = md.tensor(np.zeros((4, 1, 8, 8))).data
 
     def zero(x, t):
-        return md.Tensor(md.xp().zeros(x.shape, np.float32))
+        return md.Tensor(backend.xp().zeros(x.shape, np.float32))
     _, panel = diagnostics.timestep_report(zero, schedule, x0)
     labels = diagnostics.panel_labels(50)
     assert len(panel) == 4 * len(labels) and labels[-1] == "x0^  t=50"

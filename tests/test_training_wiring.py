@@ -86,7 +86,7 @@ def test_training_loss_on_a_fixed_batch(target, gamma, float64):
     prediction = 0.5 * x_t + 0.01 * t[:, None, None]
 
     def net(x, steps):
-        return Tensor(0.5 * x.data + 0.01 * dev(steps)[:, None, None])
+        return Tensor(0.5 * x.data + 0.01 * steps[:, None, None])   # steps: dev(t) below
 
     want_target = {"eps": noise, "x0": x0, "v": np.sqrt(abar) * noise - np.sqrt(1 - abar) * x0}
     per_item = ((prediction - want_target[target]) ** 2).mean(axis=(1, 2))

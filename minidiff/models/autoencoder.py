@@ -222,7 +222,7 @@ def scale_by_std(model, x, batch: int = 500) -> float:
     total = total_sq = count = 0.0
     with no_grad():
         for start in range(0, len(x), batch):
-            chunk = backend.to_device(getattr(x, "data", x)[start:start + batch])
+            chunk = backend.to_device(backend.array_of(x)[start:start + batch])
             z = model.encode(chunk).sample().data.astype(xp.float64)
             total += float(z.sum())
             total_sq += float((z * z).sum())
