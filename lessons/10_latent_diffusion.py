@@ -174,7 +174,7 @@ for factor, label in ((1.0, "s z "), (5.0, "5 s z")):
 c, h, w = autoencoder.latent_shape
 latent_unet = UNet(in_channels=c, out_channels=c, image_size=h, base_channels=8 if args.quick
                    else 32, channel_mults=(1,), num_res_blocks=2, attention_resolutions=())
-loss = training_step(latent_unet, schedule, z0[:32], target_type="v")
+loss = training_step(latent_unet, schedule, z0[:32], target_type="v", x0_range=None)  # latents: no [-1, 1]
 loss.backward()
 print(f"one training step on z_0 (U-Net in {c}x{h}x{w}): loss {loss.item():.3f}, every "
       f"parameter has a gradient: {all(p.grad is not None for p in latent_unet.parameters())}")
