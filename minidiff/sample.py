@@ -111,6 +111,9 @@ def main(argv=None) -> int:
                                                                 use_ema=not args.raw,
                                                                 arrays=arrays)
         space = space_from_checkpoint(arrays, args.autoencoder)
+        if args.autoencoder and space.kind == "pixel":
+            raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
+                             "decodes nothing; the option is for latent models only")
     except (CheckpointError, SpaceError) as error:
         print(f"minidiff: {error}", file=sys.stderr)
         return 2

@@ -42,6 +42,8 @@ DEMO = ["demo", "--steps", "1", "--out", "{out}"]
 BENCH_UNET = ["bench", "unet", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
               "--base-channels", "8"]
 BENCH_LAYERS = ["bench", "layers", "--no-torch", "--repeat", "1", "--batch", "1"]
+BENCH_LDM = ["bench", "ldm", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
+             "--sample-batch", "1"]
 
 
 def _train(*extra, names):
@@ -169,6 +171,15 @@ CASES = [
     ("demo-bogus-option", DEMO + ["--bogus"], ("--bogus",)),
     # ---------------------------------------------------------------- bench
     ("bench-nothing", ["bench"], ("layers", "unet")),
+    *_flag(BENCH_LDM, "bench-ldm", "--repeat", ["0"]),
+    *_flag(BENCH_LDM, "bench-ldm", "--sample-batch", ["0"]),
+    *_flag(BENCH_LDM, "bench-ldm", "--pixel", ["{tmp}/nope.npz", "{garbage}"],
+           names=("nope.npz", "garbage.npz")),
+    *_flag(BENCH_LDM, "bench-ldm", "--ldm", ["{tmp}/nope.npz", "{text}"],
+           names=("nope.npz", "notes.txt")),
+    ("sample-autoencoder-for-a-pixel-model", SAMPLE + ["--autoencoder", "{ckpt}"],
+     ("--autoencoder",)),
+    ("train-ae-steps-0", ["train-ae", "--out", "{out}", "--steps", "0"], ("steps",)),
     ("bench-unknown", ["bench", "nonesuch"], ("nonesuch",)),
     *_flag(BENCH_LAYERS, "bench-layers", "--repeat", ["0", "abc"]),
     *_flag(BENCH_LAYERS, "bench-layers", "--batch", ["0"]),
