@@ -16,8 +16,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SOURCES = ("minidiff", "data", "setup.cfg", "pyproject.toml", "README.md", "LICENSE",
-           "MANIFEST.in")
+SOURCES = ("minidiff", "data", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 
 pytestmark = [
     pytest.mark.slow,   # ~25 s on the 2-core machine (wheel build, venv, install, three runs)
