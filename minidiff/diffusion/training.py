@@ -47,7 +47,7 @@ def _check_timesteps(schedule, t, n: int) -> None:
 
 def training_step(model, schedule, x0, target_type: str = "eps",
                   min_snr_gamma: float | None = None, t=None, noise=None, part=None,
-                  x0_range=(-1.0, 1.0)):
+                  x0_range=(-1.0, 1.0), cond=None):
     """Loss Tensor of Algorithm 1 for the batch ``x0`` (array or Tensor, shape (N, ...)).
 
     ``model(Tensor x_t, t)`` predicts ``target_type``; ``t`` and ``noise`` default to fresh
@@ -57,6 +57,8 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     stretch of the stream 2^64 draws per item further on, so that parts get independent masks
     and the generator still ends in the same state for every part.  ``x0_range``: the values
     x0 must lie in (pixels: [-1, 1]); None for data with no fixed range, such as latents.
+    ``cond``: a conditioned model's inputs (a dict of arrays with N rows, lesson 11); the
+    model is then called ``model(x_t, t, cond)``, with every array cut to ``part`` too.
     Call ``.backward()`` on the result.
     """
     if target_type not in TARGETS:
@@ -73,10 +75,11 @@ def training_step(model, schedule, x0, target_type: str = "eps",
         noise = backend.randn(*x0.shape, dtype=x0.dtype)
     if part is not None:
         x0, t, noise = x0[part], t[part], noise[part]
+        cond = None if cond is None else {k: v[part] for k, v in cond.items()}
     x_t = q_sample(schedule, x0, t, noise)
     offset = 0 if part is None else (part.start or 0) << 64
     with backend.rng_offset(offset):
-        prediction = model(Tensor(x_t), t)
+        prediction = model(Tensor(x_t), t) if cond is None else model(Tensor(x_t), t, cond)
     target = {"eps": lambda: noise, "x0": lambda: x0,
               "v": lambda: predict_v(schedule, x0, t, noise)}[target_type]()
     return loss_simple(prediction, target, t=t, schedule=schedule, target_type=target_type,

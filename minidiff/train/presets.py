@@ -55,6 +55,13 @@ _COMMON = {
     # bookkeeping, in steps (0 turns a thing off)
     "log_every": 50, "sample_every": 2500, "checkpoint_every": 1000, "diag_every": 2500,
     "sample_steps": 50, "sample_count": 64,
+    # conditioning (lesson 11, ``minidiff.conditioning``): "none", "crossattn" (a caption
+    # through the text encoder tau_theta, cross-attended), "concat" (mask + masked image as
+    # extra input channels: inpainting) or "hybrid" (both); the text encoder's width, depth,
+    # heads and caption length; the chance of training on the empty caption (classifier-free
+    # guidance), the fraction of training masks covering everything, the default guidance
+    "conditioning": "none", "context_dim": 64, "text_layers": 2, "text_heads": 4,
+    "max_tokens": 8, "caption_dropout": 0.1, "mask_all_fraction": 0.25, "guidance": 3.0,
 }
 
 PRESETS = {
@@ -88,12 +95,29 @@ PRESETS = {
                   "min_lr": 1e-4, "steps": 1200, "ema_decay": 0.995, "log_every": 50,
                   "sample_every": 400, "checkpoint_every": 200, "diag_every": 600,
                   "sample_steps": 50},
+    # Text to image (lesson 11): ``ldm-quick``'s U-Net in the same latents, conditioned on a
+    # caption by cross-attention.  tau_theta (2 blocks, width 64, 4 heads) reads the caption;
+    # every attention block becomes a SpatialTransformer: in the middle and after each
+    # ResBlock at 7x7 (attention_resolutions [7]; the 49 latent pixels attend to at most 9
+    # keys, cheap).  Caption dropout 0.1 for classifier-free guidance; grids: one row per
+    # digit word at guidance 3.
+    "txt2img-quick": None,
+    # Inpainting and text (lesson 11): the same, with the mask and E(masked image)
+    # concatenated to z_t (1 + 4 extra input channels); a quarter of the training masks
+    # cover everything, so the model also generates from a caption alone.
+    "inpaint-quick": None,
     # The reference configuration of lesson 06 (``REFERENCE_CONFIG``, 1,623,169 parameters);
     # hours on a CPU, minutes on a GPU (``minidiff --backend cupy train --preset mnist``).
     "mnist": {**_COMMON, "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2,
               "attention_resolutions": [7], "num_heads": 4, "dropout": 0.1, "groups": 8,
               "time_embed_dim": 32},
 }
+
+PRESETS["txt2img-quick"] = {**PRESETS["ldm-quick"], "conditioning": "crossattn",
+                            "attention_resolutions": [7], "steps": 2000,
+                            "sample_every": 500, "checkpoint_every": 200, "diag_every": 1000,
+                            "sample_count": 80, "sample_steps": 25}
+PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid"}
 
 # The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
 # ResBlock per level), 4 x 7 x 7 latents, an L2 reconstruction + kl_weight * KL (per image,
@@ -176,8 +200,9 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     for key, value in config.items():
         _check_type(key, value, base.get(key))
     from minidiff.models.autoencoder import RECON_LOSSES  # noqa: PLC0415
+    from minidiff.conditioning import CONDITIONINGS  # noqa: PLC0415
     choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
-               "model": MODELS}
+               "model": MODELS, "conditioning": CONDITIONINGS}
     if config["model"] == "autoencoder":
         missing = sorted(set(_AE) - set(config))
         if missing:
