@@ -85,6 +85,10 @@ class ConditionedUNet(Module):
         the keys this model was trained with, each with N rows."""
         wants = (("tokens",) if self.text_encoder is not None else ()) + \
             (("concat",) if self.unet.config.concat_channels else ())
+        if cond is None:
+            raise ConditionError(f"model: conditioned on {list(wants)}; call it "
+                                 "model(x_t, t, cond) with cond from "
+                                 "minidiff.conditioning.sampling_cond")
         if not isinstance(cond, dict) or sorted(cond) != sorted(wants):
             raise ConditionError(f"model: cond must be a dict with the keys {list(wants)}, got "
                                  f"{sorted(cond) if isinstance(cond, dict) else cond!r}")
@@ -169,8 +173,12 @@ class Conditioner:
                                      f"{len(images)} images")
             self.labels = backend.host.asarray(labels)
             self.tokenizer = captions.Tokenizer(int(config["max_tokens"]))
-            self.stats = captions.CaptionStats.from_images(images)
-            self.thickness_words, self.slant_words = self.stats.words(images)
+            thickness = captions.measure_thickness(images)     # measured once, here
+            slant = captions.measure_slant(images)
+            self.stats = captions.CaptionStats(captions.tertile_edges(thickness),
+                                               captions.tertile_edges(slant))
+            self.thickness_words, self.slant_words = captions.attribute_words(
+                thickness, slant, self.stats)
 
     def record(self) -> dict:
         """What the checkpoints keep: the caption statistics of the training set."""
@@ -267,7 +275,7 @@ def guided(eps_model, cond: dict, uncond: dict, scale: float):
     def eps(x_t, t):
         n, c = x_t.shape[0], x_t.shape[1]
         xp = backend.xp()
-        t = backend.array_of(t)
+        t = backend.to_device(backend.array_of(t))
         out = eps_model(concatenate([x_t, x_t]), xp.concatenate([t, t]), both)
         out = backend.array_of(out)
         out_u, out_c = out[:n], out[n:]
