@@ -186,3 +186,14 @@ def test_tokenizer_errors_name_the_word_and_the_limit():
 def test_encode_decode_round_trip(words):
     caption = " ".join(words)
     assert Tokenizer(8).decode(Tokenizer(8).encode([caption])) == [caption]
+
+
+def test_attribute_figure_sorts_and_saves(tmp_path, test_digits):
+    from minidiff.caption_figures import save_attribute_figure
+    strips = save_attribute_figure(test_digits[0][:200], tmp_path / "a.png", n=8)
+    for name, measure in (("thickness", measure_thickness), ("slant", measure_slant)):
+        values, picks = strips[name]
+        assert picks.shape == (8, 1, 28, 28) and np.all(np.diff(values) >= 0)
+        assert np.allclose(measure(picks), values)
+        assert values[0] == measure(test_digits[0][:200]).min()
+    assert (tmp_path / "a.png").stat().st_size > 0
