@@ -22,34 +22,16 @@
 #     python lessons/00_autograd.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend
 from minidiff.testing import gradcheck, numerical_gradient
 
 np = backend.host  # NumPy, for plain host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description=__doc__ or "Lesson 00: automatic differentiation")
-parser.add_argument("--quick", action="store_true", help="a fast pass (fewer points)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")  # float64 throughout: we compare against finite differences
-md.manual_seed(0)
-
-
-def show(name, value):
-    print(f"{name:>34s}: {value}")
+args, out_dir = start(lesson_parser("Lesson 00: automatic differentiation", "a fast pass (fewer points)"), dtype="float64")  # float64 throughout: we compare against finite differences
 
 
 # %% [markdown]
@@ -265,13 +247,7 @@ assert abs(slope_central - 2) < 0.2 and abs(slope_forward - 1) < 0.2
 assert central[steps <= 1e-11].min() > 10 * central.min()
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:  # the lesson's checks do not need the figure
-    plt = None
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+plt = pyplot()   # None without matplotlib: the figures are then skipped
 
 if plt is not None:
     fig, ax = plt.subplots(figsize=(6, 4))

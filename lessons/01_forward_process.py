@@ -17,34 +17,17 @@
 #     python lessons/01_forward_process.py --out DIR  # where the figure goes (runs/lessons)
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, q_mean_variance
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 01: the forward process")
-parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")
-md.manual_seed(0)
+args, out_dir = start(lesson_parser("Lesson 01: the forward process", "a fast pass (fewer samples)"), dtype="float64")
 N = 2000 if args.quick else 20000
-
-
-def show(name, value):
-    print(f"{name:>40s}: {value}")
 
 
 # %% [markdown]
@@ -161,13 +144,7 @@ for t, beta in enumerate(betas):
         frames[t + 1] = x2
 assert abs(frames[1000].std() - 1) < 0.15
 
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+plt = pyplot()   # None without matplotlib: the figures are then skipped
 if plt is not None:
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
     for ax, (step, pts) in zip(axes, frames.items()):

@@ -17,35 +17,17 @@
 #     python lessons/02_closed_form.py [--quick] [--out DIR]
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.diffusion import (NoiseSchedule, predict_eps_from_v, predict_v, predict_x0_from_eps,
                                 predict_x0_from_v, q_sample)
 
 np = backend.host
 
-parser = argparse.ArgumentParser(description="Lesson 02: the closed form of q(x_t | x_0)")
-parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")
-md.manual_seed(0)
+args, out_dir = start(lesson_parser("Lesson 02: the closed form of q(x_t | x_0)", "a fast pass (fewer samples)"), dtype="float64")
 N = 20000 if args.quick else 200000
-
-
-def show(name, value):
-    print(f"{name:>44s}: {value}")
 
 
 def randn(*shape):
@@ -207,13 +189,7 @@ assert abs(float(backend.to_host(cosine.alphas_cumprod)[499]) - f[500] / f[0]) <
 show("alphabar_T: linear, cosine, scaled linear", tuple(
     f"{float(backend.to_host(s.alphas_cumprod)[-1]):.2g}" for s in (schedule, cosine, scaled)))
 
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+plt = pyplot()   # None without matplotlib: the figures are then skipped
 if plt is not None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     bins = np.linspace(-4, 4, 80)

@@ -17,34 +17,16 @@
 #     python lessons/03_reverse_process.py [--quick] [--out DIR]
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, ddpm_sample, p_mean_variance, q_posterior
 
 np = backend.host
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed trapz
 
-parser = argparse.ArgumentParser(description="Lesson 03: the reverse process")
-parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")
-md.manual_seed(0)
-
-
-def show(name, value):
-    print(f"{name:>46s}: {value}")
+args, out_dir = start(lesson_parser("Lesson 03: the reverse process", "a fast pass (fewer samples)"), dtype="float64")
 
 
 def normal_pdf(x, mean, var):
@@ -53,10 +35,6 @@ def normal_pdf(x, mean, var):
 
 def dev(a):
     return backend.to_device(np.asarray(a, dtype=np.float64))
-
-
-def host(a):
-    return backend.to_host(backend.array_of(a))
 
 
 # %% [markdown]
@@ -220,13 +198,7 @@ show("sample frequencies vs weights", (np.round(freq, 3), weights))
 assert close.mean() > 0.95
 assert np.abs(freq - weights).max() < 5 * math.sqrt(0.25 / n_samples)
 
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+plt = pyplot()   # None without matplotlib: the figures are then skipped
 if plt is not None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     axes[0].plot(grid, mixture, label="true q(x_{t-1} | x_t), (3.2)")

@@ -18,16 +18,10 @@
 #     python lessons/04_loss.py [--quick] [--out DIR]
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend
 from minidiff.diffusion import (NoiseSchedule, bits_per_dim, discretized_gaussian_log_likelihood,
                                 loss_simple, normal_kl, prior_term, q_mean_variance, q_posterior,
@@ -35,27 +29,12 @@ from minidiff.diffusion import (NoiseSchedule, bits_per_dim, discretized_gaussia
 
 np = backend.host
 
-parser = argparse.ArgumentParser(description="Lesson 04: the loss")
-parser.add_argument("--quick", action="store_true", help="a fast pass (fewer samples)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")
-md.manual_seed(0)
+args, out_dir = start(lesson_parser("Lesson 04: the loss", "a fast pass (fewer samples)"), dtype="float64")
 N = 4000 if args.quick else 40000
-
-
-def show(name, value):
-    print(f"{name:>46s}: {value}")
 
 
 def dev(a):
     return backend.to_device(np.asarray(a, dtype=np.float64))
-
-
-def host(a):
-    return backend.to_host(backend.array_of(a))
 
 
 def log_normal(x, mean, var):
@@ -235,13 +214,7 @@ show("bits/dim: full bound (4.8)", f"{full['bpd']:.3f} +- {full['stderr']:.3f}")
 show("bits/dim: Monte Carlo over t", f"{mc['bpd']:.3f} +- {mc['stderr']:.3f}")
 assert abs(mc["bpd"] - full["bpd"]) < 5 * math.hypot(mc["stderr"], full["stderr"])
 
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
+plt = pyplot()   # None without matplotlib: the figures are then skipped
 if plt is not None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     axes[0].semilogy(np.arange(1, T), weights_all[1:], label="weight of (4.5), sigma^2 = beta~")

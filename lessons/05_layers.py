@@ -21,36 +21,18 @@
 #     python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend, nn, optim
 from minidiff.nn import functional as F
 from minidiff.testing import gradcheck
 
 np = backend.host  # NumPy, for host-side reference numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 05: layers by hand")
-parser.add_argument("--quick", action="store_true", help="a fast pass (smaller checks)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.set_default_dtype("float64")  # float64: we compare against finite differences
-md.manual_seed(0)
+args, out_dir = start(lesson_parser("Lesson 05: layers by hand", "a fast pass (smaller checks)"), dtype="float64")  # float64: we compare against finite differences
 rng = np.random.default_rng(0)
-
-
-def host(t):
-    return backend.to_host(t.data if isinstance(t, md.Tensor) else t)
 
 
 # %% [markdown]
@@ -356,13 +338,8 @@ with ema.swapped():
 print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps; with EMA weights {ema_loss:.3f}")
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
-else:
+plt = pyplot()   # None without matplotlib: the figures are then skipped
+if plt is not None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     axes[0].imshow(backend.to_host(cols), cmap="viridis")
     axes[0].set(title="im2col of a 4x4 image (3x3 kernel)", xlabel="window (a, b)",

@@ -19,16 +19,9 @@
 #     python lessons/06_unet.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.models import REFERENCE_CONFIG, UNet, timestep_embedding
 from minidiff.nn import functional as F
@@ -37,18 +30,7 @@ from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 06: the U-Net")
-parser.add_argument("--quick", action="store_true", help="a fast pass (batch 2)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.manual_seed(0)
-
-
-def host(t):
-    return backend.to_host(t.data if isinstance(t, Tensor) else t)
+args, out_dir = start(lesson_parser("Lesson 06: the U-Net", "a fast pass (batch 2)"))
 
 
 # %% [markdown]

@@ -19,17 +19,10 @@
 #     python lessons/07_training.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
-import pathlib
-import sys
 import time
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.data import load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, q_sample, training_step
@@ -39,14 +32,7 @@ from minidiff.tensor import Tensor
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 07: training (Algorithm 1)")
-parser.add_argument("--quick", action="store_true", help="a tiny U-Net for a few seconds")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.manual_seed(0)
+args, out_dir = start(lesson_parser("Lesson 07: training (Algorithm 1)", "a tiny U-Net for a few seconds"))
 
 if args.quick:   # a 14x14 crop of the digits' centre and a 46k-parameter U-Net
     size, model_kwargs, batch, steps, lr = 14, dict(base_channels=8, channel_mults=(1, 2),
@@ -54,10 +40,6 @@ if args.quick:   # a 14x14 crop of the digits' centre and a 46k-parameter U-Net
                                                     attention_resolutions=(7,)), 8, 15, 5e-3
 else:            # full 28x28 digits, a 16-channel U-Net
     size, model_kwargs, batch, steps, lr = 28, dict(base_channels=16), 32, 400, 1e-3
-
-
-def host(t):
-    return backend.to_host(t.data if isinstance(t, Tensor) else t)
 
 
 # %% [markdown]
@@ -152,13 +134,8 @@ assert per_t[999] < per_t[0]
 # ## A figure: the loss curve
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
-else:
+plt = pyplot()   # None without matplotlib: the figures are then skipped
+if plt is not None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(losses, lw=0.8, label="batch loss")
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")

@@ -26,18 +26,13 @@
 #     python lessons/08_sampling.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
 import pathlib
 import statistics
-import sys
 import time
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, as_eps_model, ddim_sample, ddpm_sample
 from minidiff.diffusion.oracles import GaussianMixture
@@ -47,23 +42,13 @@ from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 08: sampling")
-parser.add_argument("--quick", action="store_true", help="a fast pass (smaller everything)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
+parser = lesson_parser("Lesson 08: sampling", "a fast pass (smaller everything)")
 parser.add_argument("--checkpoint", default="data/checkpoints/quick.npz",
                     help="a trained checkpoint for section 4 (skipped when absent)")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.manual_seed(0)
+args, out_dir = start(parser)
 xp = backend.xp()
 schedule = NoiseSchedule.linear(1000)
 T = schedule.num_timesteps
-
-
-def host(t):
-    return backend.to_host(t.data if isinstance(t, Tensor) else t)
 
 
 def abar_of(t, ndim):
@@ -321,13 +306,8 @@ print(f"x{(sizes[-1] / sizes[0]) ** 2:.0f} pixels costs x{growth:.1f} time "
 # ## A figure
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
-else:
+plt = pyplot()   # None without matplotlib: the figures are then skipped
+if plt is not None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     md.manual_seed(2)
     few = ddpm_sample(gaussian_eps, schedule, (2000, 2), steps=step_counts[0], clip_x0=False)

@@ -22,16 +22,10 @@
 #     python lessons/09_autoencoder.py --out DIR  # where the figure goes (default runs/lessons)
 
 # %%
-import argparse
 import math
 import pathlib
-import sys
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.data import load_mnist, to_unit_range
 from minidiff.models import AutoencoderKL, DiagonalGaussian
@@ -42,20 +36,10 @@ from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 09: the KL autoencoder")
-parser.add_argument("--quick", action="store_true", help="a tiny autoencoder, a few seconds")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figure")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
+args, out_dir = start(lesson_parser("Lesson 09: the KL autoencoder",
+                                     "a tiny autoencoder, a few seconds"))
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "data" / "checkpoints" / "ae.npz"
-md.manual_seed(0)
-
-
-def host(t):
-    return backend.to_host(t.data if isinstance(t, Tensor) else t)
 
 
 # %% [markdown]
@@ -295,13 +279,8 @@ elif not args.quick:
 # ## A figure: originals above reconstructions, and the latent histogram
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
-else:
+plt = pyplot()   # None without matplotlib: the figures are then skipped
+if plt is not None:
     fig, axes = plt.subplots(3, 8, figsize=(10, 4.4))
     for row, (label, images) in enumerate(figure_rows):
         for col in range(8):

@@ -28,47 +28,32 @@
 #     python lessons/10_latent_diffusion.py --out DIR  # where the figures go
 
 # %%
-import argparse
 import math
 import pathlib
 import statistics
-import sys
 import time
 
-try:
-    import minidiff as md
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    import minidiff as md
+from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
+import minidiff as md
 from minidiff import backend
 from minidiff.data import from_unit_range, load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, ddim_sample, q_sample, training_step
 from minidiff.models import UNet
 from minidiff.models.autoencoder import AutoencoderKL
-from minidiff.spaces import LatentSpace, PixelSpace
+from minidiff.spaces import LatentSpace
 from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
-parser = argparse.ArgumentParser(description="Lesson 10: latent diffusion")
-parser.add_argument("--quick", action="store_true", help="tiny stand-ins instead of the "
-                    "shipped models (seconds)")
-parser.add_argument("--out", default="runs/lessons", help="folder for the figures")
+parser = lesson_parser("Lesson 10: latent diffusion",
+                       "tiny stand-ins instead of the shipped models (seconds)")
 parser.add_argument("--autoencoder", default="data/checkpoints/ae.npz")
 parser.add_argument("--ldm", default="data/checkpoints/ldm.npz")
 parser.add_argument("--pixel", default="data/checkpoints/quick.npz")
-args, _ = parser.parse_known_args()  # parse_known_args: also runs inside Jupyter
-
-out_dir = pathlib.Path(args.out)
-out_dir.mkdir(parents=True, exist_ok=True)
-md.manual_seed(0)
+args, out_dir = start(parser)
 xp = backend.xp()
 schedule = NoiseSchedule.linear(1000)
 T = schedule.num_timesteps
-
-
-def host(a):
-    return backend.to_host(a.data if isinstance(a, Tensor) else a)
 
 
 shipped = not args.quick and all(pathlib.Path(p).exists()
@@ -293,13 +278,8 @@ assert f_latent < f_pixel and latent_cost < pixel_cost
 # ## Figures
 
 # %%
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    print("matplotlib is not installed: skipping the figure (pip install matplotlib)")
-else:
+plt = pyplot()   # None without matplotlib: the figures are then skipped
+if plt is not None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     steps = np.arange(1, T + 1)
     for label, v in (("Var = 1 (s z)", 1.0), (f"Var = {float(z.var()):.2f} (z)", float(z.var())),

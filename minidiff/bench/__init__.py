@@ -3,6 +3,7 @@ PyTorch in the same process when torch is importable (it is never a dependency);
 ``minidiff bench ldm`` sets the pixel model against the latent one."""
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -72,11 +73,13 @@ def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.
     return result
 
 
-def counts_error(args, prog: str):
-    """A one-line complaint when --repeat, --batch or --threads is below 1, else None."""
-    if min(args.repeat, args.batch, args.threads) < 1:
-        return f"{prog}: --repeat, --batch and --threads must be >= 1"
-    return None
+def emit(result: dict, as_json: bool, print_table) -> int:
+    """Print a benchmark's ``result``, as JSON or through its ``print_table``; exit status 0."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
 
 
 def main(argv=None) -> int:

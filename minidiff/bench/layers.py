@@ -21,11 +21,10 @@ shape occurs in one U-Net forward/backward, and compares the totals.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from minidiff import backend
-from minidiff.bench import (NO_TORCH, benchmark_parser, counts_error, import_torch, timed,
+from minidiff.bench import (NO_TORCH, benchmark_parser, emit, import_torch, timed,
                             torch_device)
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
@@ -143,16 +142,7 @@ def _print_table(result) -> None:
 def main(argv=None) -> int:
     args = benchmark_parser("minidiff bench layers", __doc__.split("\n")[0],
                             "timed repeats per op (min taken)").parse_args(argv)
-    error = counts_error(args, "minidiff bench layers")
-    if error:
-        print(error, file=sys.stderr)
-        return 2
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print_table(result)
-    return 0
+    return emit(run(args), args.json, _print_table)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
+from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
+from minidiff.validation import int_arg
 
 __all__ = ["main", "run", "FIGURES"]
 
@@ -262,7 +263,7 @@ def _parser():
     parser = benchmark_parser("minidiff bench ldm", __doc__.split("\n")[0],
                               "timed repeats (default 3)")
     parser.set_defaults(repeat=3)
-    parser.add_argument("--sample-batch", type=int, default=32,
+    parser.add_argument("--sample-batch", type=int_arg(1), default=32,
                         help="images per timed DDIM run (default 32)")
     parser.add_argument("--pixel", default=DEFAULTS["pixel"], help="the pixel model's checkpoint")
     parser.add_argument("--ldm", default=DEFAULTS["ldm"], help="the latent model's checkpoint")
@@ -278,12 +279,6 @@ def _parser():
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    error = counts_error(args, "minidiff bench ldm")
-    if error is None and args.sample_batch < 1:
-        error = "minidiff bench ldm: --sample-batch must be >= 1"
-    if error:
-        print(error, file=sys.stderr)
-        return 2
     from minidiff.spaces import SpaceError  # noqa: PLC0415
     from minidiff.train.checkpoint import CheckpointError  # noqa: PLC0415
     try:
@@ -297,12 +292,7 @@ def main(argv=None) -> int:
     except AssertionError as error:
         print(f"minidiff bench ldm: {error}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print_table(result)
-    return 0
-
+    return emit(result, args.json, _print_table)
 
 if __name__ == "__main__":
     sys.exit(main())

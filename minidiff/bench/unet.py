@@ -42,7 +42,7 @@ import subprocess
 import sys
 
 from minidiff import backend
-from minidiff.bench import NO_TORCH, benchmark_parser, counts_error, import_torch
+from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
 from minidiff.validation import MinidiffInputError, command, int_arg
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
@@ -303,10 +303,6 @@ def main(argv=None) -> int:
     if args.image_size is not None and args.image_size % 4:
         raise MinidiffInputError(f"--image-size: expected a multiple of 4 (two Downsamples, "
                                  f"attention at size / 4), got {args.image_size}")
-    error = counts_error(args, "minidiff bench unet")
-    if error:
-        print(error, file=sys.stderr)
-        return 2
     if args.probe:
         print(json.dumps(_probe(args)))
         return 0
@@ -315,12 +311,7 @@ def main(argv=None) -> int:
     except AssertionError as error:
         print(f"minidiff bench unet: {error}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _print_table(result)
-    return 0
-
+    return emit(result, args.json, _print_table)
 
 if __name__ == "__main__":
     sys.exit(main())
