@@ -138,6 +138,8 @@ def _conditioned(args, arrays):
     cond, uncond = loaded.cond(n, prompts=prompts)
     eps_model = loaded.guided_eps(cond, uncond, args.guidance) if prompts else \
         (lambda x_t, t: loaded.eps_model(x_t, t, cond))
+    if prompts is None and conditioning.uses_text(loaded.config):
+        prompts = [""] * n                      # what --out .npz records: the empty caption
     return eps_model, prompts, labels, loaded
 
 

@@ -333,6 +333,15 @@ def test_conditional_checkpoint_round_trip_and_exact_resume(kind, data, tmp_path
         np.testing.assert_array_equal(_h(uncond["concat"]), _h(cond["concat"]))
     with pytest.raises(conditioning.ConditionError, match="unconditioned"):
         conditioning.load_conditioned(str(_unconditioned(tmp_path, images)))
+    # the command: --n per prompt, prompt-major, the prompts stored beside the images
+    from minidiff import cli
+    out = str(tmp_path / "s.npz")
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "a" / "ema.npz"), "--prompt",
+                     "two", "--prompt", "a thin 7", "--n", "3", "--steps", "2", "--guidance",
+                     "2", "--out", out]) == 0
+    saved = np.load(out, allow_pickle=False)
+    assert saved["images"].shape == (6, 16, 16) and saved["images"].dtype == np.uint8
+    assert list(saved["prompts"]) == ["two"] * 3 + ["a thin 7"] * 3
 
 
 def _unconditioned(tmp_path, images):
