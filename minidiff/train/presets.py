@@ -96,15 +96,20 @@ PRESETS = {
                   "sample_every": 400, "checkpoint_every": 200, "diag_every": 600,
                   "sample_steps": 50},
     # Text to image (lesson 11): ``ldm-quick``'s U-Net in the same latents, conditioned on a
-    # caption by cross-attention.  tau_theta (2 blocks, width 64, 4 heads) reads the caption;
-    # every attention block becomes a SpatialTransformer: in the middle and after each
-    # ResBlock at 7x7 (attention_resolutions [7]; the 49 latent pixels attend to at most 9
-    # keys, cheap).  Caption dropout 0.1 for classifier-free guidance; grids: one row per
-    # digit word at guidance 3.
+    # caption by cross-attention: tau_theta (2 blocks, width 64, 4 heads) reads the caption,
+    # and the middle block's attention becomes a SpatialTransformer (self-attention over the
+    # 49 latent pixels, cross-attention to the caption).  Only there: the whole U-Net is at
+    # 7x7, and one transformer after every ResBlock (attention_resolutions [7]) cost 0.69 s
+    # of single-thread CPU per step of 128 against 0.32 s for the middle one alone (ldm-quick:
+    # 0.25 s), i.e. half the steps in the same minutes; what a digit, a thickness and a slant
+    # say is global, which one read at the bottleneck carries.  2,500 steps: about 14 minutes
+    # on one core, plus encoding the training set once.  Caption dropout 0.1 for
+    # classifier-free guidance; grids: one row per digit word at guidance 3.
     "txt2img-quick": None,
-    # Inpainting and text (lesson 11): the same, with the mask and E(masked image)
-    # concatenated to z_t (1 + 4 extra input channels); a quarter of the training masks
-    # cover everything, so the model also generates from a caption alone.
+    # Inpainting and text (lesson 11): the same with the mask and E(masked image)
+    # concatenated to z_t (1 + 4 input channels; encoding the masked batch costs 0.14 s a
+    # step, 0.46 s in all); a quarter of the training masks cover everything, so the model
+    # also generates from a caption alone.  1,800 steps: about 14 minutes on one core.
     "inpaint-quick": None,
     # The reference configuration of lesson 06 (``REFERENCE_CONFIG``, 1,623,169 parameters);
     # hours on a CPU, minutes on a GPU (``minidiff --backend cupy train --preset mnist``).
@@ -114,10 +119,11 @@ PRESETS = {
 }
 
 PRESETS["txt2img-quick"] = {**PRESETS["ldm-quick"], "conditioning": "crossattn",
-                            "attention_resolutions": [7], "steps": 2000,
-                            "sample_every": 500, "checkpoint_every": 200, "diag_every": 1000,
+                            "attention_resolutions": [], "steps": 2500,
+                            "sample_every": 500, "checkpoint_every": 200, "diag_every": 1250,
                             "sample_count": 80, "sample_steps": 25}
-PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid"}
+PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid",
+                            "steps": 1800, "diag_every": 900, "sample_every": 600}
 
 # The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
 # ResBlock per level), 4 x 7 x 7 latents, an L2 reconstruction + kl_weight * KL (per image,
