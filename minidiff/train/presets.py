@@ -200,9 +200,13 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
 
 
 def model_config(config: dict):
-    """The ``UNetConfig`` a training configuration describes."""
+    """The ``UNetConfig`` a training configuration describes; with ``variance: learned`` the
+    U-Net has 2 * in_channels outputs (the prediction, then v of (13.1))."""
     from minidiff.models.unet import UNetConfig  # noqa: PLC0415
-    return UNetConfig.from_dict({k: config[k] for k in MODEL_KEYS if k in config})
+    values = {k: config[k] for k in MODEL_KEYS if k in config}
+    if config.get("variance") == "learned":
+        values["out_channels"] = 2 * int(config.get("in_channels", 1))
+    return UNetConfig.from_dict(values)
 
 
 def autoencoder_config(config: dict):
