@@ -101,12 +101,13 @@ def min_snr_weight(schedule, t, target: str = "eps", gamma: float = 5.0, like=No
 
 
 def loss_simple(prediction, target, t=None, schedule=None, target_type: str = "eps",
-                min_snr_gamma: float | None = None):
+                min_snr_gamma: float | None = None, reduce: bool = True):
     """L_simple (4.6): mean over items of the per-item MSE between ``prediction`` and
     ``target`` (the true eps, x_0 or v per ``target_type``), optionally Min-SNR weighted (4.9).
 
     ``prediction`` may be a Tensor; the result is then a differentiable scalar Tensor.
-    ``t`` and ``schedule`` are needed only with ``min_snr_gamma``.
+    ``t`` and ``schedule`` are needed only with ``min_snr_gamma``.  ``reduce=False``: the
+    per-item losses (N,) instead of their mean.
     """
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
@@ -126,4 +127,4 @@ def loss_simple(prediction, target, t=None, schedule=None, target_type: str = "e
                              f"t={t!r}, schedule={schedule!r}")
         per_item = per_item * min_snr_weight(schedule, t, target_type, min_snr_gamma,
                                              like=raw(prediction))
-    return per_item.mean()
+    return per_item.mean() if reduce else per_item
