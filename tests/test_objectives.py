@@ -113,7 +113,7 @@ def test_bound_decoder_matches_math_erf_and_is_differentiable():
     schedule = NoiseSchedule.linear(50)
     rng = np.random.default_rng(2)
     x0 = images(2, size=3)
-    mean = Tensor(h(x0) + dev(rng.normal(0, 0.02, (2, 1, 3, 3))), requires_grad=True)
+    mean = Tensor(dev(h(x0) + rng.normal(0, 0.02, (2, 1, 3, 3))), requires_grad=True)
     log_var = Tensor(dev(rng.normal(2 * math.log(0.02), 0.3, (2, 1, 3, 3))),
                      requires_grad=True)
     t = dev([0, 0], np.int64)
@@ -287,3 +287,29 @@ def test_distributed_refuses_the_loss_second_moment_sampler(digits):
 class _Ranks:
     """What the trainer asks of its ranks before it checks the config."""
     is_main = True
+
+
+def test_learned_variance_checkpoint_samples_and_evaluates(tmp_path, capsys):
+    """A hybrid run's ema.npz (2C outputs) samples with DDPM and DDIM and gives bits/dim:
+    both commands take the variance from its config."""
+    import json
+
+    from minidiff import cli
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--preset", "claim", "--set", "objective=hybrid", "--set",
+                     "variance=learned", "--set", "base_channels=8", "--set",
+                     "channel_mults=[1,2]", "--set", "T=10", "--steps", "2", "--batch-size",
+                     "4", "--train-images", "16", "--set", "sample_every=0", "--set",
+                     "diag_every=0", "--set", "checkpoint_every=0", "--set", "warmup_steps=1",
+                     "--set", "sample_steps=2", "--out", out]) == 0
+    ckpt = f"{out}/ema.npz"
+    for sampler in ("ddpm", "ddim"):
+        assert cli.main(["sample", "--checkpoint", ckpt, "--sampler", sampler, "--n", "2",
+                         "--steps", "3", "--out", str(tmp_path / f"{sampler}.png")]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", ckpt, "--n", "4", "--steps", "2", "--sampler",
+                     "ddpm", "--bpd-images", "2", "--no-floor", "--reference-images", "16",
+                     "--batch", "4", "--stats-dir", str(tmp_path / "stats"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["variance"] == "learned"
+    assert math.isfinite(result["bits_per_dim"]["bpd"])
