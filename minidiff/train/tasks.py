@@ -86,12 +86,14 @@ class DiffusionTask:
             t, weights = self.t_sampler.draw(len(index))
         loss, info = training_step(self.model, self.schedule, self.batch(index),
                                    target_type=c["prediction"], t=t, part=part,
-                                   x0_range=self.space.data_range, objective=c["objective"],
-                                   variance=c["variance"], vlb_weight=c["vlb_weight"],
+                                   x0_range=self.space.data_range,
+                                   objective=c.get("objective", "simple"),
+                                   variance=c.get("variance", "fixed_small"),
+                                   vlb_weight=c.get("vlb_weight", 0.001),
                                    weights=weights, details=True)
         if self.t_sampler is not None:
             self.t_sampler.update(t if part is None else t[part], info["per_item"])
-        if c["objective"] == "simple":
+        if c.get("objective", "simple") == "simple":
             return loss, {}
         return loss, {name: info[name] for name in ("simple", "vlb") if name in info}
 
