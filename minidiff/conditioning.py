@@ -45,9 +45,9 @@ from minidiff.tensor import Tensor
 from minidiff.validation import MinidiffInputError
 
 __all__ = ["CONDITIONINGS", "ConditionError", "ConditionedUNet", "build_model", "kind_of",
-           "uses_text", "uses_concat", "Conditioner", "concat_input", "pixel_size", "sampling_cond",
-           "guided", "conditional_eps_model", "ConditionedCheckpoint", "load_conditioned",
-           "slice_cond", "double_cond"]
+           "uses_text", "uses_concat", "Conditioner", "concat_input", "pixel_size",
+           "sampling_cond", "double_cond", "guided", "conditional_eps_model",
+           "ConditionedCheckpoint", "load_conditioned"]
 
 CONDITIONINGS = ("none", "crossattn", "concat", "hybrid")
 
@@ -204,11 +204,6 @@ class Conditioner:
         return cond
 
 
-def slice_cond(cond: dict, part) -> dict:
-    """Every array of ``cond`` cut to the rows ``part`` (a data-parallel rank's slice)."""
-    return {k: v[part] for k, v in cond.items()}
-
-
 def double_cond(cond: dict, uncond: dict) -> dict:
     """[uncond; cond] along the batch axis, key by key: one forward for both halves."""
     xp = backend.xp()
@@ -237,6 +232,9 @@ def sampling_cond(config: dict, n: int, *, prompts=None, tokenizer=None, space=N
             raise ConditionError(f"--prompt: {len(prompts)} prompts for {n} samples")
         cond["tokens"] = backend.to_device(tokenizer.encode(prompts))
     if uses_concat(config):
+        if (images is None) != (masks is None):
+            raise ConditionError("--image/--mask: give both (the image and what to fill in "
+                                 "it) or neither (generation from nothing)")
         if images is None:
             size = pixel_size(space)
             images = backend.xp().zeros((n, 1, size, size), dtype=backend.default_dtype())

@@ -169,6 +169,13 @@ def test_build_model_per_conditioning_and_none_is_the_bare_unet():
     x, t = Tensor(backend.randn(2, 1, 16, 16)), np.array([1, 2])
     with pytest.raises(conditioning.ConditionError, match=r"keys \['tokens', 'concat'\]"):
         hybrid(x, t, {"tokens": backend.to_device(np.zeros((2, 8), dtype=np.int64))})
+    from minidiff.captions import Tokenizer
+    with pytest.raises(conditioning.ConditionError, match="give both"):
+        conditioning.sampling_cond(tiny("hybrid"), 2, tokenizer=Tokenizer(8),
+                                   space=PixelSpace(16), masks=np.ones((2, 1, 16, 16)))
+    with pytest.raises(conditioning.ConditionError, match="--prompt"):
+        conditioning.sampling_cond(tiny("concat"), 2, prompts=["two", "two"],
+                                   space=PixelSpace(16))
     with pytest.raises(ConfigError, match="conditioning"):
         tiny("text")
     with pytest.raises(ConfigError, match="text_heads"):
