@@ -8,6 +8,6 @@ from minidiff.models.embedding import timestep_embedding
 from minidiff.models.text_encoder import TextEncoder
 from minidiff.models.unet import REFERENCE_CONFIG, UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig", "REFERENCE_CONFIG", "ResBlock", "AttentionBlock", "SpatialTransformer", "TextEncoder",
-           "Downsample", "Upsample", "timestep_embedding", "AutoencoderKL",
-           "AutoencoderConfig", "DiagonalGaussian"]
+__all__ = ["UNet", "UNetConfig", "REFERENCE_CONFIG", "ResBlock", "AttentionBlock",
+           "SpatialTransformer", "TextEncoder", "Downsample", "Upsample", "timestep_embedding",
+           "AutoencoderKL", "AutoencoderConfig", "DiagonalGaussian"]
