@@ -5,6 +5,8 @@
                     --gif denoise.gif --strip strip.png
     minidiff --backend cupy sample --checkpoint F ...       # the same, on the GPU
     minidiff sample --checkpoint data/checkpoints/ldm.npz --out digits.npz   # raw uint8
+    minidiff sample --checkpoint F --prompt "a thick seven" --guidance 3 --n 64 --out grid.png
+    minidiff sample --checkpoint F --prompt "two" --prompt "a thin 7" --n 8 --out rows.png
 
 The model is rebuilt from the configuration stored in the checkpoint and given its EMA
 weights (``--raw`` for the last trained weights).  A latent diffusion model (its config
@@ -13,12 +15,23 @@ be the one it was trained on (``minidiff.spaces``).  ``--out`` ending in ``.npz`
 raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif``
 animates the whole grid from x_T to x_0; ``--strip`` shows the first digit's reverse process
 as one row.
+
+A text-conditioned model (lesson 11) takes ``--prompt`` (a caption in its vocabulary) and
+``--guidance`` s (classifier-free guidance, default: the ``guidance`` of its config; 0 is the
+unconditional model, 1 the plain conditional one).  ``--n`` is the number of samples *per
+prompt*: one prompt gives a square grid; several give one row of n per prompt, in the order
+given, labelled.  ``--out x.npz`` then also stores each sample's prompt under ``prompts`` (an
+array of str).  Without ``--prompt`` a conditioned model samples with the empty caption --
+its unconditional mode, learnt through caption dropout -- and a model trained with a
+concatenated mask generates from nothing (the whole image to fill).  An unconditioned model
+refuses ``--prompt`` and ``--guidance``.
 """
 from __future__ import annotations
 
 import sys
 
 from minidiff import backend
+from minidiff import conditioning
 from minidiff.data import from_unit_range
 from minidiff.diffusion import ddim_sample, ddpm_sample
 from minidiff.images import save_gif, save_grid, save_strip
@@ -63,6 +76,12 @@ def build_parser() -> ArgumentParser:
                              "(needs checkpoint.npz, not the ema.npz export)")
     parser.add_argument("--autoencoder", default=None, metavar="AE",
                         help="a latent model's autoencoder, if not at the path it recorded")
+    parser.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                        help="a text-conditioned model's caption, e.g. \"a thick seven\"; "
+                             "repeat for one row per prompt (--n samples each)")
+    parser.add_argument("--guidance", type=float_arg(0.0), default=None, metavar="S",
+                        help="classifier-free guidance scale s >= 0 for --prompt (default: "
+                             "the model's config, 3 for the shipped presets)")
     return parser
 
 
@@ -96,6 +115,36 @@ def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None,
     return x0, frames
 
 
+def _conditioned(args, arrays):
+    """``(eps_model, prompts, row labels, ConditionedCheckpoint)`` for a conditioned model:
+    the prompts (each repeated ``--n`` times; None without --prompt) checked against the
+    vocabulary, and the guided eps_theta."""
+    loaded = conditioning.load_conditioned(args.checkpoint, use_ema=not args.raw,
+                                           autoencoder=args.autoencoder, arrays=arrays)
+    kind = conditioning.kind_of(loaded.config)
+    if not conditioning.uses_text(loaded.config):
+        for flag, value in (("--prompt", args.prompt), ("--guidance", args.guidance)):
+            if value is not None:
+                raise conditioning.ConditionError(
+                    f"{flag}: {args.checkpoint} is conditioned on {kind!r} (a mask and an "
+                    "image), not on text; it takes no prompt or guidance")
+    prompts = labels = None
+    if args.prompt:
+        prompts = [text for text in args.prompt for _ in range(args.n)]
+        labels = list(args.prompt) if len(args.prompt) > 1 else None
+    elif args.guidance is not None:
+        raise conditioning.ConditionError("--guidance: guides towards a --prompt; give one "
+                                          "(without --prompt the model samples with the empty "
+                                          "caption, where guidance changes nothing)")
+    n = args.n * len(args.prompt or [None])
+    cond, uncond = loaded.cond(n, prompts=prompts)
+    eps_model = loaded.guided_eps(cond, uncond, args.guidance) if prompts else \
+        (lambda x_t, t: loaded.eps_model(x_t, t, cond))
+    if prompts is None and conditioning.uses_text(loaded.config):
+        prompts = [""] * n                      # what --out .npz records: the empty caption
+    return eps_model, prompts, labels, loaded
+
+
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -107,12 +156,22 @@ def main(argv=None) -> int:
         check_output_path("--gif", args.gif, GIF_TYPES)
     if args.strip:
         check_output_path("--strip", args.strip, IMAGE_TYPES)
+    prompts = labels = None
     try:
         arrays = load_checkpoint(args.checkpoint)
-        eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
-                                                                use_ema=not args.raw,
-                                                                arrays=arrays)
-        space = space_from_checkpoint(arrays, args.autoencoder)
+        if conditioning.kind_of(arrays["config"]) == "none":
+            for flag, value in (("--prompt", args.prompt), ("--guidance", args.guidance)):
+                if value is not None:
+                    raise conditioning.ConditionError(
+                        f"{flag}: {args.checkpoint} is an unconditioned model (conditioning "
+                        "none); it takes no prompt or guidance")
+            eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
+                                                                    use_ema=not args.raw,
+                                                                    arrays=arrays)
+            space = space_from_checkpoint(arrays, args.autoencoder)
+        else:
+            eps_model, prompts, labels, loaded = _conditioned(args, arrays)
+            schedule, config, space = loaded.schedule, loaded.config, loaded.space
         if args.autoencoder and space.kind == "pixel":
             raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                              "decodes nothing; the option is for latent models only")
@@ -127,15 +186,19 @@ def main(argv=None) -> int:
     if args.steps is not None:
         check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
     want_frames = args.frames if (args.gif or args.strip) else 0
-    x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, args.n, args.seed,
+    n = args.n * len(args.prompt or [None])
+    x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, n, args.seed,
                         args.eta, want_frames, progress=Progress(f"sampling ({args.sampler})"),
                         space=space)
     digits = from_unit_range(space.decode(x0))
     if args.out.lower().endswith(ARRAY_TYPES):
-        backend.save_npz(args.out, {"images": digits[:, 0]})
+        arrays = {"images": digits[:, 0]}
+        if prompts is not None:     # a str array (dtype <U), which loads without pickle
+            arrays["prompts"] = backend.host.asarray(prompts, dtype=str)
+        backend.save_npz(args.out, arrays)
     else:
-        save_grid(digits, args.out)
-    print(f"wrote {args.out} ({args.n} digits, {args.sampler}, seed {args.seed})")
+        save_grid(digits, args.out, nrow=args.n if labels else None, labels=labels)
+    print(f"wrote {args.out} ({n} digits, {args.sampler}, seed {args.seed})")
     if args.gif:
         save_gif([from_unit_range(space.decode(f)) for f in frames], args.gif)
         print(f"wrote {args.gif} ({len(frames)} frames)")

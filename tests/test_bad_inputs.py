@@ -38,6 +38,8 @@ SAMPLE = ["sample", "--checkpoint", "{ckpt}", "--out", "{out}/grid.png", "--n", 
 EVAL = ["eval", "--checkpoint", "{ckpt}", "--n", "4", "--steps", "2", "--bpd-images", "0",
         "--no-floor", "--reference-images", "16", "--batch", "4", "--stats-dir", "{out}/stats",
         "--json"]
+SAMPLE_TEXT = ["sample", "--checkpoint", "{text_ckpt}", "--out", "{out}/grid.png", "--n", "2",
+               "--steps", "2"]
 DEMO = ["demo", "--steps", "1", "--out", "{out}"]
 BENCH_UNET = ["bench", "unet", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
               "--base-channels", "8"]
@@ -147,6 +149,23 @@ CASES = [
      ("--raw", "EMA-only")),
     ("sample-no-checkpoint", ["sample", "--out", "{out}/g.png"], ("--checkpoint",)),
     ("sample-bogus-option", SAMPLE + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- sample: conditioning
+    ("sample-prompt-unknown-word", SAMPLE_TEXT + ["--prompt", "a fat seven"],
+     ("--prompt", "fat")),
+    ("sample-prompt-too-long", SAMPLE_TEXT + ["--prompt", "a a a a a a a a seven"],
+     ("--prompt", "max_tokens")),
+    ("sample-prompt-unconditioned", SAMPLE + ["--prompt", "seven"], ("--prompt",)),
+    ("sample-guidance-unconditioned", SAMPLE + ["--guidance", "3"], ("--guidance",)),
+    ("sample-guidance-without-prompt", SAMPLE_TEXT + ["--guidance", "3"], ("--guidance",)),
+    *_flag(SAMPLE_TEXT + ["--prompt", "seven"], "sample-text", "--guidance",
+           ["-1", "nan", "abc"]),
+    *_sets("conditioning", "text", "crossattn,concat"),
+    *_sets("caption_dropout", "-0.1", "1.5"),
+    *_sets("mask_all_fraction", "2"),
+    *_sets("guidance", "-1"),
+    *_sets("context_dim", "0"),
+    ("train-set-text_heads=3", *_train("--set", "conditioning=crossattn", "--set",
+                                       "text_heads=3", names=("text_heads",))),
     # ---------------------------------------------------------------- eval
     *_flag(EVAL, "eval", "--n", ["1", "0", "-5", "abc"]),
     *_flag(EVAL, "eval", "--steps", ["-1", "11", "abc"]),
@@ -221,6 +240,11 @@ def make_files(folder: str) -> dict:
     Trainer(config, run, images=images, log=lambda line: None).run()
     files = {"tmp": folder, "run": run, "ckpt": os.path.join(run, "checkpoint.npz"),
              "export": os.path.join(run, "ema.npz")}
+    text_run = os.path.join(folder, "text_run")     # a text-conditioned model (lesson 11)
+    Trainer({**config, "conditioning": "crossattn", "context_dim": 8, "text_heads": 2,
+             "text_layers": 1}, text_run, images=images, labels=host.arange(8) % 10,
+            log=lambda line: None).run()
+    files["text_ckpt"] = os.path.join(text_run, "ema.npz")
     arrays = backend.load_npz(files["ckpt"])
     key = next(k for k in arrays if k.startswith("ema.") and k.endswith("weight"))
     arrays[key] = arrays[key].copy()
@@ -308,7 +332,7 @@ def test_the_table_is_wide():
 
 def test_every_fixture_file_case_runs_clean_when_nothing_is_wrong(files, tmp_path):
     """The base commands of the table succeed, so each case fails for its own bad input."""
-    for argv in (SAMPLE, EVAL):
+    for argv in (SAMPLE, EVAL, SAMPLE_TEXT + ["--prompt", "seven"]):
         result = run_case(fill(argv, files, str(tmp_path / argv[0])))
         assert result[0] == 0, result[2] + (result[3] or "")
 

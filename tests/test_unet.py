@@ -43,6 +43,9 @@ def test_wrong_input_channels_are_named():
 
 def test_conditioning_hooks_change_the_output():
     model = UNet(**TINY, concat_channels=2, context_dim=6)
+    for name, p in model.named_parameters():   # the transformers start as the identity
+        if "proj_out" in name:
+            p.data = backend.randn(*p.shape)
     x = md.Tensor(backend.randn(2, 1, 4, 4))
     t = np.array([3, 4])
     concat = md.Tensor(backend.randn(2, 2, 4, 4))
@@ -54,6 +57,8 @@ def test_conditioning_hooks_change_the_output():
     assert np.abs(out1 - out2).max() > 1e-6 and np.abs(out1 - out3).max() > 1e-6
     with pytest.raises(ValueError, match="concat must have 2 channels"):
         model(x, t)
+    with pytest.raises(ValueError, match="a context .* is needed"):
+        model(x, t, concat=concat)
 
 
 def test_state_dict_round_trip_gives_the_same_function(tmp_path):

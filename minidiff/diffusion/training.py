@@ -72,7 +72,7 @@ def training_step(model, schedule, x0, target_type: str = "eps",
                   min_snr_gamma: float | None = None, t=None, noise=None, part=None,
                   x0_range=(-1.0, 1.0), objective: str = "simple",
                   variance: str = "fixed_small", vlb_weight: float = 0.001, weights=None,
-                  details: bool = False):
+                  details: bool = False, cond=None):
     """Loss Tensor of Algorithm 1 for the batch ``x0`` (array or Tensor, shape (N, ...)).
 
     ``model(Tensor x_t, t)`` predicts ``target_type``; ``t`` and ``noise`` default to fresh
@@ -87,6 +87,8 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     importance-sampled t.  Call ``.backward()`` on the result; ``details=True`` returns
     ``(loss, info)`` with the batch means ``simple`` and ``vlb`` (bits/dim) where computed and
     ``per_item``, the unweighted per-item losses (a host float64 array).
+    ``cond``: a conditioned model's inputs (a dict of arrays with N rows, lesson 11); the
+    model is then called ``model(x_t, t, cond)``, with every array cut to ``part`` too.
     """
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
@@ -109,10 +111,11 @@ def training_step(model, schedule, x0, target_type: str = "eps",
     if part is not None:
         x0, t, noise = x0[part], t[part], noise[part]
         weights = None if weights is None else raw(weights)[part]
+        cond = None if cond is None else {k: v[part] for k, v in cond.items()}
     x_t = q_sample(schedule, x0, t, noise)
     offset = 0 if part is None else (part.start or 0) << 64
     with backend.rng_offset(offset):
-        output = model(Tensor(x_t), t)
+        output = model(Tensor(x_t), t) if cond is None else model(Tensor(x_t), t, cond)
     channels = x_t.shape[1]
     prediction = output[:, :channels] if variance == "learned" else output
     target = {"eps": lambda: noise, "x0": lambda: x0,

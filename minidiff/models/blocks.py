@@ -13,15 +13,25 @@ AttentionBlock: every pixel attends to every other one (lesson 05's attention ov
     q, k, v = split(conv1x1(GN(x)))                    # (B, heads, HW, d) each
     out = x + conv1x1(softmax(q k^T / sqrt(d)) v)      # heads are a batch axis, no loop
 
-With a ``context_dim`` it also cross-attends to a context sequence (keys and values from the
-context: the hook latent diffusion's text conditioning uses).
+SpatialTransformer (latent diffusion's text conditioning, lesson 11): the pixels become a
+sequence of H*W tokens that attend to each other, then to a context sequence c = tau_theta(y)
+(queries from the image, keys and values from the text), then pass an MLP, each step a pre-norm
+residual; the output projection starts at zero, so a new block is the identity:
+
+    h = conv1x1_in(GN(x))  -> (B, HW, C)
+    h = h + SelfAttention(LN(h))
+    h = h + CrossAttention(LN(h), c)                   # Q = LN(h) Wq, K = c Wk, V = c Wv
+    h = h + Linear(SiLU(Linear(LN(h))))                # width 4C (SiLU, not LDM's GEGLU:
+                                                       #  GELU's tanh cost 3x the block)
+    out = x + conv1x1_out(h -> (B, C, H, W))           # conv1x1_out initialised to 0
 """
 from __future__ import annotations
 
-from minidiff.nn import (Conv2d, Dropout, GroupNorm, Identity, Linear, Module,
+from minidiff import backend
+from minidiff.nn import (Conv2d, Dropout, GroupNorm, Identity, LayerNorm, Linear, Module,
                          MultiheadAttention, functional as F)
 
-__all__ = ["ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+__all__ = ["ResBlock", "AttentionBlock", "SpatialTransformer", "Downsample", "Upsample"]
 
 
 class ResBlock(Module):
@@ -48,8 +58,7 @@ class ResBlock(Module):
 
 
 class AttentionBlock(Module):
-    def __init__(self, channels: int, heads: int = 4, groups: int = 8,
-                 context_dim: int | None = None):
+    def __init__(self, channels: int, heads: int = 4, groups: int = 8):
         super().__init__()
         if channels % heads:
             raise ValueError(f"AttentionBlock: {channels} channels do not split into "
@@ -58,21 +67,58 @@ class AttentionBlock(Module):
         self.norm = GroupNorm(groups, channels)
         self.qkv = Conv2d(channels, 3 * channels, 1)
         self.proj_out = Conv2d(channels, channels, 1)
-        self.cross = MultiheadAttention(channels, heads, context_dim) if context_dim else None
 
-    def forward(self, x, context=None):
+    def forward(self, x, context=None, context_mask=None):
+        """x (B, C, H, W); ``context`` must be None (cross-attention: ``SpatialTransformer``)."""
+        if context is not None:
+            raise ValueError("AttentionBlock attends over pixels only; a context needs a "
+                             "SpatialTransformer (UNet context_dim)")
         b, c, height, width = x.shape
         d = c // self.heads
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, d, height * width)
         qkv = qkv.transpose(1, 0, 2, 4, 3)                     # (3, B, heads, HW, d)
         o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         o = o.transpose(0, 1, 3, 2).reshape(b, c, height, width)
-        x = x + self.proj_out(o)
-        if self.cross is not None and context is not None:
-            tokens = x.reshape(b, c, height * width).transpose(0, 2, 1)   # (B, HW, C)
-            tokens = tokens + self.cross(tokens, context)
-            x = tokens.transpose(0, 2, 1).reshape(b, c, height, width)
-        return x
+        return x + self.proj_out(o)
+
+
+class SpatialTransformer(Module):
+    """Self-attention over pixels, cross-attention to ``context``, MLP (see the docstring).
+
+    ``context`` (B, Lc, context_dim) is required; ``context_mask`` (B, Lc) boolean, True for
+    the keys that may be attended (False: padding tokens)."""
+
+    def __init__(self, channels: int, heads: int, groups: int, context_dim: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"SpatialTransformer: {channels} channels do not split into "
+                             f"{heads} heads")
+        self.channels, self.context_dim = channels, context_dim
+        self.norm = GroupNorm(groups, channels)
+        self.proj_in = Conv2d(channels, channels, 1)
+        self.norm1, self.self_attention = LayerNorm(channels), MultiheadAttention(channels, heads)
+        self.norm2 = LayerNorm(channels)
+        self.cross_attention = MultiheadAttention(channels, heads, context_dim)
+        self.norm3 = LayerNorm(channels)
+        self.ff_in, self.ff_out = Linear(channels, 4 * channels), Linear(4 * channels, channels)
+        self.proj_out = Conv2d(channels, channels, 1)
+        self.proj_out.weight.data[...] = 0      # zero-initialised: the block starts as the
+        self.proj_out.bias.data[...] = 0        # identity
+
+    def forward(self, x, context=None, context_mask=None):
+        b, c, height, width = x.shape
+        if context is None or context.ndim != 3 or context.shape[0] != b \
+                or context.shape[2] != self.context_dim:
+            raise ValueError(f"SpatialTransformer: context must be ({b}, L, {self.context_dim}), "
+                             f"got {None if context is None else context.shape}")
+        mask = None
+        if context_mask is not None:   # (B, Lc) -> (B, heads, Lq, Lc) by broadcasting
+            mask = backend.array_of(context_mask).reshape(b, 1, 1, -1)
+        h = self.proj_in(self.norm(x)).reshape(b, c, height * width).transpose(0, 2, 1)
+        h = h + self.self_attention(self.norm1(h))
+        h = h + self.cross_attention(self.norm2(h), context, mask)
+        h = h + self.ff_out(F.silu(self.ff_in(self.norm3(h))))
+        return x + self.proj_out(h.transpose(0, 2, 1).reshape(b, c, height, width))
 
 
 class Downsample(Module):

@@ -19,15 +19,17 @@ Shape of the network (reference configuration, 28x28 MNIST, 1,623,169 parameters
 Every activation stored on the way down is consumed, in reverse order, by exactly one
 ResBlock on the way up (improved-diffusion's layout): the skips hand fine detail across.
 
-Conditioning hooks for latent diffusion: ``concat_channels`` extra input channels (an image,
-mask or map concatenated to x_t) and ``context_dim`` (cross-attention to a sequence, in the
-attention blocks).
+Conditioning hooks for latent diffusion (lesson 11; ``minidiff.conditioning`` chooses them):
+``concat_channels`` extra input channels (a mask and a masked image concatenated to x_t) and
+``context_dim``, which turns every attention block (at ``attention_resolutions`` and in the
+middle) into a ``SpatialTransformer`` that also cross-attends to a context sequence.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from minidiff.models.blocks import AttentionBlock, Downsample, ResBlock, Upsample
+from minidiff.models.blocks import (AttentionBlock, Downsample, ResBlock, SpatialTransformer,
+                                   Upsample)
 from minidiff.models.embedding import timestep_embedding
 from minidiff.nn import Conv2d, GroupNorm, Linear, Module, ModuleList, functional as F
 from minidiff import backend
@@ -97,10 +99,12 @@ class UNet(Module):
         def block(cin, cout):
             return ResBlock(cin, cout, emb_dim, c.groups, c.dropout)
 
-        def attention(channels, resolution):
-            if resolution in c.attention_resolutions:
-                return AttentionBlock(channels, c.num_heads, c.groups, c.context_dim)
-            return None
+        def attention(channels, resolution=None):
+            if resolution is not None and resolution not in c.attention_resolutions:
+                return None
+            if c.context_dim:
+                return SpatialTransformer(channels, c.num_heads, c.groups, c.context_dim)
+            return AttentionBlock(channels, c.num_heads, c.groups)
 
         skips, channels, resolution = [c.base_channels], c.base_channels, c.image_size
         down, downsamples = [], []
@@ -120,7 +124,7 @@ class UNet(Module):
         self.downsamples = ModuleList(downsamples)
 
         self.mid_block1 = block(channels, channels)
-        self.mid_attention = AttentionBlock(channels, c.num_heads, c.groups, c.context_dim)
+        self.mid_attention = attention(channels)
         self.mid_block2 = block(channels, channels)
 
         up, upsamples = [], []
@@ -139,7 +143,7 @@ class UNet(Module):
         self.norm_out = GroupNorm(c.groups, channels)
         self.conv_out = Conv2d(channels, c.out_channels, 3, padding=1)
 
-    def _run_level(self, level, h, emb, context, skips=None, stored=None):
+    def _run_level(self, level, h, emb, context, skips=None, stored=None, mask=None):
         attentions = iter(level.attentions)
         has_attention = len(level.attentions) > 0
         for block in level.blocks:
@@ -147,7 +151,7 @@ class UNet(Module):
                 h = concatenate([h, skips.pop()], axis=1)
             h = block(h, emb)
             if has_attention:
-                h = next(attentions)(h, context)
+                h = next(attentions)(h, context, mask)
             if stored is not None:
                 stored.append(h)
         return h
@@ -181,8 +185,10 @@ class UNet(Module):
         if x.shape[0] and int(steps.min()) < 0:
             raise ValueError(f"UNet: t must be >= 0 (0-based steps), got {int(steps.min())}")
 
-    def forward(self, x, t, concat=None, context=None):
-        """eps_theta(x_t, t): x (N, C, H, W), t (N,) integer steps (0-based)."""
+    def forward(self, x, t, concat=None, context=None, context_mask=None):
+        """eps_theta(x_t, t): x (N, C, H, W), t (N,) integer steps (0-based); with the hooks,
+        ``concat`` (N, concat_channels, H, W), ``context`` (N, L, context_dim) and its key
+        mask (N, L) boolean (True: may be attended)."""
         c = self.config
         self.check_inputs(x, t)
         emb = timestep_embedding(t, c.time_embed_dim)
@@ -192,16 +198,20 @@ class UNet(Module):
                 raise ValueError(f"UNet: concat must have {c.concat_channels} channels, got "
                                  f"{None if concat is None else concat.shape}")
             x = concatenate([x, concat], axis=1)
+        if c.context_dim and context is None:
+            raise ValueError(f"UNet: context_dim is {c.context_dim}: a context (N, L, "
+                             f"{c.context_dim}) is needed")
         h = self.conv_in(x)
         skips = [h]
         for i, level in enumerate(self.down):
-            h = self._run_level(level, h, emb, context, stored=skips)
+            h = self._run_level(level, h, emb, context, stored=skips, mask=context_mask)
             if i < len(self.downsamples):
                 h = self.downsamples[i](h)
                 skips.append(h)
-        h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb), context), emb)
+        h = self.mid_attention(self.mid_block1(h, emb), context, context_mask)
+        h = self.mid_block2(h, emb)
         for i, level in enumerate(self.up):
-            h = self._run_level(level, h, emb, context, skips=skips)
+            h = self._run_level(level, h, emb, context, skips=skips, mask=context_mask)
             if i < len(self.upsamples):
                 h = self.upsamples[i](h)
         return self.conv_out(F.silu(self.norm_out(h)))

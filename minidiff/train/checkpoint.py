@@ -97,12 +97,12 @@ def group(arrays: dict, prefix: str) -> dict:
 
 
 def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
-    """``(UNet, config)`` rebuilt from a checkpoint's config, with its EMA (or raw) weights.
+    """``(model, config)`` rebuilt from a checkpoint's config, with its EMA (or raw) weights:
+    a ``UNet``, or for a conditioned config a ``ConditionedUNet`` (``conditioning.build_model``).
 
     ``arrays``: what ``load_checkpoint(path)`` returned, for a caller that already read the
     file.  A config that does not match the stored weights raises ``StateDictError``."""
-    from minidiff.models.unet import UNet  # noqa: PLC0415
-    from minidiff.train.presets import model_config  # noqa: PLC0415
+    from minidiff.conditioning import build_model  # noqa: PLC0415
     arrays = load_checkpoint(path) if arrays is None else arrays
     config = arrays["config"]
     if config.get("model", "unet") != "unet":
@@ -114,7 +114,7 @@ def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None
         raise CheckpointError(f"--raw / --raw-weights: {path} holds no raw model weights (it "
                               "is an EMA-only export)", "leave the option out to use its EMA "
                               "weights, or give the run's checkpoint.npz")
-    model = UNet(model_config(config))
+    model = build_model(config)
     model.load_state_dict(weights)
     return model.eval(), config
 

@@ -11,7 +11,9 @@ A task owns the network and knows four things the loop does not:
 * ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), DDIM sample grids, the
   loss-by-timestep and predicted-x0 diagnostics, in the space its config names: pixels, or
   the latents of an autoencoder (``minidiff.spaces``, lesson 10), which then encodes the
-  training images once, here.
+  training images once, here.  A conditioned config (lesson 11, ``minidiff.conditioning``)
+  gets its network from ``build_model`` and each batch's ``cond`` from a ``Conditioner``;
+  a text model's grid shows one row per digit prompt, at the config's guidance.
 * ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
   (9.5), a grid of originals above their reconstructions, curves of each loss term, and at
   the end the latent scale factor (9.6), measured on the EMA weights.
@@ -21,17 +23,17 @@ from __future__ import annotations
 import os
 
 from minidiff import backend
+from minidiff import conditioning
 from minidiff.data import from_unit_range, to_unit_range
 from minidiff.diffusion import as_eps_model, ddim_sample, training_step
 from minidiff.diffusion.resample import LossSecondMomentSampler
 from minidiff.images import save_grid
 from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
-from minidiff.models.unet import UNet
 from minidiff.spaces import space_from_config
 from minidiff.tensor import no_grad
 from minidiff.train import diagnostics
 from minidiff.train.checkpoint import schedule_from_config
-from minidiff.train.presets import ConfigError, autoencoder_config, model_config
+from minidiff.train.presets import ConfigError, autoencoder_config
 
 __all__ = ["make_task", "DiffusionTask", "AutoencoderTask"]
 
@@ -60,17 +62,35 @@ class DiffusionTask:
 
     grid_name = "samples"
 
-    def __init__(self, config: dict, images, space=None, log=print):
+    def __init__(self, config: dict, images, space=None, log=print, labels=None):
         self.config, self.images = config, images
         self.space = (space if space is not None else space_from_config(config)).use(images,
                                                                                      log=log)
-        self.model = UNet(model_config(config)).train()
+        self.model = conditioning.build_model(config).train()
         self.schedule = schedule_from_config(config)
-        # what the samplers and diagnostics call: eps_theta, whatever the network predicts
-        self.eps_model = as_eps_model(self.model, self.schedule, config["prediction"])
+        self.conditioner = None
+        if conditioning.kind_of(config) != "none":
+            self.conditioner = conditioning.Conditioner(config, images, labels, self.space)
+            # the diagnostics see the model at its null condition (the empty caption,
+            # everything to fill)
+            eps = conditioning.conditional_eps_model(self.model, self.schedule,
+                                                     config["prediction"])
+            self.eps_model = lambda x_t, t: eps(x_t, t, self._null_cond(x_t.shape[0]))
+        else:
+            # what the samplers and diagnostics call: eps_theta, whatever the network predicts
+            self.eps_model = as_eps_model(self.model, self.schedule, config["prediction"])
         self.t_history = []
         self.t_sampler = (LossSecondMomentSampler(self.schedule.num_timesteps)
                           if config.get("t_sampler") == "loss-second-moment" else None)
+
+    def _null_cond(self, n: int) -> dict:
+        tokenizer = self.conditioner.tokenizer if self.conditioner else None
+        return conditioning.sampling_cond(self.config, n, tokenizer=tokenizer,
+                                          space=self.space)[0]
+
+    def record(self) -> dict:
+        """Named arrays every checkpoint keeps: a text model's caption statistics."""
+        return self.conditioner.record() if self.conditioner else {}
 
     def batch(self, index):
         """x_0 of one step: images scaled to [-1, 1], or s z drawn from their posteriors."""
@@ -84,13 +104,15 @@ class DiffusionTask:
         t = weights = None
         if self.t_sampler is not None:
             t, weights = self.t_sampler.draw(len(index))
-        loss, info = training_step(self.model, self.schedule, self.batch(index),
+        x0 = self.batch(index)
+        cond = self.conditioner.batch(index) if self.conditioner else None
+        loss, info = training_step(self.model, self.schedule, x0,
                                    target_type=c["prediction"], t=t, part=part,
                                    x0_range=self.space.data_range,
                                    objective=c.get("objective", "simple"),
                                    variance=c.get("variance", "fixed_small"),
                                    vlb_weight=c.get("vlb_weight", 0.001),
-                                   weights=weights, details=True)
+                                   weights=weights, details=True, cond=cond)
         if self.t_sampler is not None:
             self.t_sampler.update(t if part is None else t[part], info["per_item"])
         if c.get("objective", "simple") == "simple":
@@ -108,14 +130,28 @@ class DiffusionTask:
             self.t_sampler.load_state_dict(state)
 
     def grid(self, trainer, path):
-        """``sample_count`` digits from the EMA weights with a few DDIM steps."""
+        """``sample_count`` digits from the EMA weights with a few DDIM steps; a text
+        model: one row per digit word ("zero" ... "nine"), sample_count // 10 in each."""
         c = self.config
+        eps_model, n, nrow, labels = self.eps_model, c["sample_count"], None, None
         with _EvalWithEma(trainer, seed=trainer.grid_seed):
-            shape = (c["sample_count"], *self.space.shape)
-            x = ddim_sample(self.eps_model, self.schedule, shape, steps=c["sample_steps"],
-                            clip_x0=self.space.clip_x0)
+            if conditioning.uses_text(c):
+                from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
+                nrow = max(1, n // len(DIGIT_WORDS))
+                prompts = [word for word in DIGIT_WORDS for _ in range(nrow)]
+                labels = list(DIGIT_WORDS)
+                n = len(prompts)
+                cond, uncond = conditioning.sampling_cond(
+                    c, n, prompts=prompts, tokenizer=self.conditioner.tokenizer,
+                    space=self.space)
+                eps_model = conditioning.guided(
+                    conditioning.conditional_eps_model(self.model, self.schedule,
+                                                       c["prediction"]),
+                    cond, uncond, c["guidance"])
+            x = ddim_sample(eps_model, self.schedule, (n, *self.space.shape),
+                            steps=c["sample_steps"], clip_x0=self.space.clip_x0)
             images = self.space.decode(x)
-        save_grid(from_unit_range(images), path)
+        save_grid(from_unit_range(images), path, nrow=nrow, labels=labels)
 
     def diagnose(self, trainer) -> None:
         """Loss-by-timestep plot and predicted-x0 panel on a fixed batch of 32 images."""
@@ -198,10 +234,11 @@ class AutoencoderTask:
 TASKS = {"unet": DiffusionTask, "autoencoder": AutoencoderTask}
 
 
-def make_task(config: dict, images, space=None, log=print):
+def make_task(config: dict, images, space=None, log=print, labels=None):
     """The task the config's ``model`` names (configs without the key train a U-Net);
-    ``space``: where a U-Net's x_0 lives (default: the one its config names)."""
+    ``space``: where a U-Net's x_0 lives (default: the one its config names); ``labels``:
+    the images' digits (a text-conditioned model captions them)."""
     kind = config.get("model", "unet")
     if kind == "unet":
-        return DiffusionTask(config, images, space=space, log=log)
+        return DiffusionTask(config, images, space=space, log=log, labels=labels)
     return TASKS[kind](config, images)

@@ -66,7 +66,7 @@ class Trainer:
     latents: ``minidiff.spaces``) unless ``space`` is given."""
 
     def __init__(self, config: dict, out: str, images=None, log=print, space=None,
-                 distributed=None):
+                 distributed=None, labels=None):
         self.config, self.out, self.log = dict(config), out, log
         self.distributed, self.is_main = distributed, distributed is None or distributed.is_main
         if not self.is_main:
@@ -77,13 +77,15 @@ class Trainer:
                               "use t_sampler=uniform with --distributed")
         backend.manual_seed(c["seed"])
         if images is None:
-            images, _ = load_mnist("train")
+            images, labels = load_mnist("train")
         check_data(c, images)
         if c["train_images"]:
             images = images[:c["train_images"]]
+            labels = None if labels is None else labels[:c["train_images"]]
         self.images = images                      # host uint8 (N, 1, 28, 28)
-        # the network, its loss and its pictures: a U-Net or an autoencoder (tasks.py)
-        self.task = make_task(c, images, space=space, log=log)
+        # the network, its loss and its pictures: a U-Net or an autoencoder (tasks.py);
+        # labels: the digits, which a text-conditioned model's captions name
+        self.task = make_task(c, images, space=space, log=log, labels=labels)
         self.model = self.task.model
         self.schedule = getattr(self.task, "schedule", None)      # diffusion only
         self.eps_model = getattr(self.task, "eps_model", None)
@@ -263,9 +265,11 @@ class Trainer:
         return state() if state is not None else {}
 
     def _space_record(self) -> dict:
-        """What a latent model's checkpoints record: its autoencoder's weights hash."""
+        """What a latent model's checkpoints record: its autoencoder's weights hash; and what
+        the task keeps (a text model's caption statistics, ``captions.*``)."""
         sha = getattr(getattr(self.task, "space", None), "sha256", None)
-        return {"autoencoder.sha256": sha} if sha else {}
+        record = getattr(self.task, "record", dict)()
+        return {**record, **({"autoencoder.sha256": sha} if sha else {})}
 
     def _check_ranks_agree(self) -> None:
         """With ranks: stop all of them unless every one holds rank 0's weights, step and

@@ -23,11 +23,14 @@ _AT_LEAST = {"steps": 1, "batch_size": 1, "T": 1, "seed": 0, "warmup_steps": 0,
              "train_images": 0, "log_every": 0, "sample_every": 0, "checkpoint_every": 0,
              "diag_every": 0, "sample_count": 1, "sample_steps": 1, "base_channels": 1,
              "num_res_blocks": 0, "num_heads": 1, "groups": 1, "time_embed_dim": 2,
-             "image_size": 1}
+             "image_size": 1, "context_dim": 1, "text_layers": 0, "text_heads": 1,
+             "max_tokens": 1}
 #: key -> (low, high, high excluded)
 _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
             "weight_decay": (0.0, None, False), "grad_clip": (0.0, None, False),
             "ema_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, True),
+            "caption_dropout": (0.0, 1.0, False), "mask_all_fraction": (0.0, 1.0, False),
+            "guidance": (0.0, None, False),
             "vlb_weight": (0.0, None, False)}
 
 
@@ -60,7 +63,20 @@ def check_config(config: dict) -> dict:
                           f"got {config['sample_steps']}")
     if "channel_mults" in config:
         _check_unet(config)
+    if config.get("conditioning", "none") != "none":
+        _check_conditioning(config)
     return config
+
+
+def _check_conditioning(config: dict) -> None:
+    kind = config["conditioning"]
+    if config.get("model", "unet") != "unet":
+        raise ConfigError(f"conditioning: only a diffusion U-Net is conditioned, this config "
+                          f"trains model {config['model']!r}; leave conditioning none")
+    if kind in ("crossattn", "hybrid") and config.get("context_dim", 64) % \
+            config.get("text_heads", 4):
+        raise ConfigError(f"text_heads: {config['text_heads']} heads do not divide "
+                          f"context_dim {config['context_dim']}")
 
 
 def _check_unet(config: dict) -> None:
