@@ -80,6 +80,8 @@ def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None,
     kwargs = {"steps": steps, "clip_x0": space.clip_x0 if space is not None else True}
     if sampler == "ddim":
         kwargs["eta"] = eta
+    else:                       # the reverse variance the model was trained with (lesson 13)
+        kwargs["variance"] = config.get("variance", "fixed_small")
     if frames:
         kwargs.update(return_frames=True, frame_every=max(1, steps // frames))
     run = ddim_sample if sampler == "ddim" else ddpm_sample

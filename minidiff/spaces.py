@@ -183,9 +183,10 @@ def _check_fits(space, config: dict, where: str) -> None:
             f"U-Net config expects in_channels={channels}, image_size={size}; set "
             f"in_channels={space.shape[0]} out_channels={space.shape[0]} "
             f"image_size={space.shape[1]}")
-    if int(config.get("out_channels", channels)) != channels:
+    if int(config.get("out_channels", channels)) not in (channels, 2 * channels):
         raise SpaceError(f"{where}: out_channels ({config.get('out_channels')}) must equal "
-                         f"in_channels ({channels}): the U-Net predicts noise of x_0's shape")
+                         f"in_channels ({channels}), or twice it with a learned variance: the "
+                         f"U-Net predicts noise of x_0's shape")
 
 
 def space_from_config(config: dict, autoencoder_path: str | None = None,

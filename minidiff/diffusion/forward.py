@@ -29,7 +29,8 @@ built from Tensor arithmetic, so gradients flow through it.
 """
 from __future__ import annotations
 
-from minidiff.diffusion._util import extract
+from minidiff.diffusion._util import extract, xp_of
+from minidiff.tensor import Tensor
 
 __all__ = ["q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
            "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v",
@@ -120,16 +121,29 @@ class EpsFromPrediction:
 
     def __call__(self, x_t, t):
         out = self.model(x_t, t)
+        channels = x_t.shape[1]
+        extra = None
+        if out.shape[1] == 2 * channels:        # a learned variance: v passes through
+            out, extra = out[:, :channels], out[:, channels:]
         if self.prediction == "v":
-            return predict_eps_from_v(self.schedule, x_t, t, out)
-        if self.prediction == "x0":
-            return predict_eps_from_x0(self.schedule, x_t, t, out)
-        return out
+            out = predict_eps_from_v(self.schedule, x_t, t, out)
+        elif self.prediction == "x0":
+            out = predict_eps_from_x0(self.schedule, x_t, t, out)
+        return out if extra is None else _concatenate([out, extra])
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
 
+def _concatenate(parts):
+    """Channel-wise concatenation of arrays or Tensors."""
+    if any(isinstance(p, Tensor) for p in parts):
+        from minidiff.ops import concatenate  # noqa: PLC0415
+        return concatenate([p if isinstance(p, Tensor) else Tensor(p) for p in parts], axis=1)
+    return xp_of(parts[0]).concatenate(parts, axis=1)
+
+
 def as_eps_model(model, schedule, prediction: str = "eps"):
-    """``model`` itself when it predicts eps, else wrapped in ``EpsFromPrediction``."""
+    """``model`` itself when it predicts eps, else wrapped in ``EpsFromPrediction`` (which
+    converts the first C channels and passes a learned variance's v channels through)."""
     return model if prediction == "eps" else EpsFromPrediction(model, schedule, prediction)

@@ -22,14 +22,17 @@ which is the same weight, min(snr_t, gamma), on the implied x_0 error in every c
 **Discretized decoder** L_0 (4.7).  Data lives on 256 levels in [-1, 1], spaced 2/255.  The
 probability of level x is the Gaussian mass of its bin [x - 1/255, x + 1/255], with the edge bins
 opened to -inf (x = -1) and +inf (x = 1), so the 256 probabilities sum to one exactly.  The
-normal CDF Phi(z) = erfc(-z / sqrt 2) / 2 uses the Chebyshev-fitted erfc of Numerical Recipes
+normal CDF Phi(z) = erfc(-z / sqrt 2) / 2 (``minidiff.ops.normal_cdf``, differentiable, so the
+decoder is a training loss too) uses the Chebyshev-fitted erfc of Numerical Recipes
 (``erfcc``): its *relative* error is below 1.2e-7 for every real argument, so even far-tail
 bin masses (and their logs, to ~1.2e-7 absolute) are accurate.  Upper-tail masses are computed
 as Phi(-z) rather than 1 - Phi(z) to avoid cancellation.
 """
 from __future__ import annotations
 
+from minidiff import ops
 from minidiff.diffusion._util import exp, extract, mean_over_items, raw, xp_of
+from minidiff.ops.special import erfc_array
 from minidiff.tensor import Tensor
 
 __all__ = ["loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
@@ -37,28 +40,15 @@ __all__ = ["loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
 
 TARGETS = ("eps", "x0", "v")
 
-_ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
-                0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
-
-
 def erfc(x):
-    """Complementary error function, Numerical Recipes ``erfcc``; relative error < 1.2e-7:
-
-        erfc(|x|) = u exp(-x^2 + P(u)),  u = 1 / (1 + |x|/2),  P a degree-9 polynomial,
-        erfc(x) = 2 - erfc(-x) for x < 0.
-    """
-    xp = xp_of(x)
-    z = xp.abs(x)
-    u = 1.0 / (1.0 + 0.5 * z)
-    poly = xp.zeros_like(u)
-    for c in reversed(_ERFC_COEFFS):
-        poly = poly * u + c
-    ans = u * xp.exp(-z * z + poly)
-    return xp.where(x >= 0, ans, 2.0 - ans)
+    """Complementary error function of an array, Numerical Recipes ``erfcc``; relative error
+    < 1.2e-7 (the one copy lives beside the differentiable Phi, ``minidiff.ops.special``)."""
+    return erfc_array(x)
 
 
 def normal_cdf(x):
-    """Phi(x) = erfc(-x / sqrt 2) / 2 (relative error < 1.2e-7 in both tails' small side)."""
+    """Phi(x) = erfc(-x / sqrt 2) / 2 of an array (relative error < 1.2e-7 in both tails'
+    small side); ``minidiff.ops.normal_cdf`` is the same function on Tensors."""
     return 0.5 * erfc(-x * 0.7071067811865476)
 
 
@@ -72,24 +62,29 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
     """log P(x) of 8-bit data x in [-1, 1] under N(means, exp(log_scales)^2) integrated over
-    x's bin of width 2/255, edge bins open to -+inf, equation (4.7).  Elementwise, in nats."""
-    x, means, log_scales = raw(x), raw(means), raw(log_scales)
+    x's bin of width 2/255, edge bins open to -+inf, equation (4.7).  Elementwise, in nats.
+
+    Differentiable in ``means`` and ``log_scales`` when either is a Tensor (the result is
+    then a Tensor: the training loss of the bound); with arrays it returns an array."""
+    as_tensor = isinstance(means, Tensor) or isinstance(log_scales, Tensor)
+    x = raw(x)
     xp = xp_of(x)
+    means = means if isinstance(means, Tensor) else Tensor(means)
+    log_scales = log_scales if isinstance(log_scales, Tensor) else Tensor(log_scales)
     centered = x - means
-    inv_stdv = xp.exp(-log_scales)
+    inv_stdv = (-1.0 * log_scales).exp()
     upper = inv_stdv * (centered + 1.0 / 255.0)
     lower = inv_stdv * (centered - 1.0 / 255.0)
-    cdf_upper = normal_cdf(upper)           # P(X < x + 1/255)
-    sf_lower = normal_cdf(-lower)           # P(X > x - 1/255), no cancellation
+    cdf_upper = ops.normal_cdf(upper)            # P(X < x + 1/255)
+    sf_lower = ops.normal_cdf(-1.0 * lower)      # P(X > x - 1/255), no cancellation
     # mass of the bin, computed on the side of the mean where both tails are small
-    mass = xp.where(lower > 0, normal_cdf(-lower) - normal_cdf(-upper),
-                    cdf_upper - normal_cdf(lower))
-    tiny = xp.finfo(mass.dtype).tiny   # 1e-300 would round to 0 in float32: log(0) = -inf
-    log_probs = xp.where(
-        x < -0.999, xp.log(xp.maximum(cdf_upper, tiny)),
-        xp.where(x > 0.999, xp.log(xp.maximum(sf_lower, tiny)),
-                 xp.log(xp.maximum(mass, tiny))))
-    return log_probs
+    mass = ops.where(lower.data > 0, sf_lower - ops.normal_cdf(-1.0 * upper),
+                     cdf_upper - ops.normal_cdf(lower))
+    tiny = float(xp.finfo(mass.dtype).tiny)   # 1e-300 would round to 0 in float32: log(0)
+    log_probs = ops.where(
+        x < -0.999, cdf_upper.clip(tiny, None).log(),
+        ops.where(x > 0.999, sf_lower.clip(tiny, None).log(), mass.clip(tiny, None).log()))
+    return log_probs if as_tensor else log_probs.data
 
 
 def min_snr_weight(schedule, t, target: str = "eps", gamma: float = 5.0, like=None):
@@ -106,12 +101,13 @@ def min_snr_weight(schedule, t, target: str = "eps", gamma: float = 5.0, like=No
 
 
 def loss_simple(prediction, target, t=None, schedule=None, target_type: str = "eps",
-                min_snr_gamma: float | None = None):
+                min_snr_gamma: float | None = None, reduce: bool = True):
     """L_simple (4.6): mean over items of the per-item MSE between ``prediction`` and
     ``target`` (the true eps, x_0 or v per ``target_type``), optionally Min-SNR weighted (4.9).
 
     ``prediction`` may be a Tensor; the result is then a differentiable scalar Tensor.
-    ``t`` and ``schedule`` are needed only with ``min_snr_gamma``.
+    ``t`` and ``schedule`` are needed only with ``min_snr_gamma``.  ``reduce=False``: the
+    per-item losses (N,) instead of their mean.
     """
     if target_type not in TARGETS:
         raise ValueError(f"target_type: expected one of {TARGETS}, got {target_type!r}")
@@ -131,4 +127,4 @@ def loss_simple(prediction, target, t=None, schedule=None, target_type: str = "e
                              f"t={t!r}, schedule={schedule!r}")
         per_item = per_item * min_snr_weight(schedule, t, target_type, min_snr_gamma,
                                              like=raw(prediction))
-    return per_item.mean()
+    return per_item.mean() if reduce else per_item

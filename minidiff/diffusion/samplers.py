@@ -125,8 +125,10 @@ def ddim_step(schedule, eps_pred, x_t, t: int, t_prev: int, eta: float = 0.0, no
               clip_x0: bool = False):
     """One DDIM update from 0-based index ``t`` to ``t_prev`` (< t; -1 means x_0), eq. (12).
 
-    Returns ``(x_prev, mean, variance)`` with variance sigma^2 a float; ``noise`` is z."""
+    Returns ``(x_prev, mean, variance)`` with variance sigma^2 a float; ``noise`` is z.
+    A learned variance's extra channels are ignored: DDIM uses the first C only."""
     xp = backend.array_module_of(x_t)
+    eps_pred = raw(eps_pred)[:, :x_t.shape[1]]
     abar_t, abar_s = _abar(schedule, t), _abar(schedule, t_prev)
     x0_hat = predict_x0_from_eps(schedule, x_t, xp.full((x_t.shape[0],), t), eps_pred)
     if clip_x0:
@@ -175,6 +177,7 @@ def ddim_invert(eps_model, schedule, x0, steps=None):
         # the model is evaluated at the point we stand on (index s; at x_0 use the first step)
         index = max(s, 0)
         eps = _call(eps_model, x, xp.full((x.shape[0],), index, dtype=xp.int64))
+        eps = eps[:, :x.shape[1]]             # a learned variance's v is not needed
         abar_s, abar_t = _abar(schedule, s), _abar(schedule, t)
         x0_hat = (x - math.sqrt(1.0 - abar_s) * eps) / math.sqrt(abar_s)
         x = math.sqrt(abar_t) * x0_hat + math.sqrt(1.0 - abar_t) * eps

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 
-from minidiff import backend
+from minidiff import backend, ops
 from minidiff.diffusion._util import mean_over_items, raw
 from minidiff.diffusion.forward import q_mean_variance, q_posterior, q_sample
 from minidiff.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 from minidiff.diffusion.reverse import p_mean_variance
 from minidiff.tensor import Tensor, no_grad
 
-__all__ = ["prior_term", "vlb_term_at", "vlb_terms", "bits_per_dim"]
+__all__ = ["prior_term", "bound_term", "vlb_term_at", "vlb_terms", "bits_per_dim"]
 
 
 def prior_term(schedule, x0):
@@ -48,10 +48,30 @@ def prior_term(schedule, x0):
     return mean_over_items(normal_kl(mean, log_var, 0.0, 0.0))
 
 
+def bound_term(schedule, x0, x_t, t, mean, log_variance):
+    """Per-item term of the bound at 0-based index t (shape (N,)), nats per dim, for the
+    reverse step N(mean, e^log_variance) at x_t: the decoder NLL -log p(x_0 | x_1) (4.7) where
+    t == 0, else KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1})) (4.3).
+
+    The one copy of this math: ``mean`` / ``log_variance`` may be Tensors (the training loss
+    of objective vlb or hybrid, differentiable in both; the result is then a Tensor) or arrays
+    (``vlb_term_at``, evaluation)."""
+    x0, x_t = raw(x0), raw(x_t)
+    true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
+    kl = mean_over_items(normal_kl(true_mean, true_log_var, mean, log_variance))
+    nll = -1.0 * mean_over_items(discretized_gaussian_log_likelihood(
+        x0, mean, 0.5 * log_variance))
+    first = backend.array_module_of(x0).asarray(t).reshape(-1) == 0
+    if isinstance(kl, Tensor) or isinstance(nll, Tensor):
+        return ops.where(first, nll, kl)
+    return backend.array_module_of(x0).where(first, nll, kl)
+
+
 def vlb_term_at(schedule, eps_model, x0, t, noise=None, variance="fixed_small",
                 clip_x0=False):
     """Per-item term at 0-based index t (shape (N,)), nats per dim: the decoder NLL
-    -log p(x_0 | x_1) (4.7) where t == 0, else KL(q(x_t|x_{t+1},x_0) || p(x_t|x_{t+1})) (4.3)."""
+    -log p(x_0 | x_1) (4.7) where t == 0, else KL(q(x_t|x_{t+1},x_0) || p(x_t|x_{t+1})) (4.3),
+    computed by ``bound_term`` (the training loss's function) without gradients."""
     x0 = raw(x0)
     xp = backend.array_module_of(x0)
     t = xp.asarray(t, dtype=xp.int64).reshape(-1)
@@ -60,12 +80,8 @@ def vlb_term_at(schedule, eps_model, x0, t, noise=None, variance="fixed_small",
     x_t = q_sample(schedule, x0, t, noise)
     with no_grad():
         eps_pred = raw(eps_model(Tensor(x_t), t))
-    out = p_mean_variance(schedule, eps_pred, x_t, t, variance=variance, clip_x0=clip_x0)
-    true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
-    kl = mean_over_items(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))
-    nll = -mean_over_items(discretized_gaussian_log_likelihood(
-        x0, out["mean"], 0.5 * out["log_variance"]))
-    return xp.where(t == 0, nll, kl)
+        out = p_mean_variance(schedule, eps_pred, x_t, t, variance=variance, clip_x0=clip_x0)
+        return raw(bound_term(schedule, x0, x_t, t, out["mean"], out["log_variance"]))
 
 
 def vlb_terms(schedule, eps_model, x0, variance="fixed_small", clip_x0=False):

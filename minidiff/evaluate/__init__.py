@@ -126,7 +126,7 @@ def _features_of(classifier, images_uint8):
 
 
 def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=250,
-                  quiet=True, space=None):
+                  quiet=True, space=None, variance="fixed_small"):
     """``n`` images in [-1, 1], (n, C, H, W), on the active backend: samples of ``space``
     (default pixels) decoded."""
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
@@ -147,7 +147,7 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
                             progress=hook)
         else:
             x = ddpm_sample(model, schedule, shape, steps=steps or None, clip_x0=clip,
-                            progress=hook)
+                            progress=hook, variance=variance)
         if space is not None:
             x = space.decode(x)
         if not bool(xp.isfinite(x).all()):
@@ -203,8 +203,10 @@ def evaluate(args, quiet: bool = False) -> dict:
     # samples
     backend.manual_seed(args.seed)
     start = time.time()
+    variance = config.get("variance", "fixed_small")     # as trained (lesson 13)
+    result["variance"] = variance
     samples = sample_images(model, schedule, args.n, args.sampler, args.steps, args.eta,
-                            args.batch, quiet, space)
+                            args.batch, quiet, space, variance=variance)
     result["space"] = space.describe()
     result["sampling_seconds"] = round(time.time() - start, 2)
     feats, probs = classify(classifier, samples)
@@ -235,7 +237,7 @@ def evaluate(args, quiet: bool = False) -> dict:
         start = time.time()
         bpd = test_bits_per_dim(schedule, model, x0,
                                 num_samples=None if args.bpd_full else args.bpd_samples,
-                                batch=min(args.batch, 100),
+                                batch=min(args.batch, 100), variance=variance,
                                 progress=None if quiet else Progress("bits/dim", unit="images"))
         bpd["samples_per_image"] = None if args.bpd_full else args.bpd_samples
         bpd["seconds"] = round(time.time() - start, 2)
@@ -247,7 +249,8 @@ def _report(r: dict) -> str:
     lines = [f"checkpoint   {r['checkpoint']}",
              f"sampler      {r['sampler']}, {r['steps']} steps"
              + (f", eta {r['eta']}" if r['eta'] is not None else "")
-             + f", seed {r['seed']}, {r['sampling_seconds']} s",
+             + f", seed {r['seed']}, {r['sampling_seconds']} s"
+             + (f", variance {r['variance']}" if r.get("variance") else ""),
              f"space        {r['space']}",
              f"FID          {r['fid']:.3f}  ({r['n']} samples vs {r['fid_reference']['n']} "
              f"MNIST test images; MNIST-classifier FID, comparable only within minidiff)"]

@@ -16,15 +16,16 @@ from minidiff.tensor import Tensor
 
 
 def test_bits_per_dim(schedule, eps_model, x0, num_samples: int | None = 1, batch: int = 100,
-                      progress=None) -> dict:
+                      progress=None, variance: str = "fixed_small") -> dict:
     """bits/dim of images ``x0`` (N, C, H, W) in [-1, 1], in batches of ``batch``.
 
-    Returns {"bpd", "stderr", "n", "full"}; ``num_samples=None`` for the full bound."""
+    Returns {"bpd", "stderr", "n", "full"}; ``num_samples=None`` for the full bound;
+    ``variance``: the reverse variance (the model's: "learned" needs its 2C outputs)."""
     x0 = backend.to_device(x0.data if isinstance(x0, Tensor) else x0)
     per_item = []
     for start in range(0, len(x0), batch):
         result = bits_per_dim(schedule, eps_model, x0[start:start + batch],
-                              num_samples=num_samples)
+                              num_samples=num_samples, variance=variance)
         per_item.append(backend.to_host(result["per_item"]).astype("float64"))
         if progress is not None:
             progress(min(start + batch, len(x0)), len(x0))

@@ -95,7 +95,7 @@ def timestep_report(model, schedule, x0, timesteps=None, seed: int = 1234, decod
             for t in sorted(set(timesteps) | set(panel_t)):
                 tt = xp.full((x0.shape[0],), t, dtype=xp.int64)
                 x_t = q_sample(schedule, x0, tt, noise)
-                eps = model(Tensor(x_t), tt).data
+                eps = model(Tensor(x_t), tt).data[:, :x_t.shape[1]]   # not a learned v
                 if t in timesteps:
                     losses[t] = float(((eps - noise) ** 2).mean())
                 if t in panel_t:

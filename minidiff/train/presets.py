@@ -47,6 +47,10 @@ _COMMON = {
     "autoencoder": "",
     # what the network predicts: "eps" (Ho et al.), "x0" or "v" (lesson 02, (2.5)-(2.6))
     "prediction": "eps",
+    # what it is trained on (lesson 13): L_simple, the bound (vlb) or L_simple + vlb_weight
+    # L_vlb (hybrid, needs variance "learned"); the reverse variance; how t is drawn
+    "objective": "simple", "variance": "fixed_small", "vlb_weight": 0.001,
+    "t_sampler": "uniform",
     # optimization (AdamW, linear warm-up then cosine decay, clipping, EMA), float32
     "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 500, "min_lr": 0.0, "grad_clip": 1.0,
     "ema_decay": 0.999, "batch_size": 128, "steps": 50_000, "seed": 0,
@@ -88,6 +92,20 @@ PRESETS = {
                   "min_lr": 1e-4, "steps": 1200, "ema_decay": 0.995, "log_every": 50,
                   "sample_every": 400, "checkpoint_every": 200, "diag_every": 600,
                   "sample_steps": 50},
+    # The article's claim (lesson 13): the ``quick`` architecture predicting eps (as both
+    # papers do), one run per objective (--set objective=simple | vlb | hybrid; hybrid with
+    # --set variance=learned), the same budget, seed and learning-rate schedule for all.
+    # No gradient clipping (as improved DDPM): L_vlb is T times the mean bound term, so its
+    # gradient norms are 10-300 where L_simple's are 0.3-4, and a clip at 1.0 would rescale
+    # every vlb step (each to norm 1) while almost never touching the others.  A step costs
+    # about 0.5 s of one CPU core with the bound (vlb, hybrid), a little less for simple;
+    # 3,000 steps of 32 images are about 25 CPU-minutes per run.
+    "claim": {**_COMMON, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
+              "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
+              "time_embed_dim": 32, "prediction": "eps", "batch_size": 32, "lr": 2e-3,
+              "warmup_steps": 100, "min_lr": 1e-4, "grad_clip": 0.0, "steps": 3000,
+              "ema_decay": 0.998, "log_every": 50, "sample_every": 500,
+              "checkpoint_every": 250, "diag_every": 1000, "sample_steps": 50},
     # The reference configuration of lesson 06 (``REFERENCE_CONFIG``, 1,623,169 parameters);
     # hours on a CPU, minutes on a GPU (``minidiff --backend cupy train --preset mnist``).
     "mnist": {**_COMMON, "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2,
@@ -177,7 +195,9 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
         _check_type(key, value, base.get(key))
     from minidiff.models.autoencoder import RECON_LOSSES  # noqa: PLC0415
     choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
-               "model": MODELS}
+               "model": MODELS, "objective": ("simple", "vlb", "hybrid"),
+               "variance": ("fixed_small", "fixed_large", "learned"),
+               "t_sampler": ("uniform", "loss-second-moment")}
     if config["model"] == "autoencoder":
         missing = sorted(set(_AE) - set(config))
         if missing:
@@ -195,14 +215,24 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     for key in ("steps", "batch_size", "T"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    if config["objective"] == "hybrid" and config["variance"] != "learned":
+        raise ConfigError(f"objective=hybrid learns the variance: it needs variance=learned, "
+                          f"got variance={config['variance']}")
+    if config["variance"] == "learned" and config["objective"] == "simple":
+        raise ConfigError("variance=learned is trained by the bound: it needs objective=vlb "
+                          "or hybrid, got objective=simple")
     from minidiff.train.validate import check_config  # noqa: PLC0415  (it imports this module)
     return check_config(config)
 
 
 def model_config(config: dict):
-    """The ``UNetConfig`` a training configuration describes."""
+    """The ``UNetConfig`` a training configuration describes; with ``variance: learned`` the
+    U-Net has 2 * in_channels outputs (the prediction, then v of (13.1))."""
     from minidiff.models.unet import UNetConfig  # noqa: PLC0415
-    return UNetConfig.from_dict({k: config[k] for k in MODEL_KEYS if k in config})
+    values = {k: config[k] for k in MODEL_KEYS if k in config}
+    if config.get("variance") == "learned":
+        values["out_channels"] = 2 * int(config.get("in_channels", 1))
+    return UNetConfig.from_dict(values)
 
 
 def autoencoder_config(config: dict):

@@ -23,6 +23,7 @@ import os
 from minidiff import backend
 from minidiff.data import from_unit_range, to_unit_range
 from minidiff.diffusion import as_eps_model, ddim_sample, training_step
+from minidiff.diffusion.resample import LossSecondMomentSampler
 from minidiff.images import save_grid
 from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
 from minidiff.models.unet import UNet
@@ -68,15 +69,43 @@ class DiffusionTask:
         # what the samplers and diagnostics call: eps_theta, whatever the network predicts
         self.eps_model = as_eps_model(self.model, self.schedule, config["prediction"])
         self.t_history = []
+        self.t_sampler = (LossSecondMomentSampler(self.schedule.num_timesteps)
+                          if config.get("t_sampler") == "loss-second-moment" else None)
 
     def batch(self, index):
         """x_0 of one step: images scaled to [-1, 1], or s z drawn from their posteriors."""
         return self.space.batch(index)
 
     def loss(self, index, part=None):
-        return training_step(self.model, self.schedule, self.batch(index),
-                             target_type=self.config["prediction"], part=part,
-                             x0_range=self.space.data_range), {}
+        """Algorithm 1 with the config's ``objective`` and ``variance`` (lesson 13), t drawn
+        uniformly or by ``t_sampler``; the terms (L_simple, L_vlb in bits/dim) are logged
+        for vlb and hybrid."""
+        c = self.config
+        t = weights = None
+        if self.t_sampler is not None:
+            t, weights = self.t_sampler.draw(len(index))
+        loss, info = training_step(self.model, self.schedule, self.batch(index),
+                                   target_type=c["prediction"], t=t, part=part,
+                                   x0_range=self.space.data_range,
+                                   objective=c.get("objective", "simple"),
+                                   variance=c.get("variance", "fixed_small"),
+                                   vlb_weight=c.get("vlb_weight", 0.001),
+                                   weights=weights, details=True)
+        if self.t_sampler is not None:
+            self.t_sampler.update(t if part is None else t[part], info["per_item"])
+        if c.get("objective", "simple") == "simple":
+            return loss, {}
+        return loss, {name: info[name] for name in ("simple", "vlb") if name in info}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the weights: the t sampler's loss history."""
+        if self.t_sampler is None:
+            return {}
+        return {f"t_sampler.{k}": v for k, v in self.t_sampler.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.t_sampler is not None and state:
+            self.t_sampler.load_state_dict(state)
 
     def grid(self, trainer, path):
         """``sample_count`` digits from the EMA weights with a few DDIM steps."""
@@ -106,6 +135,9 @@ class DiffusionTask:
     def plot(self, trainer) -> None:
         diagnostics.plot_loss_curve(trainer.losses, os.path.join(trainer.out, "loss.png"),
                                     prediction=self.config["prediction"])
+        for name, values in trainer.terms.items():     # L_simple, L_vlb of vlb / hybrid
+            diagnostics.plot_loss_curve(values, os.path.join(trainer.out, f"loss_{name}.png"),
+                                        prediction=name)
 
     def finish(self, trainer) -> dict:
         return {}

@@ -40,6 +40,7 @@ from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
 from minidiff.spaces import SpaceError
 from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint, save_checkpoint
 from minidiff.train.distributed import digest as distributed_digest
+from minidiff.train.presets import ConfigError
 from minidiff.train.tasks import make_task
 from minidiff.train.validate import check_config, check_data
 
@@ -71,6 +72,9 @@ class Trainer:
         if not self.is_main:
             self.log = lambda line: None
         c = check_config(self.config)
+        if distributed is not None and c.get("t_sampler", "uniform") != "uniform":
+            raise ConfigError(f"t_sampler={c['t_sampler']} keeps one loss history per process; "
+                              "use t_sampler=uniform with --distributed")
         backend.manual_seed(c["seed"])
         if images is None:
             images, _ = load_mnist("train")
@@ -108,7 +112,7 @@ class Trainer:
                             step=self.step, optimizer=self.optimizer,
                             scheduler=self.scheduler, history=self.losses,
                             extra={**self._terms_record(), **self.extra,
-                                   **self._space_record()})
+                                   **self._space_record(), **self._task_state()})
         self.last_checkpoint = path
         return path
 
@@ -138,6 +142,8 @@ class Trainer:
         self.ema.load_state_dict({**{f"shadow.{i}": shadow[k] for i, k in enumerate(names)},
                                   **group(arrays, "ema_meta")})
         self.ema.decay = self.config["ema_decay"]
+        if hasattr(self.task, "load_state_dict"):     # e.g. the t sampler's loss history
+            self.task.load_state_dict(group(arrays, "t_sampler"))
         self.optimizer.load_state_dict(group(arrays, "optim"))
         self.scheduler.load_state_dict(group(arrays, "sched"))
         backend.set_rng_state(str(arrays["rng"]))
@@ -250,6 +256,11 @@ class Trainer:
                             extra={**self.extra, **self._space_record()})
             self.task.plot(self)
         return "done"
+
+    def _task_state(self) -> dict:
+        """What the task needs to resume exactly besides the weights (its t sampler)."""
+        state = getattr(self.task, "state_dict", None)
+        return state() if state is not None else {}
 
     def _space_record(self) -> dict:
         """What a latent model's checkpoints record: its autoencoder's weights hash."""

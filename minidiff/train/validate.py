@@ -27,7 +27,8 @@ _AT_LEAST = {"steps": 1, "batch_size": 1, "T": 1, "seed": 0, "warmup_steps": 0,
 #: key -> (low, high, high excluded)
 _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
             "weight_decay": (0.0, None, False), "grad_clip": (0.0, None, False),
-            "ema_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, True)}
+            "ema_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, True),
+            "vlb_weight": (0.0, None, False)}
 
 
 def _checked(check, *args):
