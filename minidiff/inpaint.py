@@ -100,14 +100,16 @@ def load_images(spec: str, size: int = 28):
 
 def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = "ddim",
              steps=None, eta: float = 0.0, seed: int = 0, batch: int = 250,
-             method: str = "replace", progress=None):
+             method: str = "replace", progress=None, variance: str = "fixed_small"):
     """``n`` completions of each image: uint8 (N * n, 1, 28, 28), image-major.
 
     ``images``: uint8 (N, 1, 28, 28); ``mask``: (28, 28), 1 = fill; ``eps_for(x, m)``: the
     ``eps_model(x_t, t)`` to sample the items whose images are ``x`` (in [-1, 1]) and pixel
     masks ``m`` (both (b, 1, 28, 28)) with: the plain network for ``replace``, one that
     conditions on them for ``concat``.  ``replace`` passes ``known=(x0_known, mask)`` (11.8)
-    to the sampler, in the space's coordinates.  Known pixels are pasted back (module doc)."""
+    to the sampler, in the space's coordinates.  Known pixels are pasted back (module doc).
+    ``variance``: DDPM's reverse variance, the one the model was trained with (its config's
+    ``variance``, lesson 13)."""
     from minidiff.data import from_unit_range, to_unit_range  # noqa: PLC0415
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
     from minidiff.masks import mask_to_grid  # noqa: PLC0415
@@ -137,7 +139,8 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
         if sampler == "ddim":
             z = ddim_sample(eps_for(x, m), schedule, (len(x), *space.shape), eta=eta, **kwargs)
         else:
-            z = ddpm_sample(eps_for(x, m), schedule, (len(x), *space.shape), **kwargs)
+            z = ddpm_sample(eps_for(x, m), schedule, (len(x), *space.shape),
+                            variance=variance, **kwargs)
         filled = space.decode(z)
         if not bool(xp.isfinite(filled).all()):
             raise MinidiffInputError(f"the completions hold NaN or Inf: the network's output "
@@ -266,7 +269,7 @@ def main(argv=None) -> int:
     check_output_path("--out", args.out, IMAGE_TYPES + ARRAY_TYPES)
     mask = named_mask(args.mask, size=28)
     images, source = load_images(args.image)
-    eps_for, schedule, space, _, method = load_inpainter(
+    eps_for, schedule, space, config, method = load_inpainter(
         args.checkpoint, args.method, args.prompt, args.guidance, use_ema=not args.raw,
         autoencoder=args.autoencoder)
     if args.autoencoder and space.kind == "pixel":
@@ -276,7 +279,8 @@ def main(argv=None) -> int:
         check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
     completions = complete(eps_for, schedule, space, images, mask, args.n, args.sampler,
                            args.steps, args.eta, args.seed, args.batch, method,
-                           progress=Progress(f"inpainting ({method}, {args.sampler})"))
+                           progress=Progress(f"inpainting ({method}, {args.sampler})"),
+                           variance=config.get("variance", "fixed_small"))
     save(args.out, completions, images, source, mask, args.n)
     print(f"wrote {args.out} ({len(images)} image(s) x {args.n} completions, {method}, "
           f"seed {args.seed})")

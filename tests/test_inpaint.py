@@ -70,6 +70,23 @@ def test_completions_keep_the_known_pixels_in_image_major_order(test_images):
     np.testing.assert_array_equal(out, again)
 
 
+def test_ddpm_with_a_learned_variance_keeps_the_known_pixels(test_images):
+    """A network with 2C output channels (lesson 13): eps, then v = 0.5 (between beta~, beta)."""
+    xp = backend.xp()
+    sched = NoiseSchedule.linear(10, 1e-3, 0.2)
+
+    def learned(x, t):
+        x = backend.array_of(x)
+        return xp.concatenate([0.2 * x, xp.full(x.shape, 0.5, dtype=x.dtype)], axis=1)
+    mask = named_mask("left")
+    out = complete(lambda x, m: learned, sched, PixelSpace(), test_images[:2], mask, n=2,
+                   sampler="ddpm", variance="learned")
+    known = backend.to_host(mask) == 0
+    for i in range(4):
+        np.testing.assert_array_equal(out[i, 0][known], test_images[i // 2, 0][known])
+    assert (out[:, 0][:, ~known] != test_images[[0, 0, 1, 1], 0][:, ~known]).any()
+
+
 def test_latent_replacement_pastes_the_known_pixels_back(test_images):
     eps_for, schedule, space, _, method = load_inpainter(LDM)
     assert method == "replace" and space.kind == "latent"

@@ -40,13 +40,15 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     images, labels = load_mnist("test")
     images, labels = images[:n], labels[:n]
     pixel_mask = named_mask(mask, size=28)
-    eps_for, schedule, space, _, method = load_inpainter(checkpoint, method, use_ema=use_ema)
+    eps_for, schedule, space, config, method = load_inpainter(checkpoint, method,
+                                                              use_ema=use_ema)
     classifier = classifier or load_classifier()
     steps = steps or min(50 if sampler == "ddim" else schedule.num_timesteps,
                          schedule.num_timesteps)
     start = time.time()
     completions = complete(eps_for, schedule, space, images, pixel_mask, 1, sampler, steps,
-                           eta=eta, seed=seed, batch=batch, method=method, progress=progress)
+                           eta=eta, seed=seed, batch=batch, method=method, progress=progress,
+                           variance=config.get("variance", "fixed_small"))
     seconds = time.time() - start
     blank = images * (backend.to_host(pixel_mask) < 0.5).astype(images.dtype)   # 0 = black
     return {"checkpoint": str(checkpoint), "method": method, "space": space.describe(),
@@ -90,8 +92,9 @@ def compare_figure(rows, indices, path, mask: str = "bottom", n: int = 4, sample
     shown = from_unit_range(masked_image(to_unit_range(images), m))
     filled = {}
     for label, checkpoint, method, *options in rows:
-        eps_for, schedule, space, _, method = load_inpainter(checkpoint, method)
-        kwargs = {"sampler": sampler, "steps": steps, "seed": seed, **(options or [{}])[0]}
+        eps_for, schedule, space, config, method = load_inpainter(checkpoint, method)
+        kwargs = {"sampler": sampler, "steps": steps, "seed": seed,
+                  "variance": config.get("variance", "fixed_small"), **(options or [{}])[0]}
         filled[label] = complete(eps_for, schedule, space, images, pixel_mask, n,
                                  method=method, **kwargs)
     tiles, names = [], []
