@@ -17,8 +17,10 @@ Two methods, one per kind of model:
   the mask "everything to fill", with which it learnt to generate from nothing.)
 
 In a latent model the mask is brought to the latent grid (``masks.mask_to_grid``: a cell is
-filled if any of its pixels is) and x0_known is the scaled encoding of the image (the
-posterior mean).  With either method and in either space, the decoded result's known pixels
+filled if any of its pixels is) and x0_known is the scaled encoding (the posterior mean) of
+the *masked* image (``masks.masked_image``: every pixel to fill set to 0), the same E(masked
+image) a concat model is given: an encoder's receptive field spans many pixels, and the
+encoding of the whole image would carry the hidden pixels into the known cells.  With either method and in either space, the decoded result's known pixels
 are then pasted back from the original: the completions differ from the image only under the
 mask (in pixel space with replacement they already equal it there).
 
@@ -107,12 +109,12 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
     ``eps_model(x_t, t)`` to sample the items whose images are ``x`` (in [-1, 1]) and pixel
     masks ``m`` (both (b, 1, 28, 28)) with: the plain network for ``replace``, one that
     conditions on them for ``concat``.  ``replace`` passes ``known=(x0_known, mask)`` (11.8)
-    to the sampler, in the space's coordinates.  Known pixels are pasted back (module doc).
+    to the sampler, in the space's coordinates (x0_known: the masked image's, module doc).  Known pixels are pasted back (module doc).
     ``variance``: DDPM's reverse variance, the one the model was trained with (its config's
     ``variance``, lesson 13)."""
     from minidiff.data import from_unit_range, to_unit_range  # noqa: PLC0415
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
-    from minidiff.masks import mask_to_grid  # noqa: PLC0415
+    from minidiff.masks import mask_to_grid, masked_image  # noqa: PLC0415
     xp = backend.xp()
     if method not in METHODS:
         raise InpaintError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -132,7 +134,7 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
         known = None
         if method == "replace":
             grid = m if space.kind == "pixel" else mask_to_grid(m, space.shape[-1])
-            known = (space.encode(x), backend.to_device(grid).astype(x.dtype))
+            known = (space.encode(masked_image(x, m)), backend.to_device(grid).astype(x.dtype))
         hook = None if progress is None else (
             lambda i, _, done=begin // batch * steps: progress(done + i, total))
         kwargs = {"steps": steps, "clip_x0": space.clip_x0, "progress": hook, "known": known}

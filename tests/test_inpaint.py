@@ -97,6 +97,19 @@ def test_latent_replacement_pastes_the_known_pixels_back(test_images):
         np.testing.assert_array_equal(out[i, 0][known], test_images[i // 2, 0][known])
 
 
+def test_no_hidden_pixel_reaches_the_completions(test_images):
+    """The pixels under the mask changed to anything: the same completions (latent replace:
+    the encoder's receptive field would carry them into the known cells of E(image))."""
+    eps_for, schedule, space, _, method = load_inpainter(LDM)
+    mask = named_mask("bottom")
+    hidden = backend.to_host(mask) > 0
+    images = test_images[:2].copy()
+    out = complete(eps_for, schedule, space, images, mask, n=2, steps=3, method=method)
+    images[:, 0][:, hidden] = np.random.default_rng(0).integers(0, 256, (2, int(hidden.sum())))
+    again = complete(eps_for, schedule, space, images, mask, n=2, steps=3, method=method)
+    np.testing.assert_array_equal(out[:, 0][:, hidden], again[:, 0][:, hidden])
+
+
 def test_the_method_and_conditioning_refusals():
     with pytest.raises(InpaintError, match="--method concat.*'none'"):
         load_inpainter(LDM, "concat")
