@@ -20,9 +20,10 @@ In a latent model the mask is brought to the latent grid (``masks.mask_to_grid``
 filled if any of its pixels is) and x0_known is the scaled encoding (the posterior mean) of
 the *masked* image (``masks.masked_image``: every pixel to fill set to 0), the same E(masked
 image) a concat model is given: an encoder's receptive field spans many pixels, and the
-encoding of the whole image would carry the hidden pixels into the known cells.  With either method and in either space, the decoded result's known pixels
-are then pasted back from the original: the completions differ from the image only under the
-mask (in pixel space with replacement they already equal it there).
+encoding of the whole image would carry the hidden pixels into the known cells.  With either
+method and in either space, the decoded result's known pixels are then pasted back from the
+original: the completions differ from the image only under the mask (in pixel space with
+replacement they already equal it there).
 
 ``--image``: MNIST test indices (``test:123``, ``test:1,5,9``, ``test:0-499``) or a 28x28
 grayscale PNG (white digit on black, as MNIST).  ``--out x.png``: one row per image, the
@@ -109,9 +110,9 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
     ``eps_model(x_t, t)`` to sample the items whose images are ``x`` (in [-1, 1]) and pixel
     masks ``m`` (both (b, 1, 28, 28)) with: the plain network for ``replace``, one that
     conditions on them for ``concat``.  ``replace`` passes ``known=(x0_known, mask)`` (11.8)
-    to the sampler, in the space's coordinates (x0_known: the masked image's, module doc).  Known pixels are pasted back (module doc).
-    ``variance``: DDPM's reverse variance, the one the model was trained with (its config's
-    ``variance``, lesson 13)."""
+    to the sampler, in the space's coordinates (x0_known: the masked image's); the known
+    pixels are pasted back (module doc).  ``variance``: DDPM's reverse variance, the one the
+    model was trained with (its config's ``variance``, lesson 13)."""
     from minidiff.data import from_unit_range, to_unit_range  # noqa: PLC0415
     from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
     from minidiff.masks import mask_to_grid, masked_image  # noqa: PLC0415
@@ -124,9 +125,8 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
     backend.manual_seed(seed)
     host = backend.host
     items = host.repeat(backend.to_host(images), n, axis=0)            # image-major
-    pixel_mask = backend.to_device(host.asarray(backend.to_host(mask), dtype=host.float32))
-    pixel_mask = pixel_mask.reshape(1, 1, *pixel_mask.shape[-2:]).astype(
-        backend.default_dtype())
+    pixel_mask = backend.to_host(mask).astype(backend.default_dtype())
+    pixel_mask = backend.to_device(pixel_mask.reshape(1, 1, *pixel_mask.shape[-2:]))
     chunks, total = [], -(-len(items) // batch) * steps
     for begin in range(0, len(items), batch):
         x = to_unit_range(items[begin:begin + batch])
@@ -199,6 +199,9 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
         prompts = None if prompt is None else [prompt] * len(x)
         images, masks = (x, m) if method == "concat" else (None, None)
         cond, uncond = model.cond(len(x), prompts=prompts, images=images, masks=masks)
+        if prompt is None:         # cond = uncond: guidance (11.4) is the identity, one pass
+            eps = model.eps_model
+            return lambda x_t, t: eps(x_t, t, cond)
         return model.guided_eps(cond, uncond, guidance)
     return eps_for, model.schedule, model.space, model.config, method
 

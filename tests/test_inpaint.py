@@ -126,7 +126,8 @@ def test_the_command_writes_the_npz_and_the_grid(tmp_path, capsys):
     arrays = np.load(out)
     assert arrays["images"].shape == (6, 28, 28) and arrays["images"].dtype == np.uint8
     assert arrays["source"].tolist() == [3, 3, 3, 1, 1, 1]
-    np.testing.assert_array_equal(arrays["mask"], backend.to_host(named_mask("top")).astype(np.uint8))
+    np.testing.assert_array_equal(arrays["mask"],
+                                  backend.to_host(named_mask("top")).astype(np.uint8))
     grid = str(tmp_path / "g.png")
     assert cli.main(["inpaint", "--checkpoint", LDM, "--image", "test:3,1", "--n", "3",
                      "--steps", "2", "--out", grid]) == 0
@@ -150,7 +151,8 @@ def test_the_comparison_figure_has_a_row_per_digit_and_method(tmp_path):
 
     from minidiff.evaluate.inpainting import compare_figure
     path = str(tmp_path / "compare.png")
-    compare_figure([("ldm replace", LDM, "replace"), ("ldm eta 1", LDM, "replace", {"eta": 1.0})], [3, 1],
+    compare_figure([("ldm replace", LDM, "replace"),
+                    ("ldm eta 1", LDM, "replace", {"eta": 1.0})], [3, 1],
                    path, n=2, steps=2)
     with Image.open(path) as picture:          # 2 digits x 2 methods = 4 rows of 30 px, scale 2
         assert picture.size[1] == 2 * (4 * 30 + 2) and picture.size[0] > 2 * (4 * 30 + 2)

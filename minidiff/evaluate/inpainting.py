@@ -28,11 +28,13 @@ def _accuracy(classifier, images_uint8, labels) -> float:
 
 def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=None,
                         sampler: str = "ddim", steps=None, seed: int = 0, batch: int = 250,
-                        eta: float = 0.0, classifier=None, use_ema: bool = True, progress=None) -> dict:
+                        eta: float = 0.0, classifier=None, use_ema: bool = True,
+                        progress=None) -> dict:
     """``{"accuracy", "masked_accuracy", "original_accuracy", "n", "method", "seconds", ...}``
     for the first ``n`` test digits under ``mask`` (a ``masks.named_mask`` spec), one
-    completion each (``steps`` None: 50 for ddim, T for ddpm); ``method`` None is the model's default (``inpaint.load_inpainter``).
-    ``classifier``: a loaded classifier (default: the shipped one)."""
+    completion each (``steps`` None: 50 for ddim, T for ddpm); ``method`` None is the
+    model's default (``inpaint.load_inpainter``); ``classifier``: a loaded classifier
+    (default: the shipped one)."""
     from minidiff.data import load_mnist  # noqa: PLC0415
     from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
     from minidiff.inpaint import complete, load_inpainter  # noqa: PLC0415
