@@ -23,6 +23,8 @@ COMMANDS = {
                                     "mnist) or an autoencoder (--preset ae-quick | ae)"),
     "train-ae": ("minidiff.train.ae_cli", "train the autoencoder (train --preset ae-quick)"),
     "sample": ("minidiff.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
+    "inpaint": ("minidiff.inpaint", "fill the masked part of digits (concat model or "
+                                    "RePaint-style replacement)"),
     "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
     "bench": ("minidiff.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
 }

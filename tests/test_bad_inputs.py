@@ -40,6 +40,8 @@ EVAL = ["eval", "--checkpoint", "{ckpt}", "--n", "4", "--steps", "2", "--bpd-ima
         "--json"]
 SAMPLE_TEXT = ["sample", "--checkpoint", "{text_ckpt}", "--out", "{out}/grid.png", "--n", "2",
                "--steps", "2"]
+INPAINT = ["inpaint", "--checkpoint", "{ckpt}", "--image", "test:0", "--n", "2", "--steps", "2",
+           "--out", "{out}/grid.png"]
 DEMO = ["demo", "--steps", "1", "--out", "{out}"]
 BENCH_UNET = ["bench", "unet", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
               "--base-channels", "8"]
@@ -212,6 +214,27 @@ CASES = [
     *_flag(BENCH_UNET, "bench-unet", "--threads", ["0"]),
     *_flag(BENCH_UNET, "bench-unet", "--base-channels", ["0", "7"], ("--base-channels",)),
     *_flag(BENCH_UNET, "bench-unet", "--image-size", ["0", "30"], ("--image-size",)),
+    # ---------------------------------------------------------------- inpaint
+    *_flag(INPAINT, "inpaint", "--mask", ["box:0,0,40,40", "box:5,5,2,2", "middle", "box:1,2",
+                                          "{tmp}/nope.png"]),
+    *_flag(INPAINT, "inpaint", "--image", ["test:abc", "train:3", "test:", "test:5-2",
+                                           "test:10000", "test:0-10000", "{tmp}/nope.png",
+                                           "{png32}", "{text}"]),
+    *_flag(INPAINT, "inpaint", "--n", ["0", "abc"]),
+    *_flag(INPAINT, "inpaint", "--steps", ["0", "11"]),
+    *_flag(INPAINT, "inpaint", "--out", ["{out}/grid.txt", "{tmp}"]),
+    *_flag(INPAINT, "inpaint", "--method", ["concat", "paint"]),
+    *_flag(INPAINT, "inpaint", "--prompt", ["a seven"]),
+    *_flag(INPAINT, "inpaint", "--guidance", ["3", "-1"]),
+    ("inpaint-checkpoint-missing", INPAINT + ["--checkpoint", "{tmp}/nope.npz"], ("nope.npz",)),
+    ("inpaint-checkpoint-autoencoder", INPAINT + ["--checkpoint", "{autoencoder}"],
+     ("ae.npz", "autoencoder")),
+    ("inpaint-autoencoder-for-a-pixel-model", INPAINT + ["--autoencoder", "{ckpt}"],
+     ("--autoencoder",)),
+    ("inpaint-no-image", INPAINT[:3] + ["--out", "{out}/g.png"], ("--image",)),
+    ("eval-inpainting-n-0", EVAL + ["--inpainting", "--n", "0"], ("--n",)),
+    ("eval-inpainting-mask", EVAL + ["--inpainting", "--mask", "middle"], ("--mask",)),
+    ("eval-inpainting-method", EVAL + ["--inpainting", "--method", "concat"], ("--method",)),
     # ---------------------------------------------------------------- the dispatcher
     ("cli-unknown-command", ["nonesuch"], ("nonesuch",)),
     ("cli-no-command", [], ("COMMAND", "command")),
@@ -264,6 +287,10 @@ def make_files(folder: str) -> dict:
             json.dump(content, stream)
     from minidiff.evaluate.classifier import DEFAULT_PATH
     files["classifier"] = DEFAULT_PATH
+    files["autoencoder"] = os.path.join(os.path.dirname(DEFAULT_PATH), "ae.npz")
+    from PIL import Image
+    files["png32"] = os.path.join(folder, "digit32.png")
+    Image.fromarray(host.zeros((32, 32), host.uint8)).save(files["png32"])
     return files
 
 
@@ -326,13 +353,13 @@ def test_bad_input_is_one_named_line(case_id, argv, names, files, tmp_path):
 
 def test_the_table_is_wide():
     commands = {argv[0] if argv else "" for _, argv, _ in CASES}
-    assert {"train", "sample", "eval", "demo", "bench"} <= commands
+    assert {"train", "sample", "eval", "demo", "bench", "inpaint"} <= commands
     assert len(CASES) >= 150
 
 
 def test_every_fixture_file_case_runs_clean_when_nothing_is_wrong(files, tmp_path):
     """The base commands of the table succeed, so each case fails for its own bad input."""
-    for argv in (SAMPLE, EVAL, SAMPLE_TEXT + ["--prompt", "seven"]):
+    for argv in (SAMPLE, EVAL, SAMPLE_TEXT + ["--prompt", "seven"], INPAINT):
         result = run_case(fill(argv, files, str(tmp_path / argv[0])))
         assert result[0] == 0, result[2] + (result[3] or "")
 

@@ -21,6 +21,19 @@ as ``eps_model(Tensor x_t, t)`` with ``t`` an int64 array of *original* 0-based 
 (index t = paper's step t + 1), under ``no_grad``; a Tensor output is unwrapped.
 ``progress(i, total)`` is called after each step; with ``return_frames=True`` the result is
 ``(x_0, frames)``, frames being x_T and every ``frame_every``-th state after it (and the last).
+
+**Inpainting by replacement** (RePaint, Lugmayr et al. 2022, without its resampling; lesson 11).
+Both samplers take ``known=(x0_known, mask)``: ``mask`` is 1 where x is to be filled and 0
+where it is known (broadcast against x: (N, 1, H, W) covers every channel).  After every step,
+whose state x_s has the noise level of index s (s = -1 at the end, alphabar_{-1} = 1), the known
+part is replaced by the forward-noised original (2.4), with fresh noise eps' ~ N(0, I):
+
+    x_s <- mask * x_s + (1 - mask) * (sqrt(abar_s) x0_known + sqrt(1 - abar_s) eps')     (11.8)
+
+so the known coordinates end exactly at x0_known, and the network, which sees the whole x_s
+at every step, fills the rest to fit them.  x_T is not replaced (it is noise either way).  The
+draws of eps' come after the step's own draws (DDPM's z), so a mask of ones samples what the
+plain sampler samples only where no noise is drawn (DDIM with eta = 0).
 """
 from __future__ import annotations
 
@@ -28,7 +41,7 @@ import math
 
 from minidiff import backend
 from minidiff.diffusion._util import raw
-from minidiff.diffusion.forward import predict_x0_from_eps
+from minidiff.diffusion.forward import predict_x0_from_eps, q_sample
 from minidiff.diffusion.respace import respace, space_timesteps
 from minidiff.diffusion.reverse import p_mean_variance
 from minidiff.tensor import Tensor, no_grad
@@ -54,17 +67,32 @@ def _check_steps(schedule, steps) -> None:
                          f"{schedule.num_timesteps}], got {steps!r}")
 
 
+def _replace_known(schedule, x, known, index: int):
+    """(11.8): the known part of state ``x`` (noise level of ``index``; -1 = x_0) replaced
+    by ``x0_known`` noised to that level; ``known`` is ``(x0_known, mask)`` or None."""
+    if known is None:
+        return x
+    xp = backend.array_module_of(x)
+    x0_known, mask = (xp.asarray(raw(a)).astype(x.dtype, copy=False) for a in known)
+    if index >= 0:
+        t = xp.full((x.shape[0],), index, dtype=xp.int64)
+        eps = backend.randn(*x.shape, dtype=x.dtype)
+        x0_known = q_sample(schedule, x0_known, t, eps).astype(x.dtype, copy=False)
+    return mask * x + (1 - mask) * x0_known
+
+
 def _finish(x, frames, return_frames):
     return (x, frames) if return_frames else x
 
 
 def ddpm_sample(eps_model, schedule, shape, steps=None, variance="fixed_small",
                 clip_x0=True, noise=None, progress=None, return_frames=False,
-                frame_every: int = 1, dtype=None):
+                frame_every: int = 1, dtype=None, known=None):
     """Algorithm 2: x_T ~ N(0, I), x_{t-1} = mu_theta + sigma_t z, the last step the mean.
 
     ``steps`` < T samples with a respaced schedule (``respace``); ``noise`` fixes x_T;
-    ``dtype`` defaults to minidiff's default float dtype (float32 unless changed).
+    ``dtype`` defaults to minidiff's default float dtype (float32 unless changed);
+    ``known=(x0_known, mask)`` inpaints by replacement (11.8).
     """
     xp = backend.xp()
     _check_steps(schedule, steps)
@@ -85,6 +113,7 @@ def ddpm_sample(eps_model, schedule, shape, steps=None, variance="fixed_small",
             x = out["mean"] + xp.exp(0.5 * out["log_variance"]) * z
         else:
             x = out["mean"]
+        x = _replace_known(sched, x, known, index - 1)
         if progress is not None:
             progress(i + 1, total)
         if return_frames and ((i + 1) % frame_every == 0 or index == 0):
@@ -115,9 +144,10 @@ def ddim_step(schedule, eps_pred, x_t, t: int, t_prev: int, eta: float = 0.0, no
 
 def ddim_sample(eps_model, schedule, shape, steps=None, eta: float = 0.0, clip_x0=True,
                 noise=None, progress=None, return_frames=False, frame_every: int = 1,
-                dtype=None):
+                dtype=None, known=None):
     """DDIM sampling over ``steps`` evenly spaced indices (all T when None), eq. (12);
-    ``dtype`` defaults to minidiff's default float dtype."""
+    ``dtype`` defaults to minidiff's default float dtype; ``known=(x0_known, mask)``
+    inpaints by replacement (11.8)."""
     xp = backend.xp()
     _check_steps(schedule, steps)
     kept = space_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps)
@@ -128,6 +158,7 @@ def ddim_sample(eps_model, schedule, shape, steps=None, eta: float = 0.0, clip_x
         t_prev = sequence[i + 1] if i + 1 < len(sequence) else -1
         eps = _call(eps_model, x, xp.full((shape[0],), t, dtype=xp.int64))
         x, _, _ = ddim_step(schedule, eps, x, t, t_prev, eta=eta, clip_x0=clip_x0)
+        x = _replace_known(schedule, x, known, t_prev)
         if progress is not None:
             progress(i + 1, len(sequence))
         if return_frames and ((i + 1) % frame_every == 0 or t_prev == -1):

@@ -3,6 +3,7 @@ it reports reconstruction figures instead: ``autoencoder.py``.)
 
     minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
                   [--bpd-images 256 | --bpd-full] [--json]
+    minidiff eval --checkpoint F --inpainting [--n 100] [--mask bottom] [--method replace]
     minidiff eval train-classifier [--epochs 3]      (re-train the shipped feature classifier)
 
 Figures:
@@ -19,6 +20,11 @@ Figures:
 * **bits/dim** (``likelihood.py``): the variational bound on the NLL of test images, a
   Monte-Carlo estimate with its standard error (``--bpd-images``, ``--bpd-samples``) or the
   full T-term bound (``--bpd-full``).
+
+* **inpainting accuracy** (``--inpainting``, ``inpainting.py``; instead of the figures
+  above): the fraction of the first ``--n`` test digits (default 100), masked by ``--mask``
+  and completed by the model, that the classifier gives their true label, with the masked
+  input's and the originals' accuracy as bounds.
 
 A latent diffusion model (``minidiff.spaces``) samples latents and decodes them with the
 autoencoder it was trained on before they are scored; its bits/dim are not reported (the
@@ -41,6 +47,8 @@ __all__ = ["main", "evaluate", "build_parser"]
 DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
 #: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
 BPD_IMAGES, BPD_SAMPLES = 256, 4
+#: test digits --inpainting completes unless --n says otherwise
+INPAINT_N = 100
 
 
 def build_parser() -> ArgumentParser:
@@ -49,8 +57,9 @@ def build_parser() -> ArgumentParser:
         "checkpoint ('minidiff eval train-classifier --help' re-trains the classifier)")
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint.npz or ema.npz written by minidiff train")
-    parser.add_argument("--n", type=int_arg(2), default=10_000,
-                        help="samples to generate for FID (default 10,000; fewer are biased)")
+    parser.add_argument("--n", type=int_arg(2), default=None,
+                        help="samples to generate for FID (default 10,000; fewer are biased), "
+                             f"or test digits to inpaint (default {INPAINT_N})")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
                         help="ddim (default) or ddpm")
     parser.add_argument("--steps", type=int_arg(0), default=50,
@@ -79,6 +88,12 @@ def build_parser() -> ArgumentParser:
                              "data/checkpoints/classifier.npz)")
     parser.add_argument("--stats-dir", default=DEFAULT_STATS_DIR,
                         help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
+    parser.add_argument("--inpainting", action="store_true",
+                        help="measure inpainting accuracy instead (inpainting.py)")
+    parser.add_argument("--mask", default="bottom",
+                        help="with --inpainting: the mask (as minidiff inpaint; default bottom)")
+    parser.add_argument("--method", choices=("concat", "replace"), default=None,
+                        help="with --inpainting: concat or replace (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
 
@@ -272,10 +287,22 @@ def main(argv=None) -> int:
     if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
         raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
     from minidiff.evaluate import autoencoder  # noqa: PLC0415
-    if autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
+    if args.inpainting:
+        from minidiff.evaluate import inpainting  # noqa: PLC0415
+        from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
+        check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
+        result = inpainting.inpainting_accuracy(
+            args.checkpoint, args.n or INPAINT_N, args.mask, args.method, args.sampler,
+            args.steps or None, args.seed, args.batch, args.eta, classifier=load_classifier(
+                args.classifier, name="--classifier"),
+            use_ema=not args.raw_weights, progress=Progress("inpainting"))
+        text = inpainting.report(result)
+    elif autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
+        args.n = args.n or 10_000
         result = autoencoder.evaluate_autoencoder(args)
         text = autoencoder.report(result)
     else:
+        args.n = args.n or 10_000
         result = evaluate(args)   # progress goes to stderr, so --json output stays clean
         text = _report(result)
     print(json.dumps(result, indent=2) if args.json else text)

@@ -1,0 +1,82 @@
+"""``minidiff inpaint`` with models trained for it (``conditioning`` concat / hybrid, branch
+cond): concat is their default, the condition reaches the network and hides every pixel under
+the mask, replace works on them too, and prompts are checked before any sampling."""
+import numpy as np
+import pytest
+
+pytest.importorskip("minidiff.conditioning", reason="the conditioning switch (branch cond)")
+
+from minidiff import backend, cli  # noqa: E402
+from minidiff.data import load_mnist  # noqa: E402
+from minidiff.inpaint import InpaintError, complete, load_inpainter  # noqa: E402
+from minidiff.masks import named_mask  # noqa: E402
+
+TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+        "attention_resolutions": [14], "T": 10, "batch_size": 4, "steps": 2,
+        "warmup_steps": 1, "train_images": 8, "log_every": 0, "sample_every": 0,
+        "checkpoint_every": 0, "diag_every": 0, "sample_steps": 2, "ema_decay": 0.5,
+        "context_dim": 8, "text_heads": 2, "text_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny 28x28 pixel-space models trained for two steps: concat and hybrid."""
+    from minidiff.train.presets import resolve
+    from minidiff.train.trainer import Trainer
+    images, labels = load_mnist("train")
+    saved = backend.get_rng_state()
+    paths = {}
+    for kind in ("concat", "hybrid"):
+        run = tmp_path_factory.mktemp(kind)
+        config = resolve("quick", overrides={**TINY, "conditioning": kind})
+        Trainer(config, str(run), images=images[:8], labels=labels[:8],
+                log=lambda _: None).run()
+        paths[kind] = str(run / "ema.npz")
+    backend.set_rng_state(saved)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return load_mnist("test")[0][:2]
+
+
+@pytest.mark.parametrize("kind", ["concat", "hybrid"])
+def test_concat_is_the_default_and_hides_the_masked_pixels(models, test_images, kind):
+    eps_for, schedule, space, config, method = load_inpainter(models[kind])
+    assert method == "concat" and config["conditioning"] == kind
+    mask = named_mask("bottom")
+    hidden = backend.to_host(mask) > 0
+    out = complete(eps_for, schedule, space, test_images, mask, n=2, steps=3, method=method)
+    for i in range(4):                                # known pixels pasted back
+        np.testing.assert_array_equal(out[i, 0][~hidden], test_images[i // 2, 0][~hidden])
+    changed = test_images.copy()
+    changed[:, 0][:, hidden] = 255 - changed[:, 0][:, hidden]
+    again = complete(eps_for, schedule, space, changed, mask, n=2, steps=3, method=method)
+    np.testing.assert_array_equal(out, again)      # only hidden pixels changed: no trace
+    # the known part does reach the network: other known pixels, other completions
+    other = complete(eps_for, schedule, space, test_images[::-1], mask, n=2, steps=3,
+                     method=method)
+    assert not np.array_equal(out[:2, 0][:, hidden], other[2:, 0][:, hidden])
+
+
+def test_replace_on_a_concat_model_generates_from_nothing_around_the_known_part(models,
+                                                                              test_images):
+    eps_for, schedule, space, _, method = load_inpainter(models["concat"], "replace")
+    assert method == "replace"
+    mask = named_mask("left")
+    known = backend.to_host(mask) == 0
+    out = complete(eps_for, schedule, space, test_images, mask, n=1, steps=3, method=method)
+    np.testing.assert_array_equal(out[:, 0][:, known], test_images[:, 0][:, known])
+
+
+def test_prompts_on_the_conditioned_models(models, tmp_path, capsys):
+    with pytest.raises(InpaintError, match="--prompt.*'concat'"):
+        load_inpainter(models["concat"], prompt="a seven")
+    with pytest.raises(Exception, match="nonesuch"):
+        load_inpainter(models["hybrid"], prompt="a nonesuch seven")
+    out = str(tmp_path / "c.npz")
+    assert cli.main(["inpaint", "--checkpoint", models["hybrid"], "--image", "test:0",
+                     "--prompt", "a seven", "--guidance", "2", "--n", "2", "--steps", "2",
+                     "--out", out]) == 0
+    assert np.load(out)["images"].shape == (2, 28, 28)
