@@ -38,7 +38,7 @@ from minidiff import backend
 from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
 from minidiff.validation import int_arg
 
-__all__ = ["main", "run", "FIGURES"]
+__all__ = ["main", "run", "Side", "time_sides", "peak_growth", "FIGURES"]
 
 FIGURES = os.path.join("data", "checkpoints", "figures.json")
 DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
@@ -46,24 +46,30 @@ DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
 SAMPLING_STEPS = 50
 
 
-class _Side:
-    """One shipped model: its U-Net (trainable copy), space, schedule and optimizer."""
+class Side:
+    """One model: its U-Net (a trainable copy), space, schedule and optimizer.  Built from a
+    shipped checkpoint (``from_checkpoint``, what this benchmark times) or from parts (lesson
+    12 times untrained models of the presets' shapes, conditional ones included)."""
 
-    def __init__(self, path: str, batch: int, autoencoder: str | None = None):
+    def __init__(self, model, config: dict, space, batch: int, label: str):
         from minidiff.diffusion import as_eps_model  # noqa: PLC0415
         from minidiff.optim import AdamW  # noqa: PLC0415
+        from minidiff.train.checkpoint import schedule_from_config  # noqa: PLC0415
+        self.model, self.config, self.space = model, config, space
+        self.schedule = schedule_from_config(config)
+        self.prediction = config.get("prediction", "eps")
+        self.eps_model = as_eps_model(model, self.schedule, self.prediction)
+        self.optimizer = AdamW(model.parameters(), lr=1e-4)
+        self.x0 = backend.randn(batch, *space.shape, dtype="float32")
+        self.path = label
+
+    @classmethod
+    def from_checkpoint(cls, path: str, batch: int, autoencoder: str | None = None):
         from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
-        from minidiff.train.checkpoint import (load_checkpoint,  # noqa: PLC0415
-                                               model_from_checkpoint, schedule_from_config)
+        from minidiff.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa
         arrays = load_checkpoint(path)
-        self.model, self.config = model_from_checkpoint(path, arrays=arrays)
-        self.space = space_from_checkpoint(arrays, autoencoder)
-        self.schedule = schedule_from_config(self.config)
-        self.prediction = self.config.get("prediction", "eps")
-        self.eps_model = as_eps_model(self.model, self.schedule, self.prediction)
-        self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
-        self.x0 = backend.randn(batch, *self.space.shape, dtype="float32")
-        self.path = path
+        model, config = model_from_checkpoint(path, arrays=arrays)
+        return cls(model, config, space_from_checkpoint(arrays, autoencoder), batch, path)
 
     def train_step(self):
         from minidiff.diffusion import training_step  # noqa: PLC0415
@@ -74,12 +80,12 @@ class _Side:
         loss.backward()
         self.optimizer.step()
 
-    def sample(self, n: int) -> float:
-        """Seconds spent in the decoder; draws ``n`` images with DDIM (50 steps)."""
+    def sample(self, n: int, steps: int = SAMPLING_STEPS) -> float:
+        """Seconds spent in the decoder; draws ``n`` images with DDIM (``steps`` steps)."""
         from minidiff.diffusion import ddim_sample  # noqa: PLC0415
         self.model.eval()
         z = ddim_sample(self.eps_model, self.schedule, (n, *self.space.shape),
-                        steps=min(SAMPLING_STEPS, self.schedule.num_timesteps),
+                        steps=min(steps, self.schedule.num_timesteps),
                         clip_x0=self.space.clip_x0)
         start = time.perf_counter()
         self.space.decode(z)
@@ -97,16 +103,47 @@ def _timed(fn):
     return time.perf_counter() - start, value
 
 
+def time_sides(sides: dict, repeat: int, sample_batch: int,
+               steps: int = SAMPLING_STEPS) -> dict:
+    """``{name: {"train": [s, ...], "sample": [...], "decode": [...]}}``: seconds of one
+    training step on the side's batch, of drawing ``sample_batch`` images with DDIM in
+    ``steps`` steps (decoder included) and of the decoder alone, ``repeat`` times each.  The
+    sides take turns (a, b, a, b, ...) after a warm-up, so a change in the machine's load
+    touches them all alike."""
+    times = {name: {"train": [], "sample": [], "decode": []} for name in sides}
+    for side in sides.values():       # warm-up: pools, caches, optimizer state
+        side.train_step()
+        side.sample(min(sample_batch, 4), steps)
+    for _ in range(repeat):
+        for name, side in sides.items():
+            times[name]["train"].append(_timed(side.train_step)[0])
+        for name, side in sides.items():
+            seconds, decoding = _timed(lambda s=side: s.sample(sample_batch, steps))
+            times[name]["sample"].append(seconds)
+            times[name]["decode"].append(decoding)
+    return times
+
+
+def peak_growth(step, times: int = 2) -> tuple:
+    """``(bytes, source)``: how far the peak resident set rises above the current one while
+    ``step()`` runs ``times`` times.  In a fresh process (``--probe``) that is the step's
+    working memory; in a process that already freed other arrays, the allocator may reuse
+    them, so it can read lower."""
+    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
+    base, source = _peak_rss_bytes(reset=True)
+    for _ in range(times):
+        step()
+    peak, _ = _peak_rss_bytes()
+    return max(peak - base, 0), source
+
+
 def _probe(args) -> dict:
     """Run in a fresh subprocess: peak RSS growth over two training steps of one model."""
-    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
     backend.manual_seed(0)
-    side = _Side(args.pixel if args.probe == "pixel" else args.ldm, args.batch, args.autoencoder)
-    base, source = _peak_rss_bytes(reset=True)
-    for _ in range(2):
-        side.train_step()
-    peak, _ = _peak_rss_bytes()
-    return {"peak_growth_bytes": max(peak - base, 0), "source": source}
+    side = Side.from_checkpoint(args.pixel if args.probe == "pixel" else args.ldm,
+                                 args.batch, args.autoencoder)
+    growth, source = peak_growth(side.train_step)
+    return {"peak_growth_bytes": growth, "source": source}
 
 
 def _measure_memory(args, which: str):
@@ -169,19 +206,9 @@ def _versus_torch(side, args, torch) -> dict:
 def run(args) -> dict:
     """Every figure of the benchmark as a dict (see the module docstring)."""
     backend.manual_seed(0)
-    sides = {"pixel": _Side(args.pixel, args.batch),
-             "latent": _Side(args.ldm, args.batch, args.autoencoder)}
-    times = {name: {"train": [], "sample": [], "decode": []} for name in sides}
-    for side in sides.values():       # warm-up: pools, caches, optimizer state
-        side.train_step()
-        side.sample(min(args.sample_batch, 4))
-    for _ in range(args.repeat):
-        for name, side in sides.items():
-            times[name]["train"].append(_timed(side.train_step)[0])
-        for name, side in sides.items():
-            seconds, decoding = _timed(lambda s=side: s.sample(args.sample_batch))
-            times[name]["sample"].append(seconds)
-            times[name]["decode"].append(decoding)
+    sides = {"pixel": Side.from_checkpoint(args.pixel, args.batch),
+             "latent": Side.from_checkpoint(args.ldm, args.batch, args.autoencoder)}
+    times = time_sides(sides, args.repeat, args.sample_batch)
     result = {"batch": args.batch, "sample_batch": args.sample_batch, "repeat": args.repeat,
               "sampler": f"DDIM, {SAMPLING_STEPS} steps, eta 0", "cpus": os.cpu_count(),
               "backend": backend.get_backend(),
