@@ -290,6 +290,35 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     assert bench_ldm.main(argv[:2] + ["--ldm", str(tmp_path / "none.npz")]) == 2
 
 
+@pytest.mark.parametrize("conditioning", ["crossattn", "concat"])
+def test_bench_side_from_config_feeds_the_conditioning(conditioning):
+    """``Side.from_config`` (lesson 12) builds a conditioned U-Net that the samplers and
+    ``training_step`` can call as ``model(x_t, t)``: the fixed context / extra channels really
+    reach it (the cross-attention's key projection, or conv_in's weights for the extra
+    channels, get a gradient), and ``config_memory`` measures it in a fresh process."""
+    from minidiff.bench.ldm import CONTEXT_LENGTH, Side, config_memory, time_sides
+    config = resolve("ldm-quick", overrides={"base_channels": 8, "T": 20, "sample_steps": 2})
+    space = PixelSpace(config["image_size"], config["in_channels"])   # 4x7x7, the x_0 shape
+    options = {"context_dim": 6} if conditioning == "crossattn" else {"concat_channels": 5}
+    side = Side.from_config(config, space, 2, conditioning, **options)
+    unet = side.model.unet
+    plain = Side.from_config(config, space, 2, "plain").model
+    assert unet.num_parameters() > plain.num_parameters()
+    side.optimizer.zero_grad()
+    from minidiff.diffusion import training_step
+    training_step(side.model, side.schedule, side.x0, target_type="v", x0_range=None).backward()
+    if conditioning == "crossattn":
+        assert side.model.context.shape == (1, CONTEXT_LENGTH, 6)
+        grad = unet.mid_attention.cross.k_proj.weight.grad
+    else:
+        grad = unet.conv_in.weight.grad[:, config["in_channels"]:]
+    assert grad is not None and float(np.abs(backend.to_host(grad)).max()) > 0
+    times = time_sides({"a": side}, repeat=1, sample_batch=2, steps=2)
+    assert times["a"]["sample"][0] > 0 and times["a"]["decode"][0] >= 0
+    memory = config_memory(config, 2, **options)
+    assert memory is not None and memory >= 0
+
+
 # ----------------------------------------------------------------------------- shipped files
 
 SHIPPED_AE = "data/checkpoints/ae.npz"

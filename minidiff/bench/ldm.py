@@ -36,9 +36,12 @@ import time
 
 from minidiff import backend
 from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
+from minidiff.nn import Module
+from minidiff.tensor import Tensor
 from minidiff.validation import int_arg
 
-__all__ = ["main", "run", "Side", "time_sides", "peak_growth", "FIGURES"]
+__all__ = ["main", "run", "Side", "FixedInputs", "time_sides", "peak_growth",
+           "config_memory", "FIGURES"]
 
 FIGURES = os.path.join("data", "checkpoints", "figures.json")
 DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
@@ -71,6 +74,21 @@ class Side:
         model, config = model_from_checkpoint(path, arrays=arrays)
         return cls(model, config, space_from_checkpoint(arrays, autoencoder), batch, path)
 
+    @classmethod
+    def from_config(cls, config: dict, space, batch: int, label: str = "",
+                    context_dim: int | None = None, concat_channels: int = 0):
+        """An untrained U-Net of ``config``'s shape (the cost does not depend on the
+        weights), optionally conditioned: cross-attention to ``CONTEXT_LENGTH`` embeddings
+        of width ``context_dim``, or ``concat_channels`` extra input channels (both fixed
+        random inputs: ``FixedInputs``)."""
+        from minidiff.models.unet import UNet  # noqa: PLC0415
+        from minidiff.train.presets import model_config  # noqa: PLC0415
+        unet_config = model_config(config)
+        unet_config.context_dim, unet_config.concat_channels = context_dim, concat_channels
+        unet = UNet(unet_config)
+        model = FixedInputs(unet) if context_dim or concat_channels else unet
+        return cls(model, config, space, batch, label)
+
     def train_step(self):
         from minidiff.diffusion import training_step  # noqa: PLC0415
         self.model.train()
@@ -90,6 +108,32 @@ class Side:
         start = time.perf_counter()
         self.space.decode(z)
         return time.perf_counter() - start
+
+
+#: tokens in the stand-in context of a cross-attending U-Net (the ``max_tokens`` of a prompt)
+CONTEXT_LENGTH = 8
+
+
+class FixedInputs(Module):
+    """A conditioned U-Net called as the samplers and ``training_step`` call a model,
+    ``model(x_t, t)``: with a fixed random context of ``CONTEXT_LENGTH`` embeddings in place
+    of tau_theta(y) (the text encoder is not part of it), and fixed random extra input
+    channels in place of a mask and a masked image."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        c = unet.config
+        self.context = (backend.randn(1, CONTEXT_LENGTH, c.context_dim, dtype="float32")
+                        if c.context_dim else None)
+        self.concat = (backend.randn(1, c.concat_channels, c.image_size, c.image_size,
+                                     dtype="float32") if c.concat_channels else None)
+
+    def forward(self, x, t):
+        xp = backend.xp()
+        fixed = {name: None if value is None else Tensor(xp.repeat(value, x.shape[0], axis=0))
+                 for name, value in (("context", self.context), ("concat", self.concat))}
+        return self.unet(x, t, **fixed)
 
 
 def _stats(seconds, per: int) -> dict:
@@ -138,27 +182,56 @@ def peak_growth(step, times: int = 2) -> tuple:
 
 
 def _probe(args) -> dict:
-    """Run in a fresh subprocess: peak RSS growth over two training steps of one model."""
+    """Run in a fresh subprocess: peak RSS growth over two training steps of one model, a
+    shipped one (``--probe pixel|ldm``) or one built by ``Side.from_config`` (``--probe
+    config`` with ``--probe-spec`` '{"config": ..., "context_dim": ..., "concat_channels":
+    ...}'; the training step needs only x_0's shape, so a latent config gets a stand-in
+    space of that shape, not its autoencoder)."""
+    from minidiff.spaces import PixelSpace  # noqa: PLC0415
     backend.manual_seed(0)
-    side = Side.from_checkpoint(args.pixel if args.probe == "pixel" else args.ldm,
-                                 args.batch, args.autoencoder)
+    if args.probe == "config":
+        spec = json.loads(args.probe_spec)
+        config = spec["config"]
+        side = Side.from_config(config, PixelSpace(config["image_size"], config["in_channels"]),
+                                args.batch, "probe", spec.get("context_dim"),
+                                spec.get("concat_channels", 0))
+    else:
+        side = Side.from_checkpoint(args.pixel if args.probe == "pixel" else args.ldm,
+                                    args.batch, args.autoencoder)
     growth, source = peak_growth(side.train_step)
     return {"peak_growth_bytes": growth, "source": source}
 
 
-def _measure_memory(args, which: str):
-    command = [sys.executable, "-m", "minidiff.bench.ldm", "--probe", which,
-               "--batch", str(args.batch), "--pixel", args.pixel, "--ldm", args.ldm]
-    if args.autoencoder:
-        command += ["--autoencoder", args.autoencoder]
+def _probe_memory(probe_args: list):
+    """MiB that ``--probe ...`` measured in a fresh NumPy process, or None if it failed."""
+    command = [sys.executable, "-m", "minidiff.bench.ldm", *probe_args]
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, MINIDIFF_BACKEND="numpy"))
+                              env=dict(os.environ, MINIDIFF_BACKEND="numpy", PYTHONPATH=path))
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_growth_bytes"] / 2 ** 20
+
+
+def _measure_memory(args, which: str):
+    command = ["--probe", which, "--batch", str(args.batch), "--pixel", args.pixel,
+               "--ldm", args.ldm]
+    if args.autoencoder:
+        command += ["--autoencoder", args.autoencoder]
+    return _probe_memory(command)
+
+
+def config_memory(config: dict, batch: int, context_dim: int | None = None,
+                  concat_channels: int = 0):
+    """MiB of peak RSS growth over two training steps of ``Side.from_config(...)``, in a
+    fresh process (so memory freed by earlier work here cannot hide it), or None."""
+    spec = {"config": config, "context_dim": context_dim, "concat_channels": concat_channels}
+    return _probe_memory(["--probe", "config", "--probe-spec", json.dumps(spec),
+                          "--batch", str(batch)])
 
 
 def _quality(figures_path: str, path: str):
@@ -300,7 +373,8 @@ def _parser():
                         help=f"quality record of the shipped models (default {FIGURES})")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
-    parser.add_argument("--probe", choices=("pixel", "ldm"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=("pixel", "ldm", "config"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-spec", help=argparse.SUPPRESS)
     return parser
 
 
