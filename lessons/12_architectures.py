@@ -26,6 +26,7 @@
 #     python lessons/12_architectures.py --out DIR  # where the figures go
 
 # %%
+import importlib.util
 import json
 import pathlib
 import re
@@ -199,8 +200,13 @@ if plt is not None:
 # U-Net built with `context_dim`, whose attention blocks then also cross-attend (lesson 11's
 # SpatialTransformer), and, as `txt2img-quick` does to `ldm-quick`, with attention blocks
 # after the ResBlocks at 7x7 as well as in the middle.  Concatenation: `concat_channels`
-# extra input channels for a mask and the masked image (2 in pixel space, 1 + 4 on the
-# latent grid).  With `--quick` the same shapes are built with 8 base channels.
+# extra input channels for a mask and the encoded masked image (2 in pixel space, 1 + 4 on
+# the latent grid).  Where the tree has lesson 11's switch (`minidiff.conditioning`), the
+# conditioned rows are its real models, text encoder tau_theta included: `txt2img-quick`
+# (text) and `inpaint-quick` ("hybrid": text and inpainting), and `quick` conditioned in
+# the same way; without it, the U-Net's hooks are fed fixed inputs (`bench.ldm.FixedInputs`:
+# a random context in place of tau_theta(y), random extra channels).  With `--quick` the
+# same shapes are built with 8 base channels.
 #
 # Every parameter is in a convolution, a linear layer or a normalisation, so the count
 # follows from the config alone:
@@ -225,6 +231,11 @@ CONTEXT_DIM = 16 if args.quick else 64
 # lesson 11's U-Net cross-attends in SpatialTransformer blocks; before it, the hook was a
 # MultiheadAttention inside each AttentionBlock (this lesson counts whichever the tree has)
 SPATIAL_TRANSFORMER = hasattr(unet_blocks, "SpatialTransformer")
+# lesson 11's switch (minidiff.conditioning) builds the real conditional models, text encoder
+# included; a tree without it times the U-Net's hooks fed fixed inputs instead
+REAL_CONDITIONING = importlib.util.find_spec("minidiff.conditioning") is not None
+KIND_NAMES = {"crossattn": "cross-attn", "hybrid": "hybrid", "concat": "concat"}
+KINDS = (" + cross-attn", " + hybrid") if REAL_CONDITIONING else (" + cross-attn", " + concat")
 
 
 def parameters_by_hand(c) -> int:
@@ -273,27 +284,51 @@ def parameters_by_hand(c) -> int:
     return total + 2 * ch + conv(ch, c.out_channels, 3)
 
 
-def preset(name: str) -> dict:
+def preset(name: str, **overrides) -> dict:
     """The preset's config; with --quick its U-Net (and autoencoder) at 8 base channels."""
-    return resolve(name, overrides={"base_channels": 8} if args.quick else {})
+    tiny = {"base_channels": 8, **({"context_dim": CONTEXT_DIM} if REAL_CONDITIONING else {})}
+    return resolve(name, overrides={**(tiny if args.quick else {}), **overrides})
 
 
-autoencoder = AutoencoderKL(autoencoder_config(preset("ae-quick"))).eval()  # ae.npz's shape
+autoencoder_shape = autoencoder_config(preset("ae-quick"))    # ae.npz's shape (or tiny)
+autoencoder = AutoencoderKL(autoencoder_shape).eval()
 spaces = {"pixel": PixelSpace(28, 1), "latent": LatentSpace(autoencoder, 1.0)}
 S = 5 if args.quick else 50                     # DDIM steps per sample, section 4
 batch, sample_batch, repeat = (2, 2, 2) if args.quick else (32, 16, 3)
-variants = {}   # name: (config, context_dim, concat_channels)
+variants = {}   # name: config and how to build it (keyword arguments of config_memory)
 for space_name, preset_name in (("pixel", "quick"), ("latent", "ldm-quick")):
     config = preset(preset_name)
-    variants[space_name] = (config, None, 0)
-    # as txt2img-quick conditions ldm-quick: attention blocks also after the 7x7 ResBlocks
-    variants[f"{space_name} + cross-attn"] = ({**config, "attention_resolutions": [7]},
-                                              CONTEXT_DIM, 0)
-    variants[f"{space_name} + concat"] = (config, None, 1 + config["in_channels"])
-sides = {name: Side.from_config(config, spaces[name.split()[0]], batch, name, context_dim,
-                                concat)
-         for name, (config, context_dim, concat) in variants.items()}
-unets = {name: getattr(side.model, "unet", side.model) for name, side in sides.items()}
+    variants[space_name] = (config, {})
+    if REAL_CONDITIONING:   # lesson 11's models: the presets, and quick conditioned alike
+        for kind, name in (("crossattn", "txt2img-quick"), ("hybrid", "inpaint-quick")):
+            conditioned = preset(name) if space_name == "latent" else \
+                preset(preset_name, conditioning=kind, attention_resolutions=[7])
+            variants[f"{space_name} + {KIND_NAMES[kind]}"] = (conditioned, {"conditioned": True})
+    else:                   # the U-Net's hooks, fed fixed inputs (no text encoder)
+        # as txt2img-quick will condition ldm-quick: attention also after the 7x7 ResBlocks
+        variants[f"{space_name} + cross-attn"] = ({**config, "attention_resolutions": [7]},
+                                                  {"context_dim": CONTEXT_DIM})
+        variants[f"{space_name} + concat"] = (config,
+                                              {"concat_channels": 1 + config["in_channels"]})
+
+
+def side_for(name: str, config: dict, how: dict) -> Side:
+    space = spaces[name.split()[0]]
+    if how.get("conditioned"):
+        return Side.from_conditioned_config(config, space, batch, name)
+    return Side.from_config(config, space, batch, name, how.get("context_dim"),
+                            how.get("concat_channels", 0))
+
+
+def unet_of(model) -> UNet:
+    """The U-Net inside a stand-in wrapper or a ConditionedUNet."""
+    while not isinstance(model, UNet):
+        model = getattr(model, "unet", None) or model.model
+    return model
+
+
+sides = {name: side_for(name, config, how) for name, (config, how) in variants.items()}
+unets = {name: unet_of(side.model) for name, side in sides.items()}
 reference = UNet()
 assert parameters_by_hand(reference.config) == reference.num_parameters() == 1_623_169
 print(f"(12.1) reference U-Net (lesson 06): {reference.num_parameters():,} parameters, by "
@@ -305,6 +340,10 @@ for name, unet in unets.items():
     print(f"{name:22s} {c.in_channels}x{c.image_size}x{c.image_size:<3d} "
           f"{unet.num_parameters():11,d} {by_hand:15,d}")
     assert by_hand == unet.num_parameters(), name
+for name, side in sides.items():
+    if side.model.num_parameters() != unets[name].num_parameters():
+        print(f"{name}: + text encoder tau_theta, "
+              f"{side.model.num_parameters() - unets[name].num_parameters():,} parameters")
 if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
     assert unets["pixel"].num_parameters() == 637_489
     assert unets["latent"].num_parameters() == 220_772
@@ -314,10 +353,9 @@ if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
 # sampling costs: a convolution's weights are reused at every position of its grid, so its
 # work grows with the grid, not with its weight count.  That is the next section.
 #
-# (The conditioning branch adds a text encoder tau_theta, `models/text_encoder.py`, with its
-# own parameters; the cross-attention rows above are the U-Net alone, fed a fixed context of
-# L x D_ctx numbers in place of tau_theta(y).  The text encoder runs once per prompt, on 8
-# tokens: a small share next to S passes of the U-Net.)
+# The text encoder tau_theta (`models/text_encoder.py`) has parameters of its own, counted
+# in the cost table below but not above (the U-Net alone); it reads 8 tokens, a small share
+# next to a U-Net pass over 49 or 784 positions.
 
 # %% [markdown]
 # ## 3. Why a step is cheaper: the grid (12.2)-(12.3)
@@ -417,8 +455,11 @@ assert grid_ratio["self-attention"] > grid_ratio["ResBlock"], \
 # handed out again and hide it); skipped with `--quick`.
 
 # %%
-memory = {name: None if args.quick else config_memory(config, batch, context_dim, concat)
-          for name, (config, context_dim, concat) in variants.items()}
+latent_autoencoder = {"autoencoder": autoencoder_shape.to_dict()}
+memory = {name: None if args.quick else config_memory(
+    config, batch, **how, **(latent_autoencoder if how.get("conditioned") and
+                             name.startswith("latent") else {}))
+    for name, (config, how) in variants.items()}
 backend.manual_seed(0)
 times = time_sides(sides, repeat, sample_batch, steps=S)
 
@@ -441,7 +482,7 @@ for name, side in sides.items():
 
 print("ratios pixel / latent (how many times cheaper the LDM is):")
 ratios = {}
-for kind in ("", " + cross-attn", " + concat"):
+for kind in ("", *KINDS):
     pixel, latent = f"pixel{kind}", f"latent{kind}"
     ratios[kind] = {key: per_image(pixel, key, n) / per_image(latent, key, n)
                     for key, n in (("train", batch), ("sample", sample_batch))}
@@ -449,12 +490,12 @@ for kind in ("", " + cross-attn", " + concat"):
          f"{ratios[kind]['train']:.1f}x / {ratios[kind]['sample']:.1f}x", width=36)
 print("ratios conditioned / unconditioned (what the switch costs):")
 for space_name in ("pixel", "latent"):
-    for kind in (" + cross-attn", " + concat"):
+    for kind in KINDS:
         name = f"{space_name}{kind}"
         train, sample = (per_image(name, key, n) / per_image(space_name, key, n)
                          for key, n in (("train", batch), ("sample", sample_batch)))
         show(f"{name}: training / sampling", f"{train:.2f}x / {sample:.2f}x", width=36)
-for kind in ("", " + cross-attn", " + concat"):   # the best of the repeats: least disturbed
+for kind in ("", *KINDS):   # the best of the repeats: least disturbed
     fastest_pixel = per_image(f"pixel{kind}", "sample", sample_batch, min)
     fastest_latent = per_image(f"latent{kind}", "sample", sample_batch, min)
     assert fastest_latent < fastest_pixel, f"latent sampling cheaper per image{kind}"
@@ -530,7 +571,8 @@ def autoencoder_rfid():
 
 figures = quality_record(args.figures)
 ROWS = (("quick.npz", "DM, pixel (quick)"), ("ldm.npz", "LDM (ldm-quick)"),
-        ("txt2img.npz", "LDM + text (cross-attn)"), ("inpaint.npz", "LDM + inpainting (concat)"))
+        ("txt2img.npz", "LDM + text (cross-attn)"),
+        ("inpaint.npz", "LDM + text, inpainting (hybrid)"))
 
 
 def cell(record, key, form):

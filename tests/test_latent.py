@@ -304,12 +304,15 @@ def test_bench_side_from_config_feeds_the_conditioning(conditioning):
     unet = side.model.unet
     plain = Side.from_config(config, space, 2, "plain").model
     assert unet.num_parameters() > plain.num_parameters()
+    for parameter in side.model.parameters():   # no zero-initialised layer hides a path
+        parameter.data[...] = 0.2 * backend.randn(*parameter.shape, dtype=parameter.dtype)
     side.optimizer.zero_grad()
     from minidiff.diffusion import training_step
     training_step(side.model, side.schedule, side.x0, target_type="v", x0_range=None).backward()
     if conditioning == "crossattn":
         assert side.model.context.shape == (1, CONTEXT_LENGTH, 6)
-        grad = unet.mid_attention.cross.k_proj.weight.grad
+        grad, = [p.grad for name, p in unet.named_parameters()    # the middle block's keys
+                 if name.startswith("mid_attention.cross") and name.endswith("k_proj.weight")]
     else:
         grad = unet.conv_in.weight.grad[:, config["in_channels"]:]
     assert grad is not None and float(np.abs(backend.to_host(grad)).max()) > 0
@@ -317,6 +320,23 @@ def test_bench_side_from_config_feeds_the_conditioning(conditioning):
     assert times["a"]["sample"][0] > 0 and times["a"]["decode"][0] >= 0
     memory = config_memory(config, 2, **options)
     assert memory is not None and memory >= 0
+
+
+def test_bench_side_from_conditioned_config():
+    """Where lesson 11's switch exists, ``Side.from_conditioned_config`` times its real
+    model (text encoder included) fed one fixed prompt and an all-masked image."""
+    conditioning = pytest.importorskip("minidiff.conditioning")
+    from minidiff.bench.ldm import Side, config_memory, time_sides
+    config = resolve("ldm-quick", overrides={"base_channels": 8, "T": 20, "sample_steps": 2,
+                                             "conditioning": "hybrid", "context_dim": 8})
+    autoencoder = AutoencoderKL(base_channels=8, latent_channels=4)
+    side = Side.from_conditioned_config(config, LatentSpace(autoencoder, 1.0), 2, "hybrid")
+    assert isinstance(side.model.model, conditioning.ConditionedUNet)
+    assert sorted(side.model.cond) == ["concat", "tokens"]
+    side.train_step()
+    assert time_sides({"a": side}, repeat=1, sample_batch=2, steps=2)["a"]["sample"][0] > 0
+    shape = {"base_channels": 8, "latent_channels": 4}
+    assert config_memory(config, 2, conditioned=True, autoencoder=shape) is not None
 
 
 # ----------------------------------------------------------------------------- shipped files

@@ -40,8 +40,8 @@ from minidiff.nn import Module
 from minidiff.tensor import Tensor
 from minidiff.validation import int_arg
 
-__all__ = ["main", "run", "Side", "FixedInputs", "time_sides", "peak_growth",
-           "config_memory", "FIGURES"]
+__all__ = ["main", "run", "Side", "FixedInputs", "FixedCondition", "time_sides",
+           "peak_growth", "config_memory", "FIGURES"]
 
 FIGURES = os.path.join("data", "checkpoints", "figures.json")
 DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
@@ -89,6 +89,19 @@ class Side:
         model = FixedInputs(unet) if context_dim or concat_channels else unet
         return cls(model, config, space, batch, label)
 
+    @classmethod
+    def from_conditioned_config(cls, config: dict, space, batch: int, label: str = "",
+                                prompt: str = "a thick seven"):
+        """The network ``minidiff.conditioning.build_model`` makes for ``config`` (text
+        encoder included), untrained, fed one fixed condition (``FixedCondition``): ``prompt``
+        for text, an all-masked image for concatenation, as ``sampling_cond`` builds them."""
+        from minidiff.captions import Tokenizer  # noqa: PLC0415
+        from minidiff.conditioning import build_model, sampling_cond  # noqa: PLC0415
+        model = build_model(config)
+        cond, _ = sampling_cond(config, 1, prompts=[prompt], space=space,
+                                tokenizer=Tokenizer(config["max_tokens"]))
+        return cls(FixedCondition(model, cond), config, space, batch, label)
+
     def train_step(self):
         from minidiff.diffusion import training_step  # noqa: PLC0415
         self.model.train()
@@ -134,6 +147,20 @@ class FixedInputs(Module):
         fixed = {name: None if value is None else Tensor(xp.repeat(value, x.shape[0], axis=0))
                  for name, value in (("context", self.context), ("concat", self.concat))}
         return self.unet(x, t, **fixed)
+
+
+class FixedCondition(Module):
+    """A ``ConditionedUNet`` (``minidiff.conditioning``) called as ``model(x_t, t)``, with the
+    one-row condition ``cond`` repeated for every image of the batch."""
+
+    def __init__(self, model, cond: dict):
+        super().__init__()
+        self.model, self.cond = model, cond
+
+    def forward(self, x, t):
+        xp = backend.xp()
+        return self.model(x, t, {key: xp.repeat(value, x.shape[0], axis=0)
+                                 for key, value in self.cond.items()})
 
 
 def _stats(seconds, per: int) -> dict:
@@ -187,14 +214,23 @@ def _probe(args) -> dict:
     config`` with ``--probe-spec`` '{"config": ..., "context_dim": ..., "concat_channels":
     ...}'; the training step needs only x_0's shape, so a latent config gets a stand-in
     space of that shape, not its autoencoder)."""
-    from minidiff.spaces import PixelSpace  # noqa: PLC0415
+    from minidiff.spaces import LatentSpace, PixelSpace  # noqa: PLC0415
     backend.manual_seed(0)
     if args.probe == "config":
         spec = json.loads(args.probe_spec)
         config = spec["config"]
-        side = Side.from_config(config, PixelSpace(config["image_size"], config["in_channels"]),
-                                args.batch, "probe", spec.get("context_dim"),
-                                spec.get("concat_channels", 0))
+        if spec.get("autoencoder"):      # a ConditionedUNet's concat input is E(masked image)
+            from minidiff.models.autoencoder import (AutoencoderConfig,  # noqa: PLC0415
+                                                     AutoencoderKL)
+            space = LatentSpace(AutoencoderKL(AutoencoderConfig.from_dict(spec["autoencoder"])),
+                                1.0)
+        else:
+            space = PixelSpace(config["image_size"], config["in_channels"])
+        if spec.get("conditioned"):
+            side = Side.from_conditioned_config(config, space, args.batch, "probe")
+        else:
+            side = Side.from_config(config, space, args.batch, "probe", spec.get("context_dim"),
+                                    spec.get("concat_channels", 0))
     else:
         side = Side.from_checkpoint(args.pixel if args.probe == "pixel" else args.ldm,
                                     args.batch, args.autoencoder)
@@ -226,10 +262,14 @@ def _measure_memory(args, which: str):
 
 
 def config_memory(config: dict, batch: int, context_dim: int | None = None,
-                  concat_channels: int = 0):
-    """MiB of peak RSS growth over two training steps of ``Side.from_config(...)``, in a
-    fresh process (so memory freed by earlier work here cannot hide it), or None."""
-    spec = {"config": config, "context_dim": context_dim, "concat_channels": concat_channels}
+                  concat_channels: int = 0, conditioned: bool = False,
+                  autoencoder: dict | None = None):
+    """MiB of peak RSS growth over two training steps of ``Side.from_config(...)`` (or, with
+    ``conditioned``, ``Side.from_conditioned_config``, its latent space an untrained
+    autoencoder of the config dict ``autoencoder``), in a fresh process (so memory freed by
+    earlier work here cannot hide it), or None."""
+    spec = {"config": config, "context_dim": context_dim, "concat_channels": concat_channels,
+            "conditioned": conditioned, "autoencoder": autoencoder}
     return _probe_memory(["--probe", "config", "--probe-spec", json.dumps(spec),
                           "--batch", str(batch)])
 
