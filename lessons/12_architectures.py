@@ -21,7 +21,7 @@
 # 5. What the autoencoder costs once: encoding the training set, decoding each sample (12.5)
 # 6. Where the quality goes: FID, classifier confidence, the autoencoder's rFID
 #
-#     python lessons/12_architectures.py            # the presets' sizes (a minute or two)
+#     python lessons/12_architectures.py            # the presets' sizes (minutes)
 #     python lessons/12_architectures.py --quick    # tiny stand-ins, seconds (the tests)
 #     python lessons/12_architectures.py --out DIR  # where the figures go
 
@@ -35,7 +35,7 @@ import statistics
 from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.bench.ldm import CONTEXT_LENGTH, Side, config_memory, time_sides
-from minidiff.bench.ldm import _timed as timed          # one clock for every figure here
+from minidiff.bench import timed                # the benchmarks' clock (waits for a GPU)
 from minidiff.models import UNet
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models import blocks as unet_blocks
@@ -419,7 +419,7 @@ with no_grad():
             call()                                        # warm-up
         for _ in range(block_repeats):                    # alternately: the load hits both
             for side, call in calls.items():
-                runs[side].append(timed(call)[0] / batch_blocks)
+                runs[side].append(timed(call) / batch_blocks)
         seconds = {side: min(values) for side, values in runs.items()}
         grid_ratio[kind] = seconds[28] / seconds[7]
         predicted = flops(kind, width, 784) / flops(kind, width, 49)
@@ -474,11 +474,12 @@ print(f"(12.4) cost per image: training step batch {batch}; DDIM S = {S} steps o
 print(f"{'model':22s} {'params':>9s} {'train ms':>9s} {'sample ms':>10s} {'decoder ms':>11s} "
       f"{'peak MiB':>9s}")
 for name, side in sides.items():
-    decoder = per_image(name, "decode", sample_batch) if name.startswith("latent") else 0.0
+    decoder = f"{per_image(name, 'decode', sample_batch):.2f}" if name.startswith("latent") \
+        else "-"
     mem = "-" if memory[name] is None else f"{memory[name]:.1f}"
     print(f"{name:22s} {side.model.num_parameters():9,d} "
           f"{per_image(name, 'train', batch):9.2f} {per_image(name, 'sample', sample_batch):10.1f} "
-          f"{decoder:11.2f} {mem:>9s}")
+          f"{decoder:>11s} {mem:>9s}")
 
 print("ratios pixel / latent (how many times cheaper the LDM is):")
 ratios = {}
@@ -523,7 +524,7 @@ encode_batch = 8 if args.quick else 64
 images = Tensor(backend.randn(encode_batch, 1, 28, 28) * 0.5)
 with no_grad():
     autoencoder.encode(images)
-    encode_ms = 1e3 * min(timed(lambda: autoencoder.encode(images))[0]
+    encode_ms = 1e3 * min(timed(lambda: autoencoder.encode(images))
                           for _ in range(repeat)) / encode_batch
 saving_ms = per_image("pixel", "train", batch) - per_image("latent", "train", batch)
 show("encoder E, ms per image", f"{encode_ms:.3f}")
