@@ -532,11 +532,11 @@ show("(12.5) encoding the training set once", f"{60_000 * encode_ms / 1e3:.1f} s
 decode_ms = per_image("latent", "decode", sample_batch)
 decode_share = decode_ms / per_image("latent", "sample", sample_batch)
 show("decoder D, ms per sampled image",
-     f"{decode_ms:.3f} ({100 * decode_share:.0f}% of the LDM's sampling time at S = {S})")
+     f"{decode_ms:.3f} ({100 * decode_share:.2g}% of the LDM's sampling time at S = {S})")
 show("training saving per image seen", f"{saving_ms:.2f} ms")
 assert encode_ms > 0
 if saving_ms > 0:
-    show("(12.5) encoding paid back after", f"{encode_ms / saving_ms:.2f} epochs")
+    show("(12.5) encoding paid back after", f"{encode_ms / saving_ms:.2g} epochs")
 
 # %% [markdown]
 # ## 6. Where the quality goes
