@@ -290,6 +290,55 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     assert bench_ldm.main(argv[:2] + ["--ldm", str(tmp_path / "none.npz")]) == 2
 
 
+@pytest.mark.parametrize("conditioning", ["crossattn", "concat"])
+def test_bench_side_from_config_feeds_the_conditioning(conditioning):
+    """``Side.from_config`` (lesson 12) builds a conditioned U-Net that the samplers and
+    ``training_step`` can call as ``model(x_t, t)``: the fixed context / extra channels really
+    reach it (the cross-attention's key projection, or conv_in's weights for the extra
+    channels, get a gradient), and ``config_memory`` measures it in a fresh process."""
+    from minidiff.bench.ldm import CONTEXT_LENGTH, Side, config_memory, time_sides
+    config = resolve("ldm-quick", overrides={"base_channels": 8, "T": 20, "sample_steps": 2})
+    space = PixelSpace(config["image_size"], config["in_channels"])   # 4x7x7, the x_0 shape
+    options = {"context_dim": 6} if conditioning == "crossattn" else {"concat_channels": 5}
+    side = Side.from_config(config, space, 2, conditioning, **options)
+    unet = side.model.unet
+    plain = Side.from_config(config, space, 2, "plain").model
+    assert unet.num_parameters() > plain.num_parameters()
+    for parameter in side.model.parameters():   # no zero-initialised layer hides a path
+        parameter.data[...] = 0.2 * backend.randn(*parameter.shape, dtype=parameter.dtype)
+    side.optimizer.zero_grad()
+    from minidiff.diffusion import training_step
+    training_step(side.model, side.schedule, side.x0, target_type="v", x0_range=None).backward()
+    if conditioning == "crossattn":
+        assert side.model.context.shape == (1, CONTEXT_LENGTH, 6)
+        grad, = [p.grad for name, p in unet.named_parameters()    # the middle block's keys
+                 if name.startswith("mid_attention.cross") and name.endswith("k_proj.weight")]
+    else:
+        grad = unet.conv_in.weight.grad[:, config["in_channels"]:]
+    assert grad is not None and float(np.abs(backend.to_host(grad)).max()) > 0
+    times = time_sides({"a": side}, repeat=1, sample_batch=2, steps=2)
+    assert times["a"]["sample"][0] > 0 and times["a"]["decode"][0] >= 0
+    memory = config_memory(config, 2, **options)
+    assert memory is not None and memory >= 0
+
+
+def test_bench_side_from_conditioned_config():
+    """Where lesson 11's switch exists, ``Side.from_conditioned_config`` times its real
+    model (text encoder included) fed one fixed prompt and an all-masked image."""
+    conditioning = pytest.importorskip("minidiff.conditioning")
+    from minidiff.bench.ldm import Side, config_memory, time_sides
+    config = resolve("ldm-quick", overrides={"base_channels": 8, "T": 20, "sample_steps": 2,
+                                             "conditioning": "hybrid", "context_dim": 8})
+    autoencoder = AutoencoderKL(base_channels=8, latent_channels=4)
+    side = Side.from_conditioned_config(config, LatentSpace(autoencoder, 1.0), 2, "hybrid")
+    assert isinstance(side.model.model, conditioning.ConditionedUNet)
+    assert sorted(side.model.cond) == ["concat", "tokens"]
+    side.train_step()
+    assert time_sides({"a": side}, repeat=1, sample_batch=2, steps=2)["a"]["sample"][0] > 0
+    shape = {"base_channels": 8, "latent_channels": 4}
+    assert config_memory(config, 2, conditioned=True, autoencoder=shape) is not None
+
+
 # ----------------------------------------------------------------------------- shipped files
 
 SHIPPED_AE = "data/checkpoints/ae.npz"

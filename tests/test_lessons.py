@@ -35,6 +35,10 @@ LESSONS = {
                           ("assert ", "savefig", "--quick", "scale_by_std"), 300),
     "10_latent_diffusion.py": (("(10.2)", "(10.3)", "(10.4)", "encode once", "cheaper per image"),
                                ("assert ", "savefig", "--quick", "q_sample"), 300),
+    "12_architectures.py": (("(12.1)", "(12.2)-(12.3)", "(12.4)", "(12.5)", "pixel / latent",
+                             "12_ldm_pipeline.png", "autoencoder rFID"),
+                            ("assert ", "savefig", "--quick", "parameters_by_hand",
+                             "time_sides"), 300),
 }
 
 

@@ -36,9 +36,12 @@ import time
 
 from minidiff import backend
 from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
+from minidiff.nn import Module
+from minidiff.tensor import Tensor
 from minidiff.validation import int_arg
 
-__all__ = ["main", "run", "FIGURES"]
+__all__ = ["main", "run", "Side", "FixedInputs", "FixedCondition", "time_sides",
+           "peak_growth", "config_memory", "FIGURES"]
 
 FIGURES = os.path.join("data", "checkpoints", "figures.json")
 DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
@@ -46,24 +49,58 @@ DEFAULTS = {"pixel": os.path.join("data", "checkpoints", "quick.npz"),
 SAMPLING_STEPS = 50
 
 
-class _Side:
-    """One shipped model: its U-Net (trainable copy), space, schedule and optimizer."""
+class Side:
+    """One model: its U-Net (a trainable copy), space, schedule and optimizer.  Built from a
+    shipped checkpoint (``from_checkpoint``, what this benchmark times) or from parts (lesson
+    12 times untrained models of the presets' shapes, conditional ones included)."""
 
-    def __init__(self, path: str, batch: int, autoencoder: str | None = None):
+    def __init__(self, model, config: dict, space, batch: int, label: str):
         from minidiff.diffusion import as_eps_model  # noqa: PLC0415
         from minidiff.optim import AdamW  # noqa: PLC0415
+        from minidiff.train.checkpoint import schedule_from_config  # noqa: PLC0415
+        self.model, self.config, self.space = model, config, space
+        self.schedule = schedule_from_config(config)
+        self.prediction = config.get("prediction", "eps")
+        self.eps_model = as_eps_model(model, self.schedule, self.prediction)
+        self.optimizer = AdamW(model.parameters(), lr=1e-4)
+        self.x0 = backend.randn(batch, *space.shape, dtype="float32")
+        self.path = label
+
+    @classmethod
+    def from_checkpoint(cls, path: str, batch: int, autoencoder: str | None = None):
         from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
-        from minidiff.train.checkpoint import (load_checkpoint,  # noqa: PLC0415
-                                               model_from_checkpoint, schedule_from_config)
+        from minidiff.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa
         arrays = load_checkpoint(path)
-        self.model, self.config = model_from_checkpoint(path, arrays=arrays)
-        self.space = space_from_checkpoint(arrays, autoencoder)
-        self.schedule = schedule_from_config(self.config)
-        self.prediction = self.config.get("prediction", "eps")
-        self.eps_model = as_eps_model(self.model, self.schedule, self.prediction)
-        self.optimizer = AdamW(self.model.parameters(), lr=1e-4)
-        self.x0 = backend.randn(batch, *self.space.shape, dtype="float32")
-        self.path = path
+        model, config = model_from_checkpoint(path, arrays=arrays)
+        return cls(model, config, space_from_checkpoint(arrays, autoencoder), batch, path)
+
+    @classmethod
+    def from_config(cls, config: dict, space, batch: int, label: str = "",
+                    context_dim: int | None = None, concat_channels: int = 0):
+        """An untrained U-Net of ``config``'s shape (the cost does not depend on the
+        weights), optionally conditioned: cross-attention to ``CONTEXT_LENGTH`` embeddings
+        of width ``context_dim``, or ``concat_channels`` extra input channels (both fixed
+        random inputs: ``FixedInputs``)."""
+        from minidiff.models.unet import UNet  # noqa: PLC0415
+        from minidiff.train.presets import model_config  # noqa: PLC0415
+        unet_config = model_config(config)
+        unet_config.context_dim, unet_config.concat_channels = context_dim, concat_channels
+        unet = UNet(unet_config)
+        model = FixedInputs(unet) if context_dim or concat_channels else unet
+        return cls(model, config, space, batch, label)
+
+    @classmethod
+    def from_conditioned_config(cls, config: dict, space, batch: int, label: str = "",
+                                prompt: str = "a thick seven"):
+        """The network ``minidiff.conditioning.build_model`` makes for ``config`` (text
+        encoder included), untrained, fed one fixed condition (``FixedCondition``): ``prompt``
+        for text, an all-masked image for concatenation, as ``sampling_cond`` builds them."""
+        from minidiff.captions import Tokenizer  # noqa: PLC0415
+        from minidiff.conditioning import build_model, sampling_cond  # noqa: PLC0415
+        model = build_model(config)
+        cond, _ = sampling_cond(config, 1, prompts=[prompt], space=space,
+                                tokenizer=Tokenizer(config["max_tokens"]))
+        return cls(FixedCondition(model, cond), config, space, batch, label)
 
     def train_step(self):
         from minidiff.diffusion import training_step  # noqa: PLC0415
@@ -74,16 +111,56 @@ class _Side:
         loss.backward()
         self.optimizer.step()
 
-    def sample(self, n: int) -> float:
-        """Seconds spent in the decoder; draws ``n`` images with DDIM (50 steps)."""
+    def sample(self, n: int, steps: int = SAMPLING_STEPS) -> float:
+        """Seconds spent in the decoder; draws ``n`` images with DDIM (``steps`` steps)."""
         from minidiff.diffusion import ddim_sample  # noqa: PLC0415
         self.model.eval()
         z = ddim_sample(self.eps_model, self.schedule, (n, *self.space.shape),
-                        steps=min(SAMPLING_STEPS, self.schedule.num_timesteps),
+                        steps=min(steps, self.schedule.num_timesteps),
                         clip_x0=self.space.clip_x0)
         start = time.perf_counter()
         self.space.decode(z)
         return time.perf_counter() - start
+
+
+#: tokens in the stand-in context of a cross-attending U-Net (the ``max_tokens`` of a prompt)
+CONTEXT_LENGTH = 8
+
+
+class FixedInputs(Module):
+    """A conditioned U-Net called as the samplers and ``training_step`` call a model,
+    ``model(x_t, t)``: with a fixed random context of ``CONTEXT_LENGTH`` embeddings in place
+    of tau_theta(y) (the text encoder is not part of it), and fixed random extra input
+    channels in place of a mask and a masked image."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        c = unet.config
+        self.context = (backend.randn(1, CONTEXT_LENGTH, c.context_dim, dtype="float32")
+                        if c.context_dim else None)
+        self.concat = (backend.randn(1, c.concat_channels, c.image_size, c.image_size,
+                                     dtype="float32") if c.concat_channels else None)
+
+    def forward(self, x, t):
+        xp = backend.xp()
+        fixed = {name: None if value is None else Tensor(xp.repeat(value, x.shape[0], axis=0))
+                 for name, value in (("context", self.context), ("concat", self.concat))}
+        return self.unet(x, t, **fixed)
+
+
+class FixedCondition(Module):
+    """A ``ConditionedUNet`` (``minidiff.conditioning``) called as ``model(x_t, t)``, with the
+    one-row condition ``cond`` repeated for every image of the batch."""
+
+    def __init__(self, model, cond: dict):
+        super().__init__()
+        self.model, self.cond = model, cond
+
+    def forward(self, x, t):
+        xp = backend.xp()
+        return self.model(x, t, {key: xp.repeat(value, x.shape[0], axis=0)
+                                 for key, value in self.cond.items()})
 
 
 def _stats(seconds, per: int) -> dict:
@@ -92,36 +169,111 @@ def _stats(seconds, per: int) -> dict:
 
 
 def _timed(fn):
+    """``(seconds, fn())``, the GPU's queued work (CuPy) finished before the clock stops."""
     start = time.perf_counter()
     value = fn()
+    backend.synchronize()
     return time.perf_counter() - start, value
 
 
-def _probe(args) -> dict:
-    """Run in a fresh subprocess: peak RSS growth over two training steps of one model."""
-    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
-    backend.manual_seed(0)
-    side = _Side(args.pixel if args.probe == "pixel" else args.ldm, args.batch, args.autoencoder)
-    base, source = _peak_rss_bytes(reset=True)
-    for _ in range(2):
+def time_sides(sides: dict, repeat: int, sample_batch: int,
+               steps: int = SAMPLING_STEPS) -> dict:
+    """``{name: {"train": [s, ...], "sample": [...], "decode": [...]}}``: seconds of one
+    training step on the side's batch, of drawing ``sample_batch`` images with DDIM in
+    ``steps`` steps (decoder included) and of the decoder alone, ``repeat`` times each.  The
+    sides take turns (a, b, a, b, ...) after a warm-up, so a change in the machine's load
+    touches them all alike."""
+    times = {name: {"train": [], "sample": [], "decode": []} for name in sides}
+    for side in sides.values():       # warm-up: pools, caches, optimizer state
         side.train_step()
+        side.sample(min(sample_batch, 4), steps)
+    for _ in range(repeat):
+        for name, side in sides.items():
+            times[name]["train"].append(_timed(side.train_step)[0])
+        for name, side in sides.items():
+            seconds, decoding = _timed(lambda s=side: s.sample(sample_batch, steps))
+            times[name]["sample"].append(seconds)
+            times[name]["decode"].append(decoding)
+    return times
+
+
+def peak_growth(step, times: int = 2) -> tuple:
+    """``(bytes, source)``: how far the peak resident set rises above the current one while
+    ``step()`` runs ``times`` times.  In a fresh process (``--probe``) that is the step's
+    working memory; in a process that already freed other arrays, the allocator may reuse
+    them, so it can read lower."""
+    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
+    base, source = _peak_rss_bytes(reset=True)
+    for _ in range(times):
+        step()
     peak, _ = _peak_rss_bytes()
-    return {"peak_growth_bytes": max(peak - base, 0), "source": source}
+    return max(peak - base, 0), source
 
 
-def _measure_memory(args, which: str):
-    command = [sys.executable, "-m", "minidiff.bench.ldm", "--probe", which,
-               "--batch", str(args.batch), "--pixel", args.pixel, "--ldm", args.ldm]
-    if args.autoencoder:
-        command += ["--autoencoder", args.autoencoder]
+def _probe(args) -> dict:
+    """Run in a fresh subprocess: peak RSS growth over two training steps of one model, a
+    shipped one (``--probe pixel|ldm``) or one built by ``Side.from_config`` (``--probe
+    config`` with ``--probe-spec`` '{"config": ..., "context_dim": ..., "concat_channels":
+    ...}'; the training step needs only x_0's shape, so a latent config gets a stand-in
+    space of that shape, not its autoencoder)."""
+    from minidiff.spaces import LatentSpace, PixelSpace  # noqa: PLC0415
+    backend.manual_seed(0)
+    if args.probe == "config":
+        spec = json.loads(args.probe_spec)
+        config = spec["config"]
+        if spec.get("autoencoder"):      # a ConditionedUNet's concat input is E(masked image)
+            from minidiff.models.autoencoder import (AutoencoderConfig,  # noqa: PLC0415
+                                                     AutoencoderKL)
+            space = LatentSpace(AutoencoderKL(AutoencoderConfig.from_dict(spec["autoencoder"])),
+                                1.0)
+        else:
+            space = PixelSpace(config["image_size"], config["in_channels"])
+        if spec.get("conditioned"):
+            side = Side.from_conditioned_config(config, space, args.batch, "probe")
+        else:
+            side = Side.from_config(config, space, args.batch, "probe", spec.get("context_dim"),
+                                    spec.get("concat_channels", 0))
+    else:
+        side = Side.from_checkpoint(args.pixel if args.probe == "pixel" else args.ldm,
+                                    args.batch, args.autoencoder)
+    growth, source = peak_growth(side.train_step)
+    return {"peak_growth_bytes": growth, "source": source}
+
+
+def _probe_memory(probe_args: list):
+    """MiB that ``--probe ...`` measured in a fresh NumPy process, or None if it failed."""
+    command = [sys.executable, "-m", "minidiff.bench.ldm", *probe_args]
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, MINIDIFF_BACKEND="numpy"))
+                              env=dict(os.environ, MINIDIFF_BACKEND="numpy", PYTHONPATH=path))
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_growth_bytes"] / 2 ** 20
+
+
+def _measure_memory(args, which: str):
+    command = ["--probe", which, "--batch", str(args.batch), "--pixel", args.pixel,
+               "--ldm", args.ldm]
+    if args.autoencoder:
+        command += ["--autoencoder", args.autoencoder]
+    return _probe_memory(command)
+
+
+def config_memory(config: dict, batch: int, context_dim: int | None = None,
+                  concat_channels: int = 0, conditioned: bool = False,
+                  autoencoder: dict | None = None):
+    """MiB of peak RSS growth over two training steps of ``Side.from_config(...)`` (or, with
+    ``conditioned``, ``Side.from_conditioned_config``, its latent space an untrained
+    autoencoder of the config dict ``autoencoder``), in a fresh process (so memory freed by
+    earlier work here cannot hide it), or None."""
+    spec = {"config": config, "context_dim": context_dim, "concat_channels": concat_channels,
+            "conditioned": conditioned, "autoencoder": autoencoder}
+    return _probe_memory(["--probe", "config", "--probe-spec", json.dumps(spec),
+                          "--batch", str(batch)])
 
 
 def _quality(figures_path: str, path: str):
@@ -169,19 +321,9 @@ def _versus_torch(side, args, torch) -> dict:
 def run(args) -> dict:
     """Every figure of the benchmark as a dict (see the module docstring)."""
     backend.manual_seed(0)
-    sides = {"pixel": _Side(args.pixel, args.batch),
-             "latent": _Side(args.ldm, args.batch, args.autoencoder)}
-    times = {name: {"train": [], "sample": [], "decode": []} for name in sides}
-    for side in sides.values():       # warm-up: pools, caches, optimizer state
-        side.train_step()
-        side.sample(min(args.sample_batch, 4))
-    for _ in range(args.repeat):
-        for name, side in sides.items():
-            times[name]["train"].append(_timed(side.train_step)[0])
-        for name, side in sides.items():
-            seconds, decoding = _timed(lambda s=side: s.sample(args.sample_batch))
-            times[name]["sample"].append(seconds)
-            times[name]["decode"].append(decoding)
+    sides = {"pixel": Side.from_checkpoint(args.pixel, args.batch),
+             "latent": Side.from_checkpoint(args.ldm, args.batch, args.autoencoder)}
+    times = time_sides(sides, args.repeat, args.sample_batch)
     result = {"batch": args.batch, "sample_batch": args.sample_batch, "repeat": args.repeat,
               "sampler": f"DDIM, {SAMPLING_STEPS} steps, eta 0", "cpus": os.cpu_count(),
               "backend": backend.get_backend(),
@@ -273,7 +415,8 @@ def _parser():
                         help=f"quality record of the shipped models (default {FIGURES})")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
-    parser.add_argument("--probe", choices=("pixel", "ldm"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=("pixel", "ldm", "config"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-spec", help=argparse.SUPPRESS)
     return parser
 
 
