@@ -24,6 +24,8 @@ COMMANDS = {
     "train-ae": ("minidiff.train.ae_cli", "train the autoencoder (train --preset ae-quick)"),
     "sample": ("minidiff.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
     "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
+    "claim": ("minidiff.claim", "the article's claim measured: bits/dim, FID and samples of "
+                                "the simple, vlb and hybrid models (lesson 13)"),
     "bench": ("minidiff.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
 }
 
