@@ -35,6 +35,9 @@ LESSONS = {
                           ("assert ", "savefig", "--quick", "scale_by_std"), 300),
     "10_latent_diffusion.py": (("(10.2)", "(10.3)", "(10.4)", "encode once", "cheaper per image"),
                                ("assert ", "savefig", "--quick", "q_sample"), 300),
+    "13_the_claim.py": (("(13.5)", "(13.4)", "(13.3)", "(13.1)", "max / min over t",
+                         "13_samples.png"), ("assert ", "savefig", "--quick", "bound_split"),
+                        600),
 }
 
 
