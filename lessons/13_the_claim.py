@@ -345,7 +345,8 @@ rows, labels = [], []
 for objective in OBJECTIVES:
     model, schedule, config = MODELS[objective]
     backend.manual_seed(0)
-    rows.append(sample_images(model, schedule, 8, "ddpm", SAMPLE_STEPS, batch=8,
+    rows.append(sample_images(model, schedule, 8, "ddpm",
+                              min(SAMPLE_STEPS, schedule.num_timesteps), batch=8,
                               variance=config.get("variance", "fixed_small")))
     labels.append(objective)
 grid = backend.xp().concatenate(rows)
