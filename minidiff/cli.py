@@ -26,6 +26,8 @@ COMMANDS = {
     "inpaint": ("minidiff.inpaint", "fill the masked part of digits (concat model or "
                                     "RePaint-style replacement)"),
     "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
+    "claim": ("minidiff.claim", "the article's claim measured: bits/dim, FID and samples of "
+                                "the simple, vlb and hybrid models (lesson 13)"),
     "bench": ("minidiff.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
 }
 

@@ -43,6 +43,9 @@ SAMPLE_TEXT = ["sample", "--checkpoint", "{text_ckpt}", "--out", "{out}/grid.png
 INPAINT = ["inpaint", "--checkpoint", "{ckpt}", "--image", "test:0", "--n", "2", "--steps", "2",
            "--out", "{out}/grid.png"]
 DEMO = ["demo", "--steps", "1", "--out", "{out}"]
+CLAIM = ["claim", "--checkpoints", "{export}", "{ckpt}", "--bpd-images", "2", "--mc-images", "2",
+         "--n", "4", "--steps", "2", "--grid", "2", "--no-floor", "--reference-images", "16",
+         "--stats-dir", "{out}/stats", "--out", "{out}/claim"]
 BENCH_UNET = ["bench", "unet", "--no-torch", "--no-memory", "--repeat", "1", "--batch", "1",
               "--base-channels", "8"]
 BENCH_LAYERS = ["bench", "layers", "--no-torch", "--repeat", "1", "--batch", "1"]
@@ -188,6 +191,27 @@ CASES = [
     ("eval-raw-from-export", EVAL + ["--checkpoint", "{export}", "--raw-weights"],
      ("--raw-weights", "EMA-only")),
     ("eval-bogus-option", EVAL + ["--bogus"], ("--bogus",)),
+    # ---------------------------------------------------------------- claim
+    *_flag(CLAIM, "claim", "--bpd-images", ["1", "-1", "20000", "abc"]),
+    *_flag(CLAIM, "claim", "--mc-images", ["1", "0"]),
+    *_flag(CLAIM, "claim", "--bpd-samples", ["0", "-1"]),
+    *_flag(CLAIM, "claim", "--n", ["1", "0"]),
+    *_flag(CLAIM, "claim", "--steps", ["0", "11", "abc"]),
+    *_flag(CLAIM, "claim", "--grid", ["0", "65"]),
+    *_flag(CLAIM, "claim", "--batch", ["0"]),
+    *_flag(CLAIM, "claim", "--seed", ["-1"]),
+    *_flag(CLAIM, "claim", "--out", ["{text}"]),
+    *_flag(CLAIM, "claim", "--stats-dir", ["{text}"]),
+    *_flag(CLAIM, "claim", "--classifier", ["{tmp}/nope.npz"], ("--classifier",)),
+    *_flag(CLAIM, "claim", "--checkpoints", ["{tmp}/nope.npz", "{tmp}"], ("--checkpoints",)),
+    ("claim-checkpoints-garbage", CLAIM + ["--checkpoints", "{garbage}"], ("garbage.npz",)),
+    ("claim-checkpoints-nan", CLAIM + ["--checkpoints", "{export}", "{nan}"], ("NaN",)),
+    ("claim-checkpoints-autoencoder", CLAIM + ["--checkpoints", "data/checkpoints/ae.npz"],
+     ("--checkpoints",)),
+    ("claim-checkpoints-latent", CLAIM + ["--checkpoints", "data/checkpoints/ldm.npz"],
+     ("--checkpoints",)),
+    ("claim-checkpoints-none", CLAIM + ["--checkpoints"], ("--checkpoints",)),
+    ("claim-bogus-option", CLAIM + ["--bogus"], ("--bogus",)),
     # ---------------------------------------------------------------- demo
     *_flag(DEMO, "demo", "--steps", ["0", "-1", "abc"]),
     *_flag(DEMO, "demo", "--batch", ["0", "-1", "100000"]),

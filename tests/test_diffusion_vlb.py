@@ -3,6 +3,7 @@ Monte-Carlo estimate of the log-ratio along trajectories, the oracle model, bits
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,9 +71,9 @@ def test_oracle_model_has_zero_kl_and_decoder_term_from_erf():
     x0_col = dev(x0[:, None])
     abar = np.cumprod(1 - h(sched.betas))
 
-    def oracle(x, t):  # knows x0: the exact noise
+    def oracle(x, t):  # knows x0 (item j of a forward is image j mod N): the exact noise
         a = abar[h(t)][:, None]
-        return (h(x) - np.sqrt(a) * x0[:, None]) / np.sqrt(1 - a)
+        return (h(x) - np.sqrt(a) * x0[np.arange(len(a)) % len(x0), None]) / np.sqrt(1 - a)
 
     out = vlb_terms(sched, lambda x, t: dev(oracle(x, t)), x0_col)
     assert np.abs(h(out["terms"])[:, 1:]).max() < 1e-9
@@ -123,3 +124,29 @@ def test_monte_carlo_bound_keeps_the_decoder_term_exact():
     T = sched.num_timesteps
     uniform_sd = math.sqrt((T ** 2 * terms.var(axis=1)).mean()) / math.log(2)
     assert mc["stderr"] * math.sqrt(len(x0)) < 0.75 * uniform_sd   # 0.51 here
+
+
+@pytest.mark.parametrize("variance,n,chunk", [("fixed_small", 3, 7), ("learned", 5, 256),
+                                               ("fixed_large", 1, 1)])
+def test_batched_bound_equals_one_forward_per_t(float64, variance, n, chunk):
+    """vlb_terms sends (image, t) pairs through the network in chunks: on a random tiny U-Net
+    (float64) every term equals the plain loop over t, one forward of the N images per t,
+    with the same noise draws."""
+    from minidiff import backend
+    from minidiff.diffusion import vlb_term_at
+    from minidiff.models.unet import UNet
+    sched = NoiseSchedule.linear(13, 1e-3, 0.2)
+    model = UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+                 image_size=4, groups=4, out_channels=2 if variance == "learned" else 1).eval()
+    x0 = dev(np.random.default_rng(1).integers(0, 256, (n, 1, 4, 4)) / 127.5 - 1)
+    backend.manual_seed(5)
+    want = np.stack([h(vlb_term_at(sched, model, x0, dev(np.full(n, step, dtype=np.int64)),
+                                   variance=variance)) for step in range(13)], axis=1)
+    backend.manual_seed(5)
+    calls = []
+    out = vlb_terms(sched, model, x0, variance=variance, chunk=chunk,
+                    progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_allclose(h(out["terms"]), want, rtol=0, atol=1e-10)
+    assert np.abs(want).max() > 1e-3 and want.shape == (n, 13)
+    per_forward = max(chunk // n, 1) * n
+    assert calls[-1] == (13 * n, 13 * n) and len(calls) == -(-13 * n // per_forward)

@@ -39,6 +39,9 @@ LESSONS = {
                              "12_ldm_pipeline.png", "autoencoder rFID"),
                             ("assert ", "savefig", "--quick", "parameters_by_hand",
                              "time_sides"), 300),
+    "13_the_claim.py": (("(13.5)", "(13.4)", "(13.3)", "(13.1)", "max / min over t",
+                         "13_samples.png"), ("assert ", "savefig", "--quick", "bound_split"),
+                        600),
 }
 
 

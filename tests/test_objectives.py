@@ -232,6 +232,31 @@ def test_importance_weights_give_an_unbiased_estimate(T, seed):
     assert np.abs(freq - p).max() < 5 * math.sqrt(0.25 / len(t))
 
 
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(1, 5), n=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+def test_estimator_variance_by_enumeration_and_second_moment_is_best(T, n, seed):
+    """(13.4) against the variance of the estimate's full distribution, enumerated: outcome
+    L_t(x_i) / p_t with probability p_t / N; and p_t proportional to sqrt(mean_i L_t^2) (u = 0)
+    gives no more variance than uniform or any other p drawn."""
+    from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
+    rng = np.random.default_rng(seed)
+    terms = rng.uniform(0.01, 1.0, (n, T)) * 10.0 ** rng.integers(0, 3, T)
+    for p in (None, rng.dirichlet(np.ones(T)) * 0.99 + 0.01 / T):
+        q = np.full(T, 1.0 / T) if p is None else p
+        values, probs = (terms / q).ravel(), np.tile(q / n, n)
+        want = probs @ values ** 2 - (probs @ values) ** 2
+        assert estimator_variance(terms, p) == pytest.approx(want, rel=1e-9, abs=1e-9)
+    best = estimator_variance(terms, second_moment_probabilities(terms, uniform_prob=0.0))
+    assert best <= estimator_variance(terms) * (1 + 1e-9) + 1e-9
+    assert best <= estimator_variance(terms, rng.dirichlet(np.ones(T))) * (1 + 1e-9) + 1e-9
+
+
+def test_estimator_variance_refuses_a_zero_probability():
+    from minidiff.diffusion.resample import estimator_variance
+    with pytest.raises(ValueError, match="p: expected 3 positive"):
+        estimator_variance(np.ones((2, 3)), np.array([0.5, 0.5, 0.0]))
+
+
 # ---------------------------------------------------------------- training with the objectives
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,

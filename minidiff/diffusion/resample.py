@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from minidiff import backend
 
-__all__ = ["LossSecondMomentSampler", "T_SAMPLERS"]
+__all__ = ["LossSecondMomentSampler", "T_SAMPLERS", "second_moment_probabilities",
+           "estimator_variance"]
 
 T_SAMPLERS = ("uniform", "loss-second-moment")
 
@@ -43,9 +44,7 @@ class LossSecondMomentSampler:
         host, T = backend.host, self.num_timesteps
         if not self.warmed_up():
             return host.full((T,), 1.0 / T)
-        root = host.sqrt((self.history ** 2).mean(axis=1))
-        p = root / root.sum()
-        return (1.0 - self.uniform_prob) * p + self.uniform_prob / T
+        return second_moment_probabilities(self.history.T, self.uniform_prob)
 
     def draw(self, n: int):
         """``(t, weights)``: n indices drawn from p_t (device int64) by inverting the CDF at
@@ -85,3 +84,34 @@ class LossSecondMomentSampler:
                              f"{history.shape}")
         self.history = history.copy()
         self.counts = host.asarray(state["counts"], dtype=host.int64).copy()
+
+
+def second_moment_probabilities(losses, uniform_prob: float = 0.001):
+    """p_t = (1 - u) sqrt(mean L_t^2) / sum_s sqrt(mean L_s^2) + u / T (13.3) from ``losses``
+    (K, T): K losses seen at each of the T timesteps (host float64 (T,))."""
+    host = backend.host
+    losses = host.asarray(backend.to_host(losses), dtype=host.float64)
+    root = host.sqrt((losses ** 2).mean(axis=0))
+    T = losses.shape[1]
+    p = root / root.sum() if root.sum() > 0 else host.full((T,), 1.0 / T)
+    return (1.0 - uniform_prob) * p + uniform_prob / T
+
+
+def estimator_variance(terms, p=None) -> float:
+    """Variance of the one-draw estimate of a sum L = sum_t L_t that draws t ~ p and weighs
+    its term by 1 / p_t (13.3), over both the image and the draw of t:
+
+        Var = mean_i [ sum_t L_t(x_i)^2 / p_t ] - (mean_i L(x_i))^2.                 (13.4)
+
+    ``terms`` (N, T): the per-t terms of N images (e.g. ``vlb_terms(...)["terms"]``); ``p``
+    (T,): the draw's probabilities, uniform 1 / T when None (the estimate is then T L_t).
+    The part due to the images alone is the same for every p, so the difference between two
+    p is all in the draw of t.  Returned in the squared units of ``terms`` (host float)."""
+    host = backend.host
+    terms = host.asarray(backend.to_host(terms), dtype=host.float64)
+    T = terms.shape[1]
+    p = host.full((T,), 1.0 / T) if p is None else host.asarray(backend.to_host(p), host.float64)
+    if p.shape != (T,) or (p <= 0).any():
+        raise ValueError(f"p: expected {T} positive probabilities, got shape {p.shape}")
+    second = ((terms ** 2) / p).sum(axis=1).mean()
+    return float(second - terms.sum(axis=1).mean() ** 2)

@@ -1,0 +1,357 @@
+# %% [markdown]
+# # Lesson 13 — The claim: the bound gives better codelengths, L_simple better samples
+#
+# The article ends (section 15, after Ho et al. 2020) with: "training on the true variational
+# bound yields better codelengths than training on the simplified objective, as expected, but
+# the latter yields the best sample quality."  Improved DDPM (Nichol & Dhariwal 2021) then
+# learned the reverse variances and got both.  This lesson derives why, measures each step of
+# the argument on small models, and ends with the table `minidiff claim` measured on the three
+# shipped models.
+#
+# Sections:
+#
+# 1. L_simple is the bound with a weight dropped, eq. (13.5), checked term by term
+# 2. Why dropping it helps samples: where the bound's mass lies in t
+# 3. Why the bound is hard to optimise: gradients across t; importance sampling, (13.3), (13.4)
+# 4. What learned variances buy, eq. (13.1), L_hybrid (13.6)
+# 5. The measured table, and the samples
+#
+#     python lessons/13_the_claim.py [--quick] [--out DIR]
+#
+# The objectives themselves are trained by `minidiff train --preset claim --set
+# objective=simple|vlb|hybrid` (README: the claim); L_vlb at one drawn t is the estimate
+#
+#     L_vlb ~= L_T + T L_t,   t ~ Uniform{0, ..., T-1}                                    (13.2)
+#
+# of the whole bound (4.2), in bits per dim.
+
+# %%
+import json
+import math
+
+from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
+from minidiff import backend
+from minidiff.data import from_unit_range, load_mnist, to_unit_range
+from minidiff.diffusion import (NoiseSchedule, p_mean_variance, q_sample, training_step,
+                                vlb_term_at)
+from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
+from minidiff.evaluate import sample_images
+from minidiff.evaluate.likelihood import bound_split
+from minidiff.images import save_grid
+from minidiff.models.unet import UNet
+from minidiff.paths import DataNotFoundError, find
+from minidiff.tensor import Tensor, no_grad
+
+np = backend.host
+
+args, out_dir = start(lesson_parser("Lesson 13: the claim", "tiny untrained stand-ins "
+                                    "instead of the shipped models (what the tests run)"),
+                      dtype="float64")
+N_IMAGES = 2 if args.quick else 16          # test images for the per-t terms
+SAMPLE_STEPS = 3 if args.quick else 50
+STAND_IN_T = 200 if args.quick else 1000    # the stand-ins' steps (the claim preset: 1000)
+OBJECTIVES = ("simple", "vlb", "hybrid")
+
+
+def shipped(objective):
+    """(eps_model, schedule, config) of data/checkpoints/claim_<objective>.npz, or None (in
+    --quick, or before the models are shipped)."""
+    if args.quick:
+        return None
+    from minidiff.train.checkpoint import eps_model_from_checkpoint  # noqa: PLC0415
+    try:
+        return eps_model_from_checkpoint(find(f"checkpoints/claim_{objective}.npz"))
+    except DataNotFoundError:
+        return None
+
+
+def stand_in(objective):
+    """An untrained tiny U-Net (two outputs for hybrid) and a linear schedule of STAND_IN_T."""
+    learned = objective == "hybrid"
+    model = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(), image_size=28, groups=4,
+                 out_channels=2 if learned else 1).eval()
+    config = {"objective": objective, "variance": "learned" if learned else "fixed_small"}
+    return model, NoiseSchedule.linear(STAND_IN_T), config
+
+
+MODELS = {}
+for objective in OBJECTIVES:
+    found = shipped(objective)
+    MODELS[objective] = found if found is not None else stand_in(objective)
+    print(f"claim_{objective}: " + ("the shipped model" if found is not None else
+                                     "an untrained stand-in (tiny U-Net)"))
+x0 = to_unit_range(load_mnist("test")[0][:N_IMAGES])
+
+
+# %% [markdown]
+# ## 1. L_simple is a reweighted bound
+#
+# With the reverse variance fixed to the posterior's, sigma_t^2 = beta~_t (fixed_small), both
+# Gaussians of a KL term L_{t-1} share their variance, so (4.3) keeps only the distance of the
+# means: L_{t-1} = E ||mu~_t - mu_theta||^2 / (2 sigma_t^2) (per dimension, as everywhere in
+# minidiff).  Both means are written with the noise (4.5):
+#
+#     mu~_t     = (x_t - beta_t / sqrt(1 - abar_t) eps)       / sqrt(alpha_t)
+#     mu_theta  = (x_t - beta_t / sqrt(1 - abar_t) eps_theta) / sqrt(alpha_t)
+#
+# so their difference is beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)) (eps_theta - eps) and
+#
+#     L_{t-1} = lambda_t ||eps - eps_theta(x_t, t)||^2,
+#     lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)).                             (13.5)
+#
+# L_simple is this sum with every lambda_t set to 1: a reweighted bound.  (The decoder L_0 has
+# no such form; sigma_1^2 = beta~_1 = 0 there.)  We check (13.5) on a random model: the KL
+# term computed by the library's `bound_term` (through `vlb_term_at`) against lambda_t times
+# the squared noise error, with the same noise.
+
+# %%
+model, schedule, config = stand_in("simple")
+
+
+def weights(schedule):
+    """lambda_t of (13.5) for t >= 1 (index 0, the decoder, has none: inf)."""
+    betas, post_var = host(schedule.betas), host(schedule.posterior_variance)
+    alphas, abar = 1.0 - betas, host(schedule.alphas_cumprod)
+    lam = np.full(len(betas), np.inf)
+    lam[1:] = betas[1:] ** 2 / (2 * post_var[1:] * alphas[1:] * (1 - abar[1:]))
+    return lam
+
+
+T, lam = schedule.num_timesteps, weights(schedule)
+
+check_t = [1, 2, 10, T // 10, T // 2, T - 1]
+noise = backend.randn(len(check_t) * N_IMAGES, 1, 28, 28)
+t = backend.to_device(np.repeat(np.array(check_t, dtype=np.int64), N_IMAGES))
+x_rep = backend.xp().concatenate([x0] * len(check_t))
+kl = host(vlb_term_at(schedule, model, x_rep, t, noise=noise))
+with no_grad():
+    eps_theta = model(Tensor(q_sample(schedule, x_rep, t, noise)), t).data
+mse = host(((noise - eps_theta) ** 2).reshape(len(x_rep), -1).mean(axis=1))
+np.testing.assert_allclose(kl, lam[host(t)] * mse, rtol=1e-8)
+print("(13.5) KL term == lambda_t ||eps - eps_theta||^2 per dim, at t =", check_t)
+for k in (1, 10, T // 10, T - 1):
+    show(f"lambda_t at index t = {k}", f"{lam[k]:.4g}")
+
+plt = pyplot()
+if plt is not None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy(np.arange(1, T), lam[1:])
+    ax.set_xlabel("t (0-based index)")
+    ax.set_ylabel("lambda_t")
+    ax.set_title("(13.5): the weight L_simple drops")
+    fig.tight_layout()
+    fig.savefig(out_dir / "13_weight.png", dpi=100)
+    plt.close(fig)
+    print(f"saved {out_dir / '13_weight.png'}")
+
+# %% [markdown]
+# ## 2. Why dropping it helps the samples
+#
+# lambda_t is largest at small t (the first steps barely change the image, yet the bound
+# charges every bit of their detail), so the bound's terms are concentrated there: the
+# codelength is mostly about imperceptible detail.  L_simple weighs every t alike, so its
+# training attends to the larger t where the digit's shape is decided, which is what a sample
+# needs.  We measure the per-t terms of the bound (every t, ``bound_split``) on a model, and
+# the per-t noise error of L_simple (the KL term divided by lambda_t; at t = 0 directly), and
+# compare the share of each that falls in the first 1% and 10% of t.
+
+# %%
+model, schedule, config = MODELS["simple"]
+T, lam = schedule.num_timesteps, weights(schedule)
+backend.manual_seed(0)
+split = bound_split(schedule, model, x0, variance=config.get("variance", "fixed_small"))
+terms = split["terms"]                                       # (N, T), bits per dim
+per_t_bound = terms.mean(axis=0)
+per_t_simple = np.empty(T)
+per_t_simple[1:] = per_t_bound[1:] * math.log(2.0) / lam[1:]
+t0 = backend.to_device(np.zeros(N_IMAGES, dtype=np.int64))
+noise = backend.randn(*x0.shape)
+with no_grad():
+    eps0 = model(Tensor(q_sample(schedule, x0, t0, noise)), t0).data[:, :1]
+per_t_simple[0] = float(host(((noise - eps0) ** 2).mean()))
+
+
+def share(values, fraction):
+    return float(values[:max(int(fraction * len(values)), 1)].sum() / values.sum())
+
+
+for fraction in (0.01, 0.1):
+    show(f"share in the first {fraction:.0%} of t: bound", f"{share(per_t_bound, fraction):.1%}")
+    show(f"share in the first {fraction:.0%} of t: L_simple",
+         f"{share(per_t_simple, fraction):.1%}")
+assert share(per_t_bound, 0.1) > share(per_t_simple, 0.1), "the bound is not front-loaded"
+show("bits/dim (full bound, L_T + L_0 + rate)",
+     f"{split['bpd']:.3f} = {split['prior'].mean():.4f} + {split['distortion'].mean():.3f}"
+     f" + {split['rate'].mean():.3f}")
+if plt is not None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy(per_t_bound / per_t_bound.sum(), label="bound: L_t / L")
+    ax.semilogy(per_t_simple / per_t_simple.sum(), label="L_simple: ||eps - eps_theta||^2 / sum")
+    ax.set_xlabel("t (0-based index)")
+    ax.set_ylabel("share of the objective")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "13_per_t.png", dpi=100)
+    plt.close(fig)
+    print(f"saved {out_dir / '13_per_t.png'}")
+
+# %% [markdown]
+# ## 3. Why the bound is hard to optimise
+#
+# Trained by (13.2), the bound's gradient at one drawn t is T times that term's gradient.
+# Because the terms differ by orders of magnitude across t, so do their gradients: a batch that
+# draws a small t (or the decoder) gets a huge step, most batches a tiny one.  We measure the
+# gradient norm of L_vlb (13.2) and of L_simple at fixed t on the same batch and noise.
+
+# %%
+model, schedule, config = MODELS["vlb"]
+T = schedule.num_timesteps
+grad_t = sorted({0, 1, 2, 5, 10, T // 30, T // 10, T // 3, T - 1})
+noise = backend.randn(*x0.shape)
+norms = {"vlb": [], "simple": []}
+for objective in norms:
+    for step in grad_t:
+        model.zero_grad()
+        loss = training_step(model, schedule, x0, objective=objective, noise=noise,
+                             variance=config.get("variance", "fixed_small"),
+                             t=backend.to_device(np.full(N_IMAGES, step, dtype=np.int64)))
+        loss.backward()
+        norms[objective].append(math.sqrt(sum(float((p.grad ** 2).sum())
+                                              for p in model.parameters()
+                                              if p.grad is not None)))
+model.zero_grad()
+print(f"{'t':>6s} {'|grad L_vlb|':>14s} {'|grad L_simple|':>16s}")
+for step, g_vlb, g_simple in zip(grad_t, norms["vlb"], norms["simple"]):
+    print(f"{step:6d} {g_vlb:14.4g} {g_simple:16.4g}")
+spread = {k: max(v) / min(v) for k, v in norms.items()}
+show("gradient norm, max / min over t: L_vlb", f"{spread['vlb']:.3g}")
+show("gradient norm, max / min over t: L_simple", f"{spread['simple']:.3g}")
+assert spread["vlb"] > spread["simple"], spread
+
+# %% [markdown]
+# The remedy (improved DDPM, section 3.3): draw t with probabilities p_t and weigh the drawn
+# term by 1 / (T p_t), which keeps the estimate unbiased,
+#
+#     E_{t ~ p}[ T L_t / (T p_t) ] = sum_t L_t,                                            (13.3)
+#
+# and choose p_t proportional to sqrt(E[L_t^2]), the p that minimises the variance of the
+# one-draw estimate L_t / p_t,
+#
+#     Var = E_x[ sum_t L_t(x)^2 / p_t ] - (E_x L(x))^2.                                   (13.4)
+#
+# Measured on the per-t terms of section 2 (the p taken from the same terms, so a little
+# optimistic; `minidiff claim` reports it for each shipped model):
+
+# %%
+uniform = estimator_variance(terms)
+p = second_moment_probabilities(terms)
+weighted = estimator_variance(terms, p)
+show("(13.4) variance, t uniform (bits/dim)^2", f"{uniform:.4g}")
+show("(13.4) variance, t ~ sqrt(E L_t^2) (bits/dim)^2", f"{weighted:.4g}")
+show("reduction", f"{uniform / weighted:.3g}x")
+assert weighted < uniform
+draws = np.random.default_rng(0).choice(T, size=(2000, N_IMAGES), p=p)
+estimates = terms[np.arange(N_IMAGES), draws] / p[draws]            # (13.3), one draw each
+assert abs(estimates.mean() - terms.sum(axis=1).mean()) < 5 * math.sqrt(weighted / draws.size)
+print("(13.3) the weighted draws average to the full sum (within 5 standard errors)")
+
+# %% [markdown]
+# ## 4. What learned variances buy
+#
+# Ho et al. fixed sigma_t^2 to beta_t or beta~_t (the two bounds of the true reverse variance)
+# and found sample quality the same; but at small t, where the bound's mass is, the two differ
+# by orders of magnitude, so for the codelength the choice matters.  Improved DDPM learns an
+# interpolation in the log domain from a second output v of the network,
+#
+#     log Sigma_t = frac log beta_t + (1 - frac) log beta~_t,   frac = (v + 1) / 2,        (13.1)
+#
+# trained by L_hybrid = L_simple + 0.001 L_vlb with the mean detached inside L_vlb (13.6):
+# L_simple keeps training the mean for samples, the bound trains only the variance.  Below, the
+# learned frac across t (averaged over pixels and images) and the bits/dim of the same model
+# with its learned variance and with fixed_small (its first output channel only).
+
+# %%
+model, schedule, config = MODELS["hybrid"]
+T, betas = schedule.num_timesteps, host(schedule.betas)
+frac_t = sorted({1, 10, T // 20, T // 10, T // 3, 3 * T // 5, T - 1})
+fracs = []
+for step in frac_t:
+    t = backend.to_device(np.full(N_IMAGES, step, dtype=np.int64))
+    with no_grad():
+        x_t = q_sample(schedule, x0, t, backend.randn(*x0.shape))
+        out = model(Tensor(x_t), t).data
+    frac = (out[:, 1:] + 1.0) / 2.0
+    log_var = host(p_mean_variance(schedule, out, x_t, t, variance="learned")["log_variance"])
+    by_hand = host(frac) * np.log(betas[step]) + (1 - host(frac)) * \
+        host(schedule.posterior_log_variance_clipped)[step]
+    np.testing.assert_allclose(log_var, by_hand, rtol=1e-10, atol=1e-12)
+    fracs.append(float(host(frac).mean()))
+print("(13.1) log Sigma from p_mean_variance == frac log beta + (1 - frac) log beta~")
+print(f"{'t':>6s} {'learned frac':>13s}   (fixed_small: 0, fixed_large: 1)")
+for step, f in zip(frac_t, fracs):
+    print(f"{step:6d} {f:13.3f}")
+
+bpd = {}
+for variance in ("learned", "fixed_small"):
+    backend.manual_seed(1)
+    eps_model = model if variance == "learned" else (lambda x, t: model(x, t)[:, :1])
+    bpd[variance] = bound_split(schedule, eps_model, x0, variance=variance)["bpd"]
+    show(f"bits/dim of the hybrid model, {variance}", f"{bpd[variance]:.3f}")
+if plt is not None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(frac_t, fracs, "o-", label="learned frac (hybrid)")
+    ax.axhline(0.0, color="gray", ls="--", label="fixed_small (beta~)")
+    ax.axhline(1.0, color="gray", ls=":", label="fixed_large (beta)")
+    ax.set_xlabel("t (0-based index)")
+    ax.set_ylabel("frac")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "13_learned_frac.png", dpi=100)
+    plt.close(fig)
+    print(f"saved {out_dir / '13_learned_frac.png'}")
+
+# %% [markdown]
+# ## 5. The measured table
+#
+# `minidiff claim` evaluates the three shipped models (README: the claim); its `--json`
+# output, stored as data/checkpoints/claim_table.json, is shown here.  Columns: the full bound
+# in bits/dim (every t, +- one standard error over the test images), the Monte-Carlo
+# estimate beside it, the bound split as the DDPM paper's Table 4 (prior L_T, distortion L_0,
+# rate sum L_{t-1}), FID on minidiff's MNIST classifier and its mean confidence.
+
+# %%
+from minidiff.claim import markdown_table  # noqa: E402
+
+try:
+    table = json.loads(open(find("checkpoints/claim_table.json"), encoding="utf-8").read())
+except DataNotFoundError:
+    table = None
+if table is None:
+    print("the table: not measured yet (data/checkpoints/claim_table.json is absent; "
+          "minidiff claim --json writes it)")
+else:
+    print(markdown_table(table))
+    for row in table["models"]:
+        values = np.array(row["per_t_bits"])
+        show(f"{row['name']}: bound share in the first 10% of t", f"{share(values, 0.1):.1%}")
+
+# %% [markdown]
+# And samples of the three, DDPM ancestral sampling respaced to 50 steps, each with its own
+# variance, from the same seed (one row each).
+
+# %%
+rows, labels = [], []
+for objective in OBJECTIVES:
+    model, schedule, config = MODELS[objective]
+    backend.manual_seed(0)
+    rows.append(sample_images(model, schedule, 8, "ddpm",
+                              min(SAMPLE_STEPS, schedule.num_timesteps), batch=8,
+                              variance=config.get("variance", "fixed_small")))
+    labels.append(objective)
+grid = backend.xp().concatenate(rows)
+assert grid.shape == (8 * len(OBJECTIVES), 1, 28, 28) and bool(backend.xp().isfinite(grid).all())
+save_grid(from_unit_range(grid), out_dir / "13_samples.png", nrow=8, labels=labels)
+print(f"saved {out_dir / '13_samples.png'}")
+
+print("lesson 13: all checks passed")
