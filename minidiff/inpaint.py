@@ -114,13 +114,12 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
     pixels are pasted back (module doc).  ``variance``: DDPM's reverse variance, the one the
     model was trained with (its config's ``variance``, lesson 13)."""
     from minidiff.data import from_unit_range, to_unit_range  # noqa: PLC0415
-    from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
+    from minidiff.diffusion import default_steps, run_sampler  # noqa: PLC0415
     from minidiff.masks import mask_to_grid, masked_image  # noqa: PLC0415
     xp = backend.xp()
     if method not in METHODS:
         raise InpaintError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
-    steps = steps or min(50 if sampler == "ddim" else schedule.num_timesteps,
-                         schedule.num_timesteps)
+    steps = default_steps(schedule, sampler, steps)
     check_int("--steps", steps, low=1, high=schedule.num_timesteps)
     backend.manual_seed(seed)
     host = backend.host
@@ -137,12 +136,9 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
             known = (space.encode(masked_image(x, m)), backend.to_device(grid).astype(x.dtype))
         hook = None if progress is None else (
             lambda i, _, done=begin // batch * steps: progress(done + i, total))
-        kwargs = {"steps": steps, "clip_x0": space.clip_x0, "progress": hook, "known": known}
-        if sampler == "ddim":
-            z = ddim_sample(eps_for(x, m), schedule, (len(x), *space.shape), eta=eta, **kwargs)
-        else:
-            z = ddpm_sample(eps_for(x, m), schedule, (len(x), *space.shape),
-                            variance=variance, **kwargs)
+        z = run_sampler(sampler, eps_for(x, m), schedule, (len(x), *space.shape), steps,
+                        eta=eta, variance=variance, clip_x0=space.clip_x0, progress=hook,
+                        known=known)
         filled = space.decode(z)
         if not bool(xp.isfinite(filled).all()):
             raise MinidiffInputError(f"the completions hold NaN or Inf: the network's output "

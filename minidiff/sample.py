@@ -33,7 +33,7 @@ import sys
 from minidiff import backend
 from minidiff import conditioning
 from minidiff.data import from_unit_range
-from minidiff.diffusion import ddim_sample, ddpm_sample
+from minidiff.diffusion import default_steps, run_sampler
 from minidiff.images import save_gif, save_grid, save_strip
 from minidiff.nn.module import StateDictError
 from minidiff.paths import resolve_user_path
@@ -90,21 +90,18 @@ def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None,
     """``(x0, frames)``: ``n`` samples from ``eps_model`` in ``space`` (default pixels, in
     [-1, 1]; ``space.decode`` turns them into images), frames empty unless asked.  Samples
     with NaN or Inf in them raise ``MinidiffInputError``."""
-    steps = steps or min(50 if sampler == "ddim" else schedule.num_timesteps,
-                         schedule.num_timesteps)
+    steps = default_steps(schedule, sampler, steps)
     check_int("--steps", steps, low=1, high=schedule.num_timesteps)
     backend.manual_seed(seed)
     size = config.get("image_size", 28)
     shape = (n, *(space.shape if space is not None else (1, size, size)))
-    kwargs = {"steps": steps, "clip_x0": space.clip_x0 if space is not None else True}
-    if sampler == "ddim":
-        kwargs["eta"] = eta
-    else:                       # the reverse variance the model was trained with (lesson 13)
-        kwargs["variance"] = config.get("variance", "fixed_small")
+    kwargs = {"clip_x0": space.clip_x0 if space is not None else True}
     if frames:
         kwargs.update(return_frames=True, frame_every=max(1, steps // frames))
-    run = ddim_sample if sampler == "ddim" else ddpm_sample
-    result = run(eps_model, schedule, shape, progress=progress, **kwargs)
+    # DDPM: the reverse variance the model was trained with (lesson 13)
+    result = run_sampler(sampler, eps_model, schedule, shape, steps, eta=eta,
+                         variance=config.get("variance", "fixed_small"), progress=progress,
+                         **kwargs)
     x0, frames = result if frames else (result, [])
     bad = ~backend.xp().isfinite(x0).reshape(n, -1).all(axis=1)
     if bad.any():

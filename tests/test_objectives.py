@@ -15,6 +15,7 @@ from minidiff.diffusion.resample import LossSecondMomentSampler
 from minidiff.diffusion.vlb import bound_term, vlb_term_at
 from minidiff.tensor import Tensor
 from minidiff.testing import gradcheck
+from tests.test_train import TINY as TRAIN_TINY
 
 
 def dev(a, dtype=np.float64):
@@ -259,11 +260,8 @@ def test_estimator_variance_refuses_a_zero_probability():
 
 # ---------------------------------------------------------------- training with the objectives
 
-TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-        "attention_resolutions": [], "T": 3, "batch_size": 8, "image_size": 16, "steps": 10,
-        "warmup_steps": 2, "train_images": 100, "log_every": 0, "sample_every": 0,
-        "checkpoint_every": 0, "diag_every": 0, "sample_count": 4, "sample_steps": 3,
-        "ema_decay": 0.9, "lr": 1e-3}
+# test_train's tiny U-Net on 16x16 crops, with T = 3 so that every t is drawn often
+TINY = {**TRAIN_TINY, "T": 3, "batch_size": 8, "steps": 10, "train_images": 100}
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
                   quiet=True, space=None, variance="fixed_small"):
     """``n`` images in [-1, 1], (n, C, H, W), on the active backend: samples of ``space``
     (default pixels) decoded."""
-    from minidiff.diffusion import ddim_sample, ddpm_sample  # noqa: PLC0415
+    from minidiff.diffusion import run_sampler  # noqa: PLC0415
     xp = backend.xp()
     c = model.config
     chunks, done = [], 0
@@ -142,12 +142,8 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
         offset = done // batch * per_batch
         hook = None if progress is None else (lambda i, _, o=offset: progress(o + i, total))
         clip = space.clip_x0 if space is not None else True
-        if sampler == "ddim":
-            x = ddim_sample(model, schedule, shape, steps=steps or None, eta=eta, clip_x0=clip,
-                            progress=hook)
-        else:
-            x = ddpm_sample(model, schedule, shape, steps=steps or None, clip_x0=clip,
-                            progress=hook, variance=variance)
+        x = run_sampler(sampler, model, schedule, shape, steps or None, eta=eta,
+                        variance=variance, clip_x0=clip, progress=hook)
         if space is not None:
             x = space.decode(x)
         if not bool(xp.isfinite(x).all()):

@@ -38,6 +38,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     from minidiff.data import load_mnist  # noqa: PLC0415
     from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
     from minidiff.inpaint import complete, load_inpainter  # noqa: PLC0415
+    from minidiff.diffusion import default_steps  # noqa: PLC0415
     from minidiff.masks import named_mask  # noqa: PLC0415
     images, labels = load_mnist("test")
     images, labels = images[:n], labels[:n]
@@ -45,8 +46,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     eps_for, schedule, space, config, method = load_inpainter(checkpoint, method,
                                                               use_ema=use_ema)
     classifier = classifier or load_classifier()
-    steps = steps or min(50 if sampler == "ddim" else schedule.num_timesteps,
-                         schedule.num_timesteps)
+    steps = default_steps(schedule, sampler, steps)
     start = time.time()
     completions = complete(eps_for, schedule, space, images, pixel_mask, 1, sampler, steps,
                            eta=eta, seed=seed, batch=batch, method=method, progress=progress,
