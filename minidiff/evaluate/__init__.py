@@ -42,13 +42,15 @@ from minidiff.progress import Progress
 from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
                                  command, float_arg, int_arg)
 
-__all__ = ["main", "evaluate", "build_parser"]
+__all__ = ["main", "evaluate", "build_parser", "reference_statistics"]
 
 DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
 #: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
 BPD_IMAGES, BPD_SAMPLES = 256, 4
 #: test digits --inpainting completes unless --n says otherwise
 INPAINT_N = 100
+#: samples per prompt of --prompts unless --per-prompt says otherwise (1,000 samples in all)
+PER_PROMPT = 20
 
 
 def build_parser() -> ArgumentParser:
@@ -94,6 +96,15 @@ def build_parser() -> ArgumentParser:
                         help="with --inpainting: the mask (as minidiff inpaint; default bottom)")
     parser.add_argument("--method", choices=("concat", "replace"), default=None,
                         help="with --inpainting: concat or replace (default: the model's)")
+    parser.add_argument("--prompts", action="store_true",
+                        help="a text model's prompted accuracy, FID and attribute adherence "
+                             "instead (prompts.py); with --inpainting, its inpainting "
+                             "accuracy too")
+    parser.add_argument("--per-prompt", type=int_arg(1), default=None,
+                        help=f"with --prompts: samples per prompt (default {PER_PROMPT})")
+    parser.add_argument("--guidance", type=float_arg(0.0), default=None, metavar="S",
+                        help="with --prompts: classifier-free guidance scale s >= 0 (default: "
+                             "the model's config)")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
 
@@ -123,6 +134,21 @@ def _features_of(classifier, images_uint8):
     from minidiff.evaluate.classifier import classify  # noqa: PLC0415
     feats, _ = classify(classifier, to_unit_range(images_uint8))
     return feats
+
+
+def reference_statistics(classifier, checksum: str, stats_dir: str = DEFAULT_STATS_DIR,
+                         reference_images: int = 10_000):
+    """``(mu, cov, cached, n)``: the Gaussian of the classifier's features of the first
+    ``reference_images`` MNIST test images (all 10,000 by default), cached in ``stats_dir``
+    under the classifier's ``checksum`` (``fid.py``)."""
+    from minidiff.data import load_mnist  # noqa: PLC0415
+    from minidiff.evaluate.fid import gaussian_stats  # noqa: PLC0415
+    test_images, _ = load_mnist("test")
+    n_ref = min(max(reference_images, 2), len(test_images))
+    key = f"test_{checksum}" + ("" if n_ref == len(test_images) else f"_first{n_ref}")
+    mu, cov, hit = _cached_stats(
+        key, stats_dir, lambda: gaussian_stats(_features_of(classifier, test_images[:n_ref])))
+    return mu, cov, hit, n_ref
 
 
 def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=250,
@@ -187,13 +213,8 @@ def evaluate(args, quiet: bool = False) -> dict:
               "seed": args.seed}
 
     # test-set statistics (cached, keyed by the classifier checksum)
-    test_images, _ = load_mnist("test")
-    n_ref = min(max(args.reference_images, 2), len(test_images))
-    reference = test_images[:n_ref]
-    key = f"test_{checksum}" + ("" if n_ref == len(test_images) else f"_first{n_ref}")
-    mu_test, cov_test, hit = _cached_stats(
-        key, args.stats_dir,
-        lambda: gaussian_stats(_features_of(classifier, reference)))
+    mu_test, cov_test, hit, n_ref = reference_statistics(classifier, checksum, args.stats_dir,
+                                                         args.reference_images)
     result["fid_reference"] = {"split": "test", "n": int(n_ref), "cached": hit}
 
     # samples
@@ -229,7 +250,7 @@ def evaluate(args, quiet: bool = False) -> dict:
 
     # bits/dim on the test set
     if args.bpd_images > 0 and space.kind == "pixel":
-        x0 = to_unit_range(test_images[:args.bpd_images])
+        x0 = to_unit_range(load_mnist("test")[0][:args.bpd_images])
         start = time.time()
         bpd = test_bits_per_dim(schedule, model, x0,
                                 num_samples=None if args.bpd_full else args.bpd_samples,
@@ -268,6 +289,32 @@ def _report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _inpainting(args) -> dict:
+    """``--inpainting``: ``inpainting.inpainting_accuracy`` of the command's arguments."""
+    from minidiff.evaluate import inpainting  # noqa: PLC0415
+    from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
+    check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
+    return inpainting.inpainting_accuracy(
+        args.checkpoint, args.n or INPAINT_N, args.mask, args.method, args.sampler,
+        args.steps or None, args.seed, args.batch, args.eta, classifier=load_classifier(
+            args.classifier, name="--classifier"),
+        use_ema=not args.raw_weights, progress=Progress("inpainting"))
+
+
+def _prompts(args) -> dict:
+    """``--prompts``: ``prompts.prompts_report`` of the command's arguments, with the
+    inpainting accuracy under "inpainting" when --inpainting is given too."""
+    from minidiff.evaluate import prompts  # noqa: PLC0415
+    result = prompts.prompts_report(
+        args.checkpoint, args.per_prompt or PER_PROMPT, args.guidance, args.sampler,
+        args.steps or None, args.eta, args.seed, args.batch, use_ema=not args.raw_weights,
+        classifier=args.classifier, stats_dir=args.stats_dir,
+        reference_images=args.reference_images, progress=Progress("prompts"))
+    if args.inpainting:
+        result["inpainting"] = _inpainting(args)
+    return result
+
+
 @command
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -283,15 +330,17 @@ def main(argv=None) -> int:
     if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
         raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
     from minidiff.evaluate import autoencoder  # noqa: PLC0415
-    if args.inpainting:
+    for flag, value in (("--per-prompt", args.per_prompt), ("--guidance", args.guidance)):
+        if value is not None and not args.prompts:
+            raise MinidiffInputError(f"{flag}: only with --prompts (the text-model figures), "
+                                     "which was not given")
+    if args.prompts:
+        from minidiff.evaluate import prompts  # noqa: PLC0415
+        result = _prompts(args)
+        text = prompts.report(result)
+    elif args.inpainting:
         from minidiff.evaluate import inpainting  # noqa: PLC0415
-        from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
-        check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
-        result = inpainting.inpainting_accuracy(
-            args.checkpoint, args.n or INPAINT_N, args.mask, args.method, args.sampler,
-            args.steps or None, args.seed, args.batch, args.eta, classifier=load_classifier(
-                args.classifier, name="--classifier"),
-            use_ema=not args.raw_weights, progress=Progress("inpainting"))
+        result = _inpainting(args)
         text = inpainting.report(result)
     elif autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
         args.n = args.n or 10_000

@@ -1,0 +1,400 @@
+"""Prompted accuracy and attribute adherence of a text-conditioned model (issue 12, lesson 11).
+
+**Prompted accuracy.**  For each digit word ("zero" .. "nine"), ``per_prompt`` samples at the
+model's guidance; the figure is the fraction the project's classifier (``classifier.py``)
+labels as the prompted digit, per digit and overall, with
+
+* the **diversity** of the samples: the mean Euclidean distance between the classifier's
+  128-d features of two samples of the same digit, averaged over the ten digits -- the
+  price of guidance, which buys accuracy with variety (a collapse onto one shape per digit
+  scores 0);
+* the **FID** of the 10 x ``per_prompt`` balanced samples against the MNIST test set
+  (``fid.py``, the test statistics cached as ``minidiff eval`` caches them), with its n:
+  biased upward at small n, comparable only at the same n.
+
+**Attribute adherence.**  Samples prompted "a thick D" against "a thin D", and "a slanted D"
+against "an upright D" (the training captions' own wording, ``captions.make_captions``),
+measured with ``captions.measure_thickness`` / ``measure_slant``.  Per attribute: each group's
+mean; the fraction of (high, low) pairs of the same digit ordered right,
+
+    AUC = P(a > b) + P(a = b) / 2,    a from the "thick" group, b from the "thin" one,
+
+(1: every thick sample is thicker than every thin one of its digit, 0.5: no separation,
+0: reversed; the Mann-Whitney statistic); and the fraction of each group that falls in its
+own tertile of the training set (above the upper edge, or below the lower one: the edges the
+captions were made with, stored in the checkpoint; a third of the training set each).
+
+The scoring functions (``score_digits``, ``ordered_fraction``) take images and target labels
+or measurements, apart from the sampling (``prompt_samples``), so they can be checked on real
+digits.  A model trained with a mask as well (``hybrid``) is given an all-covering mask: it
+generates from the caption alone (``conditioning.sampling_cond``).
+
+    minidiff eval --checkpoint runs/txt2img/ema.npz --prompts [--per-prompt 100] [--guidance 3]
+                  [--json]
+"""
+from __future__ import annotations
+
+import time
+
+from minidiff import backend
+from minidiff.validation import MinidiffInputError, check_float, check_int
+
+__all__ = ["prompt_samples", "prompted_accuracy", "attribute_adherence", "report",
+           "prompts_report", "score_digits", "ordered_fraction", "digit_prompts",
+           "attribute_prompts"]
+
+#: (attribute, the caption word above its upper tertile edge, the word below the lower one)
+ATTRIBUTES = (("thickness", "thick", "thin"), ("slant", "slanted", "upright"))
+
+
+# ---------------------------------------------------------------------------------- loading
+def _text_model(checkpoint, use_ema: bool = True):
+    """A ``ConditionedCheckpoint`` of a model conditioned on text, from a path or as given."""
+    from minidiff import conditioning  # noqa: PLC0415
+    if isinstance(checkpoint, conditioning.ConditionedCheckpoint):
+        loaded, where = checkpoint, "the checkpoint"
+    else:
+        from minidiff.train.checkpoint import load_checkpoint  # noqa: PLC0415
+        arrays = load_checkpoint(checkpoint)
+        kind = conditioning.kind_of(arrays["config"])
+        if not conditioning.uses_text(arrays["config"]):
+            raise conditioning.ConditionError(
+                f"--prompts: {checkpoint} is conditioned on {kind!r}, not on text; prompted "
+                "accuracy needs a model trained with captions (conditioning crossattn or "
+                "hybrid)")
+        loaded, where = conditioning.load_conditioned(checkpoint, use_ema=use_ema,
+                                                      arrays=arrays), checkpoint
+    if not conditioning.uses_text(loaded.config):
+        raise conditioning.ConditionError(
+            f"--prompts: {where} is conditioned on {conditioning.kind_of(loaded.config)!r}, "
+            "not on text; prompted accuracy needs a model trained with captions")
+    return loaded
+
+
+def _name(checkpoint):
+    """The checkpoint's path for the report (None for one given loaded)."""
+    from minidiff.conditioning import ConditionedCheckpoint  # noqa: PLC0415
+    return None if isinstance(checkpoint, ConditionedCheckpoint) else str(checkpoint)
+
+
+def _guidance(loaded, guidance) -> float:
+    """The guidance scale s used: ``guidance``, else the config's (1 when it has none)."""
+    if guidance is None:
+        return float(loaded.config.get("guidance", 1.0))
+    return float(check_float("--guidance", guidance, low=0.0))
+
+
+def _classifier(classifier):
+    """``(model, key)``: the classifier (None: the shipped one; a path; or a loaded model) and
+    the key of its cached test statistics (the file's checksum, as ``minidiff eval``)."""
+    from minidiff.evaluate.classifier import file_checksum, load_classifier  # noqa: PLC0415
+    if classifier is None or isinstance(classifier, str):
+        if classifier is None:
+            from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
+            from minidiff.paths import find  # noqa: PLC0415
+            classifier = find(SHIPPED)
+        return load_classifier(classifier, name="--classifier"), file_checksum(classifier)
+    from minidiff.spaces import weights_sha256  # noqa: PLC0415
+    return classifier, "w" + weights_sha256(classifier)[:16]
+
+
+# ---------------------------------------------------------------------------------- prompts
+def digit_prompts() -> list:
+    """The ten digit words, "zero" .. "nine": the prompts of ``prompted_accuracy``."""
+    from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
+    return list(DIGIT_WORDS)
+
+
+def attribute_prompts(attribute: str, word: str, digits) -> list:
+    """One caption per digit with one attribute word, worded as the training captions are
+    ("a thick seven", "an upright eight"): ``make_captions``' template "article, attribute,
+    digit word" (choice 14: digit word, both attribute words kept, template 1)."""
+    from minidiff.captions import make_captions  # noqa: PLC0415
+    digits = list(digits)
+    words, none = [word] * len(digits), [""] * len(digits)
+    thick, slant = (words, none) if attribute == "thickness" else (none, words)
+    return make_captions(digits, thick, slant, [14] * len(digits))
+
+
+def _check_digits(digits) -> list:
+    digits = [int(d) for d in digits]
+    if not digits or min(digits) < 0 or max(digits) > 9 or len(set(digits)) != len(digits):
+        raise MinidiffInputError(f"digits: expected distinct digits in 0..9, got {digits}")
+    return digits
+
+
+# ---------------------------------------------------------------------------------- sampling
+def prompt_samples(checkpoint, prompts, per_prompt: int = 20, guidance=None,
+                   sampler: str = "ddim", steps=None, eta: float = 0.0, seed: int = 0,
+                   batch: int = 250, use_ema: bool = True, progress=None):
+    """uint8 (len(prompts) * per_prompt, 28, 28): ``per_prompt`` samples of each prompt,
+    prompt-major (all of prompts[0], then prompts[1], ...), classifier-free guided with scale
+    ``guidance`` (None: the config's), decoded through the model's space.  ``checkpoint`` is a
+    path or a loaded ``ConditionedCheckpoint``; ``steps`` None: 50 for ddim, T for ddpm;
+    ``batch`` samples go through the sampler at once (each a doubled forward for guidance);
+    ``progress(done, total)`` counts sampler steps over all batches."""
+    from minidiff.data import from_unit_range  # noqa: PLC0415
+    from minidiff.diffusion import default_steps, run_sampler  # noqa: PLC0415
+    loaded = _text_model(checkpoint, use_ema)
+    check_int("--per-prompt", per_prompt, low=1)
+    check_int("--batch", batch, low=1)
+    scale = _guidance(loaded, guidance)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise MinidiffInputError("prompts: expected at least one prompt, got none")
+    loaded.tokenizer.encode(prompts)                 # unknown words refused before sampling
+    steps = default_steps(loaded.schedule, sampler, steps)
+    check_int("--steps", steps, low=1, high=loaded.schedule.num_timesteps)
+    texts = [text for text in prompts for _ in range(per_prompt)]
+    space, xp = loaded.space, backend.xp()
+    variance = loaded.config.get("variance", "fixed_small")
+    total = -(-len(texts) // batch) * steps
+    backend.manual_seed(seed)
+    chunks = []
+    for start in range(0, len(texts), batch):
+        part = texts[start:start + batch]
+        cond, uncond = loaded.cond(len(part), prompts=part)
+        offset = start // batch * steps
+        hook = None if progress is None else (lambda i, _, o=offset: progress(o + i, total))
+        x0 = run_sampler(sampler, loaded.guided_eps(cond, uncond, scale), loaded.schedule,
+                         (len(part), *space.shape), steps, eta=eta, variance=variance,
+                         clip_x0=space.clip_x0, progress=hook)
+        images = space.decode(x0)
+        if not bool(xp.isfinite(backend.array_of(images)).all()):
+            raise MinidiffInputError("the samples hold NaN or Inf: the network's output "
+                                     f"overflowed during {sampler} sampling",
+                                     "try the EMA weights or another checkpoint")
+        chunks.append(from_unit_range(images)[:, 0])
+    return backend.host.concatenate(chunks)
+
+
+# ---------------------------------------------------------------------------------- scoring
+def _mean_pairwise_distance(features) -> float:
+    """Mean ||f_i - f_j|| over the pairs i != j of ``features`` (m, D) (0 when m < 2):
+    from one Gram matrix, ||f_i - f_j||^2 = |f_i|^2 + |f_j|^2 - 2 f_i . f_j."""
+    xp = backend.array_module_of(features)
+    m = features.shape[0]
+    if m < 2:
+        return 0.0
+    f = features.astype(xp.float64)
+    squared = (f * f).sum(axis=1)
+    d2 = xp.clip(squared[:, None] + squared[None, :] - 2.0 * (f @ f.T), 0.0, None)
+    d = xp.sqrt(d2) * (1.0 - xp.eye(m))             # the diagonal is 0 up to round-off
+    return float(d.sum()) / (m * (m - 1))
+
+
+def _scores(features, probs, labels) -> dict:
+    host = backend.host
+    labels = backend.to_host(backend.array_of(labels)).astype(host.int64).ravel()
+    right = backend.to_host(probs.argmax(axis=1)) == labels
+    per_digit, spread = [], []
+    for digit in range(10):                          # ten classes, not a loop over items
+        mine = labels == digit
+        per_digit.append(float(right[mine].mean()) if mine.any() else None)
+        if mine.sum() >= 2:
+            spread.append(_mean_pairwise_distance(features[backend.to_device(mine)]))
+    return {"accuracy": float(right.mean()), "per_digit": per_digit,
+            "diversity": float(host.mean(spread)) if spread else None, "n": int(len(labels))}
+
+
+def score_digits(images, labels, classifier=None) -> dict:
+    """``{"accuracy", "per_digit", "diversity", "n"}`` of uint8 ``images`` (N, [1,] 28, 28) meant to
+    show the digits ``labels`` (N,): the fraction the classifier labels as meant, overall and
+    per digit (None for a digit absent), and the mean within-digit pairwise feature distance,
+    averaged over the digits present (module docstring)."""
+    from minidiff.data import to_unit_range  # noqa: PLC0415
+    from minidiff.evaluate.classifier import classify  # noqa: PLC0415
+    images = backend.to_host(backend.array_of(images))
+    images = images[:, None] if images.ndim == 3 else images
+    if images.ndim != 4 or images.shape[1] != 1 or len(images) != len(labels):
+        raise MinidiffInputError(f"images: expected (N, 28, 28) or (N, 1, 28, 28) with N = "
+                                 f"{len(labels)} labels, got shape {images.shape}")
+    model = _classifier(classifier)[0]
+    features, probs = classify(model, to_unit_range(images))
+    return _scores(features, probs, labels)
+
+
+def ordered_fraction(high, low) -> float:
+    """The fraction of pairs (a from ``high``, b from ``low``) with a > b, ties counted half:
+    P(a > b) + P(a = b) / 2, the AUC of telling the groups apart (1: every a above every b,
+    0.5: indistinguishable, 0: reversed).  One broadcast comparison of all pairs."""
+    host = backend.host
+    a = backend.to_host(backend.array_of(high)).astype(host.float64).ravel()
+    b = backend.to_host(backend.array_of(low)).astype(host.float64).ravel()
+    if not len(a) or not len(b):
+        raise MinidiffInputError(f"ordered_fraction: expected two non-empty groups, got "
+                                 f"{len(a)} and {len(b)} values")
+    above = (a[:, None] > b[None, :]).sum()
+    ties = (a[:, None] == b[None, :]).sum()
+    return float((above + 0.5 * ties) / (len(a) * len(b)))
+
+
+def _fid(features, classifier, key: str, stats_dir: str, reference_images: int):
+    """``(FID, n_ref)`` of ``features`` against the first ``reference_images`` MNIST test
+    images' (their statistics cached as ``minidiff eval`` caches them)."""
+    from minidiff.evaluate import reference_statistics  # noqa: PLC0415
+    from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
+    mu_test, cov_test, _, n_ref = reference_statistics(classifier, key, stats_dir,
+                                                       reference_images)
+    return frechet_distance(*gaussian_stats(features), mu_test, cov_test), n_ref
+
+
+# ---------------------------------------------------------------------------------- figures
+def _common(loaded, scale, sampler, steps, eta, seed) -> dict:
+    from minidiff.diffusion import default_steps  # noqa: PLC0415
+    return {"guidance": scale, "sampler": sampler,
+            "steps": default_steps(loaded.schedule, sampler, steps),
+            "eta": eta if sampler == "ddim" else None, "seed": seed,
+            "space": loaded.space.describe(), "backend": backend.get_backend()}
+
+
+def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: str = "ddim",
+                      steps=None, eta: float = 0.0, seed: int = 0, batch: int = 250,
+                      use_ema: bool = True, classifier=None, fid: bool = True,
+                      stats_dir: str | None = None, reference_images: int = 10_000,
+                      progress=None) -> dict:
+    """``{"accuracy", "per_digit", "n", "per_prompt", "guidance", "diversity", "fid", "fid_n",
+    "seconds", ...}``: ``per_prompt`` samples per digit word, scored by ``score_digits``'
+    rule; the FID of all of them against the first ``reference_images`` test images ("fid"
+    and "fid_n" None with ``fid=False``; the test statistics cached under ``stats_dir``,
+    default ``minidiff eval``'s).  ``classifier``: a
+    path or a loaded classifier (default the shipped one); "seconds" is the sampling time."""
+    from minidiff.data import to_unit_range  # noqa: PLC0415
+    from minidiff.evaluate import DEFAULT_STATS_DIR  # noqa: PLC0415
+    from minidiff.evaluate.classifier import classify  # noqa: PLC0415
+    loaded = _text_model(checkpoint, use_ema)
+    scale = _guidance(loaded, guidance)
+    model, key = _classifier(classifier)
+    start = time.time()
+    images = prompt_samples(loaded, digit_prompts(), per_prompt, scale, sampler, steps, eta,
+                            seed, batch, progress=progress)
+    seconds = time.time() - start
+    labels = backend.host.repeat(backend.host.arange(10), per_prompt)
+    features, probs = classify(model, to_unit_range(images[:, None]))
+    result = {"checkpoint": _name(checkpoint),
+              **_scores(features, probs, labels), "per_prompt": per_prompt,
+              **_common(loaded, scale, sampler, steps, eta, seed),
+              "fid": None, "fid_n": None, "fid_reference_n": None}
+    if fid and len(images) >= 2:
+        result["fid"], result["fid_reference_n"] = _fid(
+            features, model, key, stats_dir or DEFAULT_STATS_DIR, reference_images)
+        result["fid_n"] = int(len(images))
+    result["seconds"] = round(seconds, 2)
+    return result
+
+
+def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guidance=None,
+                        sampler: str = "ddim", steps=None, eta: float = 0.0, seed: int = 0,
+                        batch: int = 250, use_ema: bool = True, progress=None) -> dict:
+    """``{"thickness": {...}, "slant": {...}, "digits", "per_prompt", "guidance", "seconds",
+    ...}``: for each attribute, ``per_prompt`` samples per digit of "a <high> D" and of
+    "a <low> D" (thick/thin, slanted/upright), measured; per attribute "mean_high",
+    "mean_low", "auc" (the fraction of same-digit (high, low) pairs ordered right,
+    ``ordered_fraction``), "auc_pooled" (all pairs, across digits), "in_tertile_high" /
+    "in_tertile_low" (the fraction above the training set's upper edge / below its lower
+    edge), "edges", "n" (samples per group).  One sampling run for all four groups."""
+    from minidiff import captions  # noqa: PLC0415
+    loaded = _text_model(checkpoint, use_ema)
+    scale = _guidance(loaded, guidance)
+    digits = _check_digits(digits)
+    check_int("--per-prompt", per_prompt, low=1)
+    prompts = [text for attribute, high, low in ATTRIBUTES for word in (high, low)
+               for text in attribute_prompts(attribute, word, digits)]
+    start = time.time()
+    images = prompt_samples(loaded, prompts, per_prompt, scale, sampler, steps, eta, seed,
+                            batch, progress=progress)
+    seconds = time.time() - start
+    group = len(digits) * per_prompt
+    measure = {"thickness": captions.measure_thickness, "slant": captions.measure_slant}
+    edges = {"thickness": loaded.caption_stats.thickness_edges,
+             "slant": loaded.caption_stats.slant_edges}
+    result = {"checkpoint": _name(checkpoint),
+              "digits": digits, "per_prompt": per_prompt,
+              **_common(loaded, scale, sampler, steps, eta, seed)}
+    for k, (attribute, high, low) in enumerate(ATTRIBUTES):
+        values = measure[attribute](images[2 * k * group:(2 * k + 2) * group])
+        a, b = values[:group], values[group:]
+        per_digit_auc = [ordered_fraction(a[i:i + per_prompt], b[i:i + per_prompt])
+                         for i in range(0, group, per_prompt)]        # one per digit
+        lower, upper = edges[attribute]
+        result[attribute] = {
+            "high": high, "low": low, "example": [attribute_prompts(attribute, w, digits[:1])[0]
+                                                  for w in (high, low)],
+            "mean_high": float(a.mean()), "mean_low": float(b.mean()),
+            "auc": float(backend.host.mean(per_digit_auc)),
+            "auc_pooled": ordered_fraction(a, b),
+            "in_tertile_high": float((a > upper).mean()),
+            "in_tertile_low": float((b < lower).mean()),
+            "edges": [float(lower), float(upper)], "n": group}
+    result["seconds"] = round(seconds, 2)
+    return result
+
+
+def prompts_report(checkpoint, per_prompt: int = 20, guidance=None, sampler: str = "ddim",
+                   steps=None, eta: float = 0.0, seed: int = 0, batch: int = 250,
+                   use_ema: bool = True, classifier=None, fid: bool = True,
+                   stats_dir: str | None = None, reference_images: int = 10_000,
+                   digits=range(10), progress=None) -> dict:
+    """``{"checkpoint", "prompted": prompted_accuracy(...), "attributes":
+    attribute_adherence(...)}``: what ``minidiff eval --prompts`` prints (``report``); the
+    model is loaded once."""
+    loaded = _text_model(checkpoint, use_ema)
+    options = {"per_prompt": per_prompt, "guidance": guidance, "sampler": sampler,
+               "steps": steps, "eta": eta, "seed": seed, "batch": batch}
+    prompted = prompted_accuracy(loaded, classifier=classifier, fid=fid, stats_dir=stats_dir,
+                                 reference_images=reference_images, progress=progress,
+                                 **options)
+    attributes = attribute_adherence(loaded, digits, progress=progress, **options)
+    name = _name(checkpoint)
+    prompted["checkpoint"] = attributes["checkpoint"] = name
+    return {"checkpoint": name, "prompted": prompted, "attributes": attributes}
+
+
+def _prompted_lines(r: dict) -> list:
+    from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
+    how = (f"{r['sampler']} {r['steps']} steps" + (f" eta {r['eta']}" if r.get("eta") else "")
+           + f", seed {r['seed']}, guidance {r['guidance']:g}")
+    lines = [f"prompted     {r['accuracy']:.1%} of {r['n']} samples ({r['per_prompt']} per digit "
+             f"word) get the prompted digit from the classifier ({how}; {r['seconds']} s)",
+             "per digit    " + "  ".join(f"{word}:{'-' if v is None else format(v, '.0%')}"
+                                        for word, v in zip(DIGIT_WORDS, r["per_digit"]))]
+    if r.get("diversity") is not None:
+        lines.append(f"diversity    {r['diversity']:.3f} (mean pairwise classifier-feature "
+                     "distance within a digit)")
+    if r.get("fid") is not None:
+        lines.append(f"FID          {r['fid']:.3f}  ({r['fid_n']} balanced samples vs "
+                     f"{r['fid_reference_n']} MNIST test images; biased upward at small n, "
+                     "compare at the same n)")
+    return lines
+
+
+def _attribute_lines(r: dict) -> list:
+    lines = []
+    for attribute, *_ in ATTRIBUTES:
+        a = r[attribute]
+        lines.append(
+            f"{attribute:<12} \"{a['example'][0]}\" {a['mean_high']:.3f} vs \"{a['example'][1]}\" "
+            f"{a['mean_low']:.3f} (means, n = {a['n']} each); AUC {a['auc']:.3f} within a digit "
+            f"({a['auc_pooled']:.3f} pooled); in their own tertile {a['in_tertile_high']:.0%} / "
+            f"{a['in_tertile_low']:.0%} (a third of the training set each)")
+    digits = "".join(map(str, r["digits"]))
+    lines.append(f"             attribute prompts: {r['per_prompt']} samples per digit "
+                 f"({digits}) and word, guidance {r['guidance']:g}, {r['seconds']} s")
+    return lines
+
+
+def report(r: dict) -> str:
+    """The figures of ``prompted_accuracy``, ``attribute_adherence`` or ``prompts_report``
+    (with an optional "inpainting" entry, ``inpainting.inpainting_accuracy``) as text."""
+    lines = [f"checkpoint   {r['checkpoint']}"] if r.get("checkpoint") else []
+    if "prompted" in r:
+        lines += _prompted_lines(r["prompted"]) + _attribute_lines(r["attributes"])
+        lines.append(f"space        {r['prompted']['space']}")
+    elif "accuracy" in r:
+        lines += _prompted_lines(r)
+    else:
+        lines += _attribute_lines(r)
+    if r.get("inpainting"):
+        from minidiff.evaluate import inpainting  # noqa: PLC0415
+        lines += inpainting.report(r["inpainting"]).splitlines()[1:]
+    return "\n".join(lines)
