@@ -4,6 +4,7 @@ it reports reconstruction figures instead: ``autoencoder.py``.)
     minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
                   [--bpd-images 256 | --bpd-full] [--json]
     minidiff eval --checkpoint F --inpainting [--n 100] [--mask bottom] [--method replace]
+    minidiff eval --checkpoint F --prompts [--per-prompt 20] [--guidance 3] [--inpainting]
     minidiff eval train-classifier [--epochs 3]      (re-train the shipped feature classifier)
 
 Figures:
@@ -25,6 +26,11 @@ Figures:
   above): the fraction of the first ``--n`` test digits (default 100), masked by ``--mask``
   and completed by the model, that the classifier gives their true label, with the masked
   input's and the originals' accuracy as bounds.
+* **prompted accuracy and attribute adherence** (``--prompts``, ``prompts.py``; a text model,
+  instead of the figures above): the fraction of ``--per-prompt`` samples per digit word that
+  the classifier labels as prompted, their diversity and FID; and how far "thick" / "thin"
+  and "slanted" / "upright" prompts separate on the measured attribute.  With
+  ``--inpainting`` too, the inpainting accuracy follows.
 
 A latent diffusion model (``minidiff.spaces``) samples latents and decodes them with the
 autoencoder it was trained on before they are scored; its bits/dim are not reported (the
@@ -309,7 +315,7 @@ def _prompts(args) -> dict:
         args.checkpoint, args.per_prompt or PER_PROMPT, args.guidance, args.sampler,
         args.steps or None, args.eta, args.seed, args.batch, use_ema=not args.raw_weights,
         classifier=args.classifier, stats_dir=args.stats_dir,
-        reference_images=args.reference_images, progress=Progress("prompts"))
+        reference_images=args.reference_images, progress=Progress)
     if args.inpainting:
         result["inpainting"] = _inpainting(args)
     return result

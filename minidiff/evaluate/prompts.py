@@ -337,49 +337,52 @@ def prompts_report(checkpoint, per_prompt: int = 20, guidance=None, sampler: str
                    digits=range(10), progress=None) -> dict:
     """``{"checkpoint", "prompted": prompted_accuracy(...), "attributes":
     attribute_adherence(...)}``: what ``minidiff eval --prompts`` prints (``report``); the
-    model is loaded once."""
+    model is loaded once.  ``progress``: None, or ``progress(label)`` -> a ``progress(done,
+    total)`` hook for each of the two sampling runs (e.g. ``minidiff.progress.Progress``)."""
     loaded = _text_model(checkpoint, use_ema)
     options = {"per_prompt": per_prompt, "guidance": guidance, "sampler": sampler,
                "steps": steps, "eta": eta, "seed": seed, "batch": batch}
+    def hook(label):                     # made when its run starts (its clock starts then)
+        return None if progress is None else progress(label)
     prompted = prompted_accuracy(loaded, classifier=classifier, fid=fid, stats_dir=stats_dir,
-                                 reference_images=reference_images, progress=progress,
-                                 **options)
-    attributes = attribute_adherence(loaded, digits, progress=progress, **options)
+                                 reference_images=reference_images,
+                                 progress=hook("prompted digits"), **options)
+    attributes = attribute_adherence(loaded, digits, progress=hook("attribute prompts"),
+                                     **options)
     name = _name(checkpoint)
     prompted["checkpoint"] = attributes["checkpoint"] = name
     return {"checkpoint": name, "prompted": prompted, "attributes": attributes}
 
 
 def _prompted_lines(r: dict) -> list:
-    from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
-    how = (f"{r['sampler']} {r['steps']} steps" + (f" eta {r['eta']}" if r.get("eta") else "")
-           + f", seed {r['seed']}, guidance {r['guidance']:g}")
-    lines = [f"prompted     {r['accuracy']:.1%} of {r['n']} samples ({r['per_prompt']} per digit "
-             f"word) get the prompted digit from the classifier ({how}; {r['seconds']} s)",
-             "per digit    " + "  ".join(f"{word}:{'-' if v is None else format(v, '.0%')}"
-                                        for word, v in zip(DIGIT_WORDS, r["per_digit"]))]
+    lines = [f"prompted     {r['accuracy']:.1%} of {r['n']} samples get the prompted digit from "
+             f"the classifier ({r['per_prompt']} per digit word)",
+             f"sampler      {r['sampler']} {r['steps']} steps"
+             + (f" eta {r['eta']}" if r.get("eta") else "")
+             + f", seed {r['seed']}, guidance {r['guidance']:g}, {r['seconds']} s",
+             "per digit    " + "  ".join(f"{d}:{'-' if v is None else format(v, '.0%')}"
+                                        for d, v in enumerate(r["per_digit"]))]
     if r.get("diversity") is not None:
         lines.append(f"diversity    {r['diversity']:.3f} (mean pairwise classifier-feature "
                      "distance within a digit)")
     if r.get("fid") is not None:
         lines.append(f"FID          {r['fid']:.3f}  ({r['fid_n']} balanced samples vs "
-                     f"{r['fid_reference_n']} MNIST test images; biased upward at small n, "
-                     "compare at the same n)")
+                     f"{r['fid_reference_n']} MNIST test images; biased upward at small n)")
     return lines
 
 
 def _attribute_lines(r: dict) -> list:
-    lines = []
-    for attribute, *_ in ATTRIBUTES:
-        a = r[attribute]
-        lines.append(
-            f"{attribute:<12} \"{a['example'][0]}\" {a['mean_high']:.3f} vs \"{a['example'][1]}\" "
-            f"{a['mean_low']:.3f} (means, n = {a['n']} each); AUC {a['auc']:.3f} within a digit "
-            f"({a['auc_pooled']:.3f} pooled); in their own tertile {a['in_tertile_high']:.0%} / "
-            f"{a['in_tertile_low']:.0%} (a third of the training set each)")
     digits = "".join(map(str, r["digits"]))
-    lines.append(f"             attribute prompts: {r['per_prompt']} samples per digit "
-                 f"({digits}) and word, guidance {r['guidance']:g}, {r['seconds']} s")
+    lines = [f"attributes   {r['per_prompt']} samples per digit ({digits}) and word, e.g. "
+             f"\"{r['thickness']['example'][0]}\", guidance {r['guidance']:g}, "
+             f"{r['seconds']} s"]
+    for attribute, high, low in ATTRIBUTES:
+        a = r[attribute]
+        lines += [f"{attribute:<12} {high} {a['mean_high']:.3f} vs {low} {a['mean_low']:.3f} "
+                  f"(means, n = {a['n']} each): AUC {a['auc']:.3f} within a digit, "
+                  f"{a['auc_pooled']:.3f} pooled",
+                  f"             in their own tertile: {high} {a['in_tertile_high']:.0%}, {low} "
+                  f"{a['in_tertile_low']:.0%} (a third of the training set each)"]
     return lines
 
 
