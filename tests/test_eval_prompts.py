@@ -150,6 +150,7 @@ def test_figures_of_a_tiny_trained_hybrid_model_are_in_range(models, tmp_path): 
     assert len(p["per_digit"]) == 10 and all(0.0 <= v <= 1.0 for v in p["per_digit"])
     assert p["accuracy"] == pytest.approx(np.mean(p["per_digit"]))
     assert p["fid"] >= 0 and p["fid_n"] == 20 and p["fid_reference_n"] == 50
+    assert 0 <= p["fid_floor"] < p["fid"]          # two training steps are far from the data
     assert p["guidance"] == a["guidance"] == 2.0 and p["diversity"] >= 0
     for attribute in ("thickness", "slant"):
         assert 0.0 <= a[attribute]["auc"] <= 1.0 and a[attribute]["n"] == 20

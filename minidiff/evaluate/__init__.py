@@ -48,7 +48,7 @@ from minidiff.progress import Progress
 from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
                                  command, float_arg, int_arg)
 
-__all__ = ["main", "evaluate", "build_parser", "reference_statistics"]
+__all__ = ["main", "evaluate", "build_parser", "reference_statistics", "floor_statistics"]
 
 DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
 #: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
@@ -157,6 +157,21 @@ def reference_statistics(classifier, checksum: str, stats_dir: str = DEFAULT_STA
     return mu, cov, hit, n_ref
 
 
+def floor_statistics(classifier, checksum: str, stats_dir: str, n: int):
+    """``(mu, cov, n)`` of the classifier's features of ``n`` random training images (at most
+    60,000; seed 0): the FID floor's side, cached in ``stats_dir`` under the ``checksum``."""
+    from minidiff.data import load_mnist  # noqa: PLC0415
+    from minidiff.evaluate.fid import gaussian_stats  # noqa: PLC0415
+    n_floor = min(n, 60_000)
+
+    def floor_stats():
+        train_images, _ = load_mnist("train")
+        pick = backend.host.random.default_rng(0).permutation(len(train_images))[:n_floor]
+        return gaussian_stats(_features_of(classifier, train_images[pick]))
+    mu, cov, _ = _cached_stats(f"train_{checksum}_n{n_floor}", stats_dir, floor_stats)
+    return mu, cov, n_floor
+
+
 def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=250,
                   quiet=True, space=None, variance="fixed_small"):
     """``n`` images in [-1, 1], (n, C, H, W), on the active backend: samples of ``space``
@@ -243,14 +258,7 @@ def evaluate(args, quiet: bool = False) -> dict:
 
     # floor: the FID of n training images (n capped at 60,000) against the test set
     if not args.no_floor:
-        n_floor = min(args.n, 60_000)
-
-        def floor_stats():
-            train_images, _ = load_mnist("train")
-            pick = backend.host.random.default_rng(0).permutation(len(train_images))[:n_floor]
-            return gaussian_stats(_features_of(classifier, train_images[pick]))
-        mu_tr, cov_tr, _ = _cached_stats(f"train_{checksum}_n{n_floor}", args.stats_dir,
-                                         floor_stats)
+        mu_tr, cov_tr, n_floor = floor_statistics(classifier, checksum, args.stats_dir, args.n)
         result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
         result["fid_floor_n"] = n_floor
 

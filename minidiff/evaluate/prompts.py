@@ -9,8 +9,9 @@ labels as the prompted digit, per digit and overall, with
   price of guidance, which buys accuracy with variety (a collapse onto one shape per digit
   scores 0);
 * the **FID** of the 10 x ``per_prompt`` balanced samples against the MNIST test set
-  (``fid.py``, the test statistics cached as ``minidiff eval`` caches them), with its n:
-  biased upward at small n, comparable only at the same n.
+  (``fid.py``, the test statistics cached as ``minidiff eval`` caches them), with its n and
+  its floor (as many training images against the test set): biased upward at small n,
+  comparable only at the same n.
 
 **Attribute adherence.**  Samples prompted "a thick D" against "a thin D", and "a slanted D"
 against "an upright D" (the training captions' own wording, ``captions.make_captions``),
@@ -229,14 +230,18 @@ def ordered_fraction(high, low) -> float:
     return float((above + 0.5 * ties) / (len(a) * len(b)))
 
 
-def _fid(features, classifier, key: str, stats_dir: str, reference_images: int):
-    """``(FID, n_ref)`` of ``features`` against the first ``reference_images`` MNIST test
-    images' (their statistics cached as ``minidiff eval`` caches them)."""
-    from minidiff.evaluate import reference_statistics  # noqa: PLC0415
+def _fid(features, classifier, key: str, stats_dir: str, reference_images: int) -> dict:
+    """The FID of ``features`` against the first ``reference_images`` MNIST test images', and
+    the floor: as many random training images against the same (the statistics cached as
+    ``minidiff eval`` caches them)."""
+    from minidiff.evaluate import floor_statistics, reference_statistics  # noqa: PLC0415
     from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
     mu_test, cov_test, _, n_ref = reference_statistics(classifier, key, stats_dir,
                                                        reference_images)
-    return frechet_distance(*gaussian_stats(features), mu_test, cov_test), n_ref
+    mu_train, cov_train, _ = floor_statistics(classifier, key, stats_dir, len(features))
+    return {"fid": frechet_distance(*gaussian_stats(features), mu_test, cov_test),
+            "fid_n": int(len(features)), "fid_reference_n": n_ref,
+            "fid_floor": frechet_distance(mu_train, cov_train, mu_test, cov_test)}
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -254,11 +259,12 @@ def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: 
                       stats_dir: str | None = None, reference_images: int = 10_000,
                       progress=None) -> dict:
     """``{"accuracy", "per_digit", "n", "per_prompt", "guidance", "diversity", "fid", "fid_n",
-    "seconds", ...}``: ``per_prompt`` samples per digit word, scored by ``score_digits``'
-    rule; the FID of all of them against the first ``reference_images`` test images ("fid"
-    and "fid_n" None with ``fid=False``; the test statistics cached under ``stats_dir``,
-    default ``minidiff eval``'s).  ``classifier``: a
-    path or a loaded classifier (default the shipped one); "seconds" is the sampling time."""
+    "fid_floor", "seconds", ...}``: ``per_prompt`` samples per digit word, scored by
+    ``score_digits``' rule; the FID of all of them against the first ``reference_images``
+    test images, and its floor (as many random training images against the same; the FID
+    figures None with ``fid=False``; the statistics cached under ``stats_dir``, default
+    ``minidiff eval``'s).  ``classifier``: a path or a loaded classifier (default the
+    shipped one); "seconds" is the sampling time."""
     from minidiff.data import to_unit_range  # noqa: PLC0415
     from minidiff.evaluate import DEFAULT_STATS_DIR  # noqa: PLC0415
     from minidiff.evaluate.classifier import classify  # noqa: PLC0415
@@ -274,11 +280,10 @@ def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: 
     result = {"checkpoint": _name(checkpoint),
               **_scores(features, probs, labels), "per_prompt": per_prompt,
               **_common(loaded, scale, sampler, steps, eta, seed),
-              "fid": None, "fid_n": None, "fid_reference_n": None}
+              "fid": None, "fid_n": None, "fid_reference_n": None, "fid_floor": None}
     if fid and len(images) >= 2:
-        result["fid"], result["fid_reference_n"] = _fid(
-            features, model, key, stats_dir or DEFAULT_STATS_DIR, reference_images)
-        result["fid_n"] = int(len(images))
+        result.update(_fid(features, model, key, stats_dir or DEFAULT_STATS_DIR,
+                           reference_images))
     result["seconds"] = round(seconds, 2)
     return result
 
@@ -366,8 +371,10 @@ def _prompted_lines(r: dict) -> list:
         lines.append(f"diversity    {r['diversity']:.3f} (mean pairwise classifier-feature "
                      "distance within a digit)")
     if r.get("fid") is not None:
-        lines.append(f"FID          {r['fid']:.3f}  ({r['fid_n']} balanced samples vs "
-                     f"{r['fid_reference_n']} MNIST test images; biased upward at small n)")
+        lines += [f"FID          {r['fid']:.3f}  ({r['fid_n']} balanced samples vs "
+                  f"{r['fid_reference_n']} MNIST test images; biased upward at small n)",
+                  f"FID floor    {r['fid_floor']:.3f}  ({r['fid_n']} training images vs the "
+                  "same: what the data itself scores at this n)"]
     return lines
 
 
