@@ -159,13 +159,16 @@ def test_figures_of_a_tiny_trained_hybrid_model_are_in_range(models, tmp_path): 
     assert "prompted" in text and "thickness" in text and "FID" in text
 
 
-def test_the_command_prints_json(models, tmp_path, capsys):  # noqa: F811
-    assert cli.main(["eval", "--checkpoint", models["hybrid"], "--prompts", "--per-prompt", "1",
-                     "--steps", "2", "--guidance", "0", "--reference-images", "20",
-                     "--stats-dir", str(tmp_path), "--json"]) == 0
+def test_the_command_prints_json_and_text(models, tmp_path, capsys):  # noqa: F811
+    argv = ["eval", "--checkpoint", models["hybrid"], "--prompts", "--per-prompt", "1",
+            "--steps", "2", "--reference-images", "20", "--stats-dir", str(tmp_path)]
+    assert cli.main(argv + ["--guidance", "0", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["prompted"]["n"] == 10 and r["prompted"]["guidance"] == 0.0
     assert r["attributes"]["per_prompt"] == 1 and "inpainting" not in r
+    assert cli.main(argv + ["--inpainting", "--n", "2"]) == 0      # a hybrid model: + inpainting
+    text = capsys.readouterr().out
+    assert "prompted" in text and "slant" in text and "of 2 completed test digits" in text
 
 
 @pytest.mark.parametrize("extra, words", [
