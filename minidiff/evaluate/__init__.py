@@ -319,6 +319,8 @@ def _prompts(args) -> dict:
     """``--prompts``: ``prompts.prompts_report`` of the command's arguments, with the
     inpainting accuracy under "inpainting" when --inpainting is given too."""
     from minidiff.evaluate import prompts  # noqa: PLC0415
+    if args.inpainting:                       # checked before the long sampling
+        check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
     result = prompts.prompts_report(
         args.checkpoint, args.per_prompt or PER_PROMPT, args.guidance, args.sampler,
         args.steps or None, args.eta, args.seed, args.batch, use_ema=not args.raw_weights,
