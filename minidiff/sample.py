@@ -81,7 +81,7 @@ def build_parser() -> ArgumentParser:
                              "repeat for one row per prompt (--n samples each)")
     parser.add_argument("--guidance", type=float_arg(0.0), default=None, metavar="S",
                         help="classifier-free guidance scale s >= 0 for --prompt (default: "
-                             "the model's config, 3 for the shipped presets)")
+                             "the model's config: 2 for txt2img-quick, 3 for inpaint-quick)")
     return parser
 
 
