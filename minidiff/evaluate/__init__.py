@@ -205,7 +205,9 @@ def sample_images(model, schedule, n, sampler="ddim", steps=50, eta=0.0, batch=2
 def evaluate(args, quiet: bool = False) -> dict:
     """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
     from minidiff.data import load_mnist, to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate.classifier import classify, file_checksum, load_classifier  # noqa
+    from minidiff.evaluate.classifier import (classify, file_checksum,  # noqa: PLC0415
+                                              load_classifier)
+    from minidiff.evaluate.classifier import classifier_path as find_classifier  # noqa: PLC0415
     from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
     from minidiff.evaluate.likelihood import test_bits_per_dim  # noqa: PLC0415
 
@@ -218,12 +220,7 @@ def evaluate(args, quiet: bool = False) -> dict:
     check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
     from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
     space = space_from_checkpoint(arrays)
-    if args.classifier is None:
-        from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
-        from minidiff.paths import find  # noqa: PLC0415
-        classifier_path = find(SHIPPED)
-    else:
-        classifier_path = args.classifier
+    classifier_path = find_classifier(args.classifier)
     classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
     result = {"checkpoint": args.checkpoint, "step": arrays["step"] or None,

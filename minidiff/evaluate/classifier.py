@@ -57,6 +57,15 @@ def file_checksum(path) -> str:
     return digest.hexdigest()[:16]
 
 
+def classifier_path(path=None) -> str:
+    """``path``, or where the shipped classifier is (``data/checkpoints/classifier.npz``, found
+    from any folder by ``paths.find``)."""
+    if path is not None:
+        return path
+    from minidiff.paths import find  # noqa: PLC0415
+    return find(SHIPPED)
+
+
 def load_classifier(path=None, name: str = "classifier") -> MnistClassifier:
     """The shipped classifier (or the one at ``path``), in eval mode, on the active backend.
 
@@ -64,9 +73,7 @@ def load_classifier(path=None, name: str = "classifier") -> MnistClassifier:
     that starts with ``name`` and says what the file holds instead."""
     from minidiff.nn.module import StateDictError  # noqa: PLC0415
     from minidiff.validation import MinidiffInputError  # noqa: PLC0415
-    if path is None:
-        from minidiff.paths import find  # noqa: PLC0415
-        path = find(SHIPPED)
+    path = classifier_path(path)
     if not os.path.exists(path):
         raise MinidiffInputError(f"{name}: classifier not found: {path}",
                                  "train it with: minidiff eval train-classifier")

@@ -50,26 +50,21 @@ ATTRIBUTES = (("thickness", "thick", "thin"), ("slant", "slanted", "upright"))
 
 # ---------------------------------------------------------------------------------- loading
 def _text_model(checkpoint, use_ema: bool = True):
-    """A ``ConditionedCheckpoint`` of a model conditioned on text, from a path or as given."""
+    """A ``ConditionedCheckpoint`` of a model conditioned on text, from a path or as given;
+    any other model is refused before its weights are loaded."""
     from minidiff import conditioning  # noqa: PLC0415
-    if isinstance(checkpoint, conditioning.ConditionedCheckpoint):
-        loaded, where = checkpoint, "the checkpoint"
-    else:
-        from minidiff.train.checkpoint import load_checkpoint  # noqa: PLC0415
-        arrays = load_checkpoint(checkpoint)
-        kind = conditioning.kind_of(arrays["config"])
-        if not conditioning.uses_text(arrays["config"]):
-            raise conditioning.ConditionError(
-                f"--prompts: {checkpoint} is conditioned on {kind!r}, not on text; prompted "
-                "accuracy needs a model trained with captions (conditioning crossattn or "
-                "hybrid)")
-        loaded, where = conditioning.load_conditioned(checkpoint, use_ema=use_ema,
-                                                      arrays=arrays), checkpoint
-    if not conditioning.uses_text(loaded.config):
+    from minidiff.train.checkpoint import load_checkpoint  # noqa: PLC0415
+    given = isinstance(checkpoint, conditioning.ConditionedCheckpoint)
+    arrays = None if given else load_checkpoint(checkpoint)
+    config = checkpoint.config if given else arrays["config"]
+    if not conditioning.uses_text(config):
+        where = "the checkpoint" if given else checkpoint
         raise conditioning.ConditionError(
-            f"--prompts: {where} is conditioned on {conditioning.kind_of(loaded.config)!r}, "
-            "not on text; prompted accuracy needs a model trained with captions")
-    return loaded
+            f"--prompts: {where} is conditioned on {conditioning.kind_of(config)!r}, not on "
+            "text; prompted accuracy needs a model trained with captions (conditioning "
+            "crossattn or hybrid)")
+    return checkpoint if given else conditioning.load_conditioned(checkpoint, use_ema=use_ema,
+                                                                  arrays=arrays)
 
 
 def _name(checkpoint):
@@ -88,13 +83,11 @@ def _guidance(loaded, guidance) -> float:
 def _classifier(classifier):
     """``(model, key)``: the classifier (None: the shipped one; a path; or a loaded model) and
     the key of its cached test statistics (the file's checksum, as ``minidiff eval``)."""
-    from minidiff.evaluate.classifier import file_checksum, load_classifier  # noqa: PLC0415
+    from minidiff.evaluate.classifier import (classifier_path, file_checksum,  # noqa: PLC0415
+                                              load_classifier)
     if classifier is None or isinstance(classifier, str):
-        if classifier is None:
-            from minidiff.evaluate.classifier import SHIPPED  # noqa: PLC0415
-            from minidiff.paths import find  # noqa: PLC0415
-            classifier = find(SHIPPED)
-        return load_classifier(classifier, name="--classifier"), file_checksum(classifier)
+        path = classifier_path(classifier)
+        return load_classifier(path, name="--classifier"), file_checksum(path)
     from minidiff.spaces import weights_sha256  # noqa: PLC0415
     return classifier, "w" + weights_sha256(classifier)[:16]
 
