@@ -11,17 +11,11 @@ import pytest
 
 from minidiff.captions import measure_thickness
 from minidiff.train.checkpoint import load_checkpoint
+from tests.test_latent import _require     # skips where a file is not shipped
 
 TXT2IMG = os.path.join("data", "checkpoints", "txt2img.npz")
 INPAINT = os.path.join("data", "checkpoints", "inpaint.npz")
 AE = os.path.join("data", "checkpoints", "ae.npz")
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def _require(*paths):
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        pytest.skip(f"not shipped: {', '.join(missing)}")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +37,8 @@ def test_shipped_conditional_checkpoints_record_their_kind_and_autoencoder():
 
 
 def test_txt2img_draws_the_prompted_digit(txt2img):
-    from minidiff.evaluate.prompts import prompt_samples, score_digits
-    images = prompt_samples(txt2img, WORDS, per_prompt=3, steps=10, seed=1)
+    from minidiff.evaluate.prompts import digit_prompts, prompt_samples, score_digits
+    images = prompt_samples(txt2img, digit_prompts(), per_prompt=3, steps=10, seed=1)
     labels = np.repeat(np.arange(10), 3)
     right = score_digits(images, labels)["accuracy"]
     shuffled = score_digits(images, (labels + 3) % 10)["accuracy"]
