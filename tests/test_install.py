@@ -1,15 +1,16 @@
 """A plain, non-editable install finds its shipped data from any folder (issue 15).
 
 The package is built into a wheel (no network: ``--no-build-isolation --no-index``) from a
-copy of the sources, installed into a fresh virtual environment that reuses this
-interpreter's packages (``--system-site-packages``: numpy, Pillow, matplotlib), and run from
-an empty folder: the README's ``--checkpoint data/checkpoints/quick.npz``, MNIST and the
+copy of the sources, installed into a fresh virtual environment that reads the running environment's
+site-packages through a ``.pth`` file (numpy, Pillow, matplotlib: the ones this test runs
+with, not the base interpreter's, which may lack them), and run from an empty folder: the README's ``--checkpoint data/checkpoints/quick.npz``, MNIST and the
 FID classifier must all come from ``<venv>/share/minidiff/data``.
 """
 import importlib.util
 import os
 import pathlib
 import shutil
+import site
 import subprocess
 import sys
 
@@ -43,9 +44,14 @@ def test_installed_wheel_finds_its_data_from_any_folder(tmp_path):
           "--no-index", "-w", str(tmp_path / "dist"), str(source)], cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("minidiff-*.whl"))
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-         cwd=tmp_path)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
+    venv_site = _run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                     cwd=tmp_path).strip()
+    ours = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
+    # plain path lines: the .pth files inside those folders (an editable install of the clone
+    # among them) are not executed, so only the wheel's minidiff can be imported
+    pathlib.Path(venv_site, "running-environment.pth").write_text("\n".join(ours) + "\n")
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
           "--no-index", str(wheel)], cwd=tmp_path)
 
