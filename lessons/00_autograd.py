@@ -5,7 +5,7 @@
 # million parameters.  Nobody writes those derivatives by hand: the library records how the
 # loss was computed and then applies the chain rule backwards through that record.  This
 # lesson builds the intuition for `minidiff.tensor`, which does exactly that in under 300
-# lines, and for `minidiff.testing.gradcheck`, which checks every operation against finite
+# lines, and for `minidiff.gradcheck.gradcheck`, which checks every operation against finite
 # differences.
 #
 # Sections:
@@ -27,7 +27,7 @@ import math
 from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 import minidiff as md
 from minidiff import backend
-from minidiff.testing import gradcheck, numerical_gradient
+from minidiff.gradcheck import gradcheck, numerical_gradient
 
 np = backend.host  # NumPy, for plain host-side numbers in this lesson
 
@@ -198,7 +198,7 @@ assert s.grad.shape == (4, 1) and np.allclose(backend.to_host(s.grad), expected,
 #
 #     error(h)  ~  |L'''| h^2 / 6  +  eps |L| / h                                  (0.5)
 #
-# which is smallest near h ~ eps^(1/3) ~ 1e-5 to 1e-6.  `minidiff.testing.gradcheck` uses
+# which is smallest near h ~ eps^(1/3) ~ 1e-5 to 1e-6.  `minidiff.gradcheck.gradcheck` uses
 # h = 1e-6 in float64, perturbing one element at a time.  Let us measure (0.5) on
 # L(x) = sum(tanh(x) * exp(x / 2)) at one point, where we know dL/dx exactly.
 

@@ -27,7 +27,7 @@ from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quic
 import minidiff as md
 from minidiff import backend, nn, optim
 from minidiff.nn import functional as F
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 
 np = backend.host  # NumPy, for host-side reference numbers in this lesson
 

@@ -24,7 +24,7 @@ import time
 
 from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
 from minidiff import backend
-from minidiff.data import load_mnist, to_unit_range
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, q_sample, training_step
 from minidiff.models import UNet
 from minidiff.optim import AdamW

@@ -37,7 +37,7 @@ from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, as_eps_model, ddim_sample, ddpm_sample
 from minidiff.diffusion.oracles import GaussianMixture
 from minidiff.models import UNet
-from minidiff.paths import resolve_user_path
+from minidiff.data.paths import resolve_user_path
 from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
@@ -235,13 +235,14 @@ assert np.abs(one_step - want_mass).max() > 0.2, one_step
 
 # %%
 checkpoint_images = None
-# data/checkpoints/... is found from lessons/ (a notebook) or after pip install (minidiff.paths)
+# data/checkpoints/... is found from lessons/ (a notebook) or after pip install (minidiff.data.paths)
 args.checkpoint = resolve_user_path(args.checkpoint)
 if pathlib.Path(args.checkpoint).exists():
-    from minidiff.train.checkpoint import eps_model_from_checkpoint  # noqa: E402
+    from minidiff.pipelines.load import load_pipeline
 
     # eps_theta of the checkpoint (a v- or x0-predicting network is converted by (2.6)/(2.5))
-    trained, trained_schedule, _ = eps_model_from_checkpoint(args.checkpoint)
+    _pipeline = load_pipeline(args.checkpoint)
+    trained, trained_schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
     k = 4 if args.quick else 16
     c = trained.config
     shape = (k, c.in_channels, c.image_size, c.image_size)
@@ -256,8 +257,8 @@ if pathlib.Path(args.checkpoint).exists():
         checkpoint_images.append(host(ddpm_sample(trained, trained_schedule, shape)))
         print(f"DDPM 1000 steps: {time.perf_counter() - start:.1f} s")
     assert np.isfinite(checkpoint_images[0]).all()
-    from minidiff.data import from_unit_range  # noqa: E402
-    from minidiff.images import save_grid  # noqa: E402
+    from minidiff.data.mnist import from_unit_range
+    from minidiff.data.images import save_grid
 
     # one row per sampler: DDIM (50 steps) above, DDPM (1000 steps) below in full mode
     sampled = np.concatenate(checkpoint_images)

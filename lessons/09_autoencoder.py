@@ -27,7 +27,7 @@ import pathlib
 
 from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
 from minidiff import backend
-from minidiff.data import load_mnist, to_unit_range
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.models import AutoencoderKL, DiagonalGaussian
 from minidiff.models.autoencoder import autoencoder_loss, scale_by_std
 from minidiff.ops import silu
@@ -259,8 +259,8 @@ with no_grad():
     figure_rows.append(("tiny model", np.clip(host(small.decode(small.encode(held[:8]).mode())),
                                               -1, 1)))
 if not args.quick and SHIPPED.exists():
-    from minidiff.train.checkpoint import autoencoder_from_checkpoint  # noqa: E402
-    shipped, config, shipped_scale = autoencoder_from_checkpoint(SHIPPED)
+    from minidiff.pipelines.load import load_autoencoder
+    shipped, config, shipped_scale = load_autoencoder(SHIPPED)
     test = to_unit_range(load_mnist("test")[0][:1000])
     with no_grad():
         posterior = shipped.encode(test)

@@ -12,7 +12,7 @@
 #
 # Nothing in the diffusion code changes: ``q_sample``, the losses and the samplers take
 # arrays of any shape.  What changes is *what x_0 is*, and that choice lives in one place,
-# ``minidiff.spaces`` (a ``PixelSpace`` or a ``LatentSpace``).
+# ``minidiff.data.spaces`` (a ``PixelSpace`` or a ``LatentSpace``).
 #
 # Sections:
 #
@@ -36,11 +36,11 @@ import time
 from _lesson import host, lesson_parser, pyplot, start  # finds minidiff; --quick, --out
 import minidiff as md
 from minidiff import backend
-from minidiff.data import from_unit_range, load_mnist, to_unit_range
+from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, ddim_sample, q_sample, training_step
 from minidiff.models import UNet
 from minidiff.models.autoencoder import AutoencoderKL
-from minidiff.spaces import LatentSpace
+from minidiff.data.spaces import LatentSpace
 from minidiff.tensor import Tensor, no_grad
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
@@ -77,8 +77,8 @@ train_images, _ = load_mnist("train")
 n_images = 256 if args.quick else 2000
 images = train_images[:n_images]
 if shipped:
-    from minidiff.train.checkpoint import autoencoder_from_checkpoint  # noqa: E402
-    autoencoder, _, scale_factor = autoencoder_from_checkpoint(args.autoencoder)
+    from minidiff.pipelines.load import load_autoencoder
+    autoencoder, _, scale_factor = load_autoencoder(args.autoencoder)
 else:
     autoencoder = AutoencoderKL(base_channels=8, latent_channels=4)
     scale_factor = None
@@ -201,11 +201,13 @@ assert 0.8 < spread.min() and spread.max() < 1.2 and centre.max() < 0.35
 
 # %%
 if shipped:
-    from minidiff.spaces import space_from_checkpoint  # noqa: E402
-    from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint  # noqa
+    from minidiff.pipelines.load import space_of
+    from minidiff.pipelines.load import load_pipeline
+    from minidiff.checkpoint import load_checkpoint
     arrays = load_checkpoint(args.ldm)
-    ldm, ldm_schedule, _ = eps_model_from_checkpoint(args.ldm, arrays=arrays)
-    ldm_space = space_from_checkpoint(arrays)
+    _pipeline = load_pipeline(args.ldm, arrays=arrays)
+    ldm, ldm_schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
+    ldm_space = space_of(arrays)
 else:
     from minidiff.diffusion import as_eps_model  # noqa: E402
     ldm = as_eps_model(latent_unet.eval(), schedule, "v")
@@ -218,7 +220,7 @@ digits = ldm_space.decode(z_sampled)
 print(f"sampled z_0 {tuple(z_sampled.shape)} (std {float(z_sampled.std()):.2f}) -> decoded "
       f"images {tuple(digits.shape)} in [{float(digits.min()):.2f}, {float(digits.max()):.2f}]")
 assert digits.shape == (k, 1, 28, 28)
-from minidiff.images import save_grid  # noqa: E402
+from minidiff.data.images import save_grid
 save_grid(from_unit_range(digits), out_dir / "10_ldm_samples.png", nrow=8)
 print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 
@@ -238,9 +240,11 @@ print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 
 # %%
 if shipped:
-    from minidiff.train.checkpoint import model_from_checkpoint  # noqa: E402
-    pixel_unet, _ = model_from_checkpoint(args.pixel)
-    latent_net, _ = model_from_checkpoint(args.ldm)
+    from minidiff.pipelines.load import load_pipeline
+    _pipeline = load_pipeline(args.pixel)
+    pixel_unet, _ = _pipeline.model, _pipeline.config
+    _pipeline = load_pipeline(args.ldm)
+    latent_net, _ = _pipeline.model, _pipeline.config
 else:
     pixel_unet = UNet(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=())
@@ -305,7 +309,7 @@ if plt is not None:
 # ## Summary
 #
 # * (10.1) An LDM is the DDPM of lessons 01-08 run on z_0 = s E(x); its samples are D(z_0 / s).
-#   The diffusion code is unchanged: only the space x_0 lives in differs (`minidiff.spaces`).
+#   The diffusion code is unchanged: only the space x_0 lives in differs (`minidiff.data.spaces`).
 # * (10.2) The scale factor s = 1 / std(z) keeps the signal-to-noise ratio the schedule was
 #   made for; (10.3) then the noised latents keep unit variance from t = 1 to T.
 # * The training set is encoded once; a step draws z_0 = s (mu + sigma eps) and costs only

@@ -27,26 +27,31 @@ import math
 import tempfile
 
 from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
-from minidiff import backend, captions, conditioning
-from minidiff.caption_figures import save_attribute_figure
-from minidiff.captions import CaptionError, CaptionStats, Tokenizer, VOCABULARY
-from minidiff.conditioning import load_conditioned
-from minidiff.data import load_mnist, to_unit_range
+from minidiff import backend
+from minidiff.data import captions
+from minidiff.config.build import build_model
+from minidiff.config.vocabulary import CONDITIONINGS
+from minidiff.diffusion.guidance import guided
+from minidiff.pipelines.conditions import concat_input
+from minidiff.data.caption_figures import save_attribute_figure
+from minidiff.data.captions import CaptionError, CaptionStats, Tokenizer, VOCABULARY
+from minidiff.pipelines.load import load_pipeline
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, ddim_sample
 from minidiff.diffusion.oracles import GaussianMixture
 from minidiff.evaluate.inpainting import compare_figure, inpainting_accuracy
 from minidiff.evaluate.prompts import (attribute_adherence, digit_prompts, prompt_samples,
                                        prompted_accuracy)
-from minidiff.images import save_grid
-from minidiff.masks import named_mask
+from minidiff.data.images import save_grid
+from minidiff.data.masks import named_mask
 from minidiff.models.blocks import SpatialTransformer
 from minidiff.models.text_encoder import TextEncoder, key_mask
 from minidiff.nn import functional as F
-from minidiff.paths import DataNotFoundError, find
-from minidiff.spaces import PixelSpace
+from minidiff.data.paths import DataNotFoundError, find
+from minidiff.data.spaces import PixelSpace
 from minidiff.tensor import Tensor, no_grad
-from minidiff.train.checkpoint import load_checkpoint
-from minidiff.train.presets import resolve
+from minidiff.checkpoint import load_checkpoint
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
 np = backend.host
@@ -75,7 +80,7 @@ def shipped(name):
 # ## 1. Captions from the pixels
 #
 # MNIST has labels but no words about style, so the captions' attributes are measured on the
-# image itself (`minidiff/captions.py`).  With I = image / 255 and E^k the k-fold 3x3 grey
+# image itself (`minidiff/data/captions.py`).  With I = image / 255 and E^k the k-fold 3x3 grey
 # erosion (a minimum filter), the ink-weighted mean erosion depth D and the thickness are
 #
 #     D = sum_{k >= 0} sum E^k(I) / sum I,        thickness = 4 D - 2.                    (11.1)
@@ -301,10 +306,10 @@ np.testing.assert_allclose(tau_y[0, :2], short[0], rtol=1e-10, atol=1e-12)
 print("padding is masked inside tau_theta too: 'seven' padded to 8 tokens == 'seven' alone")
 
 # %% [markdown]
-# The switch (`minidiff/conditioning.py`, after CompVis' `DiffusionWrapper`) is one config key.
+# The switch (`minidiff/config/build.py` builds it, `minidiff/models/conditioned.py` is the network, after CompVis' `DiffusionWrapper`) is one config key.
 # What each kind feeds the U-Net, as `build_model` builds it from the txt2img preset:
 #
-#     none       eps(z_t, t)                                  a bare UNet
+#     none       eps(z_t, t)                                  the U-Net alone
 #     crossattn  eps(z_t, t, tau(y))                          context into SpatialTransformers
 #     concat     eps([z_t, m, E(masked x)], t)                1 + C more input channels
 #     hybrid     both
@@ -314,11 +319,10 @@ print("padding is masked inside tau_theta too: 'seven' padded to 8 tokens == 'se
 
 # %%
 counts = {}
-for kind in conditioning.CONDITIONINGS:
+for kind in CONDITIONINGS:
     config = resolve("txt2img-quick", overrides={"conditioning": kind})
-    model = conditioning.build_model(config)
-    unet = model if kind == "none" else model.unet
-    text = getattr(model, "text_encoder", None)
+    model = build_model(config)            # a ConditionedUNet for every kind
+    unet, text = model.unet, model.text_encoder
     counts[kind] = (sum(p.size for p in unet.parameters()),
                     sum(p.size for p in text.parameters()) if text is not None else 0)
     c = unet.config
@@ -376,7 +380,7 @@ def toy_eps(x_t, t, cond):
 
 
 def guided_eps(s, n):
-    return conditioning.guided(toy_eps, {"y": backend.xp().ones(n)},
+    return guided(toy_eps, {"y": backend.xp().ones(n)},
                                {"y": backend.xp().zeros(n)}, s)
 
 
@@ -542,7 +546,7 @@ def guidance_sweep(txt2img):
 
 
 txt2img_path = model_path("txt2img.npz", "crossattn")
-txt2img = load_conditioned(txt2img_path) if txt2img_path is not None else None
+txt2img = load_pipeline(txt2img_path) if txt2img_path is not None else None
 if txt2img is not None:
     sweep = guidance_sweep(txt2img)
 
@@ -589,16 +593,16 @@ if txt2img is not None:
 
 # %%
 inpaint_path = model_path("inpaint.npz", "hybrid")
-space = load_conditioned(inpaint_path).space if inpaint_path is not None else PixelSpace()
+space = load_pipeline(inpaint_path).space if inpaint_path is not None else PixelSpace()
 bottom = backend.to_device(host(named_mask("bottom")).astype(np.float32))[None, None]
 digits = to_unit_range(test_images[:4])
 flipped = host(digits).copy()
 flipped[:, :, 14:] = -flipped[:, :, 14:]                  # every hidden pixel changed
-seen = host(conditioning.concat_input(space, digits, bottom.repeat(4, 0)))
-seen_flipped = host(conditioning.concat_input(space, backend.to_device(flipped),
+seen = host(concat_input(space, digits, bottom.repeat(4, 0)))
+seen_flipped = host(concat_input(space, backend.to_device(flipped),
                                               bottom.repeat(4, 0)))
 np.testing.assert_array_equal(seen, seen_flipped)
-assert not np.array_equal(seen, host(conditioning.concat_input(
+assert not np.array_equal(seen, host(concat_input(
     space, to_unit_range(test_images[4:8]), bottom.repeat(4, 0))))
 print(f"(11.9) the concat input {seen.shape} ({space.describe()}): identical when every "
       "hidden pixel changes, different for other digits")

@@ -35,16 +35,17 @@ import statistics
 from _lesson import lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.bench.ldm import CONTEXT_LENGTH, Side, config_memory, time_sides
-from minidiff.bench import timed                # the benchmarks' clock (waits for a GPU)
+from minidiff.bench import timed
 from minidiff.models import UNet
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models import blocks as unet_blocks
 from minidiff.models.blocks import AttentionBlock, ResBlock
 from minidiff.nn import MultiheadAttention
-from minidiff.paths import find, resolve_user_path
-from minidiff.spaces import LatentSpace, PixelSpace
+from minidiff.data.paths import find, resolve_user_path
+from minidiff.data.spaces import LatentSpace, PixelSpace
 from minidiff.tensor import Tensor, no_grad
-from minidiff.train.presets import autoencoder_config, resolve
+from minidiff.config.build import autoencoder_config
+from minidiff.config.presets import resolve
 
 np = backend.host  # NumPy, for host-side numbers in this lesson
 
@@ -81,12 +82,12 @@ DM_BOXES = [  # (x, y, text, colour): x_0 -> q -> U-Net -> sampler -> x_0
     (6.1, 1.8, "U-Net eps_theta(x_t, t)\non 1x28x28 pixels\nmodels/unet.py", "#fde7c8"),
     (8.6, 1.8, "sampler (DDPM / DDIM)\nx_T -> x_0, S steps\ndiffusion/samplers.py",
      "#f2f2f2"),
-    (11.1, 1.8, "x_0\nsampled digit\nsample.py", "#dde8f5"),
+    (11.1, 1.8, "x_0\nsampled digit\npipelines/sample.py", "#dde8f5"),
 ]
 LDM_BOXES = [  # (x, y, text, colour, width)
     (1.1, 4.6, "x\n1x28x28 digit", "#dde8f5", BOX_W),
     (3.45, 4.6, "encoder E\nmodels/autoencoder.py", "#d9f0d9", BOX_W),
-    (6.0, 4.6, "z_0 = s E(x)\n4x7x7, scale factor s\nspaces.py LatentSpace", "#e8dcf2", BOX_W),
+    (6.0, 4.6, "z_0 = s E(x)\n4x7x7, scale factor s\ndata/spaces.py LatentSpace", "#e8dcf2", BOX_W),
     (8.9, 4.6, "q(z_t | z_0)\nforward process\ndiffusion/forward.py", "#f2f2f2", BOX_W),
     (8.9, 2.6, "U-Net eps_theta(z_t, t, tau_theta(y))\non 4x7x7 latents, models/unet.py\n"
                "ResBlocks + attention blocks:\nQ from z_t; K, V from tau_theta(y)", "#fde7c8",
@@ -95,7 +96,7 @@ LDM_BOXES = [  # (x, y, text, colour, width)
     (3.45, 0.8, "decoder D(z_0 / s)\nonce per sample\nmodels/autoencoder.py", "#d9f0d9",
      BOX_W),
     (1.1, 0.8, "x\nsampled digit", "#dde8f5", BOX_W),
-    (12.15, 2.6, "switch\nconditioning.py\nnone | crossattn |\nconcat | hybrid", "#f7d4d4",
+    (12.15, 2.6, "switch\nmodels/conditioned.py\nnone | crossattn |\nconcat | hybrid", "#f7d4d4",
      BOX_W),
     (14.9, 4.6, "prompt y\n\"a thick seven\"\n(tokenized)", "#dde8f5", BOX_W),
     (14.9, 2.95, "text encoder tau_theta\nmodels/text_encoder.py", "#f7d4d4", BOX_W),
@@ -132,7 +133,7 @@ plt = pyplot()   # None without matplotlib: the figures are then skipped
 diagrams = [out_dir / "12_dm_pipeline.png", out_dir / "12_ldm_pipeline.png"]
 if plt is not None:
     fig, ax = plt.subplots(figsize=(12.5, 3.4))
-    draw_panel(ax, 0.0, 12.2, 0.25, 3.05, "pixel space: spaces.py PixelSpace (x_0 is the "
+    draw_panel(ax, 0.0, 12.2, 0.25, 3.05, "pixel space: data/spaces.py PixelSpace (x_0 is the "
                "image itself, 784 numbers)", "#fbf7ee")
     for x, y, text, colour in DM_BOXES:
         draw_box(ax, x, y, text, colour)
@@ -152,8 +153,8 @@ if plt is not None:
     fig, ax = plt.subplots(figsize=(15, 5.8))
     draw_panel(ax, 0.0, 4.55, 0.1, 5.35, "pixel space", "#fbf7ee")
     draw_panel(ax, 4.65, 10.65, 0.1, 5.35, "latent space, 4x7x7 = 196 numbers "
-               "(spaces.py LatentSpace)", "#f3eefa")
-    draw_panel(ax, 10.75, 16.0, 0.1, 5.35, "conditioning (conditioning.py)", "#fcf0f0")
+               "(data/spaces.py LatentSpace)", "#f3eefa")
+    draw_panel(ax, 10.75, 16.0, 0.1, 5.35, "conditioning (models/conditioned.py)", "#fcf0f0")
     for x, y, text, colour, width in LDM_BOXES:
         draw_box(ax, x, y, text, colour, width)
     half = BOX_W / 2 + 0.04
@@ -201,7 +202,7 @@ if plt is not None:
 # SpatialTransformer), and, as `txt2img-quick` does to `ldm-quick`, with attention blocks
 # after the ResBlocks at 7x7 as well as in the middle.  Concatenation: `concat_channels`
 # extra input channels for a mask and the encoded masked image (2 in pixel space, 1 + 4 on
-# the latent grid).  Where the tree has lesson 11's switch (`minidiff.conditioning`), the
+# the latent grid).  Where the tree has lesson 11's switch (`minidiff.models.conditioned`), the
 # conditioned rows are its real models, text encoder tau_theta included: `txt2img-quick`
 # (text) and `inpaint-quick` ("hybrid": text and inpainting), and `quick` conditioned in
 # the same way; without it, the U-Net's hooks are fed fixed inputs (`bench.ldm.FixedInputs`:
@@ -231,9 +232,9 @@ CONTEXT_DIM = 16 if args.quick else 64
 # lesson 11's U-Net cross-attends in SpatialTransformer blocks; before it, the hook was a
 # MultiheadAttention inside each AttentionBlock (this lesson counts whichever the tree has)
 SPATIAL_TRANSFORMER = hasattr(unet_blocks, "SpatialTransformer")
-# lesson 11's switch (minidiff.conditioning) builds the real conditional models, text encoder
+# lesson 11's switch (config.build, models.conditioned) builds the real conditional models, text encoder
 # included; a tree without it times the U-Net's hooks fed fixed inputs instead
-REAL_CONDITIONING = importlib.util.find_spec("minidiff.conditioning") is not None
+REAL_CONDITIONING = importlib.util.find_spec("minidiff.models.conditioned") is not None
 KIND_NAMES = {"crossattn": "cross-attn", "hybrid": "hybrid", "concat": "concat"}
 KINDS = (" + cross-attn", " + hybrid") if REAL_CONDITIONING else (" + cross-attn", " + concat")
 

@@ -31,15 +31,15 @@ import math
 
 from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
-from minidiff.data import from_unit_range, load_mnist, to_unit_range
+from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
 from minidiff.diffusion import (NoiseSchedule, p_mean_variance, q_sample, training_step,
                                 vlb_term_at)
 from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
-from minidiff.evaluate import sample_images
+from minidiff.evaluate.model import sample_images
 from minidiff.evaluate.likelihood import bound_split
-from minidiff.images import save_grid
+from minidiff.data.images import save_grid
 from minidiff.models.unet import UNet
-from minidiff.paths import DataNotFoundError, find
+from minidiff.data.paths import DataNotFoundError, find
 from minidiff.tensor import Tensor, no_grad
 
 np = backend.host
@@ -50,7 +50,7 @@ args, out_dir = start(lesson_parser("Lesson 13: the claim", "tiny untrained stan
 N_IMAGES = 2 if args.quick else 16          # test images for the per-t terms
 SAMPLE_STEPS = 3 if args.quick else 50
 STAND_IN_T = 200 if args.quick else 1000    # the stand-ins' steps (the claim preset: 1000)
-OBJECTIVES = ("simple", "vlb", "hybrid")
+from minidiff.diffusion import OBJECTIVES  # noqa: E402  (simple, vlb, hybrid)
 
 
 def shipped(objective):
@@ -58,9 +58,10 @@ def shipped(objective):
     --quick, or before the models are shipped)."""
     if args.quick:
         return None
-    from minidiff.train.checkpoint import eps_model_from_checkpoint  # noqa: PLC0415
+    from minidiff.pipelines.load import load_pipeline  # noqa: PLC0415
     try:
-        return eps_model_from_checkpoint(find(f"checkpoints/claim_{objective}.npz"))
+        _pipeline = load_pipeline(find(f"checkpoints/claim_{objective}.npz"))
+        return _pipeline.eps(), _pipeline.schedule, _pipeline.config
     except DataNotFoundError:
         return None
 
@@ -321,7 +322,7 @@ if plt is not None:
 # rate sum L_{t-1}), FID on minidiff's MNIST classifier and its mean confidence.
 
 # %%
-from minidiff.claim import markdown_table  # noqa: E402
+from minidiff.evaluate.claim import markdown_table
 
 try:
     table = json.loads(open(find("checkpoints/claim_table.json"), encoding="utf-8").read())

@@ -1,6 +1,6 @@
 """``python -m minidiff ...``: the same as the ``minidiff`` command."""
 import sys
 
-from minidiff.cli import main
+from minidiff.commands import main
 
 sys.exit(main())

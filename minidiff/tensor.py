@@ -334,4 +334,4 @@ def as_tensor(value) -> Tensor:
     return value if isinstance(value, Tensor) else Tensor(value)
 
 
-from minidiff import ops as _ops  # noqa: E402  (ops needs Tensor defined first)
+from minidiff import ops as _ops

@@ -30,7 +30,7 @@ settings.register_profile(  # HYPOTHESIS_PROFILE=thorough: before a release, or 
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-from minidiff import backend  # noqa: E402
+from minidiff import backend
 
 _CUPY_REASON = ("CuPy is not usable here (not installed or no CUDA GPU): "
                 "minidiff.backend.cupy_available() is False")

@@ -13,7 +13,7 @@ import sys
 
 from minidiff import backend
 from minidiff.train import diagnostics
-from minidiff.train.presets import resolve
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,

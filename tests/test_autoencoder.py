@@ -11,7 +11,7 @@ import minidiff as md
 from minidiff import backend
 from minidiff.models import AutoencoderConfig, AutoencoderKL, DiagonalGaussian
 from minidiff.models.autoencoder import autoencoder_loss, scale_by_std
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 
 from tests.strategies import arrays, floats, shapes
 

@@ -15,9 +15,9 @@ from minidiff import backend
 PACKAGE = pathlib.Path(md.__file__).resolve().parent
 REPO = PACKAGE.parent
 # the seam itself, the MNIST reader (gzip files are decoded on the host), and the CuPy
-# simulator behind the seam (backend_cupysim.py: the 'cupy-sim' backend computes with NumPy
+# simulator behind the seam (backend/cupysim.py: the 'cupy-sim' backend computes with NumPy
 # while refusing, at its boundary, every implicit host conversion that CuPy refuses)
-ALLOWED = {"backend.py", "data.py", "backend_cupysim.py"}
+ALLOWED = {"backend/__init__.py", "data/mnist.py", "backend/cupysim.py"}
 ARRAY_LIBRARIES = {"numpy", "cupy", "cupyx"}
 
 
@@ -38,13 +38,13 @@ def _array_imports(path):
 
 
 def test_only_the_seam_imports_numpy_or_cupy():
-    """Only backend.py (and the modules it delegates to: data.py for MNIST files on the host,
-    backend_cupysim.py, the CuPy simulator that is NumPy underneath) import numpy/cupy."""
+    """Only backend/ (and the modules it delegates to: data/mnist.py for MNIST files on the host,
+    backend/cupysim.py, the CuPy simulator that is NumPy underneath) import numpy/cupy."""
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) >= 8, "the package files were not found"
     offenders = [hit for path in files if path.relative_to(PACKAGE).as_posix() not in ALLOWED
                  for hit in _array_imports(path)]
-    assert not offenders, ("only backend.py (and data.py) may import numpy/cupy; use "
+    assert not offenders, ("only backend/ (and data/mnist.py) may import numpy/cupy; use "
                            "minidiff.backend.xp() instead:\n" + "\n".join(offenders))
 
 
@@ -61,7 +61,7 @@ def test_the_import_scan_sees_imports(tmp_path):
 
 def test_backend_itself_imports_numpy():
     """Sanity check of the scan on a file that does import numpy."""
-    assert _array_imports(PACKAGE / "backend.py")
+    assert _array_imports(PACKAGE / "backend/__init__.py")
 
 
 def test_import_minidiff_does_not_import_cupy():

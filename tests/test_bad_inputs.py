@@ -1,7 +1,7 @@
 """Every command, many bad inputs: each must end with exactly one line on stderr that names the
 argument, a non-zero exit status, and no traceback, before any work is done.
 
-The table is run in-process through ``minidiff.cli.main`` (fast), with stdout and stderr
+The table is run in-process through ``minidiff.commands.main`` (fast), with stdout and stderr
 captured.  Each case is ``(id, argv, names)``: ``names`` are the words one of which the error
 line must contain (the argument, or the file it is about).  ``{ckpt}``, ``{out}`` ... in argv
 are filled in from the fixture files built once for the module (``make_files``); ``{out}`` is
@@ -25,7 +25,7 @@ import traceback
 
 import pytest
 
-from minidiff import backend, cli
+from minidiff import backend, commands as cli
 
 # A train command that finishes in seconds when nothing is wrong with it.
 TRAIN = ["train", "--preset", "quick", "--out", "{out}", "--set", "base_channels=8",
@@ -274,7 +274,7 @@ assert len(IDS) == len(set(IDS)), "duplicate case ids"
 def make_files(folder: str) -> dict:
     """The files the cases point at: a tiny run (full checkpoint + EMA export), a checkpoint
     with a NaN weight, random bytes named .npz, a text file, JSON configs."""
-    from minidiff.train.presets import resolve
+    from minidiff.config.presets import resolve
     from minidiff.train.trainer import Trainer
     os.makedirs(folder, exist_ok=True)
     host = backend.host

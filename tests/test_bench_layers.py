@@ -4,10 +4,11 @@ import json
 import pytest
 
 from minidiff.bench import layers as bench_layers
+from minidiff.commands import bench as bench_command
 
 
 def test_bench_layers_json_rows(capsys):
-    assert bench_layers.main(["--batch", "2", "--repeat", "1", "--threads", "1",
+    assert bench_command.layers_main(["--batch", "2", "--repeat", "1", "--threads", "1",
                               "--no-torch", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["torch"] is None
@@ -19,7 +20,7 @@ def test_bench_layers_json_rows(capsys):
 
 def test_bench_layers_rejects_zero_repeats(capsys):
     with pytest.raises(SystemExit) as stop:     # argparse's exit, with one line on stderr
-        bench_layers.main(["--repeat", "0"])
+        bench_command.layers_main(["--repeat", "0"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--repeat" in err and len(err.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ import pytest
 
 from minidiff import backend
 from minidiff.bench import unet as bench_unet
+from minidiff.commands import bench as bench_command
 from minidiff.bench.torch_unet import torch_available
 
 TINY = ["--batch", "2", "--repeat", "1", "--threads", "1", "--base-channels", "8",
@@ -13,7 +14,7 @@ TINY = ["--batch", "2", "--repeat", "1", "--threads", "1", "--base-channels", "8
 
 
 def test_bench_unet_json_keys(capsys):
-    assert bench_unet.main(TINY + ["--no-memory", "--json"]) == 0
+    assert bench_command.unet_main(TINY + ["--no-memory", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("config", "parameters", "batch", "repeat", "threads", "torch", "minidiff",
                 "max_abs_diff", "tolerance"):
@@ -32,14 +33,14 @@ def test_bench_unet_json_keys(capsys):
 
 def test_bench_unet_without_torch(capsys):
     """--no-torch times minidiff alone even where torch is installed."""
-    assert bench_unet.main(TINY + ["--no-memory", "--json", "--no-torch"]) == 0
+    assert bench_command.unet_main(TINY + ["--no-memory", "--json", "--no-torch"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["torch"] is None and "ratio" not in result
     assert result["minidiff"]["train_step"]["median_ms"] > 0
 
 
 def test_memory_probe_reports_growth():
-    args = bench_unet._parser().parse_args(TINY + ["--probe", "minidiff"])
+    args = bench_command._unet_parser().parse_args(TINY + ["--probe", "minidiff"])
     probe = bench_unet._probe(args)
     assert probe["peak_growth_bytes"] >= 0 and probe["baseline_bytes"] > 0
     assert probe["source"] in ("VmHWM", "ru_maxrss")
@@ -47,7 +48,7 @@ def test_memory_probe_reports_growth():
 
 def test_bad_arguments(capsys):
     with pytest.raises(SystemExit) as stop:     # argparse's exit, with one line on stderr
-        bench_unet.main(["--repeat", "0"])
+        bench_command.unet_main(["--repeat", "0"])
     assert stop.value.code == 2 and "--repeat" in capsys.readouterr().err
 
 

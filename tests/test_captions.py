@@ -5,11 +5,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidiff import backend
-from minidiff.captions import (DIGIT_WORDS, N_CHOICES, NUMERALS, VOCABULARY, CaptionError,
-                               CaptionStats, Tokenizer, attribute_words, make_captions,
-                               measure_slant, measure_thickness, tertile_edges)
-from minidiff.data import load_mnist
-from minidiff.validation import MinidiffInputError
+from minidiff.data.captions import (DIGIT_WORDS, N_CHOICES, NUMERALS, VOCABULARY, CaptionError,
+                                    CaptionStats, Tokenizer, attribute_words, make_captions,
+                                    measure_slant, measure_thickness, tertile_edges)
+from minidiff.data.mnist import load_mnist
+from minidiff.errors import MinidiffInputError
 
 
 def _bar(width, height=28, size=28, horizontal=False):
@@ -189,7 +189,7 @@ def test_encode_decode_round_trip(words):
 
 
 def test_attribute_figure_sorts_and_saves(tmp_path, test_digits):
-    from minidiff.caption_figures import save_attribute_figure
+    from minidiff.data.caption_figures import save_attribute_figure
     strips = save_attribute_figure(test_digits[0][:200], tmp_path / "a.png", n=8)
     for name, measure in (("thickness", measure_thickness), ("slant", measure_slant)):
         values, picks = strips[name]

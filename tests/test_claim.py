@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from minidiff import backend, cli
+from minidiff import backend, commands as cli
 
 TINY = ["--set", "base_channels=8", "--set", "channel_mults=[1,2]", "--set", "T=10",
         "--steps", "2", "--batch-size", "4", "--train-images", "16", "--set", "sample_every=0",
@@ -40,9 +40,9 @@ def _claim(folder, paths, *extra):
 def test_claim_json_on_stand_ins(stand_ins, capsys):
     from PIL import Image
 
-    from minidiff.data import load_mnist, to_unit_range
+    from minidiff.data.mnist import load_mnist, to_unit_range
     from minidiff.diffusion import bits_per_dim
-    from minidiff.train.checkpoint import eps_model_from_checkpoint
+    from minidiff.pipelines.load import load_pipeline
     folder, paths = stand_ins
     capsys.readouterr()
     assert cli.main(_claim(folder, paths, "--json")) == 0
@@ -62,7 +62,8 @@ def test_claim_json_on_stand_ins(stand_ins, capsys):
         assert full["prior"] > 0 and full["distortion"] > 0 and full["rate"] > 0
         assert len(r["per_t_bits"]) == r["T"] == 10
         assert sum(r["per_t_bits"]) + full["prior"] == pytest.approx(full["bpd"], rel=1e-9)
-        model, schedule, _ = eps_model_from_checkpoint(path)
+        _pipeline = load_pipeline(path)
+        model, schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
         backend.manual_seed(0)      # claim's --seed: the same noise draws (float32 sums)
         want = bits_per_dim(schedule, model, images, variance=r["variance"])
         assert full["bpd"] == pytest.approx(want["bpd"], rel=1e-6)

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from minidiff import cli
+from minidiff import commands as cli
 
 
 def test_demo_learns(tmp_path, capsys):
@@ -19,7 +19,7 @@ def test_unknown_benchmark_is_named(capsys):
 
 
 def test_console_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "minidiff.cli", "--help"],
+    result = subprocess.run([sys.executable, "-m", "minidiff", "--help"],
                             capture_output=True, text=True, check=True)
     assert "demo" in result.stdout and "bench" in result.stdout
 
@@ -33,16 +33,15 @@ def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
 
 def _parsers():
     """Every command's parser (the options a user can type)."""
-    from minidiff import demo, evaluate, sample
-    from minidiff.bench import benchmark_parser
-    from minidiff.bench import unet as bench_unet
-    from minidiff.evaluate import train_classifier
-    from minidiff.train import cli as train_cli
-    return {"minidiff": cli.build_parser(), "train": train_cli.build_parser(),
+    from minidiff.commands import (bench, claim, demo, inpaint, sample, train,
+                                   train_classifier)
+    from minidiff.commands import eval as evaluate
+    return {"minidiff": cli.build_parser(), "train": train.build_parser(),
             "sample": sample.build_parser(), "eval": evaluate.build_parser(),
+            "inpaint": inpaint.build_parser(), "claim": claim.build_parser(),
             "train-classifier": train_classifier.build_parser(), "demo": demo.build_parser(),
-            "bench layers": benchmark_parser("minidiff bench layers", "", "repeats"),
-            "bench unet": bench_unet._parser()}
+            "bench layers": bench.benchmark_parser("minidiff bench layers", "", "repeats"),
+            "bench unet": bench._unet_parser(), "bench ldm": bench._ldm_parser()}
 
 
 def test_every_option_has_a_help_text():
@@ -65,7 +64,7 @@ def test_version_module_entry_and_bench_help():
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only the user's errors become one line: anything else is a bug and propagates."""
     import pytest
-    from minidiff import demo
+    from minidiff.commands import demo
 
     def broken(argv):
         raise ZeroDivisionError("a bug")

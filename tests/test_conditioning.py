@@ -7,17 +7,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidiff import backend, conditioning
-from minidiff.captions import VOCABULARY
-from minidiff.data import load_mnist
+from minidiff import backend
+from minidiff.config.build import build_model
+from minidiff.diffusion.guidance import conditional_eps_model, guided
+from minidiff.models.conditioned import ConditionedUNet, ConditionError
+from minidiff.pipelines.conditions import concat_input, sampling_cond
+from minidiff.pipelines.load import load_pipeline
+from minidiff.train.conditioner import Conditioner
+from minidiff.data.captions import VOCABULARY
+from minidiff.data.mnist import load_mnist
 from minidiff.diffusion import training_step
 from minidiff.models.blocks import SpatialTransformer
 from minidiff.models.text_encoder import TextEncoder, key_mask
 from minidiff.models.unet import UNet
-from minidiff.spaces import PixelSpace
+from minidiff.data.spaces import PixelSpace
 from minidiff.tensor import Tensor, no_grad
-from minidiff.testing import gradcheck
-from minidiff.train.presets import ConfigError, resolve
+from minidiff.gradcheck import gradcheck
+from minidiff.config.checks import ConfigError
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
 FAST = settings(deadline=None, max_examples=8)
@@ -157,24 +164,26 @@ def test_text_encoder_gradcheck(float64):
 
 
 # ------------------------------------------------------------------------------- the switch
-def test_build_model_per_conditioning_and_none_is_the_bare_unet():
-    assert type(conditioning.build_model(tiny("none"))) is UNet
-    text = conditioning.build_model(tiny("crossattn"))
-    concat = conditioning.build_model(tiny("concat"))
-    hybrid = conditioning.build_model(tiny("hybrid"))
+def test_build_model_is_one_type_for_every_conditioning_and_none_is_a_plain_unet():
+    none = build_model(tiny("none"))
+    assert type(none) is ConditionedUNet and type(none.unet) is UNet
+    assert none.text_encoder is None and none.unet.config.concat_channels == 0
+    text = build_model(tiny("crossattn"))
+    concat = build_model(tiny("concat"))
+    hybrid = build_model(tiny("hybrid"))
     assert text.text_encoder is not None and text.unet.config.concat_channels == 0
     assert concat.text_encoder is None and concat.unet.config.concat_channels == 2
     assert hybrid.text_encoder is not None and hybrid.unet.config.concat_channels == 2
     assert hybrid.unet.config.context_dim == 8 and concat.unet.config.context_dim is None
     x, t = Tensor(backend.randn(2, 1, 16, 16)), np.array([1, 2])
-    with pytest.raises(conditioning.ConditionError, match=r"keys \['tokens', 'concat'\]"):
+    with pytest.raises(ConditionError, match=r"keys \['tokens', 'concat'\]"):
         hybrid(x, t, {"tokens": backend.to_device(np.zeros((2, 8), dtype=np.int64))})
-    from minidiff.captions import Tokenizer
-    with pytest.raises(conditioning.ConditionError, match="give both"):
-        conditioning.sampling_cond(tiny("hybrid"), 2, tokenizer=Tokenizer(8),
+    from minidiff.data.captions import Tokenizer
+    with pytest.raises(ConditionError, match="give both"):
+        sampling_cond(tiny("hybrid"), 2, tokenizer=Tokenizer(8),
                                    space=PixelSpace(16), masks=np.ones((2, 1, 16, 16)))
-    with pytest.raises(conditioning.ConditionError, match="--prompt"):
-        conditioning.sampling_cond(tiny("concat"), 2, prompts=["two", "two"],
+    with pytest.raises(ConditionError, match="--prompt"):
+        sampling_cond(tiny("concat"), 2, prompts=["two", "two"],
                                    space=PixelSpace(16))
     with pytest.raises(ConfigError, match="conditioning"):
         tiny("text")
@@ -187,7 +196,7 @@ def test_caption_dropout_rate_is_binomial(data):
     their count over 4,000 items must be Binomial(4000, p) (within 5 standard deviations)."""
     images, labels = data
     config = tiny("crossattn", caption_dropout=0.3)
-    conditioner = conditioning.Conditioner(config, images, labels, PixelSpace(16))
+    conditioner = Conditioner(config, images, labels, PixelSpace(16))
     backend.manual_seed(0)
     index = np.arange(4000) % 64
     tokens = backend.to_host(conditioner.batch(index)["tokens"])
@@ -195,7 +204,7 @@ def test_caption_dropout_rate_is_binomial(data):
     n, p = 4000, 0.3
     assert abs(empty - n * p) < 5 * np.sqrt(n * p * (1 - p)), empty
     kept = conditioner.tokenizer.decode(tokens[~(tokens == 0).all(axis=1)][:50])
-    from minidiff.captions import DIGIT_WORDS, NUMERALS
+    from minidiff.data.captions import DIGIT_WORDS, NUMERALS
     for text, label in zip(kept, labels[index][~(tokens == 0).all(axis=1)][:50]):
         assert DIGIT_WORDS[label] in text.split() or NUMERALS[label] in text.split()
 
@@ -203,9 +212,9 @@ def test_caption_dropout_rate_is_binomial(data):
 def test_no_pixel_under_the_mask_reaches_concat(data):
     """Change every pixel to fill: cond["concat"] does not change (pixel and latent spaces);
     change one known pixel: it does."""
-    from minidiff.masks import mask_to_grid, named_mask
+    from minidiff.data.masks import mask_to_grid, named_mask
     from minidiff.models.autoencoder import AutoencoderKL
-    from minidiff.spaces import LatentSpace
+    from minidiff.data.spaces import LatentSpace
     backend.manual_seed(0)
     rng = np.random.default_rng(0)
     x = backend.to_device(rng.uniform(-1, 1, (3, 1, 28, 28)).astype(np.float32))
@@ -215,18 +224,18 @@ def test_no_pixel_under_the_mask_reaches_concat(data):
     encoder = AutoencoderKL(base_channels=8, channel_mults=(1, 2, 4), num_res_blocks=1,
                             groups=4, latent_channels=2)
     for space in (PixelSpace(28), LatentSpace(encoder, 0.7)):
-        a = _h(conditioning.concat_input(space, x, mask))
-        b = _h(conditioning.concat_input(space, other, mask))
+        a = _h(concat_input(space, x, mask))
+        b = _h(concat_input(space, other, mask))
         np.testing.assert_array_equal(a, b)
         assert a.shape[1] == 1 + space.shape[0] and a.shape[-1] == space.shape[-1]
         np.testing.assert_array_equal(a[:, 0] > 0, _h(mask_to_grid(
             mask, space.shape[-1]))[:, 0] > 0)
         moved = x.copy()
         moved[mask == 0] += 0.5                          # known pixels do reach it
-        assert np.abs(_h(conditioning.concat_input(space, moved, mask)) - a).max() > 1e-4
+        assert np.abs(_h(concat_input(space, moved, mask)) - a).max() > 1e-4
     # the training batch: the same draws, different content under its masks
     images, labels = data
-    conditioner = conditioning.Conditioner(tiny("hybrid"), images, labels, PixelSpace(16))
+    conditioner = Conditioner(tiny("hybrid"), images, labels, PixelSpace(16))
     backend.manual_seed(3)
     first = _h(conditioner.batch(np.arange(16))["concat"])
     to_fill = first[:, :1] > 0
@@ -239,7 +248,7 @@ def test_no_pixel_under_the_mask_reaches_concat(data):
 # ------------------------------------------------------------------------------- guidance
 def _text_model(config):
     backend.manual_seed(7)
-    model = _randomise(conditioning.build_model(config), 0.5).eval()
+    model = _randomise(build_model(config), 0.5).eval()
     for name, p in model.named_parameters():
         if "embedding" in name:
             p.data = p.data * 50.0                        # a caption that matters
@@ -251,12 +260,12 @@ def test_guidance_end_points_and_sign():
     u + 3 (c - u) -- each against two separate forwards; one doubled batch underneath."""
     config = tiny("crossattn", prediction="eps")
     model = _text_model(config)
-    tokenizer_cond, uncond = conditioning.sampling_cond(
+    tokenizer_cond, uncond = sampling_cond(
         config, 3, prompts=["a thick seven", "2", "an eight"],
-        tokenizer=__import__("minidiff.captions", fromlist=["Tokenizer"]).Tokenizer(8))
+        tokenizer=__import__("minidiff.data.captions", fromlist=["Tokenizer"]).Tokenizer(8))
     cond = tokenizer_cond
     x, t = Tensor(backend.randn(3, 1, 16, 16)), backend.to_device(np.array([5, 20, 40]))
-    eps = conditioning.conditional_eps_model(model, None, "eps")
+    eps = conditional_eps_model(model, None, "eps")
     with no_grad():
         c, u = _h(model(x, t, cond)), _h(model(x, t, uncond))
         assert np.abs(c - u).max() > 1e-3
@@ -266,7 +275,7 @@ def test_guidance_end_points_and_sign():
             calls.append(x_t.shape[0])
             return eps(x_t, steps, both)
         for scale, want in ((0.0, u), (1.0, c), (3.0, u + 3.0 * (c - u))):
-            got = _h(conditioning.guided(counting, cond, uncond, scale)(x, t))
+            got = _h(guided(counting, cond, uncond, scale)(x, t))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert calls == [6, 6, 6]
 
@@ -277,7 +286,7 @@ def test_guidance_keeps_extra_variance_channels_from_the_conditional_half():
         return Tensor(backend.xp().concatenate([x_t.data * 0 + value] * 2, axis=1))
     cond = {"tokens": backend.to_device(np.full((2, 3), 4, dtype=np.int64))}
     uncond = {"tokens": backend.to_device(np.zeros((2, 3), dtype=np.int64))}
-    out = _h(conditioning.guided(fake, cond, uncond, 2.5)(Tensor(backend.randn(2, 1, 4, 4)),
+    out = _h(guided(fake, cond, uncond, 2.5)(Tensor(backend.randn(2, 1, 4, 4)),
                                                          np.array([1, 2])))
     np.testing.assert_allclose(out[:, 0], 10.0)   # 0 + 2.5 (4 - 0)
     np.testing.assert_allclose(out[:, 1], 4.0)    # the conditional half's
@@ -290,8 +299,8 @@ def test_training_step_cuts_cond_to_each_part(data):
     images, labels = data
     config = tiny("hybrid")
     model = _text_model(config)
-    conditioner = conditioning.Conditioner(config, images, labels, PixelSpace(16))
-    from minidiff.data import to_unit_range
+    conditioner = Conditioner(config, images, labels, PixelSpace(16))
+    from minidiff.data.mnist import to_unit_range
     backend.manual_seed(1)
     x0 = to_unit_range(images[:8])
     cond = conditioner.batch(np.arange(8))
@@ -305,7 +314,7 @@ def test_training_step_cuts_cond_to_each_part(data):
 
 
 def _schedule(config):
-    from minidiff.train.checkpoint import schedule_from_config
+    from minidiff.config.build import schedule_from_config
     return schedule_from_config(config)
 
 
@@ -326,7 +335,7 @@ def test_conditional_checkpoint_round_trip_and_exact_resume(kind, data, tmp_path
     for k, v in straight.model.state_dict().items():
         np.testing.assert_array_equal(backend.to_host(v),
                                       backend.to_host(second.model.state_dict()[k]))
-    loaded = conditioning.load_conditioned(str(tmp_path / "a" / "ema.npz"))
+    loaded = load_pipeline(str(tmp_path / "a" / "ema.npz"))
     assert loaded.config["conditioning"] == kind
     assert loaded.caption_stats == straight.task.conditioner.stats
     cond, uncond = loaded.cond(2, prompts=["a thin four", "9"])
@@ -338,10 +347,12 @@ def test_conditional_checkpoint_round_trip_and_exact_resume(kind, data, tmp_path
     if kind == "hybrid":       # without an image: everything to fill, the same for both halves
         np.testing.assert_array_equal(_h(cond["concat"][:, 0]), 1.0)
         np.testing.assert_array_equal(_h(uncond["concat"]), _h(cond["concat"]))
-    with pytest.raises(conditioning.ConditionError, match="unconditioned"):
-        conditioning.load_conditioned(str(_unconditioned(tmp_path, images)))
+    plain = load_pipeline(str(_unconditioned(tmp_path, images)))   # the one loader, any kind
+    assert plain.kind == "none" and plain.cond(2) == ({}, {})
+    with pytest.raises(ConditionError, match="not on text"):
+        plain.cond(2, prompts=["a thin four", "9"])
     # the command: --n per prompt, prompt-major, the prompts stored beside the images
-    from minidiff import cli
+    from minidiff import commands as cli
     out = str(tmp_path / "s.npz")
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "a" / "ema.npz"), "--prompt",
                      "two", "--prompt", "a thin 7", "--n", "3", "--steps", "2", "--guidance",
@@ -377,5 +388,5 @@ def _grid_of_plain(tmp_path, images):
 
 def test_a_text_model_needs_labels(data, tmp_path):
     images, _ = data
-    with pytest.raises(conditioning.ConditionError, match="one label per training image"):
+    with pytest.raises(ConditionError, match="one label per training image"):
         Trainer(tiny("crossattn"), str(tmp_path), images=images, log=lambda _: None)

@@ -1,4 +1,4 @@
-"""The ``cupy-sim`` backend (``minidiff/backend_cupysim.py``): a CPU stand-in for CuPy.
+"""The ``cupy-sim`` backend (``minidiff/backend/cupysim.py``): a CPU stand-in for CuPy.
 
 It must refuse exactly the implicit host conversions CuPy refuses (CuPy's ``cupy/_core/core.pyx``:
 ``__array__`` raises TypeError, ``__array_function__``/``__array_ufunc__`` dispatch to CuPy's
@@ -19,9 +19,9 @@ import pytest
 
 import minidiff as md
 from minidiff import backend
-from minidiff.backend_cupysim import CUPY_API, CUPY_LINALG, CUPY_STRIDE_TRICKS
-from minidiff.backend_cupysim import module as sim
-from minidiff.backend_cupysim import ndarray as SimArray
+from minidiff.backend.cupysim import CUPY_API, CUPY_LINALG, CUPY_STRIDE_TRICKS
+from minidiff.backend.cupysim import module as sim
+from minidiff.backend.cupysim import ndarray as SimArray
 
 PACKAGE = pathlib.Path(md.__file__).resolve().parent
 
@@ -57,8 +57,8 @@ def test_selectable_by_environment_and_command_line():
          "assert 'cupy' not in sys.modules"],
         cwd=PACKAGE.parent, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["cupy-sim", "minidiff.backend_cupysim"]
-    from minidiff.cli import build_parser
+    assert done.stdout.split() == ["cupy-sim", "minidiff.backend.cupysim"]
+    from minidiff.commands import build_parser
     assert build_parser().parse_args(["--backend", "cupy-sim", "demo"]).backend == "cupy-sim"
 
 
@@ -214,7 +214,8 @@ def _names_in(source: str) -> set:
 def _module_names_used():
     used = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name in ("backend.py", "backend_cupysim.py", "data.py"):
+        if path.relative_to(PACKAGE).as_posix() in ("backend/__init__.py", "backend/cupysim.py",
+                                                    "data/mnist.py"):
             continue
         for name in _names_in(path.read_text(encoding="utf-8")):
             used.setdefault(name, path.relative_to(PACKAGE).as_posix())
@@ -245,7 +246,7 @@ def test_every_array_module_name_minidiff_uses_is_in_cupys_api():
     assert not unverified, (
         "minidiff uses array-module names not verified in CuPy's API reference; check each at "
         "https://docs.cupy.dev/en/stable/reference/ and add it to CUPY_API in "
-        "minidiff/backend_cupysim.py:\n" + "\n".join(unverified))
+        "minidiff/backend/cupysim.py:\n" + "\n".join(unverified))
 
 
 def test_the_name_scan_sees_every_form():
@@ -269,8 +270,8 @@ def test_an_arrays_data_is_a_pointer_and_the_library_unwraps_raw_arrays(device):
     """``cupy.ndarray.data`` is a MemoryPointer, not an array: ``getattr(x, "data", x)``, meant
     to unwrap a Tensor, crashed ``data.from_unit_range`` on a raw CuPy array on an H200.  The
     library's functions that take "a Tensor or an array" must take a raw device array."""
-    from minidiff.data import from_unit_range
-    from minidiff.images import make_grid
+    from minidiff.data.mnist import from_unit_range
+    from minidiff.data.images import make_grid
     from minidiff.models.autoencoder import scale_by_std
     from minidiff.models.distributions import DiagonalGaussian
     xp = md.xp()

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from minidiff import data
-from minidiff.data import MnistDataError, from_unit_range, load_mnist, to_unit_range
+from minidiff.data import mnist as data
+from minidiff.data.mnist import MnistDataError, from_unit_range, load_mnist, to_unit_range
 
 
 def test_train_split_matches_the_published_counts():
@@ -74,7 +74,7 @@ def test_checksum_is_of_the_content_not_of_the_compression(tmp_path):
 
 
 def test_data_search_order_and_the_readme_paths_from_any_folder(tmp_path, monkeypatch):
-    from minidiff import paths
+    from minidiff.data import paths
     monkeypatch.chdir(tmp_path)                    # not a clone: found in the source tree
     found = paths.resolve_user_path("data/checkpoints/quick.npz")
     assert os.path.isabs(found) and os.path.exists(found)

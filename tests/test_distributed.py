@@ -16,10 +16,12 @@ import pytest
 from minidiff import backend
 from minidiff.diffusion import training_step
 from minidiff.models.unet import UNet
-from minidiff.train import cli
-from minidiff.train.checkpoint import load_checkpoint, schedule_from_config
+from minidiff.commands import train as cli
+from minidiff.checkpoint import load_checkpoint
+from minidiff.config.build import schedule_from_config
 from minidiff.train.distributed import Distributed, DistributedError
-from minidiff.train.presets import model_config, resolve
+from minidiff.config.build import model_config
+from minidiff.config.presets import resolve
 from tests import mpi_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,7 +154,7 @@ def test_missing_mpi4py_is_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_mpi4py_is_imported_only_with_distributed():
-    check = ("import sys; from minidiff.train import cli, trainer; "
+    check = ("import sys; from minidiff.commands import train; from minidiff.train import trainer; "
              "assert 'mpi4py' not in sys.modules, 'imported'")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True,
                             text=True)
@@ -254,7 +256,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 @needs_mpi
 def test_cli_distributed_run_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["minidiff.cli", "train", "--distributed", "--out", str(out), "--steps", "4",
+    args = ["minidiff", "train", "--distributed", "--out", str(out), "--steps", "4",
             "--batch-size", "4", "--train-images", "64", "--base-channels", "8",
             "--set", "channel_mults=[1,2]", "--set", "log_every=1", "--set", "sample_every=0",
             "--set", "diag_every=0", "--set", "checkpoint_every=0"]

@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from minidiff import backend, captions, cli, conditioning
-from minidiff.data import load_mnist, to_unit_range
+from minidiff import backend, commands as cli
+from minidiff.data import captions
+from minidiff.models.conditioned import ConditionError
+from minidiff.pipelines.load import Pipeline
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.evaluate import prompts
-from minidiff.spaces import PixelSpace
+from minidiff.data.spaces import PixelSpace
 from minidiff.tensor import Tensor
-from minidiff.train.checkpoint import schedule_from_config
-from minidiff.validation import MinidiffInputError
+from minidiff.config.build import schedule_from_config
+from minidiff.errors import MinidiffInputError
 from tests.test_conditioning import tiny
 from tests.test_inpaint_concat import models  # noqa: F401  (the tiny concat / hybrid models)
 
@@ -80,7 +83,7 @@ def test_attribute_prompts_are_the_training_captions_wording():
 
 # ------------------------------------------------------------------------------- stand-in
 def _stand_in(test_digits):
-    """A ``ConditionedCheckpoint`` whose network predicts x_0 = a test digit of the prompted
+    """A ``Pipeline`` whose network predicts x_0 = a test digit of the prompted
     digit word (made thicker by a 3x3 max filter for "thick"), whatever x_t: sampled through
     the real sampler, guidance 1, each prompt's samples are that digit."""
     images, labels = test_digits
@@ -102,7 +105,7 @@ def _stand_in(test_digits):
                       .astype(x_t.data.dtype))
 
     stats = captions.CaptionStats.from_images(images)
-    return digits, conditioning.ConditionedCheckpoint(
+    return digits, Pipeline(
         model, schedule_from_config(config), config, PixelSpace(28), captions.Tokenizer(8),
         stats)
 
@@ -187,7 +190,7 @@ def test_the_command_refuses_a_model_without_text(models, capsys):  # noqa: F811
     assert cli.main(["eval", "--checkpoint", models["concat"], "--prompts"]) != 0
     err = capsys.readouterr().err.strip()
     assert "--prompts" in err and "'concat'" in err and len(err.splitlines()) == 1
-    with pytest.raises(conditioning.ConditionError, match="--prompts"):
+    with pytest.raises(ConditionError, match="--prompts"):
         prompts.prompted_accuracy(models["concat"], per_prompt=1, steps=1, fid=False)
 
 

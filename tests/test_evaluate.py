@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minidiff import backend
-from minidiff.evaluate import main as eval_main
+from minidiff.commands.eval import main as eval_main
 from minidiff.evaluate.classifier import DEFAULT_PATH, MnistClassifier, accuracy, classify
 from minidiff.evaluate.fid import (fid_from_features, frechet_distance, gaussian_stats,
                                    trace_sqrt_product)
@@ -94,7 +94,7 @@ def test_classifier_shapes():
 
 @pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="classifier not trained yet")
 def test_shipped_classifier_is_small_and_accurate():
-    from minidiff.data import load_mnist, to_unit_range
+    from minidiff.data.mnist import load_mnist, to_unit_range
     from minidiff.evaluate.classifier import load_classifier
     assert os.path.getsize(DEFAULT_PATH) < 2 * 1024 * 1024
     images, labels = load_mnist("test")
@@ -107,8 +107,8 @@ def test_shipped_classifier_is_small_and_accurate():
 def tiny_checkpoint(tmp_path):
     from minidiff.models.unet import UNet
     from minidiff.optim.ema import EMA
-    from minidiff.train.checkpoint import save_checkpoint
-    from minidiff.train.presets import model_config
+    from minidiff.checkpoint import save_checkpoint
+    from minidiff.config.build import model_config
     backend.manual_seed(0)
     config = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 1, "dropout": 0.0, "groups": 4,

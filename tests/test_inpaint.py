@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from minidiff import backend, cli
-from minidiff.data import load_mnist
+from minidiff import backend, commands as cli
+from minidiff.data.mnist import load_mnist
 from minidiff.diffusion import NoiseSchedule
-from minidiff.inpaint import InpaintError, complete, load_images, load_inpainter
-from minidiff.masks import named_mask
-from minidiff.spaces import PixelSpace
+from minidiff.pipelines.inpaint import InpaintError, complete, load_images, load_inpainter
+from minidiff.data.masks import named_mask
+from minidiff.data.spaces import PixelSpace
 
 LDM = os.path.join("data", "checkpoints", "ldm.npz")
 

@@ -4,12 +4,12 @@ the mask, replace works on them too, and prompts are checked before any sampling
 import numpy as np
 import pytest
 
-pytest.importorskip("minidiff.conditioning", reason="the conditioning switch (branch cond)")
 
-from minidiff import backend, cli  # noqa: E402
-from minidiff.data import load_mnist  # noqa: E402
-from minidiff.inpaint import InpaintError, complete, load_inpainter  # noqa: E402
-from minidiff.masks import named_mask  # noqa: E402
+
+from minidiff import backend, commands as cli
+from minidiff.data.mnist import load_mnist
+from minidiff.pipelines.inpaint import InpaintError, complete, load_inpainter
+from minidiff.data.masks import named_mask
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "attention_resolutions": [14], "T": 10, "batch_size": 4, "steps": 2,
@@ -21,7 +21,7 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny 28x28 pixel-space models trained for two steps: concat and hybrid."""
-    from minidiff.train.presets import resolve
+    from minidiff.config.presets import resolve
     from minidiff.train.trainer import Trainer
     images, labels = load_mnist("train")
     saved = backend.get_rng_state()

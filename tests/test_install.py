@@ -60,7 +60,7 @@ def test_installed_wheel_finds_its_data_from_any_folder(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "MINIDIFF_DATA", "MINIDIFF_BACKEND")}
     share = str(venv / "share" / "minidiff" / "data")
-    where = _run([str(python), "-c", "import minidiff, minidiff.paths as p; "
+    where = _run([str(python), "-c", "import minidiff, minidiff.data.paths as p; "
                   "from minidiff.evaluate.classifier import load_classifier; load_classifier(); "
                   "print(minidiff.__file__); print(p.find('mnist')); "
                   "print(p.find('checkpoints/classifier.npz'))"], cwd=elsewhere, env=env)

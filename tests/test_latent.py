@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 
 from minidiff import backend
-from minidiff import sample as sample_cli
-from minidiff.data import load_mnist, to_unit_range
-from minidiff.images import make_grid
+from minidiff.commands import sample as sample_cli
+from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.data.images import make_grid
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA
-from minidiff.spaces import (LatentSpace, PixelSpace, SpaceError, space_from_checkpoint,
-                             weights_sha256)
+from minidiff.data.spaces import LatentSpace, PixelSpace, SpaceError, weights_sha256
+from minidiff.pipelines.load import space_of
 from minidiff.tensor import Tensor, no_grad
-from minidiff.train import cli as train_cli
-from minidiff.train.checkpoint import (autoencoder_from_checkpoint, eps_model_from_checkpoint,
-                                       load_checkpoint, save_checkpoint)
-from minidiff.train.presets import resolve
+from minidiff.commands import train as train_cli
+from minidiff.pipelines.load import load_autoencoder, load_pipeline
+from minidiff.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
 AE_TINY = {"base_channels": 4, "channel_mults": [1, 2, 2], "latent_channels": 2, "groups": 2}
@@ -121,11 +121,12 @@ def test_latent_checkpoint_round_trip(run):
         assert str(arrays["autoencoder.sha256"]) == expected
         assert arrays["config"]["autoencoder"] == str(ae_path)
     arrays = load_checkpoint(folder / "run" / "ema.npz")
-    space = space_from_checkpoint(arrays)
+    space = space_of(arrays)
     assert isinstance(space, LatentSpace) and space.shape == (2, 7, 7)
     assert space.scale_factor == pytest.approx(SCALE)
     # the exported network is the trainer's EMA network
-    model, _, config = eps_model_from_checkpoint(folder / "run" / "ema.npz", arrays=arrays)
+    _pipeline = load_pipeline(folder / "run" / "ema.npz", arrays=arrays)
+    model, _, config = _pipeline.eps(), _pipeline.schedule, _pipeline.config
     z = backend.randn(2, 2, 7, 7)
     t = backend.to_device(np.array([3, 17]))
     with trainer.ema.swapped(), no_grad():
@@ -224,7 +225,7 @@ def test_autoencoder_without_scale_factor_is_refused(images, tmp_path):
     path = tmp_path / "midrun.npz"
     save_checkpoint(path, model=model, ema=EMA(model), config=resolve("ae-quick",
                     overrides=AE_TINY), step=1, ema_only=True)
-    assert autoencoder_from_checkpoint(path)[2] is None
+    assert load_autoencoder(path)[2] is None
     config = resolve("ldm-quick", overrides={**LDM_TINY, "autoencoder": str(path)})
     with pytest.raises(SpaceError, match="no latent scale factor"):
         Trainer(config, str(tmp_path / "r"), images=images, log=_quiet)
@@ -244,7 +245,7 @@ def test_latent_shape_that_does_not_fit_the_unet(run, tmp_path, capsys):
 # ----------------------------------------------------------------------------- eval and bench
 
 def test_eval_decodes_a_latent_model(run, tmp_path):
-    from minidiff import evaluate
+    from minidiff.commands import eval as evaluate
     folder, _, _ = run
     args = evaluate.build_parser().parse_args([
         "--checkpoint", str(folder / "run" / "ema.npz"), "--n", "6", "--steps", "2",
@@ -258,6 +259,7 @@ def test_eval_decodes_a_latent_model(run, tmp_path):
 
 def test_bench_ldm_json(run, tmp_path, capsys):
     from minidiff.bench import ldm as bench_ldm
+    from minidiff.commands import bench as bench_command
     folder, _, _ = run
     pixel = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                  attention_resolutions=())
@@ -273,7 +275,7 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     argv = ["--pixel", str(pixel_path), "--ldm", str(folder / "run" / "ema.npz"),
             "--batch", "2", "--sample-batch", "2", "--repeat", "1", "--no-memory",
             "--no-torch", "--figures", str(figures)]
-    assert bench_ldm.main(argv + ["--json"]) == 0
+    assert bench_command.ldm_main(argv + ["--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for side in ("pixel", "latent"):
         for key in ("train_ms_per_image", "sample_ms_per_image"):
@@ -283,11 +285,11 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     assert result["pixel"]["quality"]["fid"] == 100.0 and result["latent"]["quality"] is None
     assert result["ratio_pixel_over_latent"]["sample_ms_per_image"] > 0
     assert result["torch"] is None
-    assert bench_ldm.main(argv) == 0                  # the table prints too
+    assert bench_command.ldm_main(argv) == 0                  # the table prints too
     assert "pixel / latent" in capsys.readouterr().out
-    probe = bench_ldm._probe(bench_ldm._parser().parse_args(argv + ["--probe", "ldm"]))
+    probe = bench_ldm._probe(bench_command._ldm_parser().parse_args(argv + ["--probe", "ldm"]))
     assert probe["peak_growth_bytes"] >= 0
-    assert bench_ldm.main(argv[:2] + ["--ldm", str(tmp_path / "none.npz")]) == 2
+    assert bench_command.ldm_main(argv[:2] + ["--ldm", str(tmp_path / "none.npz")]) == 2
 
 
 @pytest.mark.parametrize("conditioning", ["crossattn", "concat"])
@@ -325,13 +327,13 @@ def test_bench_side_from_config_feeds_the_conditioning(conditioning):
 def test_bench_side_from_conditioned_config():
     """Where lesson 11's switch exists, ``Side.from_conditioned_config`` times its real
     model (text encoder included) fed one fixed prompt and an all-masked image."""
-    conditioning = pytest.importorskip("minidiff.conditioning")
+    from minidiff.models.conditioned import ConditionedUNet
     from minidiff.bench.ldm import Side, config_memory, time_sides
     config = resolve("ldm-quick", overrides={"base_channels": 8, "T": 20, "sample_steps": 2,
                                              "conditioning": "hybrid", "context_dim": 8})
     autoencoder = AutoencoderKL(base_channels=8, latent_channels=4)
     side = Side.from_conditioned_config(config, LatentSpace(autoencoder, 1.0), 2, "hybrid")
-    assert isinstance(side.model.model, conditioning.ConditionedUNet)
+    assert isinstance(side.model.model, ConditionedUNet)
     assert sorted(side.model.cond) == ["concat", "tokens"]
     side.train_step()
     assert time_sides({"a": side}, repeat=1, sample_batch=2, steps=2)["a"]["sample"][0] > 0
@@ -353,7 +355,7 @@ def _require(*paths):
 
 
 def test_ldm_quick_preset_fits_the_shipped_autoencoder():
-    from minidiff.spaces import space_from_config
+    from minidiff.pipelines.load import space_from_config
     _require(SHIPPED_AE)
     space = space_from_config(resolve("ldm-quick"))
     assert space.shape == (4, 7, 7) and space.path == SHIPPED_AE
@@ -366,6 +368,6 @@ def test_shipped_ldm_records_the_shipped_autoencoder():
     assert str(arrays["autoencoder.sha256"]) == file_sha256(SHIPPED_AE)
     assert arrays["config"]["autoencoder"] == SHIPPED_AE
     assert not any(k.startswith(("model.", "optim.")) for k in arrays)   # EMA only
-    space = space_from_checkpoint(arrays)
-    model, _, _ = eps_model_from_checkpoint(SHIPPED_LDM, arrays=arrays)
+    space = space_of(arrays)
+    model = load_pipeline(SHIPPED_LDM, arrays=arrays).model
     assert space.shape == (model.config.in_channels, 7, 7)

@@ -58,7 +58,7 @@ def test_lesson_runs_quick(name, tmp_path):
         env["MINIDIFF_BACKEND"] = "cupy-sim"  # real GPU they stay on NumPy (time budget)
     env["MPLBACKEND"] = "Agg"
     # run from lessons/, the working folder of a notebook opened there: MNIST and the shipped
-    # checkpoint must be found all the same (minidiff.paths)
+    # checkpoint must be found all the same (minidiff.data.paths)
     result = subprocess.run([sys.executable, str(REPO / "lessons" / name), "--quick",
                              "--out", str(tmp_path)], cwd=REPO / "lessons", env=env,
                             capture_output=True, text=True, timeout=timeout)

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minidiff import backend
-from minidiff.masks import (MASK_DRAWS, MaskError, mask_to_grid, masked_image, named_mask,
-                            random_masks)
-from minidiff.validation import MinidiffInputError
+from minidiff.data.masks import (MASK_DRAWS, MaskError, mask_to_grid, masked_image, named_mask,
+                                 random_masks)
+from minidiff.errors import MinidiffInputError
 
 
 def host(array):

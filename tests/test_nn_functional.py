@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minidiff import backend, tensor
 from minidiff.nn import functional as F
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 
 FAST = settings(deadline=None, max_examples=20)
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidiff import backend, nn, tensor
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 
 FAST = settings(deadline=None, max_examples=10)
 

@@ -14,7 +14,7 @@ from minidiff.diffusion import NoiseSchedule, p_mean_variance, respace, training
 from minidiff.diffusion.resample import LossSecondMomentSampler
 from minidiff.diffusion.vlb import bound_term, vlb_term_at
 from minidiff.tensor import Tensor
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 from tests.test_train import TINY as TRAIN_TINY
 
 
@@ -266,7 +266,7 @@ TINY = {**TRAIN_TINY, "T": 3, "batch_size": 8, "steps": 10, "train_images": 100}
 
 @pytest.fixture(scope="module")
 def digits():
-    from minidiff.data import load_mnist
+    from minidiff.data.mnist import load_mnist
     return load_mnist("train")[0][:100, :, 6:22, 6:22]
 
 
@@ -277,7 +277,7 @@ def _weights(trainer):
 def test_loss_second_moment_resume_is_exact(tmp_path, digits):
     """N steps straight = N/2, a checkpoint (with the loss history), N/2 more: identical
     weights; the sampler is past its warm-up (3 t x 10 losses, 5 steps x 8 items)."""
-    from minidiff.train.presets import resolve
+    from minidiff.config.presets import resolve
     from minidiff.train.trainer import Trainer
     config = resolve("claim", overrides=TINY, sets=["objective=hybrid", "variance=learned",
                                                     "t_sampler=loss-second-moment"])
@@ -300,7 +300,8 @@ def test_loss_second_moment_resume_is_exact(tmp_path, digits):
 
 
 def test_distributed_refuses_the_loss_second_moment_sampler(digits):
-    from minidiff.train.presets import ConfigError, resolve
+    from minidiff.config.checks import ConfigError
+    from minidiff.config.presets import resolve
     from minidiff.train.trainer import Trainer
     config = resolve("claim", overrides=TINY, sets=["t_sampler=loss-second-moment"])
     with pytest.raises(ConfigError, match="t_sampler"):
@@ -317,7 +318,7 @@ def test_learned_variance_checkpoint_samples_and_evaluates(tmp_path, capsys):
     both commands take the variance from its config."""
     import json
 
-    from minidiff import cli
+    from minidiff import commands as cli
     out = str(tmp_path / "run")
     assert cli.main(["train", "--preset", "claim", "--set", "objective=hybrid", "--set",
                      "variance=learned", "--set", "base_channels=8", "--set",

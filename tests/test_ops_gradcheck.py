@@ -1,5 +1,5 @@
 """Every differentiable op: the forward value matches NumPy, and ``backward`` matches central
-finite differences (``minidiff.testing.gradcheck``, float64) over hypothesis-drawn shapes,
+finite differences (``minidiff.gradcheck.gradcheck``, float64) over hypothesis-drawn shapes,
 axes and broadcast patterns.
 
 Inputs stay away from points where an op is not differentiable (|x| and relu at 0, clip at
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import minidiff as md
 from minidiff import backend
-from minidiff.testing import GradcheckError, gradcheck
+from minidiff.gradcheck import GradcheckError, gradcheck
 from tests import strategies as S
 
 

@@ -12,12 +12,13 @@ import minidiff as md
 from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, ddim_sample, ddpm_sample, training_step
 from minidiff.models.unet import UNet
-from minidiff.train import cli as train_cli
-from minidiff.train.checkpoint import CheckpointError, load_checkpoint
-from minidiff.train.presets import ConfigError, resolve
+from minidiff.commands import train as train_cli
+from minidiff.checkpoint import CheckpointError, load_checkpoint
+from minidiff.config.checks import ConfigError
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
-from minidiff.train.validate import check_config
-from minidiff.validation import MinidiffInputError, check_output_path
+from minidiff.config.checks import check_config
+from minidiff.errors import MinidiffInputError, check_output_path
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "attention_resolutions": [], "T": 10, "batch_size": 4, "steps": 6, "warmup_steps": 1,
@@ -120,13 +121,14 @@ def test_both_samplers_refuse_the_same_step_counts(steps):
 
 
 def test_non_finite_samples_name_the_cause():
-    from minidiff.sample import sample
+    from minidiff.data.spaces import PixelSpace
+    from minidiff.pipelines.sample import sample_images
     schedule = NoiseSchedule.linear(10)
 
     def overflowing(x, t):
         return backend.xp().full(x.shape, np.nan, np.float32)
     with pytest.raises(MinidiffInputError, match="NaN or Inf.*overflowed"):
-        sample(overflowing, schedule, {"image_size": 4}, "ddim", steps=2, n=2)
+        sample_images(overflowing, schedule, PixelSpace(4), 2, "ddim", steps=2)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -187,10 +189,10 @@ def test_nan_weights_are_refused_at_load_naming_the_key(tmp_path, images):
                       images=images, log=lambda _: None)
     trainer.run()
     arrays = backend.load_npz(trainer.checkpoint_path)
-    arrays["ema.conv_in.weight"] = arrays["ema.conv_in.weight"].copy()
-    arrays["ema.conv_in.weight"][0, 0, 0, 0] = np.nan
+    arrays["ema.unet.conv_in.weight"] = arrays["ema.unet.conv_in.weight"].copy()
+    arrays["ema.unet.conv_in.weight"][0, 0, 0, 0] = np.nan
     backend.save_npz(tmp_path / "nan.npz", arrays)
-    with pytest.raises(CheckpointError, match="has NaN in ema.conv_in.weight"):
+    with pytest.raises(CheckpointError, match="has NaN in ema.unet.conv_in.weight"):
         load_checkpoint(tmp_path / "nan.npz")
 
 
@@ -249,7 +251,7 @@ def test_sigterm_stops_like_ctrl_c_and_prints_the_resume_command(tmp_path, capsy
 
 def test_x0_panel_has_one_label_per_row_naming_t(tmp_path):
     from PIL import Image
-    from minidiff.images import save_grid
+    from minidiff.data.images import save_grid
     from minidiff.train import diagnostics
     schedule = NoiseSchedule.linear(50)
     x0 = md.tensor(np.zeros((4, 1, 8, 8))).data
@@ -262,4 +264,4 @@ def test_x0_panel_has_one_label_per_row_naming_t(tmp_path):
     save_grid(panel, tmp_path / "p.png", nrow=4, labels=labels)
     save_grid(panel, tmp_path / "q.png", nrow=4)
     assert Image.open(tmp_path / "p.png").width > Image.open(tmp_path / "q.png").width
-    assert diagnostics.OBJECTIVES["v"] == "||v - v_theta||^2"
+    assert diagnostics.LOSS_OF_PREDICTION["v"] == "||v - v_theta||^2"

@@ -1,16 +1,18 @@
-"""``minidiff sample`` and ``minidiff.images``: grids, GIF and strip from a checkpoint, and
+"""``minidiff sample`` and ``minidiff.data.images``: grids, GIF and strip from a checkpoint, and
 one-line errors for a missing file, a non-checkpoint and a wrong-architecture checkpoint."""
 import json
 
 import pytest
 
 from minidiff import backend
-from minidiff import sample as sample_cli
-from minidiff.images import make_grid, save_gif, save_grid, save_strip
+from minidiff.commands import sample as sample_cli
+from minidiff.pipelines.sample import sample_images
+from minidiff.data.images import make_grid, save_gif, save_grid, save_strip
 from minidiff.models.unet import UNet
 from minidiff.optim import EMA
-from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint, save_checkpoint
-from minidiff.train.presets import resolve
+from minidiff.pipelines.load import load_pipeline
+from minidiff.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.config.presets import resolve
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "attention_resolutions": [], "T": 20, "image_size": 16, "sample_steps": 5}
@@ -59,9 +61,10 @@ def test_sample_command_writes_grid_gif_strip(tmp_path, checkpoint, sampler, cap
 
 
 def test_same_seed_same_digits(checkpoint):
-    model, schedule, config = eps_model_from_checkpoint(checkpoint)
-    a, _ = sample_cli.sample(model, schedule, config, "ddim", steps=3, n=2, seed=5)
-    b, _ = sample_cli.sample(model, schedule, config, "ddim", steps=3, n=2, seed=5)
+    pipeline = load_pipeline(checkpoint)
+    model, schedule, space = pipeline.eps(), pipeline.schedule, pipeline.space
+    a, _ = sample_images(model, schedule, space, 2, "ddim", steps=3, seed=5)
+    b, _ = sample_images(model, schedule, space, 2, "ddim", steps=3, seed=5)
     assert (backend.to_host(a) == backend.to_host(b)).all() and a.shape == (2, 1, 16, 16)
 
 

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from minidiff.captions import measure_thickness
-from minidiff.train.checkpoint import load_checkpoint
+from minidiff.data.captions import measure_thickness
+from minidiff.checkpoint import load_checkpoint
 from tests.test_latent import _require     # skips where a file is not shipped
 
 TXT2IMG = os.path.join("data", "checkpoints", "txt2img.npz")
@@ -21,8 +21,8 @@ AE = os.path.join("data", "checkpoints", "ae.npz")
 @pytest.fixture(scope="module")
 def txt2img():
     _require(TXT2IMG, AE)
-    from minidiff.conditioning import load_conditioned
-    return load_conditioned(TXT2IMG)
+    from minidiff.pipelines.load import load_pipeline
+    return load_pipeline(TXT2IMG)
 
 
 def test_shipped_conditional_checkpoints_record_their_kind_and_autoencoder():

@@ -7,11 +7,12 @@ import signal
 import pytest
 
 from minidiff import backend
-from minidiff.data import load_mnist, to_unit_range
-from minidiff.train import cli
+from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.commands import train as cli
 from minidiff.train.diagnostics import overfit_one_batch
-from minidiff.train.checkpoint import load_checkpoint, save_checkpoint
-from minidiff.train.presets import ConfigError, parse_set, resolve
+from minidiff.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.config.checks import ConfigError
+from minidiff.config.presets import parse_set, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged, batch_indices
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
@@ -113,7 +114,7 @@ def test_nan_loss_names_step_and_checkpoint(tmp_path, images):
     trainer = Trainer(tiny(checkpoint_every=2), str(tmp_path), images=images,
                       log=lambda _: None)
     trainer.run(stop_at=2)
-    trainer.model.conv_in.weight.data[...] = float("nan")
+    trainer.model.unet.conv_in.weight.data[...] = float("nan")
     with pytest.raises(TrainingDiverged, match=r"step 3.*checkpoint.npz"):
         trainer.run()
 
@@ -156,7 +157,7 @@ def test_export_is_ema_only(tmp_path, images):
 
 def test_train_then_sample_end_to_end(tmp_path, capsys):
     """``minidiff train`` with a JSON config, then ``minidiff sample`` on its ema.npz."""
-    from minidiff import sample
+    from minidiff.commands import sample
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**TINY, "image_size": 28, "train_images": 16,
                                   "log_every": 1}))
@@ -183,13 +184,15 @@ def test_v_prediction_run_samples_through_eps(tmp_path, images):
     eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (2.6), checked against the raw network."""
     import numpy as np
     from minidiff.tensor import Tensor, no_grad
-    from minidiff.train.checkpoint import eps_model_from_checkpoint, model_from_checkpoint
+    from minidiff.pipelines.load import load_pipeline
     trainer = Trainer(tiny(steps=2, prediction="v", sample_every=2), str(tmp_path),
                       images=images, log=lambda _: None)
     assert trainer.run() == "done"
     path = str(tmp_path / "ema.npz")
-    eps_model, schedule, config = eps_model_from_checkpoint(path)
-    network, _ = model_from_checkpoint(path)
+    _pipeline = load_pipeline(path)
+    eps_model, schedule, config = _pipeline.eps(), _pipeline.schedule, _pipeline.config
+    _pipeline = load_pipeline(path)
+    network, _ = _pipeline.model, _pipeline.config
     assert config["prediction"] == "v"
     x_t = backend.randn(2, 1, 16, 16)
     t = backend.to_device(np.array([3, 40]))

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from minidiff import backend
-from minidiff.data import load_mnist, to_unit_range
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.tensor import no_grad
-from minidiff.train import cli
-from minidiff.train.checkpoint import (CheckpointError, autoencoder_from_checkpoint,
-                                       load_checkpoint, model_from_checkpoint)
-from minidiff.train.presets import ConfigError, resolve
+from minidiff.commands import train as cli
+from minidiff.checkpoint import CheckpointError, load_checkpoint
+from minidiff.pipelines.load import load_autoencoder, load_pipeline
+from minidiff.config.checks import ConfigError
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
 AE_TINY = {"base_channels": 8, "channel_mults": [1, 2], "latent_channels": 2, "groups": 4,
@@ -68,7 +69,7 @@ def test_tiny_autoencoder_learns_and_round_trips(tmp_path, images):
     assert (tmp_path / "loss_rec.png").exists() and (tmp_path / "loss_kl.png").exists()
 
     # the export holds the EMA weights and the scale factor measured on them
-    model, config, scale = autoencoder_from_checkpoint(tmp_path / "ema.npz")
+    model, config, scale = load_autoencoder(tmp_path / "ema.npz")
     assert config["model"] == "autoencoder" and model.latent_shape == (2, 8, 8)
     arrays = load_checkpoint(tmp_path / "ema.npz")
     assert arrays["scale_factor"].dtype == np.float64 and arrays["scale_factor"].shape == ()
@@ -105,12 +106,12 @@ def test_wrong_kind_of_checkpoint_is_a_clear_error(tmp_path, images, capsys):
                        images=images, log=_quiet)
     unet_run.run()
     with pytest.raises(CheckpointError, match="expected a diffusion checkpoint.*autoencoder"):
-        model_from_checkpoint(tmp_path / "ae" / "ema.npz")
+        load_pipeline(tmp_path / "ae" / "ema.npz")
     with pytest.raises(CheckpointError, match="expected an autoencoder checkpoint.*unet"):
-        autoencoder_from_checkpoint(tmp_path / "unet" / "ema.npz")
+        load_autoencoder(tmp_path / "unet" / "ema.npz")
     with pytest.raises(CheckpointError, match="holds a 'autoencoder' model"):
         unet_run.resume(ae_run.last_checkpoint)
-    from minidiff import sample
+    from minidiff.commands import sample
     assert sample.main(["--checkpoint", str(tmp_path / "ae" / "ema.npz"),
                         "--out", str(tmp_path / "x.png")]) != 0
     err = capsys.readouterr().err
@@ -123,12 +124,12 @@ def test_train_cli_trains_the_autoencoder(tmp_path, capsys):
                      "--train-images", "64", *["--set=" + s for s in sets if "steps=" not in s]])
     assert code == 0, capsys.readouterr().err
     assert "scale factor" in capsys.readouterr().out
-    assert autoencoder_from_checkpoint(tmp_path / "ema.npz")[2] > 0
+    assert load_autoencoder(tmp_path / "ema.npz")[2] > 0
 
 
 def test_eval_reports_an_autoencoder(tmp_path, capsys):
     """``minidiff eval`` sees the autoencoder in the config and reports its figures."""
-    from minidiff import evaluate
+    from minidiff.commands import eval as evaluate
     config = resolve("ae-quick", overrides={**AE_TINY, "image_size": 28,
                                             "channel_mults": [1, 2, 4], "steps": 1,
                                             "train_images": 64})

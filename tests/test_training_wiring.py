@@ -21,8 +21,8 @@ from minidiff import backend
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.tensor import Tensor
 from minidiff.train import tasks as tasks_module
-from minidiff.train.checkpoint import load_checkpoint
-from minidiff.train.presets import resolve
+from minidiff.checkpoint import load_checkpoint
+from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 from tests.test_diffusion_strategies import dev, h
 

@@ -7,7 +7,7 @@ import pytest
 import minidiff as md
 from minidiff import backend
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig, timestep_embedding
-from minidiff.testing import gradcheck
+from minidiff.gradcheck import gradcheck
 
 TINY = dict(base_channels=4, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
             num_heads=2, groups=2, time_embed_dim=8, image_size=4)

@@ -21,15 +21,13 @@ shape occurs in one U-Net forward/backward, and compares the totals.
 """
 from __future__ import annotations
 
-import sys
 
 from minidiff import backend
-from minidiff.bench import (NO_TORCH, benchmark_parser, emit, import_torch, timed,
-                            torch_device)
+from minidiff.bench import NO_TORCH, import_torch, timed, torch_device
 from minidiff.nn import functional as F
 from minidiff.tensor import Tensor
 
-__all__ = ["main", "run", "CASES"]
+__all__ = ["run", "CASES"]
 
 # name, kind, arguments, weight in one U-Net pass (how often the shape occurs)
 CASES = [
@@ -137,13 +135,3 @@ def _print_table(result) -> None:
         if has_torch:
             line += f" {r['torch_ms']:10.2f} {r['ratio']:7.2f}"
         print(line)
-
-
-def main(argv=None) -> int:
-    args = benchmark_parser("minidiff bench layers", __doc__.split("\n")[0],
-                            "timed repeats per op (min taken)").parse_args(argv)
-    return emit(run(args), args.json, _print_table)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

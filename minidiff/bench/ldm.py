@@ -9,7 +9,7 @@ from its checkpoint, the LDM with the autoencoder it records):
 * **training step per image**: Algorithm 1 on a batch of ``--batch`` x_0 of the model's
   space (28x28 pixels, or c x 7 x 7 latents): draw t and eps, x_t (2.4), forward, L_simple
   (4.6), backward, AdamW; divided by the batch.  The LDM's data are encoded once before
-  training (``minidiff.spaces``), so the encoder is not part of its step;
+  training (``minidiff.data.spaces``), so the encoder is not part of its step;
 * **sampling time per image**: DDIM with 50 steps on ``--sample-batch`` images, the decoder
   D(z / s) included for the LDM (its share is printed too), divided by the batch;
 * **peak memory**: the growth of the peak resident set over two training steps, each model
@@ -26,7 +26,6 @@ operation, not the GEMMs, may dominate.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -35,12 +34,22 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
+from minidiff.bench import NO_TORCH, import_torch
+from minidiff.bench.torch_unet import max_abs_diff, torch_twin
+from minidiff.bench.unet import TOLERANCE, _Minidiff, _Torch, _peak_rss_bytes
+from minidiff.config.build import build_model, model_config, schedule_from_config
+from minidiff.data.captions import Tokenizer
+from minidiff.data.spaces import LatentSpace, PixelSpace
+from minidiff.diffusion import as_eps_model, ddim_sample, training_step
+from minidiff.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from minidiff.models.unet import UNet
 from minidiff.nn import Module
+from minidiff.optim import AdamW
+from minidiff.pipelines.conditions import sampling_cond
+from minidiff.pipelines.load import load_pipeline
 from minidiff.tensor import Tensor
-from minidiff.validation import int_arg
 
-__all__ = ["main", "run", "Side", "FixedInputs", "FixedCondition", "time_sides",
+__all__ = ["run", "Side", "FixedInputs", "FixedCondition", "time_sides",
            "peak_growth", "config_memory", "FIGURES"]
 
 FIGURES = os.path.join("data", "checkpoints", "figures.json")
@@ -55,12 +64,9 @@ class Side:
     12 times untrained models of the presets' shapes, conditional ones included)."""
 
     def __init__(self, model, config: dict, space, batch: int, label: str):
-        from minidiff.diffusion import as_eps_model  # noqa: PLC0415
-        from minidiff.optim import AdamW  # noqa: PLC0415
-        from minidiff.train.checkpoint import schedule_from_config  # noqa: PLC0415
         self.model, self.config, self.space = model, config, space
         self.schedule = schedule_from_config(config)
-        self.prediction = config.get("prediction", "eps")
+        self.prediction = config["prediction"]
         self.eps_model = as_eps_model(model, self.schedule, self.prediction)
         self.optimizer = AdamW(model.parameters(), lr=1e-4)
         self.x0 = backend.randn(batch, *space.shape, dtype="float32")
@@ -68,11 +74,8 @@ class Side:
 
     @classmethod
     def from_checkpoint(cls, path: str, batch: int, autoencoder: str | None = None):
-        from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
-        from minidiff.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa
-        arrays = load_checkpoint(path)
-        model, config = model_from_checkpoint(path, arrays=arrays)
-        return cls(model, config, space_from_checkpoint(arrays, autoencoder), batch, path)
+        pipeline = load_pipeline(path, autoencoder=autoencoder)
+        return cls(pipeline.model, pipeline.config, pipeline.space, batch, path)
 
     @classmethod
     def from_config(cls, config: dict, space, batch: int, label: str = "",
@@ -81,8 +84,6 @@ class Side:
         weights), optionally conditioned: cross-attention to ``CONTEXT_LENGTH`` embeddings
         of width ``context_dim``, or ``concat_channels`` extra input channels (both fixed
         random inputs: ``FixedInputs``)."""
-        from minidiff.models.unet import UNet  # noqa: PLC0415
-        from minidiff.train.presets import model_config  # noqa: PLC0415
         unet_config = model_config(config)
         unet_config.context_dim, unet_config.concat_channels = context_dim, concat_channels
         unet = UNet(unet_config)
@@ -95,15 +96,12 @@ class Side:
         """The network ``minidiff.conditioning.build_model`` makes for ``config`` (text
         encoder included), untrained, fed one fixed condition (``FixedCondition``): ``prompt``
         for text, an all-masked image for concatenation, as ``sampling_cond`` builds them."""
-        from minidiff.captions import Tokenizer  # noqa: PLC0415
-        from minidiff.conditioning import build_model, sampling_cond  # noqa: PLC0415
         model = build_model(config)
         cond, _ = sampling_cond(config, 1, prompts=[prompt], space=space,
                                 tokenizer=Tokenizer(config["max_tokens"]))
         return cls(FixedCondition(model, cond), config, space, batch, label)
 
     def train_step(self):
-        from minidiff.diffusion import training_step  # noqa: PLC0415
         self.model.train()
         self.optimizer.zero_grad()
         loss = training_step(self.model, self.schedule, self.x0, target_type=self.prediction,
@@ -113,7 +111,6 @@ class Side:
 
     def sample(self, n: int, steps: int = SAMPLING_STEPS) -> float:
         """Seconds spent in the decoder; draws ``n`` images with DDIM (``steps`` steps)."""
-        from minidiff.diffusion import ddim_sample  # noqa: PLC0415
         self.model.eval()
         z = ddim_sample(self.eps_model, self.schedule, (n, *self.space.shape),
                         steps=min(steps, self.schedule.num_timesteps),
@@ -150,7 +147,7 @@ class FixedInputs(Module):
 
 
 class FixedCondition(Module):
-    """A ``ConditionedUNet`` (``minidiff.conditioning``) called as ``model(x_t, t)``, with the
+    """A ``ConditionedUNet`` (``minidiff.models.conditioned``) called as ``model(x_t, t)``, with the
     one-row condition ``cond`` repeated for every image of the batch."""
 
     def __init__(self, model, cond: dict):
@@ -202,7 +199,6 @@ def peak_growth(step, times: int = 2) -> tuple:
     ``step()`` runs ``times`` times.  In a fresh process (``--probe``) that is the step's
     working memory; in a process that already freed other arrays, the allocator may reuse
     them, so it can read lower."""
-    from minidiff.bench.unet import _peak_rss_bytes  # noqa: PLC0415
     base, source = _peak_rss_bytes(reset=True)
     for _ in range(times):
         step()
@@ -216,14 +212,11 @@ def _probe(args) -> dict:
     config`` with ``--probe-spec`` '{"config": ..., "context_dim": ..., "concat_channels":
     ...}'; the training step needs only x_0's shape, so a latent config gets a stand-in
     space of that shape, not its autoencoder)."""
-    from minidiff.spaces import LatentSpace, PixelSpace  # noqa: PLC0415
     backend.manual_seed(0)
     if args.probe == "config":
         spec = json.loads(args.probe_spec)
         config = spec["config"]
         if spec.get("autoencoder"):      # a ConditionedUNet's concat input is E(masked image)
-            from minidiff.models.autoencoder import (AutoencoderConfig,  # noqa: PLC0415
-                                                     AutoencoderKL)
             space = LatentSpace(AutoencoderKL(AutoencoderConfig.from_dict(spec["autoencoder"])),
                                 1.0)
         else:
@@ -242,7 +235,7 @@ def _probe(args) -> dict:
 
 def _probe_memory(probe_args: list):
     """MiB that ``--probe ...`` measured in a fresh NumPy process, or None if it failed."""
-    command = [sys.executable, "-m", "minidiff.bench.ldm", *probe_args]
+    command = [sys.executable, "-m", "minidiff.commands.bench", "ldm", *probe_args]
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     try:
@@ -288,8 +281,6 @@ def _quality(figures_path: str, path: str):
 
 def _versus_torch(side, args, torch) -> dict:
     """The latent U-Net against its PyTorch twin: training and sampling step, batch --batch."""
-    from minidiff.bench.torch_unet import max_abs_diff, torch_twin  # noqa: PLC0415
-    from minidiff.bench.unet import TOLERANCE, _Minidiff, _Torch  # noqa: PLC0415
     backend.manual_seed(0)
     ours = _Minidiff(side.model.config, args.batch, side.schedule)
     twin = torch_twin(ours.model)
@@ -399,43 +390,3 @@ def _print_table(r) -> None:
     if r.get("load_average"):
         print(f"load average {r['load_average'][0]:.2f} on {r['cpus']} CPUs (other work on "
               "the machine slows both models; the ratios suffer less than the times)")
-
-
-def _parser():
-    parser = benchmark_parser("minidiff bench ldm", __doc__.split("\n")[0],
-                              "timed repeats (default 3)")
-    parser.set_defaults(repeat=3)
-    parser.add_argument("--sample-batch", type=int_arg(1), default=32,
-                        help="images per timed DDIM run (default 32)")
-    parser.add_argument("--pixel", default=DEFAULTS["pixel"], help="the pixel model's checkpoint")
-    parser.add_argument("--ldm", default=DEFAULTS["ldm"], help="the latent model's checkpoint")
-    parser.add_argument("--autoencoder", default=None,
-                        help="the LDM's autoencoder, if not at the path it recorded")
-    parser.add_argument("--figures", default=FIGURES,
-                        help=f"quality record of the shipped models (default {FIGURES})")
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip the peak-memory subprocesses")
-    parser.add_argument("--probe", choices=("pixel", "ldm", "config"), help=argparse.SUPPRESS)
-    parser.add_argument("--probe-spec", help=argparse.SUPPRESS)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    from minidiff.spaces import SpaceError  # noqa: PLC0415
-    from minidiff.train.checkpoint import CheckpointError  # noqa: PLC0415
-    try:
-        if args.probe:
-            print(json.dumps(_probe(args)))
-            return 0
-        result = run(args)
-    except (CheckpointError, SpaceError) as error:
-        print(f"minidiff bench ldm: {error}", file=sys.stderr)
-        return 2
-    except AssertionError as error:
-        print(f"minidiff bench ldm: {error}", file=sys.stderr)
-        return 1
-    return emit(result, args.json, _print_table)
-
-if __name__ == "__main__":
-    sys.exit(main())

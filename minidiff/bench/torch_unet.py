@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 
+from minidiff import backend
+from minidiff.tensor import Tensor, no_grad
+
 __all__ = ["torch_available", "torch_twin", "max_abs_diff"]
 
 
@@ -185,7 +188,6 @@ def torch_twin(model):
     """A ``torch.nn.Module`` equal to the minidiff ``UNet`` ``model`` (weights copied).
 
     Raises ImportError when torch is missing and KeyError when the parameter names differ."""
-    from minidiff import backend  # noqa: PLC0415
 
     torch, TorchUNet = _classes()
     twin = TorchUNet(model.config)
@@ -206,8 +208,6 @@ def torch_twin(model):
 
 def max_abs_diff(model, twin, x, t) -> float:
     """max |model(x, t) - twin(x, t)| for host arrays ``x`` (float32) and ``t`` (int64)."""
-    from minidiff import backend  # noqa: PLC0415
-    from minidiff.tensor import Tensor, no_grad  # noqa: PLC0415
 
     torch, _ = _classes()
     with no_grad():

@@ -34,7 +34,6 @@ starts with its parent's peak.)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -42,15 +41,14 @@ import subprocess
 import sys
 
 from minidiff import backend
-from minidiff.bench import NO_TORCH, benchmark_parser, emit, import_torch
-from minidiff.validation import MinidiffInputError, command, int_arg
+from minidiff.bench import NO_TORCH, import_torch, timed, torch_device
+from minidiff.bench.torch_unet import max_abs_diff, torch_twin
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
 from minidiff.tensor import Tensor, no_grad
-from minidiff.bench import timed, torch_device
 
-__all__ = ["main", "run", "TOLERANCE"]
+__all__ = ["run", "TOLERANCE"]
 
 TOLERANCE = 1e-4   # max |minidiff - torch| on the same input and weights
 
@@ -149,7 +147,6 @@ def _probe(args) -> dict:
     side = _Minidiff(_config(args), args.batch, schedule)
     if args.probe == "torch":
         torch = import_torch(args.threads)
-        from minidiff.bench.torch_unet import torch_twin  # noqa: PLC0415
         side = _Torch(torch, torch_twin(side.model), schedule, side.x0, side.t)
     base, source = _peak_rss_bytes(reset=True)
     for _ in range(2):
@@ -159,7 +156,7 @@ def _probe(args) -> dict:
 
 
 def _measure_memory(args, framework) -> dict | None:
-    command = [sys.executable, "-m", "minidiff.bench.unet", "--probe", framework,
+    command = [sys.executable, "-m", "minidiff.commands.bench", "unet", "--probe", framework,
                "--batch", str(args.batch), "--threads", str(args.threads)]
     if args.base_channels is not None:
         command += ["--base-channels", str(args.base_channels)]
@@ -191,7 +188,6 @@ def run(args) -> dict:
     ours = _Minidiff(config, args.batch, schedule)
     theirs, agreement = None, None
     if torch is not None:
-        from minidiff.bench.torch_unet import max_abs_diff, torch_twin  # noqa: PLC0415
         twin = torch_twin(ours.model)
         n = min(args.batch, 8)
         agreement = max_abs_diff(ours.model, twin, backend.to_host(ours.x0[:n]),
@@ -278,40 +274,3 @@ def _print_table(r) -> None:
     if r.get("load_average"):
         print(f"load average {r['load_average'][0]:.2f} on {r['cpus']} CPUs "
               "(other processes on the machine slow both frameworks)")
-
-
-def _parser():
-    parser = benchmark_parser("minidiff bench unet", __doc__.split("\n")[0],
-                              "timed repeats (default 5)")
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip the peak-memory subprocesses")
-    parser.add_argument("--base-channels", type=int_arg(8), default=None,
-                        help="a smaller network than the reference (tests); a multiple of 8, "
-                             "the GroupNorm groups")
-    parser.add_argument("--image-size", type=int_arg(4), default=None,
-                        help="another image size, a multiple of 4 (attention at size / 4)")
-    parser.add_argument("--probe", choices=("minidiff", "torch"), help=argparse.SUPPRESS)
-    return parser
-
-
-@command
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    if args.base_channels is not None and args.base_channels % 8:
-        raise MinidiffInputError(f"--base-channels: expected a multiple of 8 (the GroupNorm "
-                                 f"groups), got {args.base_channels}")
-    if args.image_size is not None and args.image_size % 4:
-        raise MinidiffInputError(f"--image-size: expected a multiple of 4 (two Downsamples, "
-                                 f"attention at size / 4), got {args.image_size}")
-    if args.probe:
-        print(json.dumps(_probe(args)))
-        return 0
-    try:
-        result = run(args)
-    except AssertionError as error:
-        print(f"minidiff bench unet: {error}", file=sys.stderr)
-        return 1
-    return emit(result, args.json, _print_table)
-
-if __name__ == "__main__":
-    sys.exit(main())

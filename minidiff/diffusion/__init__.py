@@ -16,22 +16,23 @@ Convention used throughout: arrays and timesteps are 0-based, **index t is the p
 Functions are free functions taking the schedule as their first argument (models first for the
 samplers, mirroring ``sampler(model, schedule, ...)``).
 """
-from minidiff.diffusion.forward import (PREDICTIONS, EpsFromPrediction, as_eps_model,
+from minidiff.diffusion.forward import (EpsFromPrediction, PREDICTIONS, as_eps_model,
                                         predict_eps_from_v, predict_eps_from_x0, predict_v,
                                         predict_x0_from_eps, predict_x0_from_v, q_mean_variance,
                                         q_posterior, q_sample)
 from minidiff.diffusion.losses import (discretized_gaussian_log_likelihood, erfc, loss_simple,
                                        min_snr_weight, normal_cdf, normal_kl)
+from minidiff.diffusion.resample import T_SAMPLERS
 from minidiff.diffusion.respace import respace, space_timesteps
-from minidiff.diffusion.reverse import p_mean_variance
+from minidiff.diffusion.reverse import VARIANCES, p_mean_variance
 from minidiff.diffusion.samplers import (SAMPLERS, ddim_invert, ddim_sample, ddim_step,
                                          ddpm_sample, default_steps, run_sampler)
-from minidiff.diffusion.schedule import NoiseSchedule
-from minidiff.diffusion.training import training_step
+from minidiff.diffusion.schedule import NoiseSchedule, SCHEDULES
+from minidiff.diffusion.training import OBJECTIVES, training_step
 from minidiff.diffusion.vlb import bits_per_dim, prior_term, vlb_term_at, vlb_terms
 
 __all__ = [
-    "NoiseSchedule", "PREDICTIONS", "EpsFromPrediction", "as_eps_model", "q_sample",
+    "NoiseSchedule", "SCHEDULES", "PREDICTIONS", "VARIANCES", "OBJECTIVES", "T_SAMPLERS", "EpsFromPrediction", "as_eps_model", "q_sample",
     "q_mean_variance", "q_posterior", "predict_x0_from_eps",
     "predict_eps_from_x0", "predict_v", "predict_x0_from_v", "predict_eps_from_v",
     "p_mean_variance", "loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",

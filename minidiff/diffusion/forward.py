@@ -30,6 +30,7 @@ built from Tensor arithmetic, so gradients flow through it.
 from __future__ import annotations
 
 from minidiff.diffusion._util import extract, xp_of
+from minidiff.ops import concatenate
 from minidiff.tensor import Tensor
 
 __all__ = ["q_sample", "q_mean_variance", "q_posterior", "predict_x0_from_eps",
@@ -138,7 +139,6 @@ class EpsFromPrediction:
 def _concatenate(parts):
     """Channel-wise concatenation of arrays or Tensors."""
     if any(isinstance(p, Tensor) for p in parts):
-        from minidiff.ops import concatenate  # noqa: PLC0415
         return concatenate([p if isinstance(p, Tensor) else Tensor(p) for p in parts], axis=1)
     return xp_of(parts[0]).concatenate(parts, axis=1)
 

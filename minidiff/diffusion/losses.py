@@ -32,13 +32,15 @@ from __future__ import annotations
 
 from minidiff import ops
 from minidiff.diffusion._util import exp, extract, mean_over_items, raw, xp_of
+from minidiff.diffusion.forward import PREDICTIONS
 from minidiff.ops.special import erfc_array
 from minidiff.tensor import Tensor
 
 __all__ = ["loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
            "discretized_gaussian_log_likelihood", "TARGETS"]
 
-TARGETS = ("eps", "x0", "v")
+#: what a network may predict (lesson 02): the vocabulary of ``forward.PREDICTIONS``
+TARGETS = PREDICTIONS
 
 def erfc(x):
     """Complementary error function of an array, Numerical Recipes ``erfcc``; relative error

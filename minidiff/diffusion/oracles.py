@@ -29,6 +29,7 @@ import math
 
 from minidiff import backend
 from minidiff.diffusion._util import raw
+from minidiff.diffusion.forward import PREDICTIONS
 
 __all__ = ["GaussianMixture"]
 
@@ -120,7 +121,7 @@ class GaussianMixture:
     def model(self, schedule, prediction: str = "eps"):
         """A network ``model(x_t, t)`` that predicts ``prediction`` ("eps", "x0" or "v")
         exactly; wrap it with ``as_eps_model`` for the samplers when it is not eps."""
-        if prediction not in ("eps", "x0", "v"):
+        if prediction not in PREDICTIONS:
             raise ValueError(f"prediction: expected one of ('eps', 'x0', 'v'), got {prediction!r}")
         predict = getattr(self, prediction)
         return lambda x_t, t: predict(schedule, x_t, t)

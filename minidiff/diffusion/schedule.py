@@ -38,7 +38,10 @@ import operator
 
 from minidiff import backend
 
-__all__ = ["NoiseSchedule"]
+__all__ = ["NoiseSchedule", "SCHEDULES"]
+
+#: the schedules a configuration may name (``NoiseSchedule.<name>(T)``)
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 
 def _check_T(T) -> int:

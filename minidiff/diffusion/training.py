@@ -28,8 +28,7 @@ import math
 
 from minidiff import backend, ops
 from minidiff.diffusion._util import raw
-from minidiff.diffusion.forward import (predict_eps_from_v, predict_eps_from_x0, predict_v,
-                                        q_sample)
+from minidiff.diffusion.forward import predict_eps_from_v, predict_eps_from_x0, predict_v, q_sample
 from minidiff.diffusion.losses import TARGETS, loss_simple
 from minidiff.diffusion.reverse import VARIANCES, p_mean_variance
 from minidiff.diffusion.vlb import bound_term, prior_term

@@ -20,19 +20,25 @@ import math
 import time
 
 from minidiff import backend
+from minidiff.checkpoint import load_checkpoint
+from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.evaluate.classifier import (classifier_path as find_classifier, classify,
+                                          file_checksum, load_classifier)
+from minidiff.evaluate.fid import _cached_stats, _features_of, frechet_distance, gaussian_stats
+from minidiff.evaluate.model import _log
+from minidiff.pipelines.load import load_autoencoder
+from minidiff.tensor import no_grad
 
 __all__ = ["is_autoencoder", "evaluate_autoencoder", "report"]
 
 
 def is_autoencoder(path) -> bool:
     """Whether the checkpoint at ``path`` holds an autoencoder (config ``model``)."""
-    from minidiff.train.checkpoint import load_checkpoint  # noqa: PLC0415
     return load_checkpoint(path)["config"].get("model", "unet") == "autoencoder"
 
 
 def reconstruct(model, x, batch: int = 250):
     """(x_hat clipped to [-1, 1], KL per image, latent means) for images ``x`` in [-1, 1]."""
-    from minidiff.tensor import no_grad  # noqa: PLC0415
     xp = backend.xp()
     outs, kls, means = [], [], []
     with no_grad():
@@ -49,20 +55,14 @@ def evaluate_autoencoder(args, quiet: bool = False) -> dict:
 
     ``args``: ``minidiff eval``'s options (checkpoint, n, batch, raw_weights, classifier,
     stats_dir, reference_images, no_floor)."""
-    from minidiff.data import load_mnist, to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate import _cached_stats, _features_of, _log  # noqa: PLC0415
-    from minidiff.evaluate.classifier import (DEFAULT_PATH, classify, file_checksum,  # noqa
-                                              load_classifier)
-    from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
-    from minidiff.train.checkpoint import autoencoder_from_checkpoint, load_checkpoint  # noqa
 
     if args.n < 2:
         raise ValueError(f"--n: rFID needs at least 2 images, got {args.n}")
     arrays = load_checkpoint(args.checkpoint)
-    model, config, scale = autoencoder_from_checkpoint(args.checkpoint,
+    model, config, scale = load_autoencoder(args.checkpoint,
                                                        use_ema=not args.raw_weights,
                                                        arrays=arrays)
-    classifier_path = args.classifier or DEFAULT_PATH
+    classifier_path = find_classifier(args.classifier)
     classifier = load_classifier(classifier_path)
     checksum = file_checksum(classifier_path)
     test_images, test_labels = load_mnist("test")

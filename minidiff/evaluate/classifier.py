@@ -6,7 +6,7 @@ conv3x3(1->32, pad 1)+relu -> conv3x3 stride 2 (32->64)+relu [14x14] ->
 conv3x3 stride 2 (64->64)+relu [7x7] -> flatten -> linear(3136->128)+relu  (the 128-d
 *penultimate features* used for FID) -> linear(128->10) (logits).
 
-Trained by ``python -m minidiff.evaluate.train_classifier`` (see data/checkpoints/classifier.md).
+Trained by ``minidiff eval train-classifier`` (see data/checkpoints/classifier.md).
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import hashlib
 import os
 
 from minidiff import backend
+from minidiff.data.paths import SOURCE_DATA, find
+from minidiff.errors import MinidiffInputError
 from minidiff.nn import Conv2d, Linear, Module
+from minidiff.nn.module import StateDictError
 from minidiff.ops import relu
 from minidiff.tensor import Tensor, no_grad
 
-#: where the shipped classifier lives (relative to the repository root)
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "data", "checkpoints", "classifier.npz")
+#: where ``minidiff eval train-classifier`` writes the classifier: the source tree's copy
+DEFAULT_PATH = os.path.join(SOURCE_DATA, "checkpoints", "classifier.npz")
 
 #: the shipped classifier, under data/ (found by ``minidiff.paths.find``)
 SHIPPED = os.path.join("checkpoints", "classifier.npz")
@@ -62,7 +64,6 @@ def classifier_path(path=None) -> str:
     from any folder by ``paths.find``)."""
     if path is not None:
         return path
-    from minidiff.paths import find  # noqa: PLC0415
     return find(SHIPPED)
 
 
@@ -71,8 +72,6 @@ def load_classifier(path=None, name: str = "classifier") -> MnistClassifier:
 
     A file that is missing, not an .npz, or holds other weights is a ``MinidiffInputError``
     that starts with ``name`` and says what the file holds instead."""
-    from minidiff.nn.module import StateDictError  # noqa: PLC0415
-    from minidiff.validation import MinidiffInputError  # noqa: PLC0415
     path = classifier_path(path)
     if not os.path.exists(path):
         raise MinidiffInputError(f"{name}: classifier not found: {path}",

@@ -28,8 +28,15 @@ still holds by continuity.)  Everything runs in float64.
 """
 from __future__ import annotations
 
+import os
+
 from minidiff import backend
+from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.evaluate.classifier import classify
 from minidiff.tensor import Tensor
+
+#: where the reference (test set) and floor statistics are cached
+DEFAULT_STATS_DIR = os.path.join("runs", "fid_stats")
 
 
 def gaussian_stats(features):
@@ -76,3 +83,48 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 def fid_from_features(features1, features2) -> float:
     """FID between two feature sets (N1, D) and (N2, D)."""
     return frechet_distance(*gaussian_stats(features1), *gaussian_stats(features2))
+
+
+def _cached_stats(path_key: str, stats_dir: str, compute):
+    """(mu, cov) from ``stats_dir/<path_key>.npz``, computing and saving it when absent."""
+    path = os.path.join(stats_dir, path_key + ".npz")
+    if os.path.exists(path):
+        try:
+            arrays = backend.load_npz(path)
+            return backend.to_device(arrays["mu"]), backend.to_device(arrays["cov"]), True
+        except (ValueError, KeyError):
+            pass  # a damaged cache is recomputed
+    mu, cov = compute()
+    backend.save_npz(path, {"mu": mu, "cov": cov})
+    return mu, cov, False
+
+
+def _features_of(classifier, images_uint8):
+    feats, _ = classify(classifier, to_unit_range(images_uint8))
+    return feats
+
+
+def reference_statistics(classifier, checksum: str, stats_dir: str = DEFAULT_STATS_DIR,
+                         reference_images: int = 10_000):
+    """``(mu, cov, cached, n)``: the Gaussian of the classifier's features of the first
+    ``reference_images`` MNIST test images (all 10,000 by default), cached in ``stats_dir``
+    under the classifier's ``checksum`` (``fid.py``)."""
+    test_images, _ = load_mnist("test")
+    n_ref = min(max(reference_images, 2), len(test_images))
+    key = f"test_{checksum}" + ("" if n_ref == len(test_images) else f"_first{n_ref}")
+    mu, cov, hit = _cached_stats(
+        key, stats_dir, lambda: gaussian_stats(_features_of(classifier, test_images[:n_ref])))
+    return mu, cov, hit, n_ref
+
+
+def floor_statistics(classifier, checksum: str, stats_dir: str, n: int):
+    """``(mu, cov, n)`` of the classifier's features of ``n`` random training images (at most
+    60,000; seed 0): the FID floor's side, cached in ``stats_dir`` under the ``checksum``."""
+    n_floor = min(n, 60_000)
+
+    def floor_stats():
+        train_images, _ = load_mnist("train")
+        pick = backend.host.random.default_rng(0).permutation(len(train_images))[:n_floor]
+        return gaussian_stats(_features_of(classifier, train_images[pick]))
+    mu, cov, _ = _cached_stats(f"train_{checksum}_n{n_floor}", stats_dir, floor_stats)
+    return mu, cov, n_floor

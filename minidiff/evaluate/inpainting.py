@@ -16,13 +16,17 @@ from __future__ import annotations
 import time
 
 from minidiff import backend
+from minidiff.data.images import save_grid
+from minidiff.data.masks import masked_image, named_mask
+from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
+from minidiff.diffusion import default_steps
+from minidiff.evaluate.classifier import accuracy, load_classifier
+from minidiff.pipelines.inpaint import complete, load_inpainter
 
 __all__ = ["inpainting_accuracy", "report", "compare_figure"]
 
 
 def _accuracy(classifier, images_uint8, labels) -> float:
-    from minidiff.data import to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate.classifier import accuracy  # noqa: PLC0415
     return accuracy(classifier, to_unit_range(images_uint8), labels)
 
 
@@ -35,11 +39,6 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     completion each (``steps`` None: 50 for ddim, T for ddpm); ``method`` None is the
     model's default (``inpaint.load_inpainter``); ``classifier``: a loaded classifier
     (default: the shipped one)."""
-    from minidiff.data import load_mnist  # noqa: PLC0415
-    from minidiff.evaluate.classifier import load_classifier  # noqa: PLC0415
-    from minidiff.inpaint import complete, load_inpainter  # noqa: PLC0415
-    from minidiff.diffusion import default_steps  # noqa: PLC0415
-    from minidiff.masks import named_mask  # noqa: PLC0415
     images, labels = load_mnist("test")
     images, labels = images[:n], labels[:n]
     pixel_mask = named_mask(mask, size=28)
@@ -50,7 +49,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     start = time.time()
     completions = complete(eps_for, schedule, space, images, pixel_mask, 1, sampler, steps,
                            eta=eta, seed=seed, batch=batch, method=method, progress=progress,
-                           variance=config.get("variance", "fixed_small"))
+                           variance=config["variance"])
     seconds = time.time() - start
     blank = images * (backend.to_host(pixel_mask) < 0.5).astype(images.dtype)   # 0 = black
     return {"checkpoint": str(checkpoint), "method": method, "space": space.describe(),
@@ -82,10 +81,6 @@ def compare_figure(rows, indices, path, mask: str = "bottom", n: int = 4, sample
     (``options``: keyword arguments of ``inpaint.complete`` for that row, e.g. ``{"eta":
     1.0}``), each the original, the masked input, then ``n`` completions; the label is
     written at the row's left."""
-    from minidiff.data import from_unit_range, load_mnist, to_unit_range  # noqa: PLC0415
-    from minidiff.images import save_grid  # noqa: PLC0415
-    from minidiff.inpaint import complete, load_inpainter  # noqa: PLC0415
-    from minidiff.masks import masked_image, named_mask  # noqa: PLC0415
     host = backend.host
     test, _ = load_mnist("test")
     images = test[host.asarray(indices, dtype=host.int64)]
@@ -96,7 +91,7 @@ def compare_figure(rows, indices, path, mask: str = "bottom", n: int = 4, sample
     for label, checkpoint, method, *options in rows:
         eps_for, schedule, space, config, method = load_inpainter(checkpoint, method)
         kwargs = {"sampler": sampler, "steps": steps, "seed": seed,
-                  "variance": config.get("variance", "fixed_small"), **(options or [{}])[0]}
+                  "variance": config["variance"], **(options or [{}])[0]}
         filled[label] = complete(eps_for, schedule, space, images, pixel_mask, n,
                                  method=method, **kwargs)
     tiles, names = [], []

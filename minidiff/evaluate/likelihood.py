@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from minidiff import backend
-from minidiff.diffusion import bits_per_dim
+from minidiff.diffusion import bits_per_dim, vlb_terms
 from minidiff.tensor import Tensor
 
 
@@ -46,7 +46,6 @@ def bound_split(schedule, eps_model, x0, batch: int = 16, progress=None,
     ``prior``, ``distortion``, ``rate``, ``total`` (N,) (total = the other three summed) and
     ``terms`` (N, T) (column t: L_t in bits per dim, column 0: L_0), plus ``bpd`` and
     ``stderr``, the mean of ``total`` and its standard error over the images."""
-    from minidiff.diffusion import vlb_terms  # noqa: PLC0415
     host = backend.host
     x0 = backend.to_device(x0.data if isinstance(x0, Tensor) else x0)
     n, T = len(x0), schedule.num_timesteps

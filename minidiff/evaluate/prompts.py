@@ -38,7 +38,22 @@ from __future__ import annotations
 import time
 
 from minidiff import backend
-from minidiff.validation import MinidiffInputError, check_float, check_int
+from minidiff.checkpoint import load_checkpoint
+from minidiff.config.vocabulary import kind_of, uses_text
+from minidiff.data import captions
+from minidiff.data.captions import DIGIT_WORDS, make_captions
+from minidiff.data.mnist import from_unit_range, to_unit_range
+from minidiff.data.spaces import weights_sha256
+from minidiff.diffusion import default_steps
+from minidiff.errors import MinidiffInputError, check_float, check_int
+from minidiff.evaluate import inpainting
+from minidiff.evaluate.classifier import classifier_path, classify, file_checksum, load_classifier
+from minidiff.evaluate.fid import (floor_statistics, frechet_distance, gaussian_stats,
+                                   reference_statistics)
+from minidiff.evaluate.fid import DEFAULT_STATS_DIR
+from minidiff.models.conditioned import ConditionError
+from minidiff.pipelines.load import Pipeline, load_pipeline
+from minidiff.pipelines.sample import sample_images
 
 __all__ = ["prompt_samples", "prompted_accuracy", "attribute_adherence", "report",
            "prompts_report", "score_digits", "ordered_fraction", "digit_prompts",
@@ -50,52 +65,43 @@ ATTRIBUTES = (("thickness", "thick", "thin"), ("slant", "slanted", "upright"))
 
 # ---------------------------------------------------------------------------------- loading
 def _text_model(checkpoint, use_ema: bool = True):
-    """A ``ConditionedCheckpoint`` of a model conditioned on text, from a path or as given;
-    any other model is refused before its weights are loaded."""
-    from minidiff import conditioning  # noqa: PLC0415
-    from minidiff.train.checkpoint import load_checkpoint  # noqa: PLC0415
-    given = isinstance(checkpoint, conditioning.ConditionedCheckpoint)
+    """A ``Pipeline`` of a model conditioned on text, from a path or as given; any other
+    model is refused before its weights are loaded."""
+    given = isinstance(checkpoint, Pipeline)
     arrays = None if given else load_checkpoint(checkpoint)
     config = checkpoint.config if given else arrays["config"]
-    if not conditioning.uses_text(config):
+    if not uses_text(config):
         where = "the checkpoint" if given else checkpoint
-        raise conditioning.ConditionError(
-            f"--prompts: {where} is conditioned on {conditioning.kind_of(config)!r}, not on "
-            "text; prompted accuracy needs a model trained with captions (conditioning "
-            "crossattn or hybrid)")
-    return checkpoint if given else conditioning.load_conditioned(checkpoint, use_ema=use_ema,
-                                                                  arrays=arrays)
+        raise ConditionError(
+            f"--prompts: {where} is conditioned on {kind_of(config)!r}, not on text; prompted "
+            "accuracy needs a model trained with captions (conditioning crossattn or hybrid)")
+    return checkpoint if given else load_pipeline(checkpoint, use_ema=use_ema, arrays=arrays)
 
 
 def _name(checkpoint):
     """The checkpoint's path for the report (None for one given loaded)."""
-    from minidiff.conditioning import ConditionedCheckpoint  # noqa: PLC0415
-    return None if isinstance(checkpoint, ConditionedCheckpoint) else str(checkpoint)
+    return None if isinstance(checkpoint, Pipeline) else str(checkpoint)
 
 
 def _guidance(loaded, guidance) -> float:
-    """The guidance scale s used: ``guidance``, else the config's (1 when it has none)."""
+    """The guidance scale s used: ``guidance``, else the config's."""
     if guidance is None:
-        return float(loaded.config.get("guidance", 1.0))
+        return float(loaded.config["guidance"])
     return float(check_float("--guidance", guidance, low=0.0))
 
 
 def _classifier(classifier):
     """``(model, key)``: the classifier (None: the shipped one; a path; or a loaded model) and
     the key of its cached test statistics (the file's checksum, as ``minidiff eval``)."""
-    from minidiff.evaluate.classifier import (classifier_path, file_checksum,  # noqa: PLC0415
-                                              load_classifier)
     if classifier is None or isinstance(classifier, str):
         path = classifier_path(classifier)
         return load_classifier(path, name="--classifier"), file_checksum(path)
-    from minidiff.spaces import weights_sha256  # noqa: PLC0415
     return classifier, "w" + weights_sha256(classifier)[:16]
 
 
 # ---------------------------------------------------------------------------------- prompts
 def digit_prompts() -> list:
     """The ten digit words, "zero" .. "nine": the prompts of ``prompted_accuracy``."""
-    from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
     return list(DIGIT_WORDS)
 
 
@@ -103,7 +109,6 @@ def attribute_prompts(attribute: str, word: str, digits) -> list:
     """One caption per digit with one attribute word, worded as the training captions are
     ("a thick seven", "an upright eight"): ``make_captions``' template "article, attribute,
     digit word" (choice 14: digit word, both attribute words kept, template 1)."""
-    from minidiff.captions import make_captions  # noqa: PLC0415
     digits = list(digits)
     words, none = [word] * len(digits), [""] * len(digits)
     thick, slant = (words, none) if attribute == "thickness" else (none, words)
@@ -124,42 +129,25 @@ def prompt_samples(checkpoint, prompts, per_prompt: int = 20, guidance=None,
     """uint8 (len(prompts) * per_prompt, 28, 28): ``per_prompt`` samples of each prompt,
     prompt-major (all of prompts[0], then prompts[1], ...), classifier-free guided with scale
     ``guidance`` (None: the config's), decoded through the model's space.  ``checkpoint`` is a
-    path or a loaded ``ConditionedCheckpoint``; ``steps`` None: 50 for ddim, T for ddpm;
+    path or a loaded ``Pipeline``; ``steps`` None: 50 for ddim, T for ddpm;
     ``batch`` samples go through the sampler at once (each a doubled forward for guidance);
     ``progress(done, total)`` counts sampler steps over all batches."""
-    from minidiff.data import from_unit_range  # noqa: PLC0415
-    from minidiff.diffusion import default_steps, run_sampler  # noqa: PLC0415
     loaded = _text_model(checkpoint, use_ema)
     check_int("--per-prompt", per_prompt, low=1)
-    check_int("--batch", batch, low=1)
     scale = _guidance(loaded, guidance)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise MinidiffInputError("prompts: expected at least one prompt, got none")
     loaded.tokenizer.encode(prompts)                 # unknown words refused before sampling
-    steps = default_steps(loaded.schedule, sampler, steps)
-    check_int("--steps", steps, low=1, high=loaded.schedule.num_timesteps)
     texts = [text for text in prompts for _ in range(per_prompt)]
-    space, xp = loaded.space, backend.xp()
-    variance = loaded.config.get("variance", "fixed_small")
-    total = -(-len(texts) // batch) * steps
-    backend.manual_seed(seed)
-    chunks = []
-    for start in range(0, len(texts), batch):
-        part = texts[start:start + batch]
-        cond, uncond = loaded.cond(len(part), prompts=part)
-        offset = start // batch * steps
-        hook = None if progress is None else (lambda i, _, o=offset: progress(o + i, total))
-        x0 = run_sampler(sampler, loaded.guided_eps(cond, uncond, scale), loaded.schedule,
-                         (len(part), *space.shape), steps, eta=eta, variance=variance,
-                         clip_x0=space.clip_x0, progress=hook)
-        images = space.decode(x0)
-        if not bool(xp.isfinite(backend.array_of(images)).all()):
-            raise MinidiffInputError("the samples hold NaN or Inf: the network's output "
-                                     f"overflowed during {sampler} sampling",
-                                     "try the EMA weights or another checkpoint")
-        chunks.append(from_unit_range(images)[:, 0])
-    return backend.host.concatenate(chunks)
+
+    def eps_for(begin, end):
+        cond, uncond = loaded.cond(end - begin, prompts=texts[begin:end])
+        return loaded.eps(cond, uncond, scale)
+    images, _ = sample_images(None, loaded.schedule, loaded.space, len(texts), sampler, steps,
+                              eta, seed, batch, loaded.config["variance"], progress=progress,
+                              eps_for=eps_for)
+    return from_unit_range(images)[:, 0]
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -196,8 +184,6 @@ def score_digits(images, labels, classifier=None) -> dict:
     show the digits ``labels`` (N,): the fraction the classifier labels as meant, overall and
     per digit (None for a digit absent), and the mean within-digit pairwise feature distance,
     averaged over the digits present (module docstring)."""
-    from minidiff.data import to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate.classifier import classify  # noqa: PLC0415
     images = backend.to_host(backend.array_of(images))
     images = images[:, None] if images.ndim == 3 else images
     if images.ndim != 4 or images.shape[1] != 1 or len(images) != len(labels):
@@ -227,8 +213,6 @@ def _fid(features, classifier, key: str, stats_dir: str, reference_images: int) 
     """The FID of ``features`` against the first ``reference_images`` MNIST test images', and
     the floor: as many random training images against the same (the statistics cached as
     ``minidiff eval`` caches them)."""
-    from minidiff.evaluate import floor_statistics, reference_statistics  # noqa: PLC0415
-    from minidiff.evaluate.fid import frechet_distance, gaussian_stats  # noqa: PLC0415
     mu_test, cov_test, _, n_ref = reference_statistics(classifier, key, stats_dir,
                                                        reference_images)
     mu_train, cov_train, _ = floor_statistics(classifier, key, stats_dir, len(features))
@@ -239,7 +223,6 @@ def _fid(features, classifier, key: str, stats_dir: str, reference_images: int) 
 
 # ---------------------------------------------------------------------------------- figures
 def _common(loaded, scale, sampler, steps, eta, seed) -> dict:
-    from minidiff.diffusion import default_steps  # noqa: PLC0415
     return {"guidance": scale, "sampler": sampler,
             "steps": default_steps(loaded.schedule, sampler, steps),
             "eta": eta if sampler == "ddim" else None, "seed": seed,
@@ -258,9 +241,6 @@ def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: 
     figures None with ``fid=False``; the statistics cached under ``stats_dir``, default
     ``minidiff eval``'s).  ``classifier``: a path or a loaded classifier (default the
     shipped one); "seconds" is the sampling time."""
-    from minidiff.data import to_unit_range  # noqa: PLC0415
-    from minidiff.evaluate import DEFAULT_STATS_DIR  # noqa: PLC0415
-    from minidiff.evaluate.classifier import classify  # noqa: PLC0415
     loaded = _text_model(checkpoint, use_ema)
     scale = _guidance(loaded, guidance)
     model, key = _classifier(classifier)
@@ -291,7 +271,6 @@ def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guid
     ``ordered_fraction``), "auc_pooled" (all pairs, across digits), "in_tertile_high" /
     "in_tertile_low" (the fraction above the training set's upper edge / below its lower
     edge), "edges", "n" (samples per group).  One sampling run for all four groups."""
-    from minidiff import captions  # noqa: PLC0415
     loaded = _text_model(checkpoint, use_ema)
     scale = _guidance(loaded, guidance)
     digits = _check_digits(digits)
@@ -398,6 +377,5 @@ def report(r: dict) -> str:
     else:
         lines += _attribute_lines(r)
     if r.get("inpainting"):
-        from minidiff.evaluate import inpainting  # noqa: PLC0415
         lines += inpainting.report(r["inpainting"]).splitlines()[1:]
     return "\n".join(lines)

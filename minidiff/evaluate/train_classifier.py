@@ -1,18 +1,14 @@
-"""Train the MNIST classifier behind minidiff's FID (``minidiff eval train-classifier`` or
-``python -m minidiff.evaluate.train_classifier``).
-
+"""Train the MNIST classifier behind minidiff's FID (``minidiff eval train-classifier``):
 Adam (lr 1e-3, cosine decay to 0), batch 128, cross-entropy, a few epochs on the 60,000
-training images; prints the test accuracy and writes the parameters to ``--out``.
+training images (``train``).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 
 from minidiff import backend
-from minidiff.data import load_mnist, to_unit_range
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.evaluate.classifier import DEFAULT_PATH, MnistClassifier, accuracy
 from minidiff.nn.functional import cross_entropy
 from minidiff.optim import Adam
@@ -54,29 +50,3 @@ def train(epochs: int = 4, batch: int = 128, lr: float = 1e-3, seed: int = 0,
     model.save(out)
     print(f"saved {out}: test accuracy {acc:.2%}, {seconds:.0f} s of training", flush=True)
     return {"accuracy": acc, "seconds": seconds, "path": out}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from minidiff.validation import ArgumentParser, float_arg, int_arg  # noqa: PLC0415
-    parser = ArgumentParser(prog="minidiff eval train-classifier",
-                            description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int_arg(1), default=4, help="passes over the data")
-    parser.add_argument("--batch", type=int_arg(1), default=128, help="images per step")
-    parser.add_argument("--lr", type=float_arg(0.0), default=1e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int_arg(0), default=0, help="seed of the run")
-    parser.add_argument("--out", default=DEFAULT_PATH, help="where to write the classifier "
-                        "(.npz; default: the shipped one)")
-    parser.add_argument("--init", default=None, help="start from this classifier file")
-    return parser
-
-
-def main(argv=None) -> int:
-    from minidiff.validation import check_output_path  # noqa: PLC0415
-    args = build_parser().parse_args(argv)
-    check_output_path("--out", args.out, (".npz",))
-    train(args.epochs, args.batch, args.lr, args.seed, args.out, init=args.init)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 (lesson 09), and the text encoder tau_theta of lesson 11."""
 from minidiff.models.autoencoder import AutoencoderConfig, AutoencoderKL
 from minidiff.models.blocks import (AttentionBlock, Downsample, ResBlock, SpatialTransformer,
-                                   Upsample)
+                                    Upsample)
 from minidiff.models.distributions import DiagonalGaussian
 from minidiff.models.embedding import timestep_embedding
 from minidiff.models.text_encoder import TextEncoder

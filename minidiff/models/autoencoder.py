@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from minidiff import backend
 from minidiff.models.blocks import Downsample, ResBlock, Upsample
 from minidiff.models.distributions import DiagonalGaussian
 from minidiff.nn import Conv2d, GroupNorm, Module, ModuleList, functional as F
-from minidiff import backend
 from minidiff.tensor import Tensor, as_tensor, no_grad
 
 __all__ = ["AutoencoderConfig", "AutoencoderKL", "autoencoder_loss", "scale_by_std",

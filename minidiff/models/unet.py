@@ -19,7 +19,7 @@ Shape of the network (reference configuration, 28x28 MNIST, 1,623,169 parameters
 Every activation stored on the way down is consumed, in reverse order, by exactly one
 ResBlock on the way up (improved-diffusion's layout): the skips hand fine detail across.
 
-Conditioning hooks for latent diffusion (lesson 11; ``minidiff.conditioning`` chooses them):
+Conditioning hooks for latent diffusion (lesson 11; ``minidiff.models.conditioned`` chooses them):
 ``concat_channels`` extra input channels (a mask and a masked image concatenated to x_t) and
 ``context_dim``, which turns every attention block (at ``attention_resolutions`` and in the
 middle) into a ``SpatialTransformer`` that also cross-attends to a context sequence.
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from minidiff import backend
 from minidiff.models.blocks import (AttentionBlock, Downsample, ResBlock, SpatialTransformer,
-                                   Upsample)
+                                    Upsample)
 from minidiff.models.embedding import timestep_embedding
 from minidiff.nn import Conv2d, GroupNorm, Linear, Module, ModuleList, functional as F
-from minidiff import backend
 from minidiff.ops import concatenate
 from minidiff.tensor import Tensor
 

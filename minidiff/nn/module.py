@@ -12,8 +12,8 @@ Files are plain ``.npz`` archives written atomically and read with ``allow_pickl
 from __future__ import annotations
 
 from minidiff import backend
+from minidiff.errors import MinidiffInputError
 from minidiff.tensor import Tensor
-from minidiff.validation import MinidiffInputError
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "StateDictError"]
 

@@ -12,8 +12,8 @@ return gradients in the broadcast shape.
 * ``special``: normal_cdf (Phi, for the discretized decoder of lesson 04)
 """
 from minidiff.ops.activation import gelu, log_softmax, relu, sigmoid, silu, softmax, tanh
-from minidiff.ops.arith import (abs, add, clip, div, exp, log, matmul, mul, neg, power, sqrt,
-                                sub, where)
+from minidiff.ops.arith import (abs, add, clip, div, exp, log, matmul, mul, neg, power, sqrt, sub,
+                                where)
 from minidiff.ops.reduce import max, mean, sum, var
 from minidiff.ops.shape import concatenate, getitem, pad, reshape, stack, transpose
 from minidiff.ops.special import normal_cdf

@@ -13,8 +13,9 @@ diagnostic never changes the training run (resuming stays exact).
 from __future__ import annotations
 
 from minidiff import backend
-from minidiff.data import from_unit_range
-from minidiff.diffusion import predict_x0_from_eps, q_sample
+from minidiff.data.mnist import from_unit_range
+from minidiff.diffusion import predict_x0_from_eps, q_sample, training_step
+from minidiff.optim import AdamW
 from minidiff.tensor import Tensor, no_grad
 
 __all__ = ["plot_loss_curve", "timestep_report", "plot_timestep_loss", "overfit_one_batch",
@@ -40,7 +41,7 @@ def panel_labels(T: int) -> list:
 
 
 #: what the network is trained to predict -> the loss it minimises, for plot labels
-OBJECTIVES = {"eps": "||eps - eps_theta||^2 (L_simple)", "x0": "||x_0 - x0_theta||^2",
+LOSS_OF_PREDICTION = {"eps": "||eps - eps_theta||^2 (L_simple)", "x0": "||x_0 - x0_theta||^2",
               "v": "||v - v_theta||^2"}
 
 
@@ -65,7 +66,7 @@ def plot_loss_curve(losses, path, window: int = 50, prediction: str = "eps") -> 
     ax.plot(host.arange(1, len(values) + 1), values, alpha=0.3, lw=0.8, label="loss")
     ax.plot(host.arange(kernel, len(values) + 1), smooth, lw=1.5,
             label=f"mean of {kernel}")
-    objective = OBJECTIVES.get(prediction, prediction)
+    objective = LOSS_OF_PREDICTION.get(prediction, prediction)
     ax.set(xlabel="step", ylabel=f"{prediction} loss", yscale="log",
            title=f"training loss: {objective}")
     ax.legend()
@@ -131,8 +132,6 @@ def overfit_one_batch(model, schedule, x0, steps: int = 30, lr: float = 3e-3, se
     With the data, the timesteps and the noise all fixed, a working model and backward pass
     drive the loss towards zero within a few dozen steps.  If it does not, the bug is in the
     model or the gradients, not in the amount of training."""
-    from minidiff.diffusion import training_step  # noqa: PLC0415
-    from minidiff.optim import AdamW  # noqa: PLC0415
     backend.manual_seed(seed)
     t = backend.randint(0, schedule.num_timesteps, (x0.shape[0],))
     noise = backend.randn(*x0.shape, dtype=x0.dtype)

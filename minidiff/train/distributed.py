@@ -37,7 +37,7 @@ import hashlib
 import time
 
 from minidiff import backend
-from minidiff.validation import MinidiffInputError
+from minidiff.errors import MinidiffInputError
 
 __all__ = ["Distributed", "DistributedError", "connect", "MISSING_MPI"]
 

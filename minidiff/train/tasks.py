@@ -10,8 +10,8 @@ A task owns the network and knows four things the loop does not:
 
 * ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), DDIM sample grids, the
   loss-by-timestep and predicted-x0 diagnostics, in the space its config names: pixels, or
-  the latents of an autoencoder (``minidiff.spaces``, lesson 10), which then encodes the
-  training images once, here.  A conditioned config (lesson 11, ``minidiff.conditioning``)
+  the latents of an autoencoder (``minidiff.data.spaces``, lesson 10), which then encodes the
+  training images once, here.  A conditioned config (lesson 11, ``minidiff.models.conditioned``)
   gets its network from ``build_model`` and each batch's ``cond`` from a ``Conditioner``;
   a text model's grid shows one row per digit prompt, at the config's guidance.
 * ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
@@ -23,17 +23,22 @@ from __future__ import annotations
 import os
 
 from minidiff import backend
-from minidiff import conditioning
-from minidiff.data import from_unit_range, to_unit_range
-from minidiff.diffusion import as_eps_model, ddim_sample, training_step
+from minidiff.config.build import autoencoder_config, build_model, schedule_from_config
+from minidiff.config.checks import ConfigError
+from minidiff.config.vocabulary import uses_text
+from minidiff.data.captions import DIGIT_WORDS
+from minidiff.data.images import save_grid
+from minidiff.data.mnist import from_unit_range, to_unit_range
+from minidiff.diffusion import training_step
+from minidiff.diffusion.guidance import conditional_eps_model, guided
 from minidiff.diffusion.resample import LossSecondMomentSampler
-from minidiff.images import save_grid
 from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
-from minidiff.spaces import space_from_config
+from minidiff.pipelines.conditions import sampling_cond
+from minidiff.pipelines.load import space_from_config
+from minidiff.pipelines.sample import sample_images
 from minidiff.tensor import no_grad
 from minidiff.train import diagnostics
-from minidiff.train.checkpoint import schedule_from_config
-from minidiff.train.presets import ConfigError, autoencoder_config
+from minidiff.train.conditioner import Conditioner
 
 __all__ = ["make_task", "DiffusionTask", "AutoencoderTask"]
 
@@ -66,31 +71,24 @@ class DiffusionTask:
         self.config, self.images = config, images
         self.space = (space if space is not None else space_from_config(config)).use(images,
                                                                                      log=log)
-        self.model = conditioning.build_model(config).train()
+        self.model = build_model(config).train()
         self.schedule = schedule_from_config(config)
-        self.conditioner = None
-        if conditioning.kind_of(config) != "none":
-            self.conditioner = conditioning.Conditioner(config, images, labels, self.space)
-            # the diagnostics see the model at its null condition (the empty caption,
-            # everything to fill)
-            eps = conditioning.conditional_eps_model(self.model, self.schedule,
-                                                     config["prediction"])
-            self.eps_model = lambda x_t, t: eps(x_t, t, self._null_cond(x_t.shape[0]))
-        else:
-            # what the samplers and diagnostics call: eps_theta, whatever the network predicts
-            self.eps_model = as_eps_model(self.model, self.schedule, config["prediction"])
+        self.conditioner = Conditioner(config, images, labels, self.space)
+        # what the diagnostics call: eps_theta, whatever the network predicts, at the null
+        # condition (nothing, the empty caption, everything to fill)
+        eps = conditional_eps_model(self.model, self.schedule, config["prediction"])
+        self.eps_model = lambda x_t, t: eps(x_t, t, self._null_cond(x_t.shape[0]))
         self.t_history = []
         self.t_sampler = (LossSecondMomentSampler(self.schedule.num_timesteps)
-                          if config.get("t_sampler") == "loss-second-moment" else None)
+                          if config["t_sampler"] == "loss-second-moment" else None)
 
     def _null_cond(self, n: int) -> dict:
-        tokenizer = self.conditioner.tokenizer if self.conditioner else None
-        return conditioning.sampling_cond(self.config, n, tokenizer=tokenizer,
-                                          space=self.space)[0]
+        return sampling_cond(self.config, n, tokenizer=self.conditioner.tokenizer,
+                             space=self.space)[0]
 
     def record(self) -> dict:
         """Named arrays every checkpoint keeps: a text model's caption statistics."""
-        return self.conditioner.record() if self.conditioner else {}
+        return self.conditioner.record()
 
     def batch(self, index):
         """x_0 of one step: images scaled to [-1, 1], or s z drawn from their posteriors."""
@@ -105,17 +103,17 @@ class DiffusionTask:
         if self.t_sampler is not None:
             t, weights = self.t_sampler.draw(len(index))
         x0 = self.batch(index)
-        cond = self.conditioner.batch(index) if self.conditioner else None
+        cond = self.conditioner.batch(index)
         loss, info = training_step(self.model, self.schedule, x0,
                                    target_type=c["prediction"], t=t, part=part,
                                    x0_range=self.space.data_range,
-                                   objective=c.get("objective", "simple"),
-                                   variance=c.get("variance", "fixed_small"),
-                                   vlb_weight=c.get("vlb_weight", 0.001),
+                                   objective=c["objective"],
+                                   variance=c["variance"],
+                                   vlb_weight=c["vlb_weight"],
                                    weights=weights, details=True, cond=cond)
         if self.t_sampler is not None:
             self.t_sampler.update(t if part is None else t[part], info["per_item"])
-        if c.get("objective", "simple") == "simple":
+        if c["objective"] == "simple":
             return loss, {}
         return loss, {name: info[name] for name in ("simple", "vlb") if name in info}
 
@@ -135,22 +133,19 @@ class DiffusionTask:
         c = self.config
         eps_model, n, nrow, labels = self.eps_model, c["sample_count"], None, None
         with _EvalWithEma(trainer, seed=trainer.grid_seed):
-            if conditioning.uses_text(c):
-                from minidiff.captions import DIGIT_WORDS  # noqa: PLC0415
+            if uses_text(c):
                 nrow = max(1, n // len(DIGIT_WORDS))
                 prompts = [word for word in DIGIT_WORDS for _ in range(nrow)]
                 labels = list(DIGIT_WORDS)
                 n = len(prompts)
-                cond, uncond = conditioning.sampling_cond(
-                    c, n, prompts=prompts, tokenizer=self.conditioner.tokenizer,
-                    space=self.space)
-                eps_model = conditioning.guided(
-                    conditioning.conditional_eps_model(self.model, self.schedule,
-                                                       c["prediction"]),
-                    cond, uncond, c["guidance"])
-            x = ddim_sample(eps_model, self.schedule, (n, *self.space.shape),
-                            steps=c["sample_steps"], clip_x0=self.space.clip_x0)
-            images = self.space.decode(x)
+                cond, uncond = sampling_cond(c, n, prompts=prompts,
+                                             tokenizer=self.conditioner.tokenizer,
+                                             space=self.space)
+                eps_model = guided(conditional_eps_model(self.model, self.schedule,
+                                                         c["prediction"]),
+                                   cond, uncond, c["guidance"])
+            images, _ = sample_images(eps_model, self.schedule, self.space, n, "ddim",
+                                      c["sample_steps"], seed=None)
         save_grid(from_unit_range(images), path, nrow=nrow, labels=labels)
 
     def diagnose(self, trainer) -> None:
@@ -238,7 +233,7 @@ def make_task(config: dict, images, space=None, log=print, labels=None):
     """The task the config's ``model`` names (configs without the key train a U-Net);
     ``space``: where a U-Net's x_0 lives (default: the one its config names); ``labels``:
     the images' digits (a text-conditioned model captions them)."""
-    kind = config.get("model", "unet")
+    kind = config["model"]
     if kind == "unet":
         return DiffusionTask(config, images, space=space, log=log, labels=labels)
     return TASKS[kind](config, images)

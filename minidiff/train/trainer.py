@@ -35,14 +35,13 @@ import threading
 import time
 
 from minidiff import backend
-from minidiff.data import load_mnist
-from minidiff.optim import EMA, AdamW, WarmupCosine, clip_grad_norm
-from minidiff.spaces import SpaceError
-from minidiff.train.checkpoint import CheckpointError, group, load_checkpoint, save_checkpoint
+from minidiff.checkpoint import CheckpointError, group, load_checkpoint, save_checkpoint
+from minidiff.config.checks import ConfigError, check_config, check_data
+from minidiff.data.mnist import load_mnist
+from minidiff.data.spaces import SpaceError
+from minidiff.optim import AdamW, EMA, WarmupCosine, clip_grad_norm
 from minidiff.train.distributed import digest as distributed_digest
-from minidiff.train.presets import ConfigError
 from minidiff.train.tasks import make_task
-from minidiff.train.validate import check_config, check_data
 
 __all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
 
@@ -63,7 +62,7 @@ class Trainer:
     """Owns the model, optimizer, EMA and data of one run, writing into folder ``out``.
 
     A diffusion model's x_0 lives in the space its config names (pixels, or an autoencoder's
-    latents: ``minidiff.spaces``) unless ``space`` is given."""
+    latents: ``minidiff.data.spaces``) unless ``space`` is given."""
 
     def __init__(self, config: dict, out: str, images=None, log=print, space=None,
                  distributed=None, labels=None):
@@ -72,7 +71,7 @@ class Trainer:
         if not self.is_main:
             self.log = lambda line: None
         c = check_config(self.config)
-        if distributed is not None and c.get("t_sampler", "uniform") != "uniform":
+        if distributed is not None and c["t_sampler"] != "uniform":
             raise ConfigError(f"t_sampler={c['t_sampler']} keeps one loss history per process; "
                               "use t_sampler=uniform with --distributed")
         backend.manual_seed(c["seed"])
@@ -128,7 +127,7 @@ class Trainer:
                 "not a training checkpoint: it has no raw weights or optimizer state to "
                 "continue from", f"resume from the run's checkpoint.npz, or sample from this "
                 f"file with: minidiff sample --checkpoint {path}")
-        kind, here = arrays["config"].get("model", "unet"), self.config.get("model", "unet")
+        kind, here = arrays["config"]["model"], self.config["model"]
         if kind != here:
             raise CheckpointError(f"{path}: holds a {kind!r} model, this run trains a "
                                   f"{here!r} model; resume it with its own preset")

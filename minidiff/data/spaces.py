@@ -36,12 +36,12 @@ import sys
 import time
 
 from minidiff import backend
-from minidiff.data import to_unit_range
+from minidiff.data.mnist import to_unit_range
+from minidiff.errors import MinidiffInputError
 from minidiff.tensor import Tensor, no_grad
-from minidiff.validation import MinidiffInputError
 
-__all__ = ["PixelSpace", "LatentSpace", "SpaceError", "space_from_config",
-           "space_from_checkpoint", "weights_sha256", "is_latent", "DEFAULT_AUTOENCODER"]
+__all__ = ["PixelSpace", "LatentSpace", "SpaceError", "weights_sha256", "is_latent",
+           "DEFAULT_AUTOENCODER"]
 
 #: the autoencoder ``minidiff train --preset ldm-quick`` diffuses in, unless --set autoencoder=
 DEFAULT_AUTOENCODER = os.path.join("data", "checkpoints", "ae.npz")
@@ -54,7 +54,7 @@ class SpaceError(MinidiffInputError):
 
 def is_latent(config: dict) -> bool:
     """Whether a diffusion config runs in an autoencoder's latent space."""
-    return bool(config.get("autoencoder"))
+    return bool(config["autoencoder"])
 
 
 class PixelSpace:
@@ -173,60 +173,3 @@ def weights_sha256(module) -> str:
     return digest.hexdigest()
 
 
-def _check_fits(space, config: dict, where: str) -> None:
-    """The U-Net's input must be the space's x_0: (in_channels, image_size, image_size)."""
-    channels = int(config.get("in_channels", 1))
-    size = int(config.get("image_size", 28))
-    if space.shape != (channels, size, size):
-        raise SpaceError(
-            f"{where}: the autoencoder's latents are {'x'.join(map(str, space.shape))} but the "
-            f"U-Net config expects in_channels={channels}, image_size={size}; set "
-            f"in_channels={space.shape[0]} out_channels={space.shape[0]} "
-            f"image_size={space.shape[1]}")
-    if int(config.get("out_channels", channels)) not in (channels, 2 * channels):
-        raise SpaceError(f"{where}: out_channels ({config.get('out_channels')}) must equal "
-                         f"in_channels ({channels}), or twice it with a learned variance: the "
-                         f"U-Net predicts noise of x_0's shape")
-
-
-def space_from_config(config: dict, autoencoder_path: str | None = None,
-                      expected_sha256: str | None = None):
-    """The space a diffusion config trains or samples in: pixels unless it names an
-    ``autoencoder`` (a path; ``autoencoder_path`` overrides it for a latent model).
-    ``expected_sha256``: the hash recorded by the checkpoint; a different autoencoder raises
-    ``SpaceError`` naming both hashes."""
-    if not is_latent(config):
-        space = PixelSpace(int(config.get("image_size", 28)), int(config.get("in_channels", 1)))
-        _check_fits(space, config, "pixel space")
-        return space
-    from minidiff.train.checkpoint import (CheckpointError,  # noqa: PLC0415
-                                           autoencoder_from_checkpoint)
-    from minidiff.paths import resolve_user_path  # noqa: PLC0415
-    path = resolve_user_path(autoencoder_path or config["autoencoder"])   # data/... anywhere
-    if not os.path.exists(path):
-        raise SpaceError(f"autoencoder: checkpoint not found: {path} (train one with "
-                         "'minidiff train --preset ae-quick', or --set autoencoder=PATH)")
-    try:
-        autoencoder, _, scale_factor = autoencoder_from_checkpoint(path)
-    except CheckpointError as error:
-        raise SpaceError(f"autoencoder: {error}") from None
-    if scale_factor is None:
-        raise SpaceError(f"autoencoder {path}: holds no latent scale factor (written before "
-                         "its training finished); use the ema.npz of a finished run")
-    space = LatentSpace(autoencoder, scale_factor, path)
-    if expected_sha256 and space.sha256 != expected_sha256:
-        raise SpaceError(
-            f"autoencoder {path} is not the one this model was trained on: its weights hash "
-            f"to sha256 {space.sha256[:16]}..., the checkpoint records {expected_sha256[:16]}...; "
-            "give the right one with --autoencoder PATH")
-    _check_fits(space, config, f"autoencoder {path}")
-    return space
-
-
-def space_from_checkpoint(arrays: dict, autoencoder_path: str | None = None):
-    """The space of a loaded diffusion checkpoint (``load_checkpoint``'s dict): pixels, or
-    the recorded autoencoder, checked against the weights hash the checkpoint stores."""
-    config = arrays["config"]
-    expected = arrays.get("autoencoder.sha256")
-    return space_from_config(config, autoencoder_path,
-                             None if expected is None else str(expected))

@@ -5,7 +5,7 @@ for images int32 rows and cols, then the raw uint8 values.  The sha256 of each f
 *decompressed* content is checked against the table below (once per process), so a truncated
 or corrupted file is caught with an error that names it and says how to restore it, while
 the same data compressed again (another gzip level or tool) is still accepted.  The folder
-is found by ``minidiff.paths`` ($MINIDIFF_DATA, the working folder, the source tree, the
+is found by ``minidiff.data.paths`` ($MINIDIFF_DATA, the working folder, the source tree, the
 installation).
 
 Images are uint8 in [0, 255]; diffusion works on floats in [-1, 1] (``to_unit_range`` and back
@@ -19,15 +19,15 @@ import hashlib
 import os
 import struct
 
-from minidiff import backend, paths
-from minidiff.validation import MinidiffInputError
+from minidiff import backend
+from minidiff.data import paths
+from minidiff.errors import MinidiffInputError
 
 __all__ = ["load_mnist", "to_unit_range", "from_unit_range", "MnistDataError", "DEFAULT_ROOT",
            "SHA256", "mnist_root"]
 
 #: ``data/mnist`` of the source checkout this package was imported from (an editable install).
-DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "data", "mnist")
+DEFAULT_ROOT = os.path.join(paths.SOURCE_DATA, "mnist")
 
 
 def mnist_root() -> str:

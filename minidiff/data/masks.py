@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from minidiff import backend
-from minidiff.validation import MinidiffInputError
+from minidiff.errors import MinidiffInputError
 
 __all__ = ["MASK_DRAWS", "MASK_KINDS", "MaskError", "mask_to_grid", "masked_image",
            "named_mask", "random_masks"]

@@ -21,12 +21,14 @@ import os
 import site
 import sys
 
-from minidiff.validation import MinidiffInputError
+from minidiff.errors import MinidiffInputError
 
-__all__ = ["ENVIRONMENT", "data_roots", "find", "resolve_user_path", "DataNotFoundError"]
+__all__ = ["ENVIRONMENT", "SOURCE_DATA", "data_roots", "find", "resolve_user_path", "DataNotFoundError"]
 
 ENVIRONMENT = "MINIDIFF_DATA"
-_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+#: ``data/`` of the source checkout this package was imported from (an editable install)
+SOURCE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "data")
 _SHARE = os.path.join("share", "minidiff", "data")
 
 
@@ -39,7 +41,7 @@ def data_roots() -> list:
     if os.environ.get(ENVIRONMENT):
         return [(f"${ENVIRONMENT}", os.environ[ENVIRONMENT])]
     roots = [("the working folder", os.path.join(os.getcwd(), "data")),
-             ("the source tree", _SOURCE),
+             ("the source tree", SOURCE_DATA),
              ("the installation", os.path.join(sys.prefix, _SHARE))]
     user_base = getattr(site, "USER_BASE", None)
     if user_base:

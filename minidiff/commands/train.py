@@ -21,13 +21,15 @@ import os
 import shlex
 import sys
 
+from minidiff import backend
+from minidiff.checkpoint import CheckpointError, load_checkpoint
+from minidiff.commands._args import ArgumentParser, command
+from minidiff.config.presets import PRESETS, resolve
+from minidiff.errors import (MinidiffInputError, check_input_file, check_int, check_run_folder,
+                             one_line)
 from minidiff.nn.module import StateDictError
-from minidiff.train.checkpoint import CheckpointError, load_checkpoint
 from minidiff.train.distributed import connect
-from minidiff.train.presets import PRESETS, resolve
 from minidiff.train.trainer import Trainer, TrainingDiverged
-from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
-                                 check_run_folder, command, one_line)
 
 #: explicit flags -> config keys (each also settable with --set key=value)
 FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "seed": int,
@@ -81,7 +83,6 @@ def _clear_run(out: str) -> None:
 
 def resume_command(out: str, checkpoint: str, ranks=None) -> str:
     """The command line that continues this run where it stopped."""
-    from minidiff import backend  # noqa: PLC0415
     words = ["minidiff"] + (["--backend", backend.get_backend()]
                             if backend.get_backend() != "numpy" else [])
     words += ["train", "--out", out, "--resume"]

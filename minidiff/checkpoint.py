@@ -22,11 +22,10 @@ import json
 import os
 
 from minidiff import backend
-from minidiff.validation import MinidiffInputError
+from minidiff.config.presets import DEFAULTS
+from minidiff.errors import MinidiffInputError
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group",
-           "model_from_checkpoint", "schedule_from_config", "eps_model_from_checkpoint",
-           "autoencoder_from_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group"]
 
 
 class CheckpointError(MinidiffInputError):
@@ -73,9 +72,26 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path}: not a minidiff training checkpoint (no 'config' and "
                               "'ema.*' entries; was it written by Module.save?)")
     _check_finite(path, arrays)
-    arrays["config"] = json.loads(str(arrays["config"]))
+    try:
+        config = json.loads(str(arrays["config"]))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its config entry is not JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config entry is a JSON {type(config).__name__}, "
+                              "expected an object of key: value")
+    arrays["config"] = {**DEFAULTS, **config}    # a key newer than the file: its old behaviour
     arrays["step"] = int(arrays.get("step", 0))
-    return arrays
+    return _upgrade(arrays)
+
+
+def _upgrade(arrays: dict) -> dict:
+    """Files written when an unconditioned network was a bare ``UNet`` name its weights
+    ``ema.<param>``; the network is now always a ``ConditionedUNet`` (``ema.unet.<param>``)."""
+    if arrays["config"]["model"] != "unet" or any(k.startswith(("ema.unet.", "ema.text_encoder."))
+                                                  for k in arrays):
+        return arrays
+    return {(f"{k[:k.index('.')]}.unet.{k[k.index('.') + 1:]}"
+             if k.startswith(("ema.", "model.")) else k): v for k, v in arrays.items()}
 
 
 def _check_finite(path, arrays: dict) -> None:
@@ -96,69 +112,3 @@ def group(arrays: dict, prefix: str) -> dict:
     return {k[cut:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
 
-def model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
-    """``(model, config)`` rebuilt from a checkpoint's config, with its EMA (or raw) weights:
-    a ``UNet``, or for a conditioned config a ``ConditionedUNet`` (``conditioning.build_model``).
-
-    ``arrays``: what ``load_checkpoint(path)`` returned, for a caller that already read the
-    file.  A config that does not match the stored weights raises ``StateDictError``."""
-    from minidiff.conditioning import build_model  # noqa: PLC0415
-    arrays = load_checkpoint(path) if arrays is None else arrays
-    config = arrays["config"]
-    if config.get("model", "unet") != "unet":
-        raise CheckpointError(f"{path}: expected a diffusion checkpoint (model 'unet', from "
-                              "'minidiff train --preset quick' or '--preset ldm-quick'), got "
-                              f"model {config['model']!r}")
-    weights = group(arrays, "ema" if use_ema else "model")
-    if not weights:
-        raise CheckpointError(f"--raw / --raw-weights: {path} holds no raw model weights (it "
-                              "is an EMA-only export)", "leave the option out to use its EMA "
-                              "weights, or give the run's checkpoint.npz")
-    model = build_model(config)
-    model.load_state_dict(weights)
-    return model.eval(), config
-
-
-def schedule_from_config(config: dict):
-    """The ``NoiseSchedule`` a training configuration names (``schedule``, ``T``)."""
-    from minidiff.diffusion import NoiseSchedule  # noqa: PLC0415
-    name = config.get("schedule", "linear")
-    if name not in ("linear", "cosine", "scaled_linear"):
-        raise CheckpointError(f"unknown schedule {name!r} in the config; expected linear, "
-                              "cosine or scaled_linear")
-    return getattr(NoiseSchedule, name)(int(config.get("T", 1000)))
-
-
-def eps_model_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
-    """``(eps_model, schedule, config)``: what a sampler or the bound needs from a checkpoint.
-
-    The network is wrapped by ``as_eps_model`` when it was trained to predict x_0 or v
-    (config ``prediction``; checkpoints without that key predict eps)."""
-    from minidiff.diffusion import as_eps_model  # noqa: PLC0415
-    model, config = model_from_checkpoint(path, use_ema=use_ema, arrays=arrays)
-    schedule = schedule_from_config(config)
-    return as_eps_model(model, schedule, config.get("prediction", "eps")), schedule, config
-
-
-def autoencoder_from_checkpoint(path, use_ema: bool = True, arrays: dict | None = None):
-    """``(AutoencoderKL, config, scale_factor)`` from an autoencoder checkpoint (lesson 09).
-
-    ``scale_factor`` is the float stored at the end of training (``scale_by_std``), or None
-    for a checkpoint written mid-run, before it was measured.  A diffusion checkpoint here is
-    a ``CheckpointError``, as an autoencoder is in ``model_from_checkpoint``."""
-    from minidiff.models.autoencoder import AutoencoderKL  # noqa: PLC0415
-    from minidiff.train.presets import autoencoder_config  # noqa: PLC0415
-    arrays = load_checkpoint(path) if arrays is None else arrays
-    config = arrays["config"]
-    if config.get("model", "unet") != "autoencoder":
-        raise CheckpointError(f"{path}: expected an autoencoder checkpoint (model "
-                              "'autoencoder', from 'minidiff train --preset ae-quick'), got "
-                              f"model {config.get('model', 'unet')!r}")
-    weights = group(arrays, "ema" if use_ema else "model")
-    if not weights:
-        raise CheckpointError(f"{path}: holds no raw model weights (an EMA-only export); "
-                              "use the EMA weights")
-    model = AutoencoderKL(autoencoder_config(config))
-    model.load_state_dict(weights)
-    scale = float(arrays["scale_factor"]) if "scale_factor" in arrays else None
-    return model.eval(), config, scale

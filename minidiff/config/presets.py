@@ -16,29 +16,15 @@ from __future__ import annotations
 import json
 import os
 
-from minidiff.validation import MinidiffInputError
+from minidiff.config.checks import ConfigError, check_config
+from minidiff.config.vocabulary import CONDITIONINGS, MODELS
+from minidiff.diffusion import OBJECTIVES, PREDICTIONS, SCHEDULES, T_SAMPLERS, VARIANCES
+from minidiff.models.autoencoder import RECON_LOSSES
 
-__all__ = ["PRESETS", "MODEL_KEYS", "AE_MODEL_KEYS", "MODELS", "ConfigError", "resolve",
-           "parse_set", "model_config", "autoencoder_config"]
-
-
-class ConfigError(MinidiffInputError):
-    """A preset, config file or override the trainer cannot use."""
+__all__ = ["PRESETS", "DEFAULTS", "resolve", "parse_set"]
 
 
-#: keys forwarded to ``UNetConfig``
-MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults",
-              "num_res_blocks", "attention_resolutions", "num_heads", "dropout", "groups",
-              "time_embed_dim")
-
-#: keys forwarded to ``AutoencoderConfig``
-AE_MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks",
-                 "latent_channels", "groups", "dropout")
-
-#: what a config can train (its ``model`` key)
-MODELS = ("unet", "autoencoder")
-
-_COMMON = {
+DEFAULTS = {
     # what is trained: "unet" (diffusion) or "autoencoder" (lesson 09)
     "model": "unet",
     # data and diffusion: x_0 is (in_channels, image_size, image_size); a non-empty
@@ -59,7 +45,7 @@ _COMMON = {
     # bookkeeping, in steps (0 turns a thing off)
     "log_every": 50, "sample_every": 2500, "checkpoint_every": 1000, "diag_every": 2500,
     "sample_steps": 50, "sample_count": 64,
-    # conditioning (lesson 11, ``minidiff.conditioning``): "none", "crossattn" (a caption
+    # conditioning (lesson 11, ``minidiff.models.conditioned``): "none", "crossattn" (a caption
     # through the text encoder tau_theta, cross-attended), "concat" (mask + masked image as
     # extra input channels: inpainting) or "hybrid" (both); the text encoder's width, depth,
     # heads and caption length; the chance of training on the empty caption (classifier-free
@@ -74,7 +60,7 @@ PRESETS = {
     # is multiplied by ~160 in x_0 at t = T, which a short run cannot afford); a high learning
     # rate and a fast EMA so the averaged model catches up in time.  2,000 steps of 32 images
     # take about 8 minutes on an idle 2-core CPU (4.1 steps/s).
-    "quick": {**_COMMON, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
+    "quick": {**DEFAULTS, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
               "time_embed_dim": 32, "prediction": "v", "batch_size": 32, "lr": 2e-3,
               "warmup_steps": 50, "min_lr": 1e-4, "steps": 2000, "ema_decay": 0.995,
@@ -91,7 +77,7 @@ PRESETS = {
     # the shipped model was trained on allowed.)  v-prediction as in ``quick``: the samplers
     # do not clip latents, and a v error is not multiplied by 1 / sqrt(abar_t) in x_0 near
     # t = T.  The EMA (no warm-up) keeps 0.995^1200 ~ 0.2% of the initial weights at the end.
-    "ldm-quick": {**_COMMON, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
+    "ldm-quick": {**DEFAULTS, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
                   "in_channels": 4, "out_channels": 4, "image_size": 7, "base_channels": 32,
                   "channel_mults": [1], "num_res_blocks": 2, "attention_resolutions": [],
                   "num_heads": 4, "dropout": 0.0, "groups": 8, "time_embed_dim": 32,
@@ -129,7 +115,7 @@ PRESETS = {
     # every vlb step (each to norm 1) while almost never touching the others.  A step costs
     # about 0.5 s of one CPU core with the bound (vlb, hybrid), a little less for simple;
     # 3,000 steps of 32 images are about 25 CPU-minutes per run.
-    "claim": {**_COMMON, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
+    "claim": {**DEFAULTS, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
               "time_embed_dim": 32, "prediction": "eps", "batch_size": 32, "lr": 2e-3,
               "warmup_steps": 100, "min_lr": 1e-4, "grad_clip": 0.0, "steps": 3000,
@@ -137,7 +123,7 @@ PRESETS = {
               "checkpoint_every": 250, "diag_every": 1000, "sample_steps": 50},
     # The reference configuration of lesson 06 (``REFERENCE_CONFIG``, 1,623,169 parameters);
     # hours on a CPU, minutes on a GPU (``minidiff --backend cupy train --preset mnist``).
-    "mnist": {**_COMMON, "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2,
+    "mnist": {**DEFAULTS, "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2,
               "attention_resolutions": [7], "num_heads": 4, "dropout": 0.1, "groups": 8,
               "time_embed_dim": 32},
 }
@@ -153,7 +139,7 @@ PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid"
 # The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
 # ResBlock per level), 4 x 7 x 7 latents, an L2 reconstruction + kl_weight * KL (per image,
 # summed, (9.5)).  The choices are measured in data/checkpoints/ae.md.
-_AE = {**_COMMON, "model": "autoencoder", "base_channels": 16, "channel_mults": [1, 2, 4],
+_AE = {**DEFAULTS, "model": "autoencoder", "base_channels": 16, "channel_mults": [1, 2, 4],
        "num_res_blocks": 1, "latent_channels": 4, "groups": 8, "dropout": 0.0,
        "recon_loss": "l2", "kl_weight": 1e-4, "scale_images": 10_000}
 PRESETS["ae-quick"] = {**_AE, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
@@ -206,7 +192,7 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
                               + ", ".join(PRESETS))
         base = PRESETS[preset]
     # a key added to minidiff after a checkpoint was written takes its old behaviour
-    config = {**_COMMON, **base}
+    config = {**DEFAULTS, **base}
     if config_file:
         if not os.path.isfile(config_file):
             raise ConfigError(f"--config: {config_file} is "
@@ -230,12 +216,8 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for key, value in config.items():
         _check_type(key, value, base.get(key))
-    from minidiff.models.autoencoder import RECON_LOSSES  # noqa: PLC0415
-    from minidiff.conditioning import CONDITIONINGS  # noqa: PLC0415
-    choices = {"prediction": ("eps", "x0", "v"), "schedule": ("linear", "cosine", "scaled_linear"),
-               "model": MODELS, "objective": ("simple", "vlb", "hybrid"),
-               "variance": ("fixed_small", "fixed_large", "learned"),
-               "t_sampler": ("uniform", "loss-second-moment"),
+    choices = {"prediction": PREDICTIONS, "schedule": SCHEDULES, "model": MODELS,
+               "objective": OBJECTIVES, "variance": VARIANCES, "t_sampler": T_SAMPLERS,
                "conditioning": CONDITIONINGS}
     if config["model"] == "autoencoder":
         missing = sorted(set(_AE) - set(config))
@@ -260,21 +242,6 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
     if config["variance"] == "learned" and config["objective"] == "simple":
         raise ConfigError("variance=learned is trained by the bound: it needs objective=vlb "
                           "or hybrid, got objective=simple")
-    from minidiff.train.validate import check_config  # noqa: PLC0415  (it imports this module)
     return check_config(config)
 
 
-def model_config(config: dict):
-    """The ``UNetConfig`` a training configuration describes; with ``variance: learned`` the
-    U-Net has 2 * in_channels outputs (the prediction, then v of (13.1))."""
-    from minidiff.models.unet import UNetConfig  # noqa: PLC0415
-    values = {k: config[k] for k in MODEL_KEYS if k in config}
-    if config.get("variance") == "learned":
-        values["out_channels"] = 2 * int(config.get("in_channels", 1))
-    return UNetConfig.from_dict(values)
-
-
-def autoencoder_config(config: dict):
-    """The ``AutoencoderConfig`` a training configuration with ``model: autoencoder`` describes."""
-    from minidiff.models.autoencoder import AutoencoderConfig  # noqa: PLC0415
-    return AutoencoderConfig.from_dict({k: config[k] for k in AE_MODEL_KEYS if k in config})

@@ -47,7 +47,7 @@ import types
 
 import numpy
 
-from minidiff.backend import BackendMismatchError
+from minidiff.errors import BackendMismatchError
 
 __all__ = ["ndarray", "MemoryPointer", "asnumpy", "scatter_add", "CUPY_API", "module"]
 

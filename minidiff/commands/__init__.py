@@ -4,36 +4,37 @@
 with a ``main(argv) -> int`` that parses its own options (``minidiff COMMAND --help``).
 
 Errors in what the user gave (``MinidiffInputError`` and its subclasses, see
-``minidiff/validation.py``) end as one line, ``minidiff: MESSAGE; HINT``, with exit status 2;
+``minidiff/errors.py``) end as one line, ``minidiff: MESSAGE; HINT``, with exit status 2;
 any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
 import minidiff
 from minidiff import backend
-from minidiff.validation import INPUT_ERROR, ArgumentParser, MinidiffInputError, report
+from minidiff.commands._args import ArgumentParser, INPUT_ERROR, report
+from minidiff.errors import MinidiffInputError
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
-    "demo": ("minidiff.demo", "train a small perceptron on MNIST with the engine (~10 s)"),
-    "train": ("minidiff.train.cli", "train a diffusion model (--preset quick | ldm-quick | "
+    "demo": ("minidiff.commands.demo", "train a small perceptron on MNIST with the engine (~10 s)"),
+    "train": ("minidiff.commands.train", "train a diffusion model (--preset quick | ldm-quick | "
                                     "mnist) or an autoencoder (--preset ae-quick | ae)"),
-    "train-ae": ("minidiff.train.ae_cli", "train the autoencoder (train --preset ae-quick)"),
-    "sample": ("minidiff.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
-    "inpaint": ("minidiff.inpaint", "fill the masked part of digits (concat model or "
+    "train-ae": ("minidiff.commands.train_ae", "train the autoencoder (train --preset ae-quick)"),
+    "sample": ("minidiff.commands.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
+    "inpaint": ("minidiff.commands.inpaint", "fill the masked part of digits (concat model or "
                                     "RePaint-style replacement)"),
-    "eval": ("minidiff.evaluate", "FID, classifier confidence and bits/dim of a checkpoint"),
-    "claim": ("minidiff.claim", "the article's claim measured: bits/dim, FID and samples of "
+    "eval": ("minidiff.commands.eval", "FID, classifier confidence and bits/dim of a checkpoint"),
+    "claim": ("minidiff.commands.claim", "the article's claim measured: bits/dim, FID and samples of "
                                 "the simple, vlb and hybrid models (lesson 13)"),
-    "bench": ("minidiff.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
+    "bench": ("minidiff.commands.bench", "speed benchmarks: layers | unet | ldm (torch if installed)"),
 }
 
 
 def build_parser() -> ArgumentParser:
-    import argparse  # noqa: PLC0415
     parser = ArgumentParser(prog="minidiff", description=__doc__.split("\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minidiff {minidiff.__version__}")

@@ -6,7 +6,7 @@ Every command and every loader reports a bad input the same way:
   ``MnistDataError``, ``StateDictError``...) whose message starts with the name of the
   argument, then what was expected and what came: ``--steps: expected an integer in
   [1, 1000], got 0``.  An optional ``hint`` says what to do about it;
-* ``minidiff.cli.main`` turns such an error into one line on stderr, ``minidiff: MESSAGE;
+* ``minidiff.commands.main`` turns such an error into one line on stderr, ``minidiff: MESSAGE;
   HINT``, and exit status 2.  Any *other* exception is a bug in minidiff and keeps its
   traceback;
 * command-line parsers are ``ArgumentParser`` from this module: argparse's own complaints
@@ -20,16 +20,13 @@ else: raise or check, and the dispatcher does the rest.
 """
 from __future__ import annotations
 
-import argparse
-import functools
 import math
 import numbers
 import os
-import sys
 
-__all__ = ["MinidiffInputError", "ArgumentParser", "command", "report", "one_line", "check_int",
-           "check_float", "check_choice", "check_input_file", "check_output_path",
-           "check_run_folder", "int_arg", "float_arg"]
+__all__ = ["MinidiffInputError", "BackendMismatchError", "one_line", "describe_range",
+           "check_int", "check_float",
+           "check_choice", "check_input_file", "check_output_path", "check_run_folder"]
 
 
 class MinidiffInputError(ValueError):
@@ -45,6 +42,10 @@ class MinidiffInputError(ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class BackendMismatchError(TypeError):
+    """An operation met arrays that live on two different backends (``minidiff.backend``)."""
+
+
 def one_line(error: BaseException) -> str:
     """The error (and its hint, when it has one) as one line, whitespace collapsed."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -52,31 +53,9 @@ def one_line(error: BaseException) -> str:
     return f"{text}; {' '.join(hint.split())}" if hint else text
 
 
-#: exit status of a bad input (argparse uses the same)
-INPUT_ERROR = 2
-
-
-def report(error: BaseException) -> int:
-    """Print a user's error as one line, ``minidiff: ...``, on stderr; returns 2."""
-    print(f"minidiff: {one_line(error)}", file=sys.stderr)
-    return INPUT_ERROR
-
-
-def command(main):
-    """Decorate a command's ``main(argv) -> int``: a ``MinidiffInputError`` becomes one line
-    on stderr and exit status 2; every other exception propagates with its traceback."""
-    @functools.wraps(main)
-    def run(argv=None):
-        try:
-            return main(argv)
-        except MinidiffInputError as error:
-            return report(error)
-    return run
-
-
 # ----------------------------------------------------------------------------- values
 
-def _describe_range(low, high, closed_high: bool = True) -> str:
+def describe_range(low, high, closed_high: bool = True) -> str:
     if low is not None and high is not None:
         return f"in [{low}, {high}{']' if closed_high else ')'}"
     if low is not None:
@@ -90,7 +69,7 @@ def check_int(name: str, value, low=None, high=None):
     """``value`` if it is an integer within [low, high] (either bound may be None)."""
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not is_int or (low is not None and value < low) or (high is not None and value > high):
-        bounds = _describe_range(low, high)
+        bounds = describe_range(low, high)
         raise MinidiffInputError(f"{name}: expected an integer{' ' + bounds if bounds else ''}"
                                  f", got {value!r}")
     return value
@@ -105,7 +84,7 @@ def check_float(name: str, value, low=None, high=None, high_open: bool = False):
         bad = ((low is not None and value < low) or
                (high is not None and (value >= high if high_open else value > high)))
     if bad:
-        bounds = _describe_range(low, high, closed_high=not high_open)
+        bounds = describe_range(low, high, closed_high=not high_open)
         raise MinidiffInputError(f"{name}: expected a finite number"
                                  f"{' ' + bounds if bounds else ''}, got {value!r}")
     return value
@@ -189,43 +168,4 @@ def check_run_folder(name: str, folder, resume: bool, overwrite: bool) -> str:
 
 # ----------------------------------------------------------------------------- argparse
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its complaints as one line (``PROG: argument --x: ...``) and exit 2."""
 
-    def error(self, message):
-        text = " ".join(message.split())
-        print(f"{self.prog}: {text} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def int_arg(low=None, high=None):
-    """An argparse ``type``: an integer within [low, high]."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        try:
-            return check_int("value", value, low, high)
-        except MinidiffInputError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer {_describe_range(low, high)}, got {text}") from None
-    parse.__name__ = "integer"
-    return parse
-
-
-def float_arg(low=None, high=None, high_open: bool = False):
-    """An argparse ``type``: a finite number within [low, high] (or [low, high))."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        try:
-            return check_float("value", value, low, high, high_open)
-        except MinidiffInputError:
-            bounds = _describe_range(low, high, closed_high=not high_open)
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number{' ' + bounds if bounds else ''}, got {text}") from None
-    parse.__name__ = "number"
-    return parse

@@ -13,10 +13,14 @@ passes through to its own checks.
 """
 from __future__ import annotations
 
-from minidiff.train.presets import ConfigError
-from minidiff.validation import MinidiffInputError, check_float, check_int
+from minidiff.errors import MinidiffInputError, check_float, check_int
 
-__all__ = ["check_config", "check_data", "resolutions"]
+__all__ = ["ConfigError", "check_config", "check_data", "resolutions"]
+
+
+class ConfigError(MinidiffInputError):
+    """A preset, config file or override the trainer cannot use."""
+
 
 #: key -> smallest allowed integer
 _AT_LEAST = {"steps": 1, "batch_size": 1, "T": 1, "seed": 0, "warmup_steps": 0,

@@ -11,7 +11,7 @@
 The model is rebuilt from the configuration stored in the checkpoint and given its EMA
 weights (``--raw`` for the last trained weights).  A latent diffusion model (its config
 names an ``autoencoder``) samples latents and decodes them with that autoencoder, which must
-be the one it was trained on (``minidiff.spaces``).  ``--out`` ending in ``.npz`` writes the
+be the one it was trained on (``minidiff.data.spaces``).  ``--out`` ending in ``.npz`` writes the
 raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif``
 animates the whole grid from x_T to x_0; ``--strip`` shows the first digit's reverse process
 as one row.
@@ -31,18 +31,18 @@ from __future__ import annotations
 import sys
 
 from minidiff import backend
-from minidiff import conditioning
-from minidiff.data import from_unit_range
-from minidiff.diffusion import default_steps, run_sampler
-from minidiff.images import save_gif, save_grid, save_strip
-from minidiff.nn.module import StateDictError
-from minidiff.paths import resolve_user_path
+from minidiff.commands._args import ArgumentParser, command, float_arg, int_arg
+from minidiff.config.vocabulary import uses_text
+from minidiff.data.images import save_gif, save_grid, save_strip
+from minidiff.data.mnist import from_unit_range
+from minidiff.data.paths import resolve_user_path
+from minidiff.data.spaces import SpaceError
+from minidiff.diffusion import SAMPLERS
+from minidiff.errors import check_input_file, check_int, check_output_path
+from minidiff.models.conditioned import ConditionError
+from minidiff.pipelines.load import load_pipeline
+from minidiff.pipelines.sample import sample_images
 from minidiff.progress import Progress
-from minidiff.spaces import SpaceError, space_from_checkpoint
-from minidiff.train.checkpoint import (CheckpointError, eps_model_from_checkpoint,
-                                       load_checkpoint)
-from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
-                                 check_output_path, command, float_arg, int_arg)
 
 #: what each output may be written as (--out FILE.npz: the raw uint8 digits)
 IMAGE_TYPES, GIF_TYPES, ARRAY_TYPES = (".png", ".jpg", ".jpeg"), (".gif",), (".npz",)
@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff sample", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint.npz or ema.npz written by minidiff train")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                         help="ddim (default; deterministic with --eta 0) or ddpm (ancestral, "
                              "Algorithm 2)")
     parser.add_argument("--steps", type=int_arg(1), default=None,
@@ -85,61 +85,30 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def sample(eps_model, schedule, config: dict, sampler: str = "ddim", steps=None, n: int = 64,
-           seed: int = 0, eta: float = 0.0, frames: int = 0, progress=None, space=None):
-    """``(x0, frames)``: ``n`` samples from ``eps_model`` in ``space`` (default pixels, in
-    [-1, 1]; ``space.decode`` turns them into images), frames empty unless asked.  Samples
-    with NaN or Inf in them raise ``MinidiffInputError``."""
-    steps = default_steps(schedule, sampler, steps)
-    check_int("--steps", steps, low=1, high=schedule.num_timesteps)
-    backend.manual_seed(seed)
-    size = config.get("image_size", 28)
-    shape = (n, *(space.shape if space is not None else (1, size, size)))
-    kwargs = {"clip_x0": space.clip_x0 if space is not None else True}
-    if frames:
-        kwargs.update(return_frames=True, frame_every=max(1, steps // frames))
-    # DDPM: the reverse variance the model was trained with (lesson 13)
-    result = run_sampler(sampler, eps_model, schedule, shape, steps, eta=eta,
-                         variance=config.get("variance", "fixed_small"), progress=progress,
-                         **kwargs)
-    x0, frames = result if frames else (result, [])
-    bad = ~backend.xp().isfinite(x0).reshape(n, -1).all(axis=1)
-    if bad.any():
-        raise MinidiffInputError(
-            f"{int(bad.sum())} of {n} samples hold NaN or Inf: the network's output overflowed "
-            f"during {sampler} sampling (its weights are finite)",
-            "try the EMA weights (without --raw), another checkpoint, or --sampler ddim")
-    return x0, frames
-
-
-def _conditioned(args, arrays):
-    """``(eps_model, prompts, row labels, ConditionedCheckpoint)`` for a conditioned model:
-    the prompts (each repeated ``--n`` times; None without --prompt) checked against the
-    vocabulary, and the guided eps_theta."""
-    loaded = conditioning.load_conditioned(args.checkpoint, use_ema=not args.raw,
-                                           autoencoder=args.autoencoder, arrays=arrays)
-    kind = conditioning.kind_of(loaded.config)
-    if not conditioning.uses_text(loaded.config):
+def _prompts(args, pipeline):
+    """``(eps_model, prompts, row labels)``: the prompts (each repeated ``--n`` times; None
+    without --prompt, the empty caption for a text model) checked against the vocabulary,
+    and the (guided) eps_theta of all the samples."""
+    if not uses_text(pipeline.config):
         for flag, value in (("--prompt", args.prompt), ("--guidance", args.guidance)):
             if value is not None:
-                raise conditioning.ConditionError(
-                    f"{flag}: {args.checkpoint} is conditioned on {kind!r} (a mask and an "
-                    "image), not on text; it takes no prompt or guidance")
+                raise ConditionError(
+                    f"{flag}: {args.checkpoint} is conditioned on {pipeline.kind!r}, not on "
+                    "text; it takes no prompt or guidance")
     prompts = labels = None
     if args.prompt:
         prompts = [text for text in args.prompt for _ in range(args.n)]
         labels = list(args.prompt) if len(args.prompt) > 1 else None
     elif args.guidance is not None:
-        raise conditioning.ConditionError("--guidance: guides towards a --prompt; give one "
-                                          "(without --prompt the model samples with the empty "
-                                          "caption, where guidance changes nothing)")
+        raise ConditionError("--guidance: guides towards a --prompt; give one (without "
+                             "--prompt the model samples with the empty caption, where "
+                             "guidance changes nothing)")
     n = args.n * len(args.prompt or [None])
-    cond, uncond = loaded.cond(n, prompts=prompts)
-    eps_model = loaded.guided_eps(cond, uncond, args.guidance) if prompts else \
-        (lambda x_t, t: loaded.eps_model(x_t, t, cond))
-    if prompts is None and conditioning.uses_text(loaded.config):
+    cond, uncond = pipeline.cond(n, prompts=prompts)
+    eps_model = pipeline.eps(cond, uncond if prompts else None, args.guidance)
+    if prompts is None and uses_text(pipeline.config):
         prompts = [""] * n                      # what --out .npz records: the empty caption
-    return eps_model, prompts, labels, loaded
+    return eps_model, prompts, labels
 
 
 @command
@@ -153,41 +122,21 @@ def main(argv=None) -> int:
         check_output_path("--gif", args.gif, GIF_TYPES)
     if args.strip:
         check_output_path("--strip", args.strip, IMAGE_TYPES)
-    prompts = labels = None
-    try:
-        arrays = load_checkpoint(args.checkpoint)
-        if conditioning.kind_of(arrays["config"]) == "none":
-            for flag, value in (("--prompt", args.prompt), ("--guidance", args.guidance)):
-                if value is not None:
-                    raise conditioning.ConditionError(
-                        f"{flag}: {args.checkpoint} is an unconditioned model (conditioning "
-                        "none); it takes no prompt or guidance")
-            eps_model, schedule, config = eps_model_from_checkpoint(args.checkpoint,
-                                                                    use_ema=not args.raw,
-                                                                    arrays=arrays)
-            space = space_from_checkpoint(arrays, args.autoencoder)
-        else:
-            eps_model, prompts, labels, loaded = _conditioned(args, arrays)
-            schedule, config, space = loaded.schedule, loaded.config, loaded.space
-        if args.autoencoder and space.kind == "pixel":
-            raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
-                             "decodes nothing; the option is for latent models only")
-    except (CheckpointError, SpaceError) as error:
-        print(f"minidiff: {error}", file=sys.stderr)
-        return 2
-    except StateDictError as error:
-        detail = " ".join(str(error).split())
-        print(f"minidiff: {args.checkpoint} does not fit the model its config describes: "
-              f"{detail}", file=sys.stderr)
-        return 2
+    pipeline = load_pipeline(args.checkpoint, use_ema=not args.raw, autoencoder=args.autoencoder)
+    if args.autoencoder and pipeline.space.kind == "pixel":
+        raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
+                         "decodes nothing; the option is for latent models only")
+    eps_model, prompts, labels = _prompts(args, pipeline)
     if args.steps is not None:
-        check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
+        check_int("--steps", args.steps, low=1, high=pipeline.schedule.num_timesteps)
     want_frames = args.frames if (args.gif or args.strip) else 0
     n = args.n * len(args.prompt or [None])
-    x0, frames = sample(eps_model, schedule, config, args.sampler, args.steps, n, args.seed,
-                        args.eta, want_frames, progress=Progress(f"sampling ({args.sampler})"),
-                        space=space)
-    digits = from_unit_range(space.decode(x0))
+    space = pipeline.space
+    images, frames = sample_images(eps_model, pipeline.schedule, space, n, args.sampler,
+                                   args.steps, args.eta, args.seed,
+                                   variance=pipeline.config["variance"], frames=want_frames,
+                                   progress=Progress(f"sampling ({args.sampler})"))
+    digits = from_unit_range(images)
     if args.out.lower().endswith(ARRAY_TYPES):
         arrays = {"images": digits[:, 0]}
         if prompts is not None:     # a str array (dtype <U), which loads without pickle

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minidiff import backend
-from minidiff.validation import MinidiffInputError
+from minidiff.errors import MinidiffInputError
 
 __all__ = ["CaptionError", "CaptionStats", "DIGIT_WORDS", "NUMERALS", "VOCABULARY",
            "N_CHOICES", "Tokenizer", "attribute_words", "make_captions",

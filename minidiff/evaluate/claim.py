@@ -1,4 +1,5 @@
-"""``minidiff claim``: the article's claim, measured (issue 13, lesson 13).
+"""The article's claim, measured (lesson 13); the command is ``minidiff claim``
+(``minidiff.commands.claim``).
 
     minidiff claim [--checkpoints SIMPLE VLB HYBRID] [--full] [--json] [--out DIR]
 
@@ -24,63 +25,33 @@ A markdown table goes to stdout (``--json``: every figure as JSON instead); prog
 stderr.  ``--full`` is the issue's size: 1,000 images for the full bound, 10,000 for the
 Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; see the README).
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from minidiff import backend
+from minidiff.data.images import save_grid
+from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
+from minidiff.diffusion import OBJECTIVES
+from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
+from minidiff.errors import MinidiffInputError, check_int
+from minidiff.evaluate import autoencoder
+from minidiff.evaluate.likelihood import bound_split, test_bits_per_dim
+from minidiff.evaluate.model import evaluate
+from minidiff.pipelines.load import load_pipeline
+from minidiff.pipelines.sample import sample_images
 from minidiff.progress import Progress
-from minidiff.validation import (ArgumentParser, MinidiffInputError, check_input_file, check_int,
-                                 command, int_arg)
 
-__all__ = ["main", "build_parser", "claim", "markdown_table"]
+__all__ = ["claim", "markdown_table"]
 
 SHIPPED = tuple(os.path.join("data", "checkpoints", f"claim_{name}.npz")
-                for name in ("simple", "vlb", "hybrid"))
+                for name in OBJECTIVES)
 #: (default, --full) sizes
 SIZES = {"bpd_images": (16, 1_000), "mc_images": (64, 10_000), "n": (500, 10_000)}
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="minidiff claim", description=__doc__.split("\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoints", nargs="+", default=list(SHIPPED), metavar="NPZ",
-                        help="the models to compare, one row each (default: the shipped "
-                             "claim_simple, claim_vlb and claim_hybrid)")
-    parser.add_argument("--full", action="store_true",
-                        help="the issue's sizes: --bpd-images 1000 --mc-images 10000 --n 10000")
-    parser.add_argument("--bpd-images", type=int_arg(2, 10_000), default=None,
-                        help=f"test images for the full bound (default {SIZES['bpd_images'][0]})")
-    parser.add_argument("--mc-images", type=int_arg(2, 10_000), default=None,
-                        help="test images for the Monte-Carlo bound (default "
-                             f"{SIZES['mc_images'][0]})")
-    parser.add_argument("--bpd-samples", type=int_arg(1), default=4,
-                        help="sampled KL terms per image in the Monte-Carlo bound (default 4)")
-    parser.add_argument("--n", type=int_arg(2), default=None,
-                        help=f"samples for FID and confidence (default {SIZES['n'][0]})")
-    parser.add_argument("--steps", type=int_arg(1), default=50,
-                        help="DDPM sampling steps, respaced (default 50)")
-    parser.add_argument("--grid", type=int_arg(1, 64), default=12,
-                        help="samples per model in claim_samples.png (default 12)")
-    parser.add_argument("--batch", type=int_arg(1), default=250,
-                        help="images per forward pass when sampling (default 250)")
-    parser.add_argument("--seed", type=int_arg(0), default=0, help="seed (default 0)")
-    parser.add_argument("--reference-images", type=int_arg(2, 10_000), default=10_000,
-                        help="MNIST test images the FID compares with (default: all 10,000)")
-    parser.add_argument("--no-floor", action="store_true",
-                        help="skip the train-vs-test FID floor")
-    parser.add_argument("--classifier", default=None,
-                        help="feature classifier (default: the shipped classifier.npz)")
-    parser.add_argument("--stats-dir", default=os.path.join("runs", "fid_stats"),
-                        help="cache of test-set feature statistics (default runs/fid_stats)")
-    parser.add_argument("--out", default=os.path.join("runs", "claim"),
-                        help="folder for the figures (default runs/claim)")
-    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
-    return parser
 
 
 def _log(message: str) -> None:
@@ -89,19 +60,15 @@ def _log(message: str) -> None:
 
 def _load(path: str):
     """(eps_model, schedule, config) of a pixel diffusion checkpoint, else one clear line."""
-    from minidiff.evaluate import autoencoder  # noqa: PLC0415
-    from minidiff.spaces import space_from_checkpoint  # noqa: PLC0415
-    from minidiff.train.checkpoint import eps_model_from_checkpoint, load_checkpoint  # noqa
     if autoencoder.is_autoencoder(path):
         raise MinidiffInputError(f"--checkpoints: {path} is an autoencoder, expected a pixel "
                                  "diffusion model from minidiff train --preset claim")
-    arrays = load_checkpoint(path)
-    space = space_from_checkpoint(arrays)
-    if space.kind != "pixel":
-        raise MinidiffInputError(f"--checkpoints: {path} is a {space.kind} diffusion model, "
-                                 "expected a pixel one (the bound is on the pixels)")
-    model, schedule, config = eps_model_from_checkpoint(path, arrays=arrays)
-    return model, schedule, config, arrays["step"] or None
+    pipeline = load_pipeline(path)
+    if pipeline.space.kind != "pixel" or pipeline.kind != "none":
+        raise MinidiffInputError(f"--checkpoints: {path} is a {pipeline.space.kind} diffusion "
+                                 f"model conditioned on {pipeline.kind!r}, expected an "
+                                 "unconditioned pixel one (the bound is on the pixels)")
+    return pipeline
 
 
 def _name(path: str) -> str:
@@ -115,16 +82,12 @@ def _name(path: str) -> str:
 
 def _evaluate_one(path: str, loaded, args, test_images) -> dict:
     """Every figure of one model, ``loaded`` by ``_load`` (see the module docstring)."""
-    from minidiff.data import to_unit_range  # noqa: PLC0415
-    from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
-    from minidiff.evaluate import evaluate, sample_images  # noqa: PLC0415
-    from minidiff.evaluate.likelihood import bound_split, test_bits_per_dim  # noqa: PLC0415
-    model, schedule, config, step = loaded
+    model, schedule, config, step = loaded.eps(), loaded.schedule, loaded.config, loaded.step
     name = _name(path)
-    variance = config.get("variance", "fixed_small")
-    row = {"name": name, "checkpoint": path, "step": step,
-           "objective": config.get("objective", "simple"), "variance": variance,
-           "t_sampler": config.get("t_sampler", "uniform"), "T": schedule.num_timesteps}
+    variance = config["variance"]
+    row = {"name": name, "checkpoint": path, "step": step or None,
+           "objective": config["objective"], "variance": variance,
+           "t_sampler": config["t_sampler"], "T": schedule.num_timesteps}
 
     start = time.time()
     backend.manual_seed(args.seed)
@@ -161,20 +124,18 @@ def _evaluate_one(path: str, loaded, args, test_images) -> dict:
                 "fid_floor_train_vs_test", "fid_floor_n"):
         if key in scored:
             row[key] = scored[key]
-    backend.manual_seed(args.seed)
-    row["grid"] = sample_images(model, schedule, args.grid, "ddpm", args.steps,
-                                batch=args.batch, variance=variance)
+    row["grid"], _ = sample_images(model, schedule, loaded.space, args.grid, "ddpm",
+                                   args.steps, seed=args.seed, batch=args.batch,
+                                   variance=variance)
     return row
 
 
 def claim(args) -> dict:
     """Every figure of ``minidiff claim`` as a dict: ``models`` (one dict per checkpoint),
     ``settings`` and ``figures``; the sample grids are written to ``args.out``."""
-    from minidiff.data import from_unit_range, load_mnist  # noqa: PLC0415
-    from minidiff.images import save_grid  # noqa: PLC0415
     begin = time.time()
     loaded = [_load(path) for path in args.checkpoints]      # every file checked first
-    for _, schedule, _, _ in loaded:
+    for schedule in (pipeline.schedule for pipeline in loaded):
         check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
     test_images, _ = load_mnist("test")
     rows = []
@@ -225,29 +186,3 @@ def markdown_table(result: dict) -> str:
     notes.append(f"samples (one row per model, same seed): {result['figures'][0]}; "
                  f"{result['seconds']} s in all")
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
-
-
-@command
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    for key, (small, full) in SIZES.items():
-        if getattr(args, key) is None:
-            setattr(args, key, full if args.full else small)
-    from minidiff.paths import resolve_user_path  # noqa: PLC0415
-    args.checkpoints = [resolve_user_path(path) for path in args.checkpoints]
-    for path in args.checkpoints:
-        check_input_file("--checkpoints", path,
-                         "train the three models (README: the claim) or pass --checkpoints")
-    if args.classifier:
-        check_input_file("--classifier", args.classifier)
-    for name, folder in (("--out", args.out), ("--stats-dir", args.stats_dir)):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise MinidiffInputError(f"{name}: {folder} is a file, expected a folder")
-    result = claim(args)
-    print(json.dumps(result, indent=2) if args.json else markdown_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ What lives here:
 * choosing the backend: ``set_backend("numpy" | "cupy" | "cupy-sim")``, or the environment
   variable ``MINIDIFF_BACKEND`` read at import; asking for CuPy where it cannot run gives a
   one-line ``BackendUnavailableError`` that says why (not installed, or no usable GPU).
-  ``cupy-sim`` (``backend_cupysim.py``) computes with NumPy but keeps CuPy's rules at the
+  ``cupy-sim`` (``backend/cupysim.py``) computes with NumPy but keeps CuPy's rules at the
   host/device boundary, so the GPU road (``is_device_backend``) can be tested on a CPU;
 * the default floating dtype (float32; float64 for gradient checks);
 * moving arrays between host and device: ``to_host``, ``to_device``, ``array_module_of``;
@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
+import sys
 import tempfile
 import zipfile
 
@@ -40,6 +41,7 @@ import zipfile
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy  # noqa: E402  (after the BLAS setting above)
+from minidiff.errors import BackendMismatchError, MinidiffInputError
 
 
 def _keep_freed_memory() -> None:
@@ -91,12 +93,8 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here (CuPy missing, or no GPU)."""
 
 
-class BackendMismatchError(TypeError):
-    """An operation met arrays that live on two different backends."""
-
-
 _cupy = None  # the cupy module once it has been imported successfully
-_cupysim = None  # minidiff.backend_cupysim once cupy-sim has been asked for
+_cupysim = None  # minidiff.backend.cupysim once cupy-sim has been asked for
 _state = {"name": "numpy", "dtype": numpy.float32}
 
 
@@ -136,7 +134,7 @@ def _import_cupysim():
     """The CuPy simulator (imported on first use: it is no part of a plain ``import minidiff``)."""
     global _cupysim
     if _cupysim is None:
-        from minidiff import backend_cupysim  # noqa: PLC0415
+        from minidiff.backend import cupysim as backend_cupysim  # noqa: PLC0415
         _cupysim = backend_cupysim
     return _cupysim
 
@@ -360,7 +358,6 @@ def load_npz(path) -> dict:
 
     Errors are ``MinidiffInputError`` (a ValueError) naming the file: not an .npz file at all,
     truncated, or holding pickled objects (never loaded: unpickling runs code)."""
-    from minidiff.validation import MinidiffInputError  # noqa: PLC0415
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
@@ -399,7 +396,6 @@ def _init_from_environment() -> None:
         set_backend(name)
     except (ValueError, BackendUnavailableError) as error:
         environment_error = f"MINIDIFF_BACKEND={name}: {' '.join(str(error).split())}"
-        import sys  # noqa: PLC0415
         print(f"minidiff: {environment_error} (unset it, or set numpy or cupy)",
               file=sys.stderr)
 

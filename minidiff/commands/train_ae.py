@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from minidiff.train import cli
+from minidiff.commands import train as cli
 
 
 def main(argv=None) -> int:

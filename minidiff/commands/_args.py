@@ -1,0 +1,76 @@
+"""Command-line parsing shared by every command: one-line argparse errors, numeric option
+types, and the ``@command`` decorator that turns a ``MinidiffInputError`` into one line on
+stderr and exit status 2 (any other exception is a bug and keeps its traceback)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+from minidiff.errors import MinidiffInputError, check_float, check_int, describe_range, one_line
+
+__all__ = ['INPUT_ERROR', 'report', 'command', 'ArgumentParser', 'int_arg', 'float_arg']
+
+
+#: exit status of a bad input (argparse uses the same)
+INPUT_ERROR = 2
+
+
+def report(error: BaseException) -> int:
+    """Print a user's error as one line, ``minidiff: ...``, on stderr; returns 2."""
+    print(f"minidiff: {one_line(error)}", file=sys.stderr)
+    return INPUT_ERROR
+
+
+def command(main):
+    """Decorate a command's ``main(argv) -> int``: a ``MinidiffInputError`` becomes one line
+    on stderr and exit status 2; every other exception propagates with its traceback."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except MinidiffInputError as error:
+            return report(error)
+    return run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its complaints as one line (``PROG: argument --x: ...``) and exit 2."""
+
+    def error(self, message):
+        text = " ".join(message.split())
+        print(f"{self.prog}: {text} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def int_arg(low=None, high=None):
+    """An argparse ``type``: an integer within [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int("value", value, low, high)
+        except MinidiffInputError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer {describe_range(low, high)}, got {text}") from None
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(low=None, high=None, high_open: bool = False):
+    """An argparse ``type``: a finite number within [low, high] (or [low, high))."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_float("value", value, low, high, high_open)
+        except MinidiffInputError:
+            bounds = describe_range(low, high, closed_high=not high_open)
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number{' ' + bounds if bounds else ''}, got {text}") from None
+    parse.__name__ = "number"
+    return parse

@@ -1,0 +1,130 @@
+"""Every figure of ``minidiff eval`` for an unconditioned diffusion checkpoint, as a dict
+(``evaluate``; the command and its options: ``minidiff.commands.eval``).
+
+FID (``fid.py``) of ``n`` samples against the MNIST test set on the features of minidiff's own
+classifier (``classifier.py``), with the train-vs-test floor at the same n; the classifier's
+confidence and class histogram; bits/dim of test images (``likelihood.py``) for a pixel model.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from minidiff import backend
+from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.errors import MinidiffInputError, check_int
+from minidiff.evaluate.classifier import (classifier_path as find_classifier, classify,
+                                          file_checksum, load_classifier)
+from minidiff.evaluate.fid import (floor_statistics, frechet_distance, gaussian_stats,
+                                   reference_statistics)
+from minidiff.evaluate.likelihood import test_bits_per_dim
+from minidiff.pipelines.load import load_pipeline
+from minidiff.pipelines.sample import sample_images
+from minidiff.progress import Progress
+
+__all__ = ["evaluate", "reference_statistics", "floor_statistics"]
+
+#: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
+BPD_IMAGES, BPD_SAMPLES = 256, 4
+#: test digits --inpainting completes unless --n says otherwise
+INPAINT_N = 100
+#: samples per prompt of --prompts unless --per-prompt says otherwise (1,000 samples in all)
+PER_PROMPT = 20
+
+
+def _log(quiet: bool, message: str) -> None:
+    """A progress message on stderr (so that --json output on stdout stays clean)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def evaluate(args, quiet: bool = False) -> dict:
+    """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
+    check_int("--n", args.n, low=2)
+    pipeline = load_pipeline(args.checkpoint, use_ema=not args.raw_weights)
+    if pipeline.kind != "none":
+        raise MinidiffInputError(
+            f"--checkpoint: {args.checkpoint} is conditioned on {pipeline.kind!r}; its figures "
+            "come from --prompts (a text model) or --inpainting (a concat model)")
+    model, schedule, config, space = (pipeline.eps(), pipeline.schedule, pipeline.config,
+                                      pipeline.space)
+    check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
+    classifier_path = find_classifier(args.classifier)
+    classifier = load_classifier(classifier_path, name="--classifier")
+    checksum = file_checksum(classifier_path)
+    result = {"checkpoint": args.checkpoint, "step": pipeline.step or None,
+              "backend": backend.get_backend(),
+              "classifier": classifier_path, "classifier_sha256_16": checksum,
+              "sampler": args.sampler, "steps": args.steps or schedule.num_timesteps,
+              "eta": args.eta if args.sampler == "ddim" else None, "n": args.n,
+              "seed": args.seed}
+
+    # test-set statistics (cached, keyed by the classifier checksum)
+    mu_test, cov_test, hit, n_ref = reference_statistics(classifier, checksum, args.stats_dir,
+                                                         args.reference_images)
+    result["fid_reference"] = {"split": "test", "n": int(n_ref), "cached": hit}
+
+    # samples
+    start = time.time()
+    variance = config["variance"]                         # as trained (lesson 13)
+    result["variance"] = variance
+    samples, _ = sample_images(model, schedule, space, args.n, args.sampler, args.steps or None,
+                               args.eta, args.seed, args.batch, variance,
+                               progress=None if quiet else
+                               Progress(f"sampling {args.n} images ({args.sampler})"))
+    result["space"] = space.describe()
+    result["sampling_seconds"] = round(time.time() - start, 2)
+    feats, probs = classify(classifier, samples)
+    mu_s, cov_s = gaussian_stats(feats)
+    result["fid"] = frechet_distance(mu_s, cov_s, mu_test, cov_test)
+
+    probs_host = backend.to_host(probs)
+    labels = probs_host.argmax(axis=1)
+    result["mean_confidence"] = float(probs_host.max(axis=1).mean())
+    result["class_histogram"] = [int((labels == k).sum()) for k in range(10)]
+
+    # floor: the FID of n training images (n capped at 60,000) against the test set
+    if not args.no_floor:
+        mu_tr, cov_tr, n_floor = floor_statistics(classifier, checksum, args.stats_dir, args.n)
+        result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
+        result["fid_floor_n"] = n_floor
+
+    # bits/dim on the test set
+    if args.bpd_images > 0 and space.kind == "pixel":
+        x0 = to_unit_range(load_mnist("test")[0][:args.bpd_images])
+        start = time.time()
+        bpd = test_bits_per_dim(schedule, model, x0,
+                                num_samples=None if args.bpd_full else args.bpd_samples,
+                                batch=min(args.batch, 100), variance=variance,
+                                progress=None if quiet else Progress("bits/dim", unit="images"))
+        bpd["samples_per_image"] = None if args.bpd_full else args.bpd_samples
+        bpd["seconds"] = round(time.time() - start, 2)
+        result["bits_per_dim"] = bpd
+    return result
+
+
+def _report(r: dict) -> str:
+    lines = [f"checkpoint   {r['checkpoint']}",
+             f"sampler      {r['sampler']}, {r['steps']} steps"
+             + (f", eta {r['eta']}" if r['eta'] is not None else "")
+             + f", seed {r['seed']}, {r['sampling_seconds']} s"
+             + (f", variance {r['variance']}" if r.get("variance") else ""),
+             f"space        {r['space']}",
+             f"FID          {r['fid']:.3f}  ({r['n']} samples vs {r['fid_reference']['n']} "
+             f"MNIST test images; MNIST-classifier FID, comparable only within minidiff)"]
+    if "fid_floor_train_vs_test" in r:
+        lines.append(f"FID floor    {r['fid_floor_train_vs_test']:.3f}  ({r['fid_floor_n']} "
+                     f"training images vs the test set)")
+    if r["n"] < 10_000:
+        lines.append(f"             note: {r['n']} < 10,000 samples, FID is biased upward")
+    lines.append(f"confidence   {r['mean_confidence']:.3f} (mean max-softmax of the samples)")
+    total = max(sum(r["class_histogram"]), 1)
+    lines.append("classes      " + "  ".join(f"{k}:{c / total:.1%}"
+                                            for k, c in enumerate(r["class_histogram"])))
+    if "bits_per_dim" in r:
+        b = r["bits_per_dim"]
+        how = ("full bound, all T terms" if b["full"] else
+               f"Monte-Carlo, {b['samples_per_image']} timestep(s) per image")
+        lines.append(f"bits/dim     {b['bpd']:.4f} +- {b['stderr']:.4f}  ({b['n']} test images, "
+                     f"{how}; an upper bound on the NLL)")
+    return "\n".join(lines)
