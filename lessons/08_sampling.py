@@ -241,11 +241,10 @@ if pathlib.Path(args.checkpoint).exists():
     from minidiff.pipelines.load import load_pipeline
 
     # eps_theta of the checkpoint (a v- or x0-predicting network is converted by (2.6)/(2.5))
-    _pipeline = load_pipeline(args.checkpoint)
-    trained, trained_schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
+    pipeline = load_pipeline(args.checkpoint)
+    trained, trained_schedule = pipeline.eps(), pipeline.schedule
     k = 4 if args.quick else 16
-    c = trained.config
-    shape = (k, c.in_channels, c.image_size, c.image_size)
+    shape = (k, *pipeline.space.shape)
     start = time.perf_counter()
     ddim_images = ddim_sample(trained, trained_schedule, shape, steps=10 if args.quick else 50)
     ddim_time = time.perf_counter() - start

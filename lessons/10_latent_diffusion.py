@@ -201,13 +201,9 @@ assert 0.8 < spread.min() and spread.max() < 1.2 and centre.max() < 0.35
 
 # %%
 if shipped:
-    from minidiff.pipelines.load import space_of
     from minidiff.pipelines.load import load_pipeline
-    from minidiff.checkpoint import load_checkpoint
-    arrays = load_checkpoint(args.ldm)
-    _pipeline = load_pipeline(args.ldm, arrays=arrays)
-    ldm, ldm_schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
-    ldm_space = space_of(arrays)
+    ldm_pipeline = load_pipeline(args.ldm)       # the network, its schedule and its space
+    ldm, ldm_schedule, ldm_space = ldm_pipeline.eps(), ldm_pipeline.schedule, ldm_pipeline.space
 else:
     from minidiff.diffusion import as_eps_model  # noqa: E402
     ldm = as_eps_model(latent_unet.eval(), schedule, "v")
@@ -241,10 +237,8 @@ print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 # %%
 if shipped:
     from minidiff.pipelines.load import load_pipeline
-    _pipeline = load_pipeline(args.pixel)
-    pixel_unet, _ = _pipeline.model, _pipeline.config
-    _pipeline = load_pipeline(args.ldm)
-    latent_net, _ = _pipeline.model, _pipeline.config
+    pixel_unet = load_pipeline(args.pixel).model
+    latent_net = load_pipeline(args.ldm).model
 else:
     pixel_unet = UNet(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=())

@@ -32,10 +32,11 @@ import math
 from _lesson import host, lesson_parser, pyplot, show, start  # finds minidiff; --quick, --out
 from minidiff import backend
 from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
-from minidiff.diffusion import (NoiseSchedule, p_mean_variance, q_sample, training_step,
+from minidiff.diffusion import (OBJECTIVES, NoiseSchedule, p_mean_variance, q_sample, training_step,
                                 vlb_term_at)
 from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
-from minidiff.evaluate.model import sample_images
+from minidiff.data.spaces import PixelSpace
+from minidiff.pipelines.sample import sample_images
 from minidiff.evaluate.likelihood import bound_split
 from minidiff.data.images import save_grid
 from minidiff.models.unet import UNet
@@ -50,7 +51,6 @@ args, out_dir = start(lesson_parser("Lesson 13: the claim", "tiny untrained stan
 N_IMAGES = 2 if args.quick else 16          # test images for the per-t terms
 SAMPLE_STEPS = 3 if args.quick else 50
 STAND_IN_T = 200 if args.quick else 1000    # the stand-ins' steps (the claim preset: 1000)
-from minidiff.diffusion import OBJECTIVES  # noqa: E402  (simple, vlb, hybrid)
 
 
 def shipped(objective):
@@ -60,8 +60,8 @@ def shipped(objective):
         return None
     from minidiff.pipelines.load import load_pipeline  # noqa: PLC0415
     try:
-        _pipeline = load_pipeline(find(f"checkpoints/claim_{objective}.npz"))
-        return _pipeline.eps(), _pipeline.schedule, _pipeline.config
+        pipeline = load_pipeline(find(f"checkpoints/claim_{objective}.npz"))
+        return pipeline.eps(), pipeline.schedule, pipeline.config
     except DataNotFoundError:
         return None
 
@@ -345,10 +345,10 @@ else:
 rows, labels = [], []
 for objective in OBJECTIVES:
     model, schedule, config = MODELS[objective]
-    backend.manual_seed(0)
-    rows.append(sample_images(model, schedule, 8, "ddpm",
-                              min(SAMPLE_STEPS, schedule.num_timesteps), batch=8,
-                              variance=config.get("variance", "fixed_small")))
+    images, _ = sample_images(model, schedule, PixelSpace(), 8, "ddpm",
+                              min(SAMPLE_STEPS, schedule.num_timesteps), seed=0,
+                              variance=config["variance"])
+    rows.append(images)
     labels.append(objective)
 grid = backend.xp().concatenate(rows)
 assert grid.shape == (8 * len(OBJECTIVES), 1, 28, 28) and bool(backend.xp().isfinite(grid).all())

@@ -62,8 +62,8 @@ def test_claim_json_on_stand_ins(stand_ins, capsys):
         assert full["prior"] > 0 and full["distortion"] > 0 and full["rate"] > 0
         assert len(r["per_t_bits"]) == r["T"] == 10
         assert sum(r["per_t_bits"]) + full["prior"] == pytest.approx(full["bpd"], rel=1e-9)
-        _pipeline = load_pipeline(path)
-        model, schedule, _ = _pipeline.eps(), _pipeline.schedule, _pipeline.config
+        pipeline = load_pipeline(path)
+        model, schedule = pipeline.eps(), pipeline.schedule
         backend.manual_seed(0)      # claim's --seed: the same noise draws (float32 sums)
         want = bits_per_dim(schedule, model, images, variance=r["variance"])
         assert full["bpd"] == pytest.approx(want["bpd"], rel=1e-6)

@@ -125,8 +125,8 @@ def test_latent_checkpoint_round_trip(run):
     assert isinstance(space, LatentSpace) and space.shape == (2, 7, 7)
     assert space.scale_factor == pytest.approx(SCALE)
     # the exported network is the trainer's EMA network
-    _pipeline = load_pipeline(folder / "run" / "ema.npz", arrays=arrays)
-    model, _, config = _pipeline.eps(), _pipeline.schedule, _pipeline.config
+    pipeline = load_pipeline(folder / "run" / "ema.npz", arrays=arrays)
+    model, config = pipeline.eps(), pipeline.config
     z = backend.randn(2, 2, 7, 7)
     t = backend.to_device(np.array([3, 17]))
     with trainer.ema.swapped(), no_grad():

@@ -189,10 +189,9 @@ def test_v_prediction_run_samples_through_eps(tmp_path, images):
                       images=images, log=lambda _: None)
     assert trainer.run() == "done"
     path = str(tmp_path / "ema.npz")
-    _pipeline = load_pipeline(path)
-    eps_model, schedule, config = _pipeline.eps(), _pipeline.schedule, _pipeline.config
-    _pipeline = load_pipeline(path)
-    network, _ = _pipeline.model, _pipeline.config
+    pipeline = load_pipeline(path)
+    eps_model, schedule, config = pipeline.eps(), pipeline.schedule, pipeline.config
+    network = pipeline.model
     assert config["prediction"] == "v"
     x_t = backend.randn(2, 1, 16, 16)
     t = backend.to_device(np.array([3, 40]))

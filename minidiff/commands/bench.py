@@ -8,6 +8,7 @@ from minidiff.checkpoint import CheckpointError
 from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.data.spaces import SpaceError
 from minidiff.errors import MinidiffInputError
+
 BENCHMARKS = ("layers", "unet", "ldm")
 
 

@@ -13,6 +13,8 @@ from minidiff import backend
 from minidiff.data.caption_figures import save_attribute_figure
 from minidiff.data.captions import CaptionStats, N_CHOICES
 from minidiff.data.mnist import load_mnist
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/lesson11", help="folder for attributes.png")

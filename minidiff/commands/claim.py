@@ -33,6 +33,8 @@ from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.data.paths import resolve_user_path
 from minidiff.errors import MinidiffInputError, check_input_file
 from minidiff.evaluate.claim import SHIPPED, SIZES, claim, markdown_table
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff claim", description=__doc__.split("\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,6 +12,8 @@ import sys
 from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.errors import MinidiffInputError, check_output_path
 from minidiff.train.demo import run
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff demo", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int_arg(1), default=2000,

@@ -51,6 +51,8 @@ from minidiff.evaluate.fid import DEFAULT_STATS_DIR
 from minidiff.evaluate.model import (BPD_IMAGES, BPD_SAMPLES, INPAINT_N, PER_PROMPT, _report,
                                      evaluate)
 from minidiff.progress import Progress
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="minidiff eval", description="FID, classifier confidence and bits/dim of a "

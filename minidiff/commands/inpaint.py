@@ -48,6 +48,8 @@ from minidiff.progress import Progress
 
 #: what --out may be written as (FILE.npz: the raw uint8 completions)
 IMAGE_TYPES, ARRAY_TYPES = (".png", ".jpg", ".jpeg"), (".npz",)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff inpaint", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True,

@@ -11,6 +11,8 @@ from minidiff.commands._args import ArgumentParser, float_arg, int_arg
 from minidiff.errors import check_output_path
 from minidiff.evaluate.classifier import DEFAULT_PATH
 from minidiff.evaluate.train_classifier import train
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="minidiff eval train-classifier",
                             description=__doc__.split("\n")[0])
