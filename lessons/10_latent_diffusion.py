@@ -232,7 +232,7 @@ print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 # the decoder, run once, is shared by all S steps.  Measured below with S = 50 (DDIM), on the
 # shipped models (or, with `--quick`, tiny U-Nets of 8 base channels).  On the 2-core
 # development machine `minidiff bench ldm` measures the same thing on the shipped models,
-# training step included (README).
+# training step included (data/checkpoints/ldm.md).
 
 # %%
 if shipped:

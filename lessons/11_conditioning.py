@@ -611,7 +611,7 @@ print(f"(11.9) the concat input {seen.shape} ({space.describe()}): identical whe
 # The measure (`evaluate/inpainting.py`): the first n test digits with the bottom half hidden,
 # one completion each, and the fraction the classifier gives its true label; two bounds from
 # the same digits, the masked input alone (bottom black) and the originals.  The measurement
-# on 500 digits is in the README and `inpaint.md`; here a smaller n.  Replacement runs on the
+# on 500 digits is in `data/checkpoints/inpaint.md`; here a smaller n.  Replacement runs on the
 # unconditional latent model ldm.npz, concat on inpaint.npz.
 
 # %%

@@ -19,7 +19,7 @@
 #     python lessons/13_the_claim.py [--quick] [--out DIR]
 #
 # The objectives themselves are trained by `minidiff train --preset claim --set
-# objective=simple|vlb|hybrid` (README: the claim); L_vlb at one drawn t is the estimate
+# objective=simple|vlb|hybrid` (docs/the-claim.md); L_vlb at one drawn t is the estimate
 #
 #     L_vlb ~= L_T + T L_t,   t ~ Uniform{0, ..., T-1}                                    (13.2)
 #
@@ -315,7 +315,7 @@ if plt is not None:
 # %% [markdown]
 # ## 5. The measured table
 #
-# `minidiff claim` evaluates the three shipped models (README: the claim); its `--json`
+# `minidiff claim` evaluates the three shipped models (docs/the-claim.md); its `--json`
 # output, stored as data/checkpoints/claim_table.json, is shown here.  Columns: the full bound
 # in bits/dim (every t, +- one standard error over the test images), the Monte-Carlo
 # estimate beside it, the bound split as the DDPM paper's Table 4 (prior L_T, distortion L_0,

@@ -9,10 +9,11 @@ Every command and every loader reports a bad input the same way:
 * ``minidiff.commands.main`` turns such an error into one line on stderr, ``minidiff: MESSAGE;
   HINT``, and exit status 2.  Any *other* exception is a bug in minidiff and keeps its
   traceback;
-* command-line parsers are ``ArgumentParser`` from this module: argparse's own complaints
+* command-line parsers are ``commands._args.ArgumentParser``: argparse's own complaints
   (a missing value, ``--steps abc``) come out as one line too, without the usage block;
-* a command's ``main(argv)`` is decorated with ``@command``, which does the same one-line
-  report when it is run on its own (``python -m minidiff.sample``, a test calling it).
+* a command's ``main(argv)`` is decorated with ``commands._args.command``, which does the
+  same one-line report when it is run on its own (``python -m minidiff.commands.sample``, a
+  test calling it).
 
 The ``check_*`` helpers return the value they checked, so a command reads
 ``steps = check_int("--steps", args.steps, low=1, high=T)``.  A new command needs nothing

@@ -245,13 +245,10 @@ def test_latent_shape_that_does_not_fit_the_unet(run, tmp_path, capsys):
 # ----------------------------------------------------------------------------- eval and bench
 
 def test_eval_decodes_a_latent_model(run, tmp_path):
-    from minidiff.commands import eval as evaluate
+    from minidiff.evaluate.model import evaluate
     folder, _, _ = run
-    args = evaluate.build_parser().parse_args([
-        "--checkpoint", str(folder / "run" / "ema.npz"), "--n", "6", "--steps", "2",
-        "--batch", "4", "--reference-images", "40", "--no-floor",
-        "--stats-dir", str(tmp_path / "stats")])
-    result = evaluate.evaluate(args, quiet=True)
+    result = evaluate(folder / "run" / "ema.npz", n=6, steps=2, batch=4, reference_images=40,
+                      floor=False, stats_dir=str(tmp_path / "stats"), quiet=True)
     assert result["space"].startswith("latents 2x7x7")
     assert "bits_per_dim" not in result
     assert np.isfinite(result["fid"]) and sum(result["class_histogram"]) == 6

@@ -22,7 +22,7 @@ shipped data/checkpoints/claim_{simple,vlb,hybrid}.npz), evaluation only:
 
 A markdown table goes to stdout (``--json``: every figure as JSON instead); progress to
 stderr.  ``--full`` is the issue's size: 1,000 images for the full bound, 10,000 for the
-Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; see the README).
+Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; docs/the-claim.md).
 """
 import argparse
 import json
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     args.checkpoints = [resolve_user_path(path) for path in args.checkpoints]
     for path in args.checkpoints:
         check_input_file("--checkpoints", path,
-                         "train the three models (README: the claim) or pass --checkpoints")
+                         "train the three models (docs/the-claim.md) or pass --checkpoints")
     if args.classifier:
         check_input_file("--classifier", args.classifier)
     for name, folder in (("--out", args.out), ("--stats-dir", args.stats_dir)):

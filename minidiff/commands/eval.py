@@ -158,11 +158,17 @@ def main(argv=None) -> int:
         text = inpainting.report(result)
     elif autoencoder.is_autoencoder(args.checkpoint):          # lesson 09's figures
         args.n = args.n or 10_000
-        result = autoencoder.evaluate_autoencoder(args)
+        result = autoencoder.evaluate_autoencoder(
+            args.checkpoint, args.n, args.batch, args.raw_weights, args.classifier,
+            args.stats_dir, args.reference_images, not args.no_floor)
         text = autoencoder.report(result)
     else:
         args.n = args.n or 10_000
-        result = evaluate(args)   # progress goes to stderr, so --json output stays clean
+        # progress goes to stderr, so --json output stays clean
+        result = evaluate(args.checkpoint, args.n, args.sampler, args.steps, args.eta,
+                          args.batch, args.seed, args.raw_weights, args.classifier,
+                          args.stats_dir, args.reference_images, not args.no_floor,
+                          args.bpd_images, args.bpd_samples, args.bpd_full)
         text = _report(result)
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

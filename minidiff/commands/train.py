@@ -1,6 +1,6 @@
 """``minidiff train``: train the DDPM U-Net (or the autoencoder) on MNIST from a preset.
 
-    minidiff train --preset quick                       # ~10 minutes on a CPU
+    minidiff train --preset quick                       # its time: data/checkpoints/quick.md
     minidiff train --preset mnist --out runs/mnist      # the reference configuration
     minidiff train --preset ae-quick                    # the autoencoder of lesson 09
     minidiff train --preset quick --set lr=1e-3 --steps 2000 --config my.json

@@ -1,7 +1,7 @@
 """``minidiff train-ae``: ``minidiff train`` with ``--preset ae-quick`` as the default
 (the KL autoencoder of lesson 09); every option of ``minidiff train`` applies.
 
-    minidiff train-ae                                   # ~10 minutes on an idle 2-core CPU
+    minidiff train-ae                                   # its time: data/checkpoints/ae.md
     minidiff train-ae --preset ae --out runs/ae         # the larger configuration
 """
 from __future__ import annotations

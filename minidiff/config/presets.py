@@ -58,8 +58,8 @@ PRESETS = {
     # A small U-Net (637k parameters: 16/32/64 channels at 28/14/7, one ResBlock per level,
     # attention only in the middle at 7x7) that predicts v, not eps (lesson 07: an eps error
     # is multiplied by ~160 in x_0 at t = T, which a short run cannot afford); a high learning
-    # rate and a fast EMA so the averaged model catches up in time.  2,000 steps of 32 images
-    # take about 8 minutes on an idle 2-core CPU (4.1 steps/s).
+    # rate and a fast EMA so the averaged model catches up in time.  Its time and figures:
+    # data/checkpoints/quick.md.
     "quick": {**DEFAULTS, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
               "time_embed_dim": 32, "prediction": "v", "batch_size": 32, "lr": 2e-3,
@@ -70,13 +70,12 @@ PRESETS = {
     # (data/checkpoints/ae.npz; --set autoencoder=PATH for another): a one-level U-Net at 7x7
     # (221k parameters: 32 channels, two ResBlocks, attention only in the middle block),
     # chosen so that sampling costs about a tenth of the pixel model's (bench ldm).  A batch
-    # of 128 latents costs about a quarter of a batch of 32 images (an estimated 65 ms a step
-    # on an idle 2-core CPU), so its 1,200 steps see 2.4 times as many examples as ``quick``
-    # in a fraction of its time; encoding the training set once comes on top.  (An idle
-    # machine has room for 3,000+ steps within 10 minutes; 1,200 is what the shared machine
-    # the shipped model was trained on allowed.)  v-prediction as in ``quick``: the samplers
-    # do not clip latents, and a v error is not multiplied by 1 / sqrt(abar_t) in x_0 near
-    # t = T.  The EMA (no warm-up) keeps 0.995^1200 ~ 0.2% of the initial weights at the end.
+    # of 128 latents costs about a quarter of a batch of 32 images, so its 1,200 steps see
+    # 2.4 times as many examples as ``quick`` in a fraction of its time; encoding the
+    # training set once comes on top.  v-prediction as in ``quick``: the samplers do not clip
+    # latents, and a v error is not multiplied by 1 / sqrt(abar_t) in x_0 near t = T.  The
+    # EMA (no warm-up) keeps 0.995^1200 ~ 0.2% of the initial weights at the end.  Time and
+    # figures: data/checkpoints/ldm.md.
     "ldm-quick": {**DEFAULTS, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
                   "in_channels": 4, "out_channels": 4, "image_size": 7, "base_channels": 32,
                   "channel_mults": [1], "num_res_blocks": 2, "attention_resolutions": [],
@@ -89,32 +88,24 @@ PRESETS = {
     # caption by cross-attention: tau_theta (2 blocks, width 64, 4 heads) reads the caption,
     # and the middle block's attention becomes a SpatialTransformer (self-attention over the
     # 49 latent pixels, cross-attention to the caption).  Only there: the whole U-Net is at
-    # 7x7, and one transformer after every ResBlock (attention_resolutions [7]) cost 0.69 s
-    # of single-thread CPU per step of 128 against 0.32 s for the middle one alone (ldm-quick:
-    # 0.25 s), i.e. half the steps in the same minutes; what a digit, a thickness and a slant
-    # say is global, which one read at the bottleneck carries.  Measured (txt2img.md): with
-    # a transformer after every ResBlock, 1,160 steps in 85% of the wall time drew the
-    # prompted digit 98.4% of the time (nines 85%) against 99.5%, slant AUC 0.847 against
-    # 0.866 (guidance 3, 1,000 samples each).  2,500 steps: about 14 minutes
-    # on one core, plus encoding the training set once.  Caption dropout 0.1 for
-    # classifier-free guidance, sampled at guidance 2 by default: on the shipped model
-    # (txt2img.md) s = 2 is where the prompted accuracy first passes 98% (98.6% of 1,000
-    # samples), at FID 111 where s = 3 buys 99.5% at FID 231 (less variety); grids: one row
-    # per digit word.
+    # 7x7, a transformer after every ResBlock costs about twice the steps' time, and what a
+    # digit, a thickness and a slant say is global, which one read at the bottleneck carries
+    # (the comparison: data/checkpoints/txt2img.md).  Caption dropout 0.1 for classifier-free
+    # guidance, sampled at guidance 2 by default, where the shipped model's prompted accuracy
+    # first passes 98% (txt2img.md); grids: one row per digit word.
     "txt2img-quick": None,
     # Inpainting and text (lesson 11): the same with the mask and E(masked image)
-    # concatenated to z_t (1 + 4 input channels; encoding the masked batch costs 0.14 s a
-    # step, 0.46 s in all); a quarter of the training masks cover everything, so the model
-    # also generates from a caption alone.  1,800 steps: about 14 minutes on one core.
+    # concatenated to z_t (1 + 4 input channels); a quarter of the training masks cover
+    # everything, so the model also generates from a caption alone.  Time and figures:
+    # data/checkpoints/inpaint.md.
     "inpaint-quick": None,
     # The article's claim (lesson 13): the ``quick`` architecture predicting eps (as both
     # papers do), one run per objective (--set objective=simple | vlb | hybrid; hybrid with
     # --set variance=learned), the same budget, seed and learning-rate schedule for all.
     # No gradient clipping (as improved DDPM): L_vlb is T times the mean bound term, so its
-    # gradient norms are 10-300 where L_simple's are 0.3-4, and a clip at 1.0 would rescale
-    # every vlb step (each to norm 1) while almost never touching the others.  A step costs
-    # about 0.5 s of one CPU core with the bound (vlb, hybrid), a little less for simple;
-    # 3,000 steps of 32 images are about 25 CPU-minutes per run.
+    # gradient norms are two orders of magnitude above L_simple's, and a clip at 1.0 would
+    # rescale every vlb step while almost never touching the others (the norms, the time:
+    # data/checkpoints/claim.md).
     "claim": {**DEFAULTS, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
               "time_embed_dim": 32, "prediction": "eps", "batch_size": 32, "lr": 2e-3,
@@ -122,7 +113,7 @@ PRESETS = {
               "ema_decay": 0.998, "log_every": 50, "sample_every": 500,
               "checkpoint_every": 250, "diag_every": 1000, "sample_steps": 50},
     # The reference configuration of lesson 06 (``REFERENCE_CONFIG``, 1,623,169 parameters);
-    # hours on a CPU, minutes on a GPU (``minidiff --backend cupy train --preset mnist``).
+    # hours on a CPU; not trained here (``minidiff --backend cupy train --preset mnist``).
     "mnist": {**DEFAULTS, "base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2,
               "attention_resolutions": [7], "num_heads": 4, "dropout": 0.1, "groups": 8,
               "time_embed_dim": 32},

@@ -22,9 +22,11 @@ import time
 from minidiff import backend
 from minidiff.checkpoint import load_checkpoint
 from minidiff.data.mnist import load_mnist, to_unit_range
+from minidiff.errors import check_int
 from minidiff.evaluate.classifier import (classifier_path as find_classifier, classify,
                                           file_checksum, load_classifier)
-from minidiff.evaluate.fid import _cached_stats, _features_of, frechet_distance, gaussian_stats
+from minidiff.evaluate.fid import (DEFAULT_STATS_DIR, floor_statistics, frechet_distance,
+                                   gaussian_stats, reference_statistics)
 from minidiff.evaluate.model import _log
 from minidiff.pipelines.load import load_autoencoder
 from minidiff.tensor import no_grad
@@ -50,31 +52,30 @@ def reconstruct(model, x, batch: int = 250):
     return xp.concatenate(outs), xp.concatenate(kls), xp.concatenate(means)
 
 
-def evaluate_autoencoder(args, quiet: bool = False) -> dict:
-    """Every figure of the autoencoder report as a dict (see the module docstring).
-
-    ``args``: ``minidiff eval``'s options (checkpoint, n, batch, raw_weights, classifier,
-    stats_dir, reference_images, no_floor)."""
-
-    if args.n < 2:
-        raise ValueError(f"--n: rFID needs at least 2 images, got {args.n}")
-    arrays = load_checkpoint(args.checkpoint)
-    model, config, scale = load_autoencoder(args.checkpoint,
-                                                       use_ema=not args.raw_weights,
-                                                       arrays=arrays)
-    classifier_path = find_classifier(args.classifier)
-    classifier = load_classifier(classifier_path)
+def evaluate_autoencoder(checkpoint, n: int = 10_000, batch: int = 250,
+                         raw_weights: bool = False, classifier=None,
+                         stats_dir: str = DEFAULT_STATS_DIR, reference_images: int = 10_000,
+                         floor: bool = True, quiet: bool = False) -> dict:
+    """Every figure of the autoencoder report as a dict (see the module docstring): the first
+    ``n`` test images reconstructed ``batch`` at a time, scored on ``classifier``'s features
+    (None: the shipped one) against the first ``reference_images`` test images (statistics
+    cached in ``stats_dir``), with the train-vs-test floor at n if ``floor``."""
+    check_int("--n", n, low=2)
+    arrays = load_checkpoint(checkpoint)
+    model, config, scale = load_autoencoder(checkpoint, use_ema=not raw_weights, arrays=arrays)
+    classifier_path = find_classifier(classifier)
+    classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
     test_images, test_labels = load_mnist("test")
-    n = min(args.n, len(test_images))
-    result = {"checkpoint": args.checkpoint, "model": "autoencoder",
+    n = min(n, len(test_images))
+    result = {"checkpoint": str(checkpoint), "model": "autoencoder",
               "step": arrays["step"] or None, "backend": backend.get_backend(),
               "classifier": classifier_path, "classifier_sha256_16": checksum, "n": n,
               "latent_shape": list(model.latent_shape), "scale_factor": scale}
 
     x = to_unit_range(test_images[:n])
     start = time.time()
-    x_hat, kl, means = reconstruct(model, x, args.batch)
+    x_hat, kl, means = reconstruct(model, x, batch)
     result["reconstruction_seconds"] = round(time.time() - start, 2)
     _log(quiet, f"reconstructed {n} test images in {result['reconstruction_seconds']} s")
     xp = backend.xp()
@@ -87,11 +88,8 @@ def evaluate_autoencoder(args, quiet: bool = False) -> dict:
         result["scaled_latent_mean_std"] = float((means.astype(xp.float64) * scale).std())
 
     # rFID against the (cached) test-set statistics, and the train-vs-test floor
-    n_ref = min(max(args.reference_images, 2), len(test_images))
-    key = f"test_{checksum}" + ("" if n_ref == len(test_images) else f"_first{n_ref}")
-    mu_test, cov_test, hit = _cached_stats(
-        key, args.stats_dir, lambda: gaussian_stats(_features_of(classifier,
-                                                                 test_images[:n_ref])))
+    mu_test, cov_test, hit, n_ref = reference_statistics(classifier, checksum, stats_dir,
+                                                         reference_images)
     result["fid_reference"] = {"split": "test", "n": int(n_ref), "cached": hit}
     feats, probs = classify(classifier, x_hat)
     result["rfid"] = frechet_distance(*gaussian_stats(feats), mu_test, cov_test)
@@ -101,12 +99,8 @@ def evaluate_autoencoder(args, quiet: bool = False) -> dict:
     _, probs_x = classify(classifier, x)
     result["accuracy_originals"] = float(
         (backend.to_host(probs_x.argmax(axis=1)) == labels).mean())
-    if not args.no_floor:
-        def floor_stats():
-            train_images, _ = load_mnist("train")
-            pick = backend.host.random.default_rng(0).permutation(len(train_images))[:n]
-            return gaussian_stats(_features_of(classifier, train_images[pick]))
-        mu_tr, cov_tr, _ = _cached_stats(f"train_{checksum}_n{n}", args.stats_dir, floor_stats)
+    if floor:
+        mu_tr, cov_tr, _ = floor_statistics(classifier, checksum, stats_dir, n)
         result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
     return result
 

@@ -23,12 +23,11 @@ shipped data/checkpoints/claim_{simple,vlb,hybrid}.npz), evaluation only:
 
 A markdown table goes to stdout (``--json``: every figure as JSON instead); progress to
 stderr.  ``--full`` is the issue's size: 1,000 images for the full bound, 10,000 for the
-Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; see the README).
+Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; docs/the-claim.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -115,11 +114,10 @@ def _evaluate_one(path: str, loaded, args, test_images) -> dict:
 
     _log(f"{name}: FID and confidence on {args.n} DDPM samples ({args.steps} steps, "
          f"variance {variance})")
-    scored = evaluate(argparse.Namespace(
-        checkpoint=path, n=args.n, sampler="ddpm", steps=args.steps, eta=0.0,
-        batch=args.batch, seed=args.seed, raw_weights=False, bpd_images=0, bpd_samples=1,
-        bpd_full=False, reference_images=args.reference_images, no_floor=args.no_floor,
-        classifier=args.classifier, stats_dir=args.stats_dir))
+    scored = evaluate(path, args.n, "ddpm", args.steps, batch=args.batch, seed=args.seed,
+                      classifier=args.classifier, stats_dir=args.stats_dir,
+                      reference_images=args.reference_images, floor=not args.no_floor,
+                      bpd_images=0)
     for key in ("fid", "mean_confidence", "class_histogram", "sampling_seconds",
                 "fid_floor_train_vs_test", "fid_floor_n"):
         if key in scored:

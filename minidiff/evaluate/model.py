@@ -15,8 +15,8 @@ from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.errors import MinidiffInputError, check_int
 from minidiff.evaluate.classifier import (classifier_path as find_classifier, classify,
                                           file_checksum, load_classifier)
-from minidiff.evaluate.fid import (floor_statistics, frechet_distance, gaussian_stats,
-                                   reference_statistics)
+from minidiff.evaluate.fid import (DEFAULT_STATS_DIR, floor_statistics, frechet_distance,
+                                   gaussian_stats, reference_statistics)
 from minidiff.evaluate.likelihood import test_bits_per_dim
 from minidiff.pipelines.load import load_pipeline
 from minidiff.pipelines.sample import sample_images
@@ -24,7 +24,7 @@ from minidiff.progress import Progress
 
 __all__ = ["evaluate", "reference_statistics", "floor_statistics"]
 
-#: default Monte-Carlo bits/dim: images x timesteps per image (see the README for the cost)
+#: default Monte-Carlo bits/dim: images x timesteps per image (their cost: docs/commands.md)
 BPD_IMAGES, BPD_SAMPLES = 256, 4
 #: test digits --inpainting completes unless --n says otherwise
 INPAINT_N = 100
@@ -38,40 +38,52 @@ def _log(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def evaluate(args, quiet: bool = False) -> dict:
-    """Every figure of ``minidiff eval`` as a dict (see the module docstring)."""
-    check_int("--n", args.n, low=2)
-    pipeline = load_pipeline(args.checkpoint, use_ema=not args.raw_weights)
+def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50,
+             eta: float = 0.0, batch: int = 250, seed: int = 0, raw_weights: bool = False,
+             classifier=None, stats_dir: str = DEFAULT_STATS_DIR,
+             reference_images: int = 10_000, floor: bool = True,
+             bpd_images: int = BPD_IMAGES, bpd_samples: int = BPD_SAMPLES,
+             bpd_full: bool = False, quiet: bool = False) -> dict:
+    """Every figure of ``minidiff eval`` for the unconditioned diffusion model in
+    ``checkpoint`` (module docstring): FID of ``n`` samples (``sampler`` with ``steps``, 0 =
+    T; ``eta``; ``batch`` at a time; ``seed``) against the first ``reference_images`` MNIST
+    test images on ``classifier``'s features (None: the shipped one), statistics cached in
+    ``stats_dir``; the train-vs-test floor at n if ``floor``; the confidence and class
+    histogram; for a pixel model the bits/dim of ``bpd_images`` test images (``bpd_samples``
+    timesteps each, or the full bound with ``bpd_full``).  ``raw_weights``: the last trained
+    weights instead of their EMA; ``quiet``: no progress on stderr."""
+    check_int("--n", n, low=2)
+    pipeline = load_pipeline(checkpoint, use_ema=not raw_weights)
     if pipeline.kind != "none":
         raise MinidiffInputError(
-            f"--checkpoint: {args.checkpoint} is conditioned on {pipeline.kind!r}; its figures "
+            f"--checkpoint: {checkpoint} is conditioned on {pipeline.kind!r}; its figures "
             "come from --prompts (a text model) or --inpainting (a concat model)")
     model, schedule, config, space = (pipeline.eps(), pipeline.schedule, pipeline.config,
                                       pipeline.space)
-    check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
-    classifier_path = find_classifier(args.classifier)
+    check_int("--steps", steps, low=0, high=schedule.num_timesteps)
+    classifier_path = find_classifier(classifier)
     classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
-    result = {"checkpoint": args.checkpoint, "step": pipeline.step or None,
+    result = {"checkpoint": str(checkpoint), "step": pipeline.step or None,
               "backend": backend.get_backend(),
               "classifier": classifier_path, "classifier_sha256_16": checksum,
-              "sampler": args.sampler, "steps": args.steps or schedule.num_timesteps,
-              "eta": args.eta if args.sampler == "ddim" else None, "n": args.n,
-              "seed": args.seed}
+              "sampler": sampler, "steps": steps or schedule.num_timesteps,
+              "eta": eta if sampler == "ddim" else None, "n": n,
+              "seed": seed}
 
     # test-set statistics (cached, keyed by the classifier checksum)
-    mu_test, cov_test, hit, n_ref = reference_statistics(classifier, checksum, args.stats_dir,
-                                                         args.reference_images)
+    mu_test, cov_test, hit, n_ref = reference_statistics(classifier, checksum, stats_dir,
+                                                         reference_images)
     result["fid_reference"] = {"split": "test", "n": int(n_ref), "cached": hit}
 
     # samples
     start = time.time()
     variance = config["variance"]                         # as trained (lesson 13)
     result["variance"] = variance
-    samples, _ = sample_images(model, schedule, space, args.n, args.sampler, args.steps or None,
-                               args.eta, args.seed, args.batch, variance,
+    samples, _ = sample_images(model, schedule, space, n, sampler, steps or None,
+                               eta, seed, batch, variance,
                                progress=None if quiet else
-                               Progress(f"sampling {args.n} images ({args.sampler})"))
+                               Progress(f"sampling {n} images ({sampler})"))
     result["space"] = space.describe()
     result["sampling_seconds"] = round(time.time() - start, 2)
     feats, probs = classify(classifier, samples)
@@ -84,20 +96,20 @@ def evaluate(args, quiet: bool = False) -> dict:
     result["class_histogram"] = [int((labels == k).sum()) for k in range(10)]
 
     # floor: the FID of n training images (n capped at 60,000) against the test set
-    if not args.no_floor:
-        mu_tr, cov_tr, n_floor = floor_statistics(classifier, checksum, args.stats_dir, args.n)
+    if not not floor:
+        mu_tr, cov_tr, n_floor = floor_statistics(classifier, checksum, stats_dir, n)
         result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
         result["fid_floor_n"] = n_floor
 
     # bits/dim on the test set
-    if args.bpd_images > 0 and space.kind == "pixel":
-        x0 = to_unit_range(load_mnist("test")[0][:args.bpd_images])
+    if bpd_images > 0 and space.kind == "pixel":
+        x0 = to_unit_range(load_mnist("test")[0][:bpd_images])
         start = time.time()
         bpd = test_bits_per_dim(schedule, model, x0,
-                                num_samples=None if args.bpd_full else args.bpd_samples,
-                                batch=min(args.batch, 100), variance=variance,
+                                num_samples=None if bpd_full else bpd_samples,
+                                batch=min(batch, 100), variance=variance,
                                 progress=None if quiet else Progress("bits/dim", unit="images"))
-        bpd["samples_per_image"] = None if args.bpd_full else args.bpd_samples
+        bpd["samples_per_image"] = None if bpd_full else bpd_samples
         bpd["seconds"] = round(time.time() - start, 2)
         result["bits_per_dim"] = bpd
     return result
