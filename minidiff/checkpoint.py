@@ -22,7 +22,7 @@ import json
 import os
 
 from minidiff import backend
-from minidiff.config.presets import DEFAULTS
+from minidiff.config.presets import with_defaults
 from minidiff.errors import MinidiffInputError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group"]
@@ -79,7 +79,7 @@ def load_checkpoint(path) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config entry is a JSON {type(config).__name__}, "
                               "expected an object of key: value")
-    arrays["config"] = {**DEFAULTS, **config}    # a key newer than the file: its old behaviour
+    arrays["config"] = with_defaults(config)
     arrays["step"] = int(arrays.get("step", 0))
     return _upgrade(arrays)
 

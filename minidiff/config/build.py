@@ -8,6 +8,7 @@ autoencoder of a latent model, a checkpoint's weights) is loaded by ``minidiff.p
 from __future__ import annotations
 
 from minidiff.config.checks import ConfigError
+from minidiff.config.presets import with_defaults
 from minidiff.config.vocabulary import CONDITIONINGS, kind_of, uses_concat, uses_text
 from minidiff.data.captions import VOCABULARY
 from minidiff.diffusion import NoiseSchedule, SCHEDULES
@@ -22,6 +23,7 @@ __all__ = ['build_model', 'model_config', 'autoencoder_config', 'schedule_from_c
 def build_model(config: dict):
     """The network a diffusion config describes: a ``ConditionedUNet`` for every conditioning
     kind (for ``none`` a U-Net without text encoder or extra input channels)."""
+    config = with_defaults(config)
     kind = kind_of(config)
     if kind not in CONDITIONINGS:
         raise ConditionError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got "
@@ -43,6 +45,7 @@ def build_model(config: dict):
 
 def schedule_from_config(config: dict):
     """The ``NoiseSchedule`` a training configuration names (``schedule``, ``T``)."""
+    config = with_defaults(config)
     name = config["schedule"]
     if name not in SCHEDULES:
         raise ConfigError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
@@ -52,6 +55,7 @@ def schedule_from_config(config: dict):
 def model_config(config: dict):
     """The ``UNetConfig`` a training configuration describes; with ``variance: learned`` the
     U-Net has 2 * in_channels outputs (the prediction, then v of (13.1))."""
+    config = with_defaults(config)
     values = {k: config[k] for k in MODEL_KEYS if k in config}
     if config["variance"] == "learned":
         values["out_channels"] = 2 * int(config["in_channels"])

@@ -21,7 +21,7 @@ from minidiff.config.vocabulary import CONDITIONINGS, MODELS
 from minidiff.diffusion import OBJECTIVES, PREDICTIONS, SCHEDULES, T_SAMPLERS, VARIANCES
 from minidiff.models.autoencoder import RECON_LOSSES
 
-__all__ = ["PRESETS", "DEFAULTS", "resolve", "parse_set"]
+__all__ = ["PRESETS", "DEFAULTS", "with_defaults", "resolve", "parse_set"]
 
 
 DEFAULTS = {
@@ -140,6 +140,13 @@ PRESETS["ae"] = {**_AE, "base_channels": 32, "num_res_blocks": 2, "batch_size": 
                  "lr": 1e-3, "warmup_steps": 200, "min_lr": 1e-5, "steps": 20_000,
                  "ema_decay": 0.999, "log_every": 50, "sample_every": 1000,
                  "checkpoint_every": 500, "diag_every": 0}
+
+
+def with_defaults(config: dict) -> dict:
+    """``config`` with every key it lacks taken from ``DEFAULTS``: a file written before a key
+    existed keeps its old behaviour, and code reads ``config[key]``, never a default of its
+    own."""
+    return {**DEFAULTS, **config}
 
 
 def parse_set(item: str) -> tuple:
