@@ -1,29 +1,11 @@
-"""The article's claim, measured (lesson 13); the command is ``minidiff claim``
-(``minidiff.commands.claim``).
-
-    minidiff claim [--checkpoints SIMPLE VLB HYBRID] [--full] [--json] [--out DIR]
+"""The article's claim, measured (lesson 13; the command and its options:
+``minidiff.commands.claim``, the method: docs/the-claim.md).
 
 "Training on the true variational bound yields better codelengths than training on the
 simplified objective, but the latter yields the best sample quality" (Ho et al. 2020), and
-learned variances get both (Nichol & Dhariwal 2021).  For each checkpoint (by default the
-shipped data/checkpoints/claim_{simple,vlb,hybrid}.npz), evaluation only:
-
-* **bits/dim, full bound**: every term of (4.2) on ``--bpd-images`` test images (its standard
-  error over the images), split as the DDPM paper's Table 4 into the prior L_T, the
-  distortion L_0 (the decoder) and the rate sum_{t>=1} L_t (the KL terms); the three add up
-  to the total;
-* **bits/dim, Monte-Carlo** on ``--mc-images`` test images: L_T and L_0 exact, the KL terms
-  sampled at ``--bpd-samples`` steps per image (``minidiff eval``'s estimate);
-* **t sampler**: the variance of the one-draw bound estimate with t uniform and with t drawn
-  by the second moment of the per-t terms just measured (13.4);
-* **FID** (``--n`` samples) and **classifier confidence**, sampled by DDPM ancestral sampling
-  respaced to ``--steps``, each model with its own variance (fixed_small or learned), by
-  ``minidiff eval``'s code;
-* **samples** side by side, one row per model from the same seed: ``--out``/claim_samples.png.
-
-A markdown table goes to stdout (``--json``: every figure as JSON instead); progress to
-stderr.  ``--full`` is the issue's size: 1,000 images for the full bound, 10,000 for the
-Monte-Carlo estimate and 10,000 samples for FID (hours on a CPU; docs/the-claim.md).
+learned variances get both (Nichol & Dhariwal 2021).  ``claim(args)`` measures each
+checkpoint -- the full bound split into prior, distortion and rate, its Monte-Carlo estimate,
+FID and confidence of DDPM samples, a grid -- and ``markdown_table`` writes the result.
 """
 
 from __future__ import annotations
