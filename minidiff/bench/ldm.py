@@ -93,7 +93,7 @@ class Side:
     @classmethod
     def from_conditioned_config(cls, config: dict, space, batch: int, label: str = "",
                                 prompt: str = "a thick seven"):
-        """The network ``minidiff.conditioning.build_model`` makes for ``config`` (text
+        """The network ``config.build.build_model`` makes for ``config`` (text
         encoder included), untrained, fed one fixed condition (``FixedCondition``): ``prompt``
         for text, an all-masked image for concatenation, as ``sampling_cond`` builds them."""
         model = build_model(config)

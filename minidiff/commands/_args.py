@@ -9,7 +9,7 @@ import sys
 
 from minidiff.errors import MinidiffInputError, check_float, check_int, describe_range, one_line
 
-__all__ = ['INPUT_ERROR', 'report', 'command', 'ArgumentParser', 'int_arg', 'float_arg']
+__all__ = ["INPUT_ERROR", "report", "command", "ArgumentParser", "int_arg", "float_arg"]
 
 
 #: exit status of a bad input (argparse uses the same)

@@ -7,7 +7,7 @@
 
 Two methods, one per kind of model:
 
-* **concat** (a model trained with ``conditioning`` concat or hybrid, ``minidiff.models.conditioned``):
+* **concat** (a model trained with ``conditioning`` concat or hybrid, ``config.vocabulary``):
   the U-Net sees [z_t, mask, E(masked image)] at every step, as Stable Diffusion's inpainting
   model does; it learnt in training to complete what the mask hides.
 * **replace** (the default for any other model): RePaint without resampling; after every step

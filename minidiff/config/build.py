@@ -17,7 +17,19 @@ from minidiff.models.conditioned import ConditionError, ConditionedUNet
 from minidiff.models.text_encoder import TextEncoder
 from minidiff.models.unet import UNet, UNetConfig
 
-__all__ = ['build_model', 'model_config', 'autoencoder_config', 'schedule_from_config', 'MODEL_KEYS', 'AE_MODEL_KEYS']
+__all__ = ["build_model", "model_config", "autoencoder_config", "schedule_from_config",
+           "MODEL_KEYS", "AE_MODEL_KEYS"]
+
+
+#: keys forwarded to ``UNetConfig``
+MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults",
+              "num_res_blocks", "attention_resolutions", "num_heads", "dropout", "groups",
+              "time_embed_dim")
+
+
+#: keys forwarded to ``AutoencoderConfig``
+AE_MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks",
+                 "latent_channels", "groups", "dropout")
 
 
 def build_model(config: dict):
@@ -65,14 +77,3 @@ def model_config(config: dict):
 def autoencoder_config(config: dict):
     """The ``AutoencoderConfig`` a training configuration with ``model: autoencoder`` describes."""
     return AutoencoderConfig.from_dict({k: config[k] for k in AE_MODEL_KEYS if k in config})
-
-
-#: keys forwarded to ``UNetConfig``
-MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults",
-              "num_res_blocks", "attention_resolutions", "num_heads", "dropout", "groups",
-              "time_embed_dim")
-
-
-#: keys forwarded to ``AutoencoderConfig``
-AE_MODEL_KEYS = ("image_size", "base_channels", "channel_mults", "num_res_blocks",
-                 "latent_channels", "groups", "dropout")

@@ -39,7 +39,7 @@ _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
 
 
 def _checked(check, *args):
-    """Run a ``validation.check_*`` helper, re-raising its error as a ``ConfigError``."""
+    """Run an ``errors.check_*`` helper, re-raising its error as a ``ConfigError``."""
     try:
         return check(*args)
     except MinidiffInputError as error:

@@ -11,10 +11,13 @@ lesson 11 and the model families).
 """
 from __future__ import annotations
 
-__all__ = ['CONDITIONINGS', 'MODELS', 'kind_of', 'uses_text', 'uses_concat']
+__all__ = ["CONDITIONINGS", "MODELS", "kind_of", "uses_text", "uses_concat"]
 
 
+#: what a diffusion model is conditioned on (its ``conditioning`` key)
 CONDITIONINGS = ("none", "crossattn", "concat", "hybrid")
+#: what a config can train (its ``model`` key)
+MODELS = ("unet", "autoencoder")
 
 
 def kind_of(config: dict) -> str:
@@ -23,12 +26,10 @@ def kind_of(config: dict) -> str:
 
 
 def uses_text(config: dict) -> bool:
+    """Whether the model reads a caption (cond["tokens"])."""
     return kind_of(config) in ("crossattn", "hybrid")
 
 
 def uses_concat(config: dict) -> bool:
+    """Whether the model is given a mask and a masked image as extra channels (cond["concat"])."""
     return kind_of(config) in ("concat", "hybrid")
-
-
-#: what a config can train (its ``model`` key)
-MODELS = ("unet", "autoencoder")

@@ -31,7 +31,7 @@ DEFAULT_ROOT = os.path.join(paths.SOURCE_DATA, "mnist")
 
 
 def mnist_root() -> str:
-    """The ``mnist`` folder ``minidiff.paths.find`` gives (the first of $MINIDIFF_DATA, the
+    """The ``mnist`` folder ``minidiff.data.paths.find`` gives (the first of $MINIDIFF_DATA, the
     working folder, the source tree, the installation); the first candidate when none has it,
     so that the error names a place."""
     try:

@@ -2,7 +2,7 @@
 
 The diffusion code (schedules, ``q_sample``, the losses, the samplers) never asks what x_0
 is: it is an array of shape (N, *space.shape).  A *space* says what that array is for one
-model, and this module is the one place that chooses it (``space_from_config``):
+model (``pipelines.load.space_from_config`` picks it from a config):
 
 * ``PixelSpace``: x_0 = the image scaled to [-1, 1], 1x28x28; decoding is the identity.
 * ``LatentSpace(autoencoder, scale_factor)``: x_0 = z = s (mu + sigma eps), a fresh draw from

@@ -18,7 +18,7 @@ from minidiff.diffusion.forward import as_eps_model
 from minidiff.ops import concatenate
 from minidiff.tensor import Tensor
 
-__all__ = ['double_cond', 'conditional_eps_model', 'guided']
+__all__ = ["double_cond", "conditional_eps_model", "guided"]
 
 
 def double_cond(cond: dict, uncond: dict) -> dict:

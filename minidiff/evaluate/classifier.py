@@ -24,7 +24,7 @@ from minidiff.tensor import Tensor, no_grad
 #: where ``minidiff eval train-classifier`` writes the classifier: the source tree's copy
 DEFAULT_PATH = os.path.join(SOURCE_DATA, "checkpoints", "classifier.npz")
 
-#: the shipped classifier, under data/ (found by ``minidiff.paths.find``)
+#: the shipped classifier, under data/ (found by ``minidiff.data.paths.find``)
 SHIPPED = os.path.join("checkpoints", "classifier.npz")
 FEATURE_DIM = 128
 

@@ -1,7 +1,7 @@
 """Inpainting accuracy (issue 12, lesson 11): does the completed digit keep its label?
 
 The first ``n`` MNIST test digits are masked (default: the bottom half), completed once each by
-``minidiff.inpaint.complete`` (concat or replacement), and the project's classifier
+``minidiff.pipelines.inpaint.complete`` (concat or replacement), and the project's classifier
 (``classifier.py``) labels the completions.  The figure is the fraction labelled with the
 digit's true label.  Two bounds come with it, from the same digits: the masked input itself
 (the hidden part blank, i.e. background; what a method that adds nothing would score) and the
@@ -37,7 +37,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     """``{"accuracy", "masked_accuracy", "original_accuracy", "n", "method", "seconds", ...}``
     for the first ``n`` test digits under ``mask`` (a ``masks.named_mask`` spec), one
     completion each (``steps`` None: 50 for ddim, T for ddpm); ``method`` None is the
-    model's default (``inpaint.load_inpainter``); ``classifier``: a loaded classifier
+    model's default (``pipelines.inpaint.load_inpainter``); ``classifier``: a loaded classifier
     (default: the shipped one)."""
     images, labels = load_mnist("test")
     images, labels = images[:n], labels[:n]
@@ -78,7 +78,7 @@ def compare_figure(rows, indices, path, mask: str = "bottom", n: int = 4, sample
                    steps: int = 50, seed: int = 0) -> None:
     """One PNG comparing methods on the same test digits: for each digit, a row per
     ``(label, checkpoint, method)`` or ``(label, checkpoint, method, options)`` in ``rows``
-    (``options``: keyword arguments of ``inpaint.complete`` for that row, e.g. ``{"eta":
+    (``options``: keyword arguments of ``pipelines.inpaint.complete`` for that row, e.g. ``{"eta":
     1.0}``), each the original, the masked input, then ``n`` completions; the label is
     written at the row's left."""
     host = backend.host

@@ -28,7 +28,7 @@ captions were made with, stored in the checkpoint; a third of the training set e
 The scoring functions (``score_digits``, ``ordered_fraction``) take images and target labels
 or measurements, apart from the sampling (``prompt_samples``), so they can be checked on real
 digits.  A model trained with a mask as well (``hybrid``) is given an all-covering mask: it
-generates from the caption alone (``conditioning.sampling_cond``).
+generates from the caption alone (``pipelines.conditions.sampling_cond``).
 
     minidiff eval --checkpoint runs/txt2img/ema.npz --prompts [--per-prompt 100] [--guidance 3]
                   [--json]

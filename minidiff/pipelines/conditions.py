@@ -12,7 +12,7 @@ from minidiff.data.masks import mask_to_grid, masked_image
 from minidiff.data.mnist import to_unit_range
 from minidiff.models.conditioned import ConditionError
 
-__all__ = ['pixel_size', 'concat_input', 'sampling_cond']
+__all__ = ["pixel_size", "concat_input", "sampling_cond"]
 
 
 # ---------------------------------------------------------------------------------- inputs

@@ -16,7 +16,7 @@ from minidiff.data.mnist import to_unit_range
 from minidiff.models.conditioned import ConditionError
 from minidiff.pipelines.conditions import concat_input
 
-__all__ = ['Conditioner']
+__all__ = ["Conditioner"]
 
 
 class Conditioner:
