@@ -48,6 +48,10 @@ def evaluate(args, quiet: bool = False) -> dict:
             "come from --prompts (a text model) or --inpainting (a concat model)")
     model, schedule, config, space = (pipeline.eps(), pipeline.schedule, pipeline.config,
                                       pipeline.space)
+    if getattr(args, "bpd_full", False) and space.kind != "pixel":
+        raise MinidiffInputError(f"--bpd-full: {args.checkpoint} is a {space.kind} diffusion "
+                                 "model; bits/dim are a bound on pixels, which it does not "
+                                 "model (its figures are FID and confidence)")
     check_int("--steps", args.steps, low=0, high=schedule.num_timesteps)
     classifier_path = find_classifier(args.classifier)
     classifier = load_classifier(classifier_path, name="--classifier")
