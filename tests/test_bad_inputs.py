@@ -273,6 +273,8 @@ CASES = [
     ("sample-out-is-autoencoder", ["sample", "--checkpoint", "data/checkpoints/ldm.npz",
                                    "--autoencoder", "{ae_copy}", "--out", "{ae_copy}", "--n",
                                    "1", "--steps", "1"], ("--out", "--autoencoder")),
+    ("sample-out-is-the-recorded-autoencoder", SAMPLE + ["--checkpoint", "{ldm_copy}", "--out",
+                                                         "{ae_copy}"], ("--out", "autoencoder")),
     ("inpaint-out-is-image", INPAINT + ["--image", "{png28}", "--out", "{png28}"],
      ("--out", "--image")),
     ("inpaint-out-is-mask", INPAINT + ["--mask", "{png28}", "--out", "{png28}"],
@@ -383,6 +385,10 @@ def make_files(folder: str) -> dict:
     shutil.copyfile(files["ckpt"], files["ckpt_copy"])
     files["ae_copy"] = os.path.join(folder, "ae_copy.npz")
     shutil.copyfile(files["autoencoder"], files["ae_copy"])
+    arrays = backend.load_npz(os.path.join(os.path.dirname(DEFAULT_PATH), "ldm.npz"))
+    config = {**json.loads(str(arrays["config"])), "autoencoder": files["ae_copy"]}
+    files["ldm_copy"] = os.path.join(folder, "ldm_copy.npz")    # records ae_copy.npz
+    backend.save_npz(files["ldm_copy"], {**arrays, "config": host.asarray(json.dumps(config))})
     files["run_copy"] = os.path.join(folder, "run_copy")
     shutil.copytree(run, files["run_copy"])
     with open(os.path.join(files["run_copy"], "config.json"), "w", encoding="utf-8") as stream:

@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     eps_for, schedule, space, config, method = load_inpainter(
         args.checkpoint, args.method, args.prompt, args.guidance, use_ema=not args.raw,
         autoencoder=args.autoencoder)
+    check_outputs({"--out": args.out},
+                  {"the autoencoder of the checkpoint": getattr(space, "path", None)})
     if args.autoencoder and space.kind == "pixel":
         raise InpaintError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                            "decodes nothing; the option is for latent models only")

@@ -134,6 +134,8 @@ def main(argv=None) -> int:
                        what=f"samples ({len(args.prompt)} prompts x --n {args.n:,})"
                        if several else "samples")
     pipeline = load_pipeline(args.checkpoint, use_ema=not args.raw, autoencoder=args.autoencoder)
+    check_outputs({"--out": args.out, "--strip": args.strip},     # and the recorded one
+                  {"the autoencoder of the checkpoint": getattr(pipeline.space, "path", None)})
     if args.autoencoder and pipeline.space.kind == "pixel":
         raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                          "decodes nothing; the option is for latent models only")
