@@ -548,6 +548,23 @@ def test_writes_are_whole_or_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
 
 
+def test_a_job_longer_than_a_week_stops_at_its_first_progress_line():
+    """The time rule (``progress.LONGEST_JOB``): judged once, on the measured rate."""
+    from minidiff.errors import MinidiffInputError, one_line
+    from minidiff.progress import LONGEST_JOB, Progress
+    stream = io.StringIO()
+    progress = Progress("sampling 10 images (ddim)", stream, every=0.0)
+    progress.start -= 2.0                      # 1 step took 2 s
+    with pytest.raises(MinidiffInputError) as caught:
+        progress(1, LONGEST_JOB)               # about 2 weeks
+    assert "more than a week" in one_line(caught.value) and not stream.getvalue()
+    progress = Progress("sampling 10 images (ddim)", stream, every=0.0)
+    progress.start -= 2.0
+    progress(1, LONGEST_JOB // 4)              # about 3.5 days: goes on
+    progress(2, LONGEST_JOB)                   # judged once only, at the first line
+    assert len(stream.getvalue().splitlines()) == 2
+
+
 def test_help_lists_every_preset():
     from minidiff.config.presets import PRESETS
     status, out, _, _ = run_case(["--help"])
