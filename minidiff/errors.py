@@ -24,10 +24,13 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
+import tempfile
 
-__all__ = ["MinidiffInputError", "BackendMismatchError", "one_line", "describe_range",
-           "check_int", "check_float",
-           "check_choice", "check_input_file", "check_output_path", "check_run_folder"]
+__all__ = ["MinidiffInputError", "BackendMismatchError", "one_line", "shorten", "describe_range",
+           "check_int", "check_float", "check_choice", "check_memory", "memory_available",
+           "check_input_file", "check_output_path", "check_output_folder", "check_outputs",
+           "check_run_folder"]
 
 
 class MinidiffInputError(ValueError):
@@ -47,11 +50,33 @@ class BackendMismatchError(TypeError):
     """An operation met arrays that live on two different backends (``minidiff.backend``)."""
 
 
+#: the longest quoted value or unbroken word an error line echoes whole
+LONGEST_ECHO = 60
+_ECHOED = re.compile(r"'[^']{%d,}'|\"[^\"]{%d,}\"|[^\s'\"]{%d,}"
+                     % (LONGEST_ECHO + 3, LONGEST_ECHO + 3, 2 * LONGEST_ECHO + 1))
+
+
+def shorten(text: str, limit: int = LONGEST_ECHO) -> str:
+    """``text`` itself if it is at most ``limit`` characters; else its start, "...", and how
+    long it was: a 30,000-character prompt is not echoed whole."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 def one_line(error: BaseException) -> str:
-    """The error (and its hint, when it has one) as one line, whitespace collapsed."""
+    """The error (and its hint, when it has one) as one line, whitespace collapsed; a long
+    value the user gave (a quoted string, an unbroken word such as a path) is shortened."""
     text = " ".join(str(error).split()) or type(error).__name__
     hint = getattr(error, "hint", None)
-    return f"{text}; {' '.join(hint.split())}" if hint else text
+    line = f"{text}; {' '.join(hint.split())}" if hint else text
+
+    def short(match):
+        value = match.group(0)
+        if value[0] in "'\"":
+            return value[0] + shorten(value[1:-1]) + value[-1]
+        return shorten(value, 2 * LONGEST_ECHO)
+    return _ECHOED.sub(short, line)
 
 
 # ----------------------------------------------------------------------------- values
@@ -99,6 +124,53 @@ def check_choice(name: str, value, choices):
     return value
 
 
+def memory_available() -> int | None:
+    """Bytes of memory this machine can give a new job now (Linux' MemAvailable, else the
+    physical memory), or None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+#: the share of the available memory one command's results may hold
+MEMORY_SHARE = 0.5
+
+
+def check_memory(name: str, count: int, bytes_each: int, what: str = "items",
+                 hint: str | None = None) -> int:
+    """``count`` if ``count`` results of ``bytes_each`` bytes, all held at once, fit in half
+    the memory this machine has available; refused in one line before any of them is made.
+
+    The rule every command applies to what accumulates (samples, their features, frames):
+    the working memory of one batch is bounded by ``--batch``; what grows with the count is
+    refused when it could not be held, instead of ending, minutes later, in a memory error."""
+    available = memory_available()
+    if available is None or count * bytes_each <= MEMORY_SHARE * available:
+        return count
+    most = max(0, int(MEMORY_SHARE * available // bytes_each))
+    raise MinidiffInputError(
+        f"{name}: {count:,} {what} would hold {_bytes(count * bytes_each)} at once "
+        f"({bytes_each:,} bytes each), more than half of the {_bytes(available)} this machine "
+        f"has available; expected at most {most:,}",
+        hint or "split the job into several runs (another --seed each)")
+
+
 # ----------------------------------------------------------------------------- files
 
 def check_input_file(name: str, path, hint: str | None = None) -> str:
@@ -124,9 +196,14 @@ def _writable_folder(name: str, folder: str) -> None:
     if not os.path.isdir(probe):
         raise MinidiffInputError(f"{name}: cannot write under {folder}: {probe} is a file, "
                                  "not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:         # permissions alone miss a read-only file system, and a root user
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError
+        os.rmdir(tempfile.mkdtemp(prefix=".minidiff-probe-", dir=probe))
+    except OSError:
         raise MinidiffInputError(f"{name}: cannot write under {folder}: {probe} is not "
-                                 "writable (permissions)")
+                                 "writable (permissions or a read-only file system)",
+                                 f"give {name} a folder you can write in") from None
 
 
 def check_output_path(name: str, path, extensions) -> str:
@@ -148,6 +225,45 @@ def check_output_path(name: str, path, extensions) -> str:
         raise MinidiffInputError(f"{name}: {path} exists and is not writable (permissions)")
     _writable_folder(name, os.path.dirname(os.path.abspath(path)))
     return path
+
+
+def check_output_folder(name: str, folder) -> str:
+    """``folder`` if files can be written in it: an existing writable folder, or one that
+    can be created (its nearest existing parent is a writable folder)."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MinidiffInputError(f"{name}: {folder} is a file, expected a folder")
+    _writable_folder(name, folder)
+    return folder
+
+
+def _same(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)          # links and hard links too
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(outputs: dict, inputs: dict | None = None) -> None:
+    """Refuse an output that is one of the command's inputs, or another of its outputs.
+
+    ``outputs`` and ``inputs``: {argument: path, a list of paths, or None (not given)}.  Paths
+    are compared as the files they name (``..``, symbolic and hard links resolved), so
+    ``--out m.npz`` never replaces ``--checkpoint m.npz`` and ``--strip`` never the grid."""
+    def pairs(table):
+        for argument, paths in (table or {}).items():
+            for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths or ()):
+                yield argument, os.fspath(path)
+    seen = []
+    for argument, path in pairs(outputs):
+        for other, earlier in seen:
+            if _same(path, earlier):
+                raise MinidiffInputError(f"{argument}: {path} is also {other}; give each output "
+                                         "its own file name")
+        for other, source in pairs(inputs):
+            if _same(path, source):
+                raise MinidiffInputError(f"{argument}: {path} is also {other}, an input it "
+                                         "would replace; choose another file name")
+        seen.append((argument, path))
 
 
 def check_run_folder(name: str, folder, resume: bool, overwrite: bool) -> str:

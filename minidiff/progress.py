@@ -5,13 +5,22 @@ samplers' ``progress=`` hook uses) and prints at most one line every ``every`` s
 the last one:
 
     sampling  120/1000 steps  12% of 0:01:40  left 0:01:28
+
+Its first line is also the one place a job's length is judged: a job that would take more
+than ``LONGEST_JOB`` (a week) at the rate measured so far is stopped there, in one line with
+its estimate, instead of printing "50,289 hours left" and going on.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-__all__ = ["Progress", "clock"]
+from minidiff.errors import MinidiffInputError
+
+__all__ = ["Progress", "clock", "LONGEST_JOB"]
+
+#: the longest job a command starts (seconds): beyond it, ask for less and run several jobs
+LONGEST_JOB = 7 * 24 * 3600
 
 
 def clock(seconds: float) -> str:
@@ -26,6 +35,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.time()
         self.last = self.start
+        self.judged = False
 
     def __call__(self, done: int, total: int) -> None:
         """``done`` of ``total`` units finished (counted from when this object was made)."""
@@ -35,5 +45,13 @@ class Progress:
         self.last = now
         elapsed = now - self.start
         left = elapsed / max(done, 1) * (total - done)
+        if not self.judged and done > 0:
+            self.judged = True
+            if elapsed + left > LONGEST_JOB:
+                raise MinidiffInputError(
+                    f"{self.label}: {total:,} {self.unit} would take about "
+                    f"{(elapsed + left) / 3600:,.0f} hours at the rate of the first {done:,} "
+                    f"({clock(elapsed)}), more than a week",
+                    "ask for less (--n, --per-prompt, --bpd-images ...) and run several jobs")
         print(f"{self.label}  {done}/{total} {self.unit}  {100 * done / max(total, 1):3.0f}%  "
               f"elapsed {clock(elapsed)}  left {clock(left)}", file=self.stream, flush=True)

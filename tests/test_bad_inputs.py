@@ -15,9 +15,11 @@ were taken.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +265,66 @@ CASES = [
     ("cli-unknown-command", ["nonesuch"], ("nonesuch",)),
     ("cli-no-command", [], ("COMMAND", "command")),
     ("cli-unknown-backend", ["--backend", "jax", "demo"], ("--backend",)),
+    # ------------------------------------------------------------ issue 24, part A
+    # an output never replaces an input, nor another output
+    ("sample-out-is-checkpoint", SAMPLE + ["--checkpoint", "{ckpt_copy}", "--out",
+                                           "{ckpt_copy}"], ("--out", "--checkpoint")),
+    ("sample-strip-is-out", SAMPLE + ["--strip", "{out}/grid.png"], ("--strip", "--out")),
+    ("sample-out-is-autoencoder", ["sample", "--checkpoint", "data/checkpoints/ldm.npz",
+                                   "--autoencoder", "{ae_copy}", "--out", "{ae_copy}", "--n",
+                                   "1", "--steps", "1"], ("--out", "--autoencoder")),
+    ("sample-out-is-the-recorded-autoencoder", SAMPLE + ["--checkpoint", "{ldm_copy}", "--out",
+                                                         "{ae_copy}"], ("--out", "autoencoder")),
+    ("inpaint-out-is-image", INPAINT + ["--image", "{png28}", "--out", "{png28}"],
+     ("--out", "--image")),
+    ("inpaint-out-is-mask", INPAINT + ["--mask", "{png28}", "--out", "{png28}"],
+     ("--out", "--mask")),
+    ("inpaint-out-is-checkpoint", INPAINT + ["--checkpoint", "{ckpt_copy}", "--out",
+                                             "{ckpt_copy}"], ("--out", "--checkpoint")),
+    ("claim-out-holds-a-checkpoint", CLAIM + ["--checkpoints", "{claim_out}/claim_samples.png",
+                                              "--out", "{claim_out}"], ("--out",)),
+    ("train-config-is-the-runs-record", *_train("--out", "{run_copy}", "--overwrite", "--config",
+                                                "{run_copy}/config.json", names=("--config",))),
+    # counts the machine cannot hold (or finish) are refused before any work
+    ("sample-n-1e9", SAMPLE + ["--n", "1000000000"], ("--n",)),
+    ("sample-n-float", SAMPLE + ["--n", "1e9"], ("--n",)),
+    ("sample-gif-n-1e8", SAMPLE + ["--n", "100000000", "--gif", "{out}/a.gif"], ("--n",)),
+    ("sample-two-prompts-n-1e9", SAMPLE_TEXT + ["--prompt", "seven", "--prompt", "two", "--n",
+                                                "1000000000"], ("--n", "--prompt")),
+    ("inpaint-n-1e9", INPAINT + ["--n", "1000000000"], ("--n",)),
+    ("inpaint-many-images-times-n", INPAINT + ["--image", "test:0-9999", "--n", "100000"],
+     ("--n", "--image")),
+    ("eval-n-1e9", EVAL + ["--n", "1000000000"], ("--n",)),
+    ("eval-per-prompt-1e9", EVAL + ["--checkpoint", "{text_ckpt}", "--prompts",
+                                    "--per-prompt", "1000000000"], ("--per-prompt",)),
+    ("claim-n-1e9", CLAIM + ["--n", "1000000000"], ("--n",)),
+    # tracebacks and unusable messages
+    ("sample-config-not-json", SAMPLE + ["--checkpoint", "{config_not_json}"],
+     ("config_not_json.npz", "JSON")),
+    ("eval-text-model-without-caption-stats", EVAL + ["--checkpoint", "{no_captions}",
+                                                      "--prompts"], ("no_captions.npz",)),
+    ("eval-stats-dir-read-only", EVAL + ["--stats-dir", "{readonly}/stats"], ("--stats-dir",)),
+    ("claim-stats-dir-read-only", CLAIM + ["--stats-dir", "{readonly}/stats"],
+     ("--stats-dir",)),
+    ("claim-out-read-only", CLAIM + ["--out", "{readonly}/claim"], ("--out",)),
+    ("eval-text-model-without-prompts", EVAL + ["--checkpoint", "{text_ckpt}"],
+     ("--prompts",)),
+    ("sample-prompt-30000-characters", SAMPLE_TEXT + ["--prompt", "seven " * 5000],
+     ("--prompt",)),
+    ("sample-guidance-1e300", SAMPLE_TEXT + ["--prompt", "seven", "--guidance", "1e300"],
+     ("--guidance",)),
+    ("inpaint-guidance-1e300", INPAINT + ["--checkpoint", "{text_ckpt}", "--prompt", "seven",
+                                          "--guidance", "1e300"], ("--guidance",)),
+    ("eval-guidance-1e300", EVAL + ["--checkpoint", "{text_ckpt}", "--prompts", "--guidance",
+                                    "1e300"], ("--guidance",)),
+    ("train-set-guidance=1e300", *_train("--set", "guidance=1e300", names=("guidance",))),
+    ("eval-mask-without-inpainting", EVAL + ["--mask", "top"], ("--mask", "--inpainting")),
+    ("eval-method-without-inpainting", EVAL + ["--method", "replace"],
+     ("--method", "--inpainting")),
+    ("eval-bpd-full-latent", EVAL + ["--checkpoint", "data/checkpoints/ldm.npz", "--bpd-full"],
+     ("--bpd-full",)),
+    ("sample-minidiff-data-searched-alone", ["MINIDIFF_DATA={tmp}"] + SAMPLE + [
+        "--checkpoint", "data/checkpoints/nonesuch.npz"], ("MINIDIFF_DATA",)),
 ]
 
 IDS = [case[0] for case in CASES]
@@ -315,6 +377,37 @@ def make_files(folder: str) -> dict:
     from PIL import Image
     files["png32"] = os.path.join(folder, "digit32.png")
     Image.fromarray(host.zeros((32, 32), host.uint8)).save(files["png32"])
+    # issue 24, part A: inputs an output might replace (copies, as a failing case would
+    # overwrite them), damaged checkpoints, a folder nobody may write in
+    files["png28"] = os.path.join(folder, "digit28.png")
+    Image.fromarray(host.zeros((28, 28), host.uint8)).save(files["png28"])
+    files["ckpt_copy"] = os.path.join(folder, "copy.npz")
+    shutil.copyfile(files["ckpt"], files["ckpt_copy"])
+    files["ae_copy"] = os.path.join(folder, "ae_copy.npz")
+    shutil.copyfile(files["autoencoder"], files["ae_copy"])
+    arrays = backend.load_npz(os.path.join(os.path.dirname(DEFAULT_PATH), "ldm.npz"))
+    config = {**json.loads(str(arrays["config"])), "autoencoder": files["ae_copy"]}
+    files["ldm_copy"] = os.path.join(folder, "ldm_copy.npz")    # records ae_copy.npz
+    backend.save_npz(files["ldm_copy"], {**arrays, "config": host.asarray(json.dumps(config))})
+    files["run_copy"] = os.path.join(folder, "run_copy")
+    shutil.copytree(run, files["run_copy"])
+    with open(os.path.join(files["run_copy"], "config.json"), "w", encoding="utf-8") as stream:
+        json.dump({"lr": 1e-3}, stream)
+    files["claim_out"] = os.path.join(folder, "claim_out")
+    os.makedirs(files["claim_out"])
+    shutil.copyfile(files["export"], os.path.join(files["claim_out"], "claim_samples.png"))
+    arrays = backend.load_npz(files["export"])
+    files["config_not_json"] = os.path.join(folder, "config_not_json.npz")
+    backend.save_npz(files["config_not_json"], {**arrays, "config": host.asarray("{lr: 1")})
+    arrays = backend.load_npz(files["text_ckpt"])
+    files["no_captions"] = os.path.join(folder, "no_captions.npz")
+    backend.save_npz(files["no_captions"], {k: v for k, v in arrays.items()
+                                            if not k.startswith("captions.")})
+    files["readonly"] = os.path.join(folder, "readonly")
+    os.makedirs(files["readonly"])
+    os.chmod(files["readonly"], 0o555)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:    # root writes anywhere but in /proc
+        files["readonly"] = "/proc/minidiff-readonly"
     return files
 
 
@@ -325,11 +418,18 @@ def fill(argv, files: dict, out: str) -> list:
 # ----------------------------------------------------------------------------- running a case
 
 def run_case(argv) -> tuple:
-    """``(status, stdout, stderr, traceback or None)`` of ``minidiff ARGV`` in this process."""
+    """``(status, stdout, stderr, traceback or None)`` of ``minidiff ARGV`` in this process;
+    leading ``NAME=value`` words of ARGV are set in the environment for the run."""
     out, err = io.StringIO(), io.StringIO()
     trace = None
     saved = (backend.get_backend(), backend.default_dtype(), backend.get_rng_state())
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    argv = list(argv)
+    environment = {}
+    while argv and "=" in argv[0] and not argv[0].startswith("-"):
+        name, value = argv.pop(0).split("=", 1)
+        environment[name] = value
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            _environment(environment):
         try:
             status = cli.main(list(argv))
         except SystemExit as stop:
@@ -342,6 +442,24 @@ def run_case(argv) -> tuple:
     return status, out.getvalue(), err.getvalue(), trace
 
 
+@contextlib.contextmanager
+def _environment(variables: dict):
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+#: the longest error line a reader is asked to read (a user's value is shortened in it)
+LONGEST_LINE = 1000
+
+
 def outcome(result, names) -> str:
     status, _, err, trace = result
     if trace is not None or "Traceback" in err:
@@ -351,6 +469,8 @@ def outcome(result, names) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     if len(lines) != 1:
         return "multi-line"
+    if len(lines[0]) > LONGEST_LINE:
+        return "too-long"
     if not any(name.lower() in lines[0].lower() for name in names):
         return "unnamed"
     return "one-line"
@@ -386,6 +506,70 @@ def test_every_fixture_file_case_runs_clean_when_nothing_is_wrong(files, tmp_pat
     for argv in (SAMPLE, EVAL, SAMPLE_TEXT + ["--prompt", "seven"], INPAINT):
         result = run_case(fill(argv, files, str(tmp_path / argv[0])))
         assert result[0] == 0, result[2] + (result[3] or "")
+
+
+@pytest.mark.parametrize("where, argv", [
+    ("minidiff.commands.sample.sample_images", SAMPLE),
+    ("minidiff.evaluate.model.sample_images", EVAL),
+    ("minidiff.commands.inpaint.complete", INPAINT),
+    ("minidiff.commands.claim.claim", CLAIM),
+    ("minidiff.commands.demo.run", DEMO),
+    ("minidiff.bench.layers.run", BENCH_LAYERS)])
+def test_ctrl_c_is_one_line_and_status_130(where, argv, files, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a command: one line, exit status 130, no temporary file left
+    (a cache written whole before it, eval's test-set statistics, may stay)."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    module, _, name = where.rpartition(".")
+    monkeypatch.setattr(importlib.import_module(module), name, interrupt)
+    out = tmp_path / "out"
+    status, _, err, trace = run_case(fill(argv, files, str(out)))
+    assert status == 130 and trace is None, err + (trace or "")
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+    assert not (out / "grid.png").exists()
+
+
+def test_writes_are_whole_or_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while a grid is being written leaves the old file and no temporary one."""
+    from minidiff.data import images
+    path = tmp_path / "grid.png"
+    path.write_bytes(b"the old grid")
+    digits = backend.host.zeros((4, 1, 28, 28), backend.host.uint8)
+
+    def interrupted_save(self, target, *args, **kwargs):
+        with open(target, "wb") as stream:
+            stream.write(b"half a PNG")
+        raise KeyboardInterrupt
+    monkeypatch.setattr("PIL.Image.Image.save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        images.save_grid(digits, str(path))
+    assert path.read_bytes() == b"the old grid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+def test_a_job_longer_than_a_week_stops_at_its_first_progress_line():
+    """The time rule (``progress.LONGEST_JOB``): judged once, on the measured rate."""
+    from minidiff.errors import MinidiffInputError, one_line
+    from minidiff.progress import LONGEST_JOB, Progress
+    stream = io.StringIO()
+    progress = Progress("sampling 10 images (ddim)", stream, every=0.0)
+    progress.start -= 2.0                      # 1 step took 2 s
+    with pytest.raises(MinidiffInputError) as caught:
+        progress(1, LONGEST_JOB)               # about 2 weeks
+    assert "more than a week" in one_line(caught.value) and not stream.getvalue()
+    progress = Progress("sampling 10 images (ddim)", stream, every=0.0)
+    progress.start -= 2.0
+    progress(1, LONGEST_JOB // 4)              # about 3.5 days: goes on
+    progress(2, LONGEST_JOB)                   # judged once only, at the first line
+    assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_help_lists_every_preset():
+    from minidiff.config.presets import PRESETS
+    status, out, _, _ = run_case(["--help"])
+    assert status == 0
+    assert all(name in out for name in PRESETS), out
 
 
 def test_unknown_backend_in_the_environment_is_one_line():

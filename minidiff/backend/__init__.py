@@ -78,7 +78,7 @@ __all__ = [
     "array_module_of", "array_of", "backend_name_of", "is_array", "is_device_backend",
     "to_host", "to_device", "set_default_dtype", "default_dtype", "manual_seed",
     "get_rng_state", "set_rng_state", "randn", "rand", "randint", "permutation", "scatter_add",
-    "save_npz", "load_npz", "host", "synchronize",
+    "atomic_file", "save_npz", "load_npz", "host", "synchronize",
 ]
 
 #: NumPy itself, for host-side work that is not math (image and file I/O).
@@ -328,20 +328,22 @@ def scatter_add(target, index, values) -> None:
 
 # ----------------------------------------------------------------------------- file I/O
 
-def save_npz(path, arrays: dict) -> None:
-    """Write ``arrays`` (name -> array, any backend) to ``path`` atomically.
-
-    The file is written to a temporary name in the same folder and renamed over ``path``, so
-    an interruption leaves either the old file or the new one, never half of one.
-    """
+@contextlib.contextmanager
+def atomic_file(path):
+    """``with atomic_file(path) as temporary: write(temporary)``: the file is written under a
+    temporary name in the same folder (same extension, so writers that go by it still work)
+    and renamed over ``path`` only when the block ends without error.  An interruption
+    (Ctrl-C, a crash, a full disk) leaves the old file or the new one, never half of one,
+    and no temporary file behind."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-",
+                                         suffix=os.path.splitext(path)[1])
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            numpy.savez(stream, **{key: to_host(value) for key, value in arrays.items()})
-            stream.flush()
+        yield temporary
+        with open(temporary, "rb") as stream:      # on the disk before the rename
             os.fsync(stream.fileno())
         umask = os.umask(0)      # mkstemp makes the file 0600; give it the user's usual mode
         os.umask(umask)
@@ -351,6 +353,13 @@ def save_npz(path, arrays: dict) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def save_npz(path, arrays: dict) -> None:
+    """Write ``arrays`` (name -> array, any backend) to ``path`` atomically (``atomic_file``)."""
+    with atomic_file(path) as temporary:
+        with open(temporary, "wb") as stream:
+            numpy.savez(stream, **{key: to_host(value) for key, value in arrays.items()})
 
 
 def load_npz(path) -> dict:

@@ -15,14 +15,15 @@ import sys
 
 import minidiff
 from minidiff import backend
-from minidiff.commands._args import ArgumentParser, INPUT_ERROR, report
+from minidiff.commands._args import ArgumentParser, INPUT_ERROR, interrupted, report
+from minidiff.config.presets import PRESETS
 from minidiff.errors import MinidiffInputError
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
     "demo": ("minidiff.commands.demo", "train a small perceptron on MNIST with the engine (~10 s)"),
-    "train": ("minidiff.commands.train", "train a diffusion model (--preset quick | ldm-quick | "
-                                    "mnist) or an autoencoder (--preset ae-quick | ae)"),
+    "train": ("minidiff.commands.train", "train a diffusion model or an autoencoder: --preset "
+                                         + " | ".join(PRESETS)),
     "train-ae": ("minidiff.commands.train_ae", "train the autoencoder (train --preset ae-quick)"),
     "sample": ("minidiff.commands.sample", "draw digits from a checkpoint (grid, --gif, --strip)"),
     "inpaint": ("minidiff.commands.inpaint", "fill the masked part of digits (concat model or "
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
         return module.main(args.rest) or 0
     except (MinidiffInputError, backend.BackendUnavailableError) as error:
         return report(error)
+    except KeyboardInterrupt:
+        return interrupted()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Command-line parsing shared by every command: one-line argparse errors, numeric option
 types, and the ``@command`` decorator that turns a ``MinidiffInputError`` into one line on
-stderr and exit status 2 (any other exception is a bug and keeps its traceback)."""
+stderr and exit status 2, and Ctrl-C into one line and exit status 130 (any other exception
+is a bug and keeps its traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -9,11 +10,14 @@ import sys
 
 from minidiff.errors import MinidiffInputError, check_float, check_int, describe_range, one_line
 
-__all__ = ["INPUT_ERROR", "report", "command", "ArgumentParser", "int_arg", "float_arg"]
+__all__ = ["INPUT_ERROR", "INTERRUPTED", "report", "interrupted", "command", "ArgumentParser",
+           "int_arg", "float_arg"]
 
 
 #: exit status of a bad input (argparse uses the same)
 INPUT_ERROR = 2
+#: exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
 
 
 def report(error: BaseException) -> int:
@@ -22,15 +26,27 @@ def report(error: BaseException) -> int:
     return INPUT_ERROR
 
 
+def interrupted() -> int:
+    """Say in one line that Ctrl-C stopped the command; returns 130.  Every file minidiff
+    writes is written whole or not at all (``backend.atomic_file``), so none is left
+    half-written."""
+    print("minidiff: interrupted (Ctrl-C); files are written whole or not at all, so none "
+          "is left half-written", file=sys.stderr)
+    return INTERRUPTED
+
+
 def command(main):
     """Decorate a command's ``main(argv) -> int``: a ``MinidiffInputError`` becomes one line
-    on stderr and exit status 2; every other exception propagates with its traceback."""
+    on stderr and exit status 2, Ctrl-C one line and exit status 130; every other exception
+    propagates with its traceback."""
     @functools.wraps(main)
     def run(argv=None):
         try:
             return main(argv)
         except MinidiffInputError as error:
             return report(error)
+        except KeyboardInterrupt:
+            return interrupted()
     return run
 
 

@@ -31,8 +31,9 @@ import sys
 
 from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.data.paths import resolve_user_path
-from minidiff.errors import MinidiffInputError, check_input_file
+from minidiff.errors import check_input_file, check_output_folder, check_outputs
 from minidiff.evaluate.claim import SHIPPED, SIZES, claim, markdown_table
+from minidiff.pipelines.sample import check_sample_count
 
 
 def build_parser() -> ArgumentParser:
@@ -80,15 +81,17 @@ def main(argv=None) -> int:
     for key, (small, full) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, full if args.full else small)
-    args.checkpoints = [resolve_user_path(path) for path in args.checkpoints]
+    args.checkpoints = [resolve_user_path(path, "--checkpoints") for path in args.checkpoints]
     for path in args.checkpoints:
         check_input_file("--checkpoints", path,
                          "train the three models (docs/the-claim.md) or pass --checkpoints")
     if args.classifier:
         check_input_file("--classifier", args.classifier)
     for name, folder in (("--out", args.out), ("--stats-dir", args.stats_dir)):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise MinidiffInputError(f"{name}: {folder} is a file, expected a folder")
+        check_output_folder(name, folder)
+    check_outputs({"--out": os.path.join(args.out, "claim_samples.png")},
+                  {"--checkpoints": args.checkpoints, "--classifier": args.classifier})
+    check_sample_count("--n", args.n)
     result = claim(args)
     print(json.dumps(result, indent=2) if args.json else markdown_table(result))
     return 0

@@ -37,19 +37,20 @@ autoencoder it was trained on before they are scored; its bits/dim are not repor
 bound would be on latents, not on the images' pixels).
 """
 import json
-import os
 import sys
 
 from minidiff.commands._args import ArgumentParser, command, float_arg, int_arg
 from minidiff.commands.train_classifier import main as train_main
 from minidiff.data.paths import resolve_user_path
 from minidiff.diffusion import SAMPLERS
-from minidiff.errors import MinidiffInputError, check_input_file, check_int
+from minidiff.diffusion.guidance import MAX_GUIDANCE
+from minidiff.errors import MinidiffInputError, check_input_file, check_int, check_output_folder
 from minidiff.evaluate import autoencoder, inpainting, prompts
 from minidiff.evaluate.classifier import load_classifier
 from minidiff.evaluate.fid import DEFAULT_STATS_DIR
 from minidiff.evaluate.model import (BPD_IMAGES, BPD_SAMPLES, INPAINT_N, PER_PROMPT, _report,
                                      evaluate)
+from minidiff.pipelines.sample import check_sample_count
 from minidiff.progress import Progress
 
 
@@ -92,7 +93,7 @@ def build_parser() -> ArgumentParser:
                         help=f"cache of test-set feature statistics (default {DEFAULT_STATS_DIR})")
     parser.add_argument("--inpainting", action="store_true",
                         help="measure inpainting accuracy instead (inpainting.py)")
-    parser.add_argument("--mask", default="bottom",
+    parser.add_argument("--mask", default=None,
                         help="with --inpainting: the mask (as minidiff inpaint; default bottom)")
     parser.add_argument("--method", choices=("concat", "replace"), default=None,
                         help="with --inpainting: concat or replace (default: the model's)")
@@ -102,9 +103,9 @@ def build_parser() -> ArgumentParser:
                              "accuracy too")
     parser.add_argument("--per-prompt", type=int_arg(1), default=None,
                         help=f"with --prompts: samples per prompt (default {PER_PROMPT})")
-    parser.add_argument("--guidance", type=float_arg(0.0), default=None, metavar="S",
-                        help="with --prompts: classifier-free guidance scale s >= 0 (default: "
-                             "the model's config)")
+    parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
+                        metavar="S", help="with --prompts: classifier-free guidance scale s in "
+                        "[0, 100] (default: the model's config)")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
 
@@ -113,7 +114,7 @@ def _inpainting(args) -> dict:
     """``--inpainting``: ``inpainting.inpainting_accuracy`` of the command's arguments."""
     check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
     return inpainting.inpainting_accuracy(
-        args.checkpoint, args.n or INPAINT_N, args.mask, args.method, args.sampler,
+        args.checkpoint, args.n or INPAINT_N, args.mask or "bottom", args.method, args.sampler,
         args.steps or None, args.seed, args.batch, args.eta, classifier=load_classifier(
             args.classifier, name="--classifier"),
         use_ema=not args.raw_weights, progress=Progress("inpainting"))
@@ -140,16 +141,26 @@ def main(argv=None) -> int:
     if argv[:1] == ["train-classifier"]:
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    args.checkpoint = resolve_user_path(args.checkpoint)
+    args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")
     check_input_file("--checkpoint", args.checkpoint)
     if args.classifier:
         check_input_file("--classifier", args.classifier)
-    if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
-        raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")
     for flag, value in (("--per-prompt", args.per_prompt), ("--guidance", args.guidance)):
         if value is not None and not args.prompts:
             raise MinidiffInputError(f"{flag}: only with --prompts (the text-model figures), "
                                      "which was not given")
+    for flag, value in (("--mask", args.mask), ("--method", args.method)):
+        if value is not None and not args.inpainting:
+            raise MinidiffInputError(f"{flag}: only with --inpainting (the inpainting "
+                                     "accuracy), which was not given")
+    if args.prompts or not args.inpainting:         # the FID statistics are cached there
+        check_output_folder("--stats-dir", args.stats_dir)
+    if args.prompts:            # 20 prompts ("a thick 0" ... "a thin 9") at most at once
+        check_sample_count("--per-prompt", 20 * (args.per_prompt or PER_PROMPT),
+                           what=f"samples (20 prompts x --per-prompt "
+                                f"{args.per_prompt or PER_PROMPT:,})")
+    elif not args.inpainting:
+        check_sample_count("--n", args.n or 10_000)
     if args.prompts:
         result = _prompts(args)
         text = prompts.report(result)

@@ -42,8 +42,10 @@ from minidiff.data.masks import masked_image, named_mask
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.data.paths import resolve_user_path
 from minidiff.diffusion import SAMPLERS
-from minidiff.errors import check_input_file, check_int, check_output_path
+from minidiff.diffusion.guidance import MAX_GUIDANCE
+from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.pipelines.inpaint import InpaintError, METHODS, complete, load_images, load_inpainter
+from minidiff.pipelines.sample import check_sample_count
 from minidiff.progress import Progress
 
 #: what --out may be written as (FILE.npz: the raw uint8 completions)
@@ -66,7 +68,7 @@ def build_parser() -> ArgumentParser:
                         help="concat (the default for a model trained with concat or hybrid "
                              "conditioning) or replace (RePaint-style, the default otherwise)")
     parser.add_argument("--prompt", default=None, help="a caption (models trained with text)")
-    parser.add_argument("--guidance", type=float_arg(0.0), default=None,
+    parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
                         help="classifier-free guidance scale (conditioned models; default: "
                              "the model's)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
@@ -105,14 +107,20 @@ def save(path, completions, images, source, mask, n: int) -> None:
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.checkpoint = resolve_user_path(args.checkpoint)
+    args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")
     check_input_file("--checkpoint", args.checkpoint)
     check_output_path("--out", args.out, IMAGE_TYPES + ARRAY_TYPES)
+    check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint, "--image": args.image,
+                                        "--mask": args.mask, "--autoencoder": args.autoencoder})
     mask = named_mask(args.mask, size=28)
     images, source = load_images(args.image)
+    check_sample_count("--n", len(images) * args.n,
+                       what=f"completions ({len(images):,} image(s) of --image x --n {args.n:,})")
     eps_for, schedule, space, config, method = load_inpainter(
         args.checkpoint, args.method, args.prompt, args.guidance, use_ema=not args.raw,
         autoencoder=args.autoencoder)
+    check_outputs({"--out": args.out},
+                  {"the autoencoder of the checkpoint": getattr(space, "path", None)})
     if args.autoencoder and space.kind == "pixel":
         raise InpaintError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                            "decodes nothing; the option is for latent models only")

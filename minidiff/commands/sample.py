@@ -38,10 +38,11 @@ from minidiff.data.mnist import from_unit_range
 from minidiff.data.paths import resolve_user_path
 from minidiff.data.spaces import SpaceError
 from minidiff.diffusion import SAMPLERS
-from minidiff.errors import check_input_file, check_int, check_output_path
+from minidiff.diffusion.guidance import MAX_GUIDANCE
+from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.models.conditioned import ConditionError
 from minidiff.pipelines.load import load_pipeline
-from minidiff.pipelines.sample import sample_images
+from minidiff.pipelines.sample import check_sample_count, sample_images
 from minidiff.progress import Progress
 
 #: what each output may be written as (--out FILE.npz: the raw uint8 digits)
@@ -79,9 +80,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                         help="a text-conditioned model's caption, e.g. \"a thick seven\"; "
                              "repeat for one row per prompt (--n samples each)")
-    parser.add_argument("--guidance", type=float_arg(0.0), default=None, metavar="S",
-                        help="classifier-free guidance scale s >= 0 for --prompt (default: "
-                             "the model's config: 2 for txt2img-quick, 3 for inpaint-quick)")
+    parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
+                        metavar="S", help="classifier-free guidance scale s in [0, 100] for "
+                        "--prompt (default: the model's config: 2 for txt2img-quick, 3 for "
+                        "inpaint-quick)")
     return parser
 
 
@@ -115,22 +117,31 @@ def _prompts(args, pipeline):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # everything the user typed is checked before the (possibly long) sampling
-    args.checkpoint = resolve_user_path(args.checkpoint)   # data/... works from any folder
+    # data/... works from any folder
+    args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")
     check_input_file("--checkpoint", args.checkpoint)
     check_output_path("--out", args.out, IMAGE_TYPES + ARRAY_TYPES)
     if args.gif:
         check_output_path("--gif", args.gif, GIF_TYPES)
     if args.strip:
         check_output_path("--strip", args.strip, IMAGE_TYPES)
+    check_outputs({"--out": args.out, "--gif": args.gif, "--strip": args.strip},
+                  {"--checkpoint": args.checkpoint, "--autoencoder": args.autoencoder})
+    want_frames = args.frames if (args.gif or args.strip) else 0
+    n = args.n * len(args.prompt or [None])
+    several = args.prompt and len(args.prompt) > 1
+    check_sample_count("--n", n, frames=want_frames,
+                       what=f"samples ({len(args.prompt)} prompts x --n {args.n:,})"
+                       if several else "samples")
     pipeline = load_pipeline(args.checkpoint, use_ema=not args.raw, autoencoder=args.autoencoder)
+    check_outputs({"--out": args.out, "--strip": args.strip},     # and the recorded one
+                  {"the autoencoder of the checkpoint": getattr(pipeline.space, "path", None)})
     if args.autoencoder and pipeline.space.kind == "pixel":
         raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                          "decodes nothing; the option is for latent models only")
     eps_model, prompts, labels = _prompts(args, pipeline)
     if args.steps is not None:
         check_int("--steps", args.steps, low=1, high=pipeline.schedule.num_timesteps)
-    want_frames = args.frames if (args.gif or args.strip) else 0
-    n = args.n * len(args.prompt or [None])
     space = pipeline.space
     images, frames = sample_images(eps_model, pipeline.schedule, space, n, args.sampler,
                                    args.steps, args.eta, args.seed,

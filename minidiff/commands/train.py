@@ -25,8 +25,8 @@ from minidiff import backend
 from minidiff.checkpoint import CheckpointError, load_checkpoint
 from minidiff.commands._args import ArgumentParser, command
 from minidiff.config.presets import PRESETS, resolve
-from minidiff.errors import (MinidiffInputError, check_input_file, check_int, check_run_folder,
-                             one_line)
+from minidiff.errors import (MinidiffInputError, check_input_file, check_int, check_outputs,
+                             check_run_folder, one_line)
 from minidiff.nn.module import StateDictError
 from minidiff.train.distributed import connect
 from minidiff.train.trainer import Trainer, TrainingDiverged
@@ -118,6 +118,8 @@ def main(argv=None) -> int:
             say(json.dumps(config, indent=2, sort_keys=True))
             return 0
         check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
+        check_outputs({"--out": [os.path.join(out, name) for name in RUN_FILES]},
+                      {"--config": args.config})
         if ranks:
             ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
             ranks.barrier()                       # every rank has checked --out before any writes

@@ -13,6 +13,7 @@ passes through to its own checks.
 """
 from __future__ import annotations
 
+from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import MinidiffInputError, check_float, check_int
 
 __all__ = ["ConfigError", "check_config", "check_data", "resolutions"]
@@ -34,7 +35,7 @@ _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
             "weight_decay": (0.0, None, False), "grad_clip": (0.0, None, False),
             "ema_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, True),
             "caption_dropout": (0.0, 1.0, False), "mask_all_fraction": (0.0, 1.0, False),
-            "guidance": (0.0, None, False),
+            "guidance": (0.0, MAX_GUIDANCE, False),
             "vlb_weight": (0.0, None, False)}
 
 

@@ -7,7 +7,6 @@ Pillow; ``scale`` enlarges each pixel so 28x28 digits are visible.
 from __future__ import annotations
 
 import math
-import os
 
 from minidiff import backend
 
@@ -35,17 +34,11 @@ def make_grid(images, nrow: int | None = None, pad: int = 2, scale: int = 2):
     return grid
 
 
-def _ensure_folder(path) -> None:
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
-
-
 def save_grid(images, path, nrow: int | None = None, pad: int = 2, scale: int = 2,
               labels=None) -> None:
     """Write the images as one PNG grid (square-ish unless ``nrow`` is given); ``labels``,
     one per row, are written in a margin on the left."""
     from PIL import Image, ImageDraw  # noqa: PLC0415
-    _ensure_folder(path)
     picture = Image.fromarray(make_grid(images, nrow, pad, scale), mode="L")
     if labels:
         rows = len(labels)
@@ -57,7 +50,8 @@ def save_grid(images, path, nrow: int | None = None, pad: int = 2, scale: int = 
         for i, text in enumerate(labels):
             draw.text((3, int((i + 0.5) * row_height) - 5), text, fill=0)
         picture = labelled
-    picture.save(path)
+    with backend.atomic_file(path) as temporary:       # whole or not at all (Ctrl-C)
+        picture.save(temporary)
 
 
 def save_gif(frames, path, nrow: int | None = None, duration_ms: int = 80,
@@ -66,11 +60,11 @@ def save_gif(frames, path, nrow: int | None = None, duration_ms: int = 80,
     from PIL import Image  # noqa: PLC0415
     if not frames:
         raise ValueError("save_gif: no frames")
-    _ensure_folder(path)
     pictures = [Image.fromarray(make_grid(f, nrow, scale=scale), mode="L") for f in frames]
     durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations,
-                     loop=0)
+    with backend.atomic_file(path) as temporary:
+        pictures[0].save(temporary, save_all=True, append_images=pictures[1:],
+                         duration=durations, loop=0)
 
 
 def save_strip(images, path, scale: int = 3) -> None:

@@ -57,6 +57,10 @@ def data_roots() -> list:
 
 def searched(relative: str) -> str:
     """The places ``find(relative)`` looks, as one phrase for an error message."""
+    if os.environ.get(ENVIRONMENT):
+        return (f"only ${ENVIRONMENT} {os.path.join(os.environ[ENVIRONMENT], relative)} "
+                f"(set, it replaces the other places; unset it to search the working "
+                f"folder, the source tree and the installation)")
     return "; ".join(f"{where} {os.path.join(folder, relative)}"
                      for where, folder in data_roots())
 
@@ -73,15 +77,19 @@ def find(relative: str) -> str:
                             "from a clone of minidiff")
 
 
-def resolve_user_path(path) -> str:
+def resolve_user_path(path, name: str | None = None) -> str:
     """``path`` itself when it exists; a relative ``data/...`` path that does not exist
     here is looked up with ``find`` (so ``--checkpoint data/checkpoints/quick.npz`` works
-    from any folder after ``pip install .``); anything else is returned unchanged."""
+    from any folder after ``pip install .``); anything else is returned unchanged.  With
+    ``name`` (the argument), a ``data/...`` path found nowhere is a ``DataNotFoundError``
+    naming it and every place searched."""
     path = os.fspath(path)
     parts = os.path.normpath(path).split(os.sep)
     if os.path.exists(path) or os.path.isabs(path) or len(parts) < 2 or parts[0] != "data":
         return path
     try:
         return find(os.path.join(*parts[1:]))
-    except DataNotFoundError:
-        return path
+    except DataNotFoundError as error:
+        if name is None:
+            return path
+        raise DataNotFoundError(f"{name}: {error}", error.hint) from None

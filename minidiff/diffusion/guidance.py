@@ -18,7 +18,12 @@ from minidiff.diffusion.forward import as_eps_model
 from minidiff.ops import concatenate
 from minidiff.tensor import Tensor
 
-__all__ = ["double_cond", "conditional_eps_model", "guided"]
+__all__ = ["MAX_GUIDANCE", "double_cond", "conditional_eps_model", "guided"]
+
+#: the largest guidance scale s accepted.  Useful scales are 1 to about 10; beyond 100, eps~ of
+#: (11.4) is s times the small difference of two predictions, and the x_0 it implies leaves
+#: the data range by orders of magnitude (s = 1e300 overflows float32 at the first step).
+MAX_GUIDANCE = 100.0
 
 
 def double_cond(cond: dict, uncond: dict) -> dict:

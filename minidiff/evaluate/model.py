@@ -60,6 +60,10 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
             "come from --prompts (a text model) or --inpainting (a concat model)")
     model, schedule, config, space = (pipeline.eps(), pipeline.schedule, pipeline.config,
                                       pipeline.space)
+    if bpd_full and space.kind != "pixel":
+        raise MinidiffInputError(f"--bpd-full: {checkpoint} is a {space.kind} diffusion model; "
+                                 "bits/dim are a bound on pixels, which it does not model (its "
+                                 "figures are FID and confidence)")
     check_int("--steps", steps, low=0, high=schedule.num_timesteps)
     classifier_path = find_classifier(classifier)
     classifier = load_classifier(classifier_path, name="--classifier")

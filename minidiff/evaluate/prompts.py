@@ -45,6 +45,7 @@ from minidiff.data.captions import DIGIT_WORDS, make_captions
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.data.spaces import weights_sha256
 from minidiff.diffusion import default_steps
+from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import MinidiffInputError, check_float, check_int
 from minidiff.evaluate import inpainting
 from minidiff.evaluate.classifier import classifier_path, classify, file_checksum, load_classifier
@@ -87,7 +88,7 @@ def _guidance(loaded, guidance) -> float:
     """The guidance scale s used: ``guidance``, else the config's."""
     if guidance is None:
         return float(loaded.config["guidance"])
-    return float(check_float("--guidance", guidance, low=0.0))
+    return float(check_float("--guidance", guidance, low=0.0, high=MAX_GUIDANCE))
 
 
 def _classifier(classifier):
@@ -261,6 +262,19 @@ def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: 
     return result
 
 
+def _caption_stats(loaded, checkpoint):
+    """The training set's caption statistics (the tertile edges the attribute figures
+    compare with), or one line saying the checkpoint lacks them."""
+    if loaded.caption_stats is None:
+        where = loaded.path or _name(checkpoint)
+        raise MinidiffInputError(
+            f"--checkpoint: {where} is a text model without caption statistics "
+            "(captions.thickness_edges, captions.slant_edges), which the attribute figures "
+            "compare with", "it samples from prompts as it is; retrain it (minidiff train) "
+            "for the figures")
+    return loaded.caption_stats
+
+
 def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guidance=None,
                         sampler: str = "ddim", steps=None, eta: float = 0.0, seed: int = 0,
                         batch: int = 250, use_ema: bool = True, progress=None) -> dict:
@@ -272,6 +286,7 @@ def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guid
     "in_tertile_low" (the fraction above the training set's upper edge / below its lower
     edge), "edges", "n" (samples per group).  One sampling run for all four groups."""
     loaded = _text_model(checkpoint, use_ema)
+    stats = _caption_stats(loaded, checkpoint)
     scale = _guidance(loaded, guidance)
     digits = _check_digits(digits)
     check_int("--per-prompt", per_prompt, low=1)
@@ -283,8 +298,7 @@ def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guid
     seconds = time.time() - start
     group = len(digits) * per_prompt
     measure = {"thickness": captions.measure_thickness, "slant": captions.measure_slant}
-    edges = {"thickness": loaded.caption_stats.thickness_edges,
-             "slant": loaded.caption_stats.slant_edges}
+    edges = {"thickness": stats.thickness_edges, "slant": stats.slant_edges}
     result = {"checkpoint": _name(checkpoint),
               "digits": digits, "per_prompt": per_prompt,
               **_common(loaded, scale, sampler, steps, eta, seed)}
@@ -317,6 +331,7 @@ def prompts_report(checkpoint, per_prompt: int = 20, guidance=None, sampler: str
     model is loaded once.  ``progress``: None, or ``progress(label)`` -> a ``progress(done,
     total)`` hook for each of the two sampling runs (e.g. ``minidiff.progress.Progress``)."""
     loaded = _text_model(checkpoint, use_ema)
+    _caption_stats(loaded, checkpoint)          # before the first of the two runs
     options = {"per_prompt": per_prompt, "guidance": guidance, "sampler": sampler,
                "steps": steps, "eta": eta, "seed": seed, "batch": batch}
     def hook(label):                     # made when its run starts (its clock starts then)

@@ -26,10 +26,11 @@ from minidiff.config.vocabulary import kind_of, uses_text
 from minidiff.data.captions import CaptionStats, Tokenizer
 from minidiff.data.paths import resolve_user_path
 from minidiff.data.spaces import LatentSpace, PixelSpace, SpaceError, is_latent
-from minidiff.diffusion.guidance import conditional_eps_model, guided
+from minidiff.diffusion.guidance import MAX_GUIDANCE, conditional_eps_model, guided
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models.conditioned import ConditionError
 from minidiff.nn.module import Module, StateDictError
+from minidiff.errors import check_float
 from minidiff.pipelines.conditions import sampling_cond
 
 __all__ = ["Pipeline", "load_pipeline", "load_autoencoder", "space_from_config", "space_of"]
@@ -78,7 +79,8 @@ class Pipeline:
         eps = self.eps_model
         if uncond is None or "tokens" not in cond:
             return lambda x_t, t: eps(x_t, t, cond)
-        scale = float(self.config["guidance"] if guidance is None else guidance)
+        scale = float(self.config["guidance"] if guidance is None else
+                      check_float("--guidance", guidance, low=0.0, high=MAX_GUIDANCE))
         return guided(eps, cond, uncond, scale)
 
 
@@ -114,7 +116,11 @@ def load_pipeline(path, use_ema: bool = True, autoencoder: str | None = None,
     tokenizer = stats = None
     if uses_text(config):
         tokenizer = Tokenizer(int(config["max_tokens"]))
-        stats = CaptionStats.from_arrays(arrays)
+        if any(key.startswith("captions.") for key in arrays):   # else None: sampling
+            try:                                                  # needs no statistics
+                stats = CaptionStats.from_arrays(arrays)
+            except (KeyError, ValueError) as error:
+                raise CheckpointError(f"{path}: {error.args[0]}") from None
     return Pipeline(model.eval(), schedule_from_config(config), config,
                     space_of(arrays, autoencoder), tokenizer, stats, arrays["step"],
                     os.fspath(path))

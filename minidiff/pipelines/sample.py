@@ -12,15 +12,34 @@ from __future__ import annotations
 
 from minidiff import backend
 from minidiff.diffusion import default_steps, run_sampler
-from minidiff.errors import MinidiffInputError, check_int
+from minidiff.errors import MinidiffInputError, check_int, check_memory
 
-__all__ = ["sample_images"]
+__all__ = ["sample_images", "check_sample_count", "BYTES_PER_PIXEL"]
+
+#: bytes each pixel of a sample holds until a command has written it: the decoded float32
+#: chunks (4), their concatenation (4), the float temporaries of ``from_unit_range`` (8) and
+#: the uint8 digit (1)
+BYTES_PER_PIXEL = 17
+
+
+def check_sample_count(name: str, n: int, shape=(1, 28, 28), frames: int = 0,
+                       frame_shape=None, what: str = "samples") -> int:
+    """``n`` if ``n`` samples of ``shape`` (and ``frames`` snapshots of each, float32, of
+    ``frame_shape``: the space's) can be held at once on this machine (``errors.check_memory``);
+    one line naming ``name`` otherwise, before any sampling."""
+    pixels = 1
+    for size in shape:
+        pixels *= size
+    snapshot = 1
+    for size in frame_shape or shape:
+        snapshot *= size
+    return check_memory(name, n, pixels * BYTES_PER_PIXEL + frames * snapshot * 4 * 2, what)
 
 
 def sample_images(eps_model, schedule, space, n: int, sampler: str = "ddim", steps=None,
                   eta: float = 0.0, seed: int | None = 0, batch: int | None = None,
                   variance: str = "fixed_small", frames: int = 0, progress=None,
-                  eps_for=None, known_for=None):
+                  eps_for=None, known_for=None, count_name: str = "--n"):
     """``(images, frames)``: ``n`` samples decoded to images in [-1, 1], (n, C, H, W) on the
     active backend, and (if ``frames``) about that many snapshots of x_t along the chain
     (undecoded, each (n, *space.shape)).

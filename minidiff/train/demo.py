@@ -72,7 +72,8 @@ def _plot(losses, out: str) -> None:
     axis.set_title("minidiff demo: a 2-layer perceptron on MNIST")
     figure.tight_layout()
     path = os.path.join(out, "loss.png")
-    figure.savefig(path, dpi=100)
+    with backend.atomic_file(path) as temporary:     # whole or not at all
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     print(f"loss curve saved to {path}")
 

@@ -71,7 +71,8 @@ def plot_loss_curve(losses, path, window: int = 50, prediction: str = "eps") -> 
            title=f"training loss: {objective}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with backend.atomic_file(path) as temporary:     # whole or not at all
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
 
 
@@ -122,7 +123,8 @@ def plot_timestep_loss(history, path) -> None:
            title="loss by timestep (fixed batch)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with backend.atomic_file(path) as temporary:     # whole or not at all
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
 
 
