@@ -29,7 +29,9 @@ from minidiff.errors import (MinidiffInputError, check_input_file, check_int, ch
                              one_line)
 from minidiff.nn.module import StateDictError
 from minidiff.train.distributed import connect
-from minidiff.train.trainer import Trainer, TrainingDiverged
+from minidiff.train.lock import RunLock, check_run_lock
+from minidiff.train.trainer import (Trainer, TrainingDiverged, check_resumable,
+                                    resume_changes)
 
 #: explicit flags -> config keys (each also settable with --set key=value)
 FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "seed": int,
@@ -38,8 +40,9 @@ FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "se
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff train", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="quick",
-                        help=f"starting configuration: {', '.join(PRESETS)} (default quick)")
+    parser.add_argument("--preset", default=None,
+                        help=f"starting configuration: {', '.join(PRESETS)} (default quick; "
+                        "with --resume, the run's own configuration)")
     parser.add_argument("--config", help="JSON file of key: value overriding the preset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value (JSON syntax), repeatable")
@@ -97,27 +100,39 @@ def resume_command(out: str, checkpoint: str, ranks=None) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS}
-    out = args.out or os.path.join("runs", args.preset)
+    preset = args.preset or "quick"
+    out = args.out or os.path.join("runs", preset)
     ranks, quiet = None, False    # quiet: a rank other than 0, which leaves printing to rank 0
+    lock = None                   # the folder's lock, held by rank 0 (minidiff.train.lock)
     say = print
     try:
         if args.distributed:
             ranks = connect()
             quiet = not ranks.is_main
             say = (lambda *a, **k: None) if quiet else print
-        base = None
+        saved = None
         if args.resume:
             path = os.path.join(out, "checkpoint.npz") if args.resume == "auto" else args.resume
             check_input_file("--resume", path, hint="give the checkpoint.npz of the run to "
                              "continue (minidiff train --out RUN --resume)")
-            base = load_checkpoint(path)["config"]
-        config = resolve(args.preset, args.config, args.set, flags, base=base)
+            saved = load_checkpoint(path)
+            check_resumable(saved, path)
+        # resuming: the run's own config, unless --preset says which run this is
+        config = resolve(preset, args.config, args.set, flags,
+                         base=saved["config"] if saved and not args.preset else None)
+        changes = (resume_changes(saved["config"], config, path, saved["step"])
+                   if saved else [])
         if args.stop_at is not None:
             check_int("--stop-at", args.stop_at, low=1, high=config["steps"])
         if args.show_config:
             say(json.dumps(config, indent=2, sort_keys=True))
             return 0
+        note = lambda text: print(f"minidiff: {text}", file=sys.stderr)  # noqa: E731
+        if not quiet:      # refuse at once if another training holds the folder
+            check_run_lock("--out", out, note)
         check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
+        if not quiet:      # one training per folder: of two started at once, one refuses
+            lock = RunLock(out, note=note)
         if ranks:
             ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
             ranks.barrier()                       # every rank has checked --out before any writes
@@ -126,6 +141,12 @@ def main(argv=None) -> int:
         if args.resume:
             trainer.resume(path)
             say(f"resumed from {path} at step {trainer.step}", flush=True)
+            for change in changes:
+                if change.startswith("steps "):
+                    say(f"extending the run: {change} (the learning rate's cosine decay now "
+                        f"ends at step {config['steps']})", flush=True)
+                else:
+                    say(f"changed on resume (bookkeeping only): {change}", flush=True)
         if not quiet:
             os.makedirs(out, exist_ok=True)
             if args.overwrite:
@@ -148,6 +169,9 @@ def main(argv=None) -> int:
         return _error(error, 1, quiet=quiet)
     except KeyboardInterrupt:
         return _error("interrupted before training started", 130, quiet=quiet)
+    finally:
+        if lock is not None:
+            lock.release()
     if ranks:
         say(ranks.summary(), flush=True)
     if status == "interrupted":
