@@ -78,11 +78,12 @@ def main(argv=None) -> int:
     for key, (small, full) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, full if args.full else small)
-    args.checkpoints = [resolve_user_path(path) for path in args.checkpoints]
+    args.checkpoints = [resolve_user_path(path, "--checkpoints") for path in args.checkpoints]
     for path in args.checkpoints:
         check_input_file("--checkpoints", path,
                          "train the three models (README: the claim) or pass --checkpoints")
     if args.classifier:
+        args.classifier = resolve_user_path(args.classifier, "--classifier")
         check_input_file("--classifier", args.classifier)
     for name, folder in (("--out", args.out), ("--stats-dir", args.stats_dir)):
         if os.path.exists(folder) and not os.path.isdir(folder):

@@ -138,9 +138,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["train-classifier"]:
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    args.checkpoint = resolve_user_path(args.checkpoint)
+    args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")
     check_input_file("--checkpoint", args.checkpoint)
     if args.classifier:
+        args.classifier = resolve_user_path(args.classifier, "--classifier")
         check_input_file("--classifier", args.classifier)
     if os.path.exists(args.stats_dir) and not os.path.isdir(args.stats_dir):
         raise MinidiffInputError(f"--stats-dir: {args.stats_dir} is a file, expected a folder")

@@ -115,7 +115,7 @@ def _prompts(args, pipeline):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # everything the user typed is checked before the (possibly long) sampling
-    args.checkpoint = resolve_user_path(args.checkpoint)   # data/... works from any folder
+    args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")   # data/... works from any folder
     check_input_file("--checkpoint", args.checkpoint)
     check_output_path("--out", args.out, IMAGE_TYPES + ARRAY_TYPES)
     if args.gif:
