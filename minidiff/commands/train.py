@@ -12,6 +12,14 @@ config), ``config.json``, ``loss.png``, ``loss_by_t.png``, ``samples_*.png`` (EM
 DDIM) and ``x0_pred_*.png``; for an autoencoder ``reconstructions_*.png`` (originals above,
 reconstructions below), ``loss_rec.png``, ``loss_kl.png``, and the latent scale factor in both
 checkpoint files.  Errors in the input end with one line ``minidiff: ...``.
+
+``--resume`` continues the run it names, so it refuses a configuration that differs from the
+checkpoint's (``--set``, ``--config``, a flag, or a ``--preset`` other than the run's), naming
+each key with its old and new value; only ``--steps`` (a longer run: the cosine decay is
+stretched to the new end, and this is said) and the bookkeeping keys (``log_every``,
+``sample_every``, ``checkpoint_every``, ``diag_every``, ``sample_steps``, ``sample_count``)
+may change.  One training writes into a folder at a time: ``OUT/.lock`` holds its process id
+while it runs (``minidiff.train.lock``); a second training into the same folder refuses.
 With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
 """
 from __future__ import annotations
