@@ -111,3 +111,41 @@ def test_two_trainings_started_at_once_one_refuses(tmp_path):
     assert _config(out)["steps"] == 6
     assert load_checkpoint(os.path.join(out, "checkpoint.npz"))["step"] == 6
     assert not os.path.exists(os.path.join(out, LOCK_NAME))
+
+
+class _Comm:
+    """rank 0's broadcast, as the other ranks receive it."""
+
+    def __init__(self, sent):
+        self.sent, self.calls = sent, []
+
+    def bcast(self, value, root=0):
+        self.calls.append(value)
+        return self.sent
+
+
+class _Ranks:
+    def __init__(self, rank, sent=None):
+        self.rank, self.size, self.is_main = rank, 2, rank == 0
+        self.comm = _Comm(sent)
+
+    def part(self, batch_size):
+        raise AssertionError("a refused run must stop before splitting the batch")
+
+    barrier = part
+
+
+def test_every_rank_stops_when_rank_0_finds_the_folder_in_use(tmp_path, monkeypatch, capsys):
+    """Under MPI only rank 0 takes the lock; its refusal is broadcast, so rank 1 stops with it
+    (quietly) instead of waiting for rank 0 at the next barrier."""
+    folder = tmp_path / "run"
+    with RunLock(str(folder)):
+        rank0 = _Ranks(0)
+        monkeypatch.setattr(cli, "connect", lambda: rank0)
+        assert cli.main(["--out", str(folder), "--distributed", "--steps", "2", *TINY]) == 2
+        assert "in use by another training" in rank0.comm.calls[0]
+        assert "in use" in capsys.readouterr().err
+        rank1 = _Ranks(1, sent="--out: the folder is in use by another training")
+        monkeypatch.setattr(cli, "connect", lambda: rank1)
+        assert cli.main(["--out", str(folder), "--distributed", "--steps", "2", *TINY]) == 2
+        assert rank1.comm.calls == [None] and capsys.readouterr().err == ""

@@ -104,6 +104,24 @@ def resume_command(out: str, checkpoint: str, ranks=None) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
+def _on_rank_0(ranks, action):
+    """``action()`` on rank 0 alone (on the only process without ranks), its result there and
+    None elsewhere; a ``MinidiffInputError`` it raises is raised on every rank, so that the
+    others stop with rank 0 instead of waiting for it at the next barrier."""
+    result = refusal = None
+    if ranks is None or ranks.is_main:
+        try:
+            result = action()
+        except MinidiffInputError as error:
+            refusal = error
+    if ranks is not None:
+        text = ranks.comm.bcast(None if refusal is None else one_line(refusal), root=0)
+        refusal = refusal or (MinidiffInputError(text) if text else None)
+    if refusal is not None:
+        raise refusal
+    return result
+
+
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -136,11 +154,11 @@ def main(argv=None) -> int:
             say(json.dumps(config, indent=2, sort_keys=True))
             return 0
         note = lambda text: print(f"minidiff: {text}", file=sys.stderr)  # noqa: E731
-        if not quiet:      # refuse at once if another training holds the folder
-            check_run_lock("--out", out, note)
+        # refuse at once if another training holds the folder (rank 0 looks)
+        _on_rank_0(ranks, lambda: check_run_lock("--out", out, note))
         check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
-        if not quiet:      # one training per folder: of two started at once, one refuses
-            lock = RunLock(out, note=note)
+        # one training per folder: of two started at once, one refuses (rank 0 holds it)
+        lock = _on_rank_0(ranks, lambda: RunLock(out, note=note))
         if ranks:
             ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
             ranks.barrier()                       # every rank has checked --out before any writes
