@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         trainer = Trainer(config, out, log=lambda line: print(line, flush=True),
                           distributed=ranks)
         if args.resume:
-            trainer.resume(path)
+            trainer.resume(path, saved)
             say(f"resumed from {path} at step {trainer.step}", flush=True)
             for change in changes:
                 if change.startswith("steps "):

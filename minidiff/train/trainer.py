@@ -156,10 +156,11 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def resume(self, path) -> None:
+    def resume(self, path, arrays: dict | None = None) -> None:
         """Restore weights, EMA, optimizer, schedule, generator, step and history from
-        ``path`` (a ``StateDictError`` if the architecture differs)."""
-        arrays = load_checkpoint(path)
+        ``path`` (``arrays``: its ``load_checkpoint`` dict, if already read; a
+        ``StateDictError`` if the architecture differs)."""
+        arrays = load_checkpoint(path) if arrays is None else arrays
         check_resumable(arrays, path)
         kind, here = arrays["config"]["model"], self.config["model"]
         if kind != here:
