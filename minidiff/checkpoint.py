@@ -12,12 +12,22 @@ file is written atomically (``backend.save_npz``), so Ctrl-C or a crash mid-writ
 previous checkpoint intact.  An *export* (``ema_only=True``) keeps just the EMA weights and
 the config: what sampling needs, a quarter of the size.
 
+Two entries guard the config against edits made after saving: ``config_sha256``, the sha256
+of the config text as written, and ``config_sealed``, the values of ``SEALED`` (JSON), the keys
+the weights' meaning depends on but their shapes do not reveal (a network trained for T = 1000
+steps to predict v loads without complaint as one for T = 500 predicting eps, and samples
+noise).  ``load_checkpoint`` refuses a file whose config no longer hashes to its
+``config_sha256`` and differs from ``config_sealed`` in a sealed key, naming each such key;
+other edits (a bookkeeping key; a changed architecture fails on the weights' shapes) pass.
+Files written before these entries existed load as before.
+
 The config's ``model`` says what was trained: ``"unet"`` (a diffusion model; checkpoints
 written before the key existed are U-Nets) or ``"autoencoder"`` (lesson 09), whose files also
 hold ``scale_factor``, the measured latent scale (float64 scalar), in the export too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -25,7 +35,10 @@ from minidiff import backend
 from minidiff.config.presets import with_defaults
 from minidiff.errors import MinidiffInputError
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group", "SEALED"]
+
+#: config keys that the weights depend on and their shapes do not show (module docstring)
+SEALED = ("model", "T", "schedule", "prediction", "variance", "image_size")
 
 
 class CheckpointError(MinidiffInputError):
@@ -43,7 +56,11 @@ def save_checkpoint(path, *, model, ema, config: dict, step: int, optimizer=None
     more named arrays (a latent model's ``autoencoder.sha256``), kept in exports too."""
     host = backend.host
     arrays = {f"ema.{k}": v for k, v in zip(model.state_dict(), ema.shadow)}
-    arrays.update({"config": _text(json.dumps(config, sort_keys=True)),
+    text = json.dumps(config, sort_keys=True)
+    arrays.update({"config": _text(text),
+                   "config_sha256": _text(_sha256(text)),
+                   "config_sealed": _text(json.dumps({k: config[k] for k in SEALED
+                                                      if k in config}, sort_keys=True)),
                    "step": host.asarray(step, dtype=host.int64),
                    "ema_meta.num_updates": host.asarray(ema.num_updates, dtype=host.int64),
                    "ema_meta.decay": host.asarray(ema.decay, dtype=host.float64)})
@@ -79,9 +96,33 @@ def load_checkpoint(path) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config entry is a JSON {type(config).__name__}, "
                               "expected an object of key: value")
+    _check_sealed(path, arrays, config)
     arrays["config"] = with_defaults(config)
     arrays["step"] = int(arrays.get("step", 0))
     return _upgrade(arrays)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_sealed(path, arrays: dict, config: dict) -> None:
+    """Refuse a config edited after saving in a key the weights depend on (module docstring):
+    a ``CheckpointError`` naming each such key with its value at save time and now."""
+    if "config_sha256" not in arrays or _sha256(str(arrays["config"])) == str(
+            arrays["config_sha256"]):
+        return
+    try:
+        sealed = json.loads(str(arrays.get("config_sealed", "{}")))
+    except json.JSONDecodeError:
+        sealed = {}
+    changed = [f"{key} {json.dumps(value)} -> {json.dumps(config.get(key))}"
+               for key, value in sorted(sealed.items()) if config.get(key) != value]
+    if changed:
+        raise CheckpointError(
+            f"{path}: its config was edited after saving in what the weights were trained "
+            f"for ({', '.join(changed)})", "restore the saved values: weights trained for "
+            "them sample noise under others")
 
 
 def _upgrade(arrays: dict) -> dict:

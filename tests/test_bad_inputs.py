@@ -325,6 +325,38 @@ CASES = [
      ("--bpd-full",)),
     ("sample-minidiff-data-searched-alone", ["MINIDIFF_DATA={tmp}"] + SAMPLE + [
         "--checkpoint", "data/checkpoints/nonesuch.npz"], ("MINIDIFF_DATA",)),
+    # issue 24, part B
+    ("train-resume-changed-config", ["train", "--out", "{run}", "--resume", "--set", "lr=0.5",
+                                     "--set", "batch_size=8"], ("lr 0.002 -> 0.5",)),
+    ("train-resume-other-preset", ["train", "--out", "{run}", "--resume", "--preset", "mnist"],
+     ("base_channels 8 -> 32",)),
+    ("train-resume-changed-flag", ["train", "--out", "{run}", "--resume", "--ema-decay", "0.5"],
+     ("ema_decay",)),
+    ("train-folder-in-use", TRAIN + ["--out", "{locked}"], ("in use by another training",)),
+    ("sample-prompt-two-digits", SAMPLE_TEXT + ["--prompt", "seven three"],
+     ("--prompt 'seven three': names 2 digits",)),
+    ("sample-prompt-two-numerals", SAMPLE_TEXT + ["--prompt", "a 7 3"], ("names 2 digits",)),
+    ("sample-prompt-thick-thin", SAMPLE_TEXT + ["--prompt", "a thick thin seven"],
+     ("is both thin and thick",)),
+    ("sample-prompt-upright-slanted", SAMPLE_TEXT + ["--prompt", "an upright slanted seven"],
+     ("is both upright and slanted",)),
+    ("inpaint-prompt-two-digits", ["inpaint", "--checkpoint", "data/checkpoints/txt2img.npz",
+                                   "--image", "test:0", "--n", "1", "--steps", "2", "--prompt",
+                                   "seven three", "--out", "{out}/g.png"],
+     ("--prompt", "names 2 digits")),
+    ("sample-checkpoint-config-edited", SAMPLE + ["--checkpoint", "{edited}"],
+     ("edited.npz: its config was edited",)),
+    ("eval-checkpoint-config-edited", EVAL + ["--checkpoint", "{edited}"], ("T 10 -> 5",)),
+    ("sample-checkpoint-data-missing", SAMPLE + ["--checkpoint", "data/checkpoints/nope.npz"],
+     ("looked in",)),
+    ("eval-classifier-data-missing", EVAL + ["--classifier", "data/checkpoints/nope.npz"],
+     ("--classifier: no such file: data/checkpoints/nope.npz; looked in",)),
+    ("claim-checkpoints-data-missing", CLAIM + ["--checkpoints", "data/checkpoints/nope.npz"],
+     ("--checkpoints: no such file: data/checkpoints/nope.npz; looked in",)),
+    ("bench-ldm-pixel-data-missing", BENCH_LDM + ["--pixel", "data/checkpoints/nope.npz"],
+     ("--pixel: no such file: data/checkpoints/nope.npz; looked in",)),
+    ("bench-ldm-figures-data-missing", BENCH_LDM + ["--figures", "data/checkpoints/nope.json"],
+     ("--figures: no such file: data/checkpoints/nope.json; looked in",)),
 ]
 
 IDS = [case[0] for case in CASES]
@@ -408,6 +440,17 @@ def make_files(folder: str) -> dict:
     os.chmod(files["readonly"], 0o555)
     if hasattr(os, "geteuid") and os.geteuid() == 0:    # root writes anywhere but in /proc
         files["readonly"] = "/proc/minidiff-readonly"
+    # issue 24, part B: a run folder another (live) process holds; a checkpoint whose config
+    # was edited after saving in what its weights were trained for (T, prediction)
+    files["locked"] = os.path.join(folder, "locked")
+    os.makedirs(files["locked"])
+    with open(os.path.join(files["locked"], ".lock"), "w", encoding="ascii") as stream:
+        stream.write(f"{os.getpid()}\n")
+    edited = backend.load_npz(files["export"])
+    edited["config"] = host.asarray(json.dumps({**json.loads(str(edited["config"])), "T": 5,
+                                                "prediction": "eps"}, sort_keys=True))
+    files["edited"] = os.path.join(folder, "edited.npz")
+    backend.save_npz(files["edited"], edited)
     return files
 
 

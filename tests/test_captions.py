@@ -184,8 +184,34 @@ def test_tokenizer_errors_name_the_word_and_the_limit():
 
 @given(st.lists(st.sampled_from(VOCABULARY[1:]), max_size=8))
 def test_encode_decode_round_trip(words):
+    """Every caption that does not contradict itself round-trips; every one that does is
+    refused (two digits, by word or numeral; thin and thick; upright and slanted)."""
     caption = " ".join(words)
-    assert Tokenizer(8).decode(Tokenizer(8).encode([caption])) == [caption]
+    digits = {w if w in NUMERALS else str(DIGIT_WORDS.index(w)) for w in words
+              if w in DIGIT_WORDS or w in NUMERALS}
+    clash = (len(digits) > 1 or {"thin", "thick"} <= set(words)
+             or {"upright", "slanted"} <= set(words))
+    if clash:
+        with pytest.raises(CaptionError, match="--prompt .*(names|is both)"):
+            Tokenizer(8).encode([caption])
+    else:
+        assert Tokenizer(8).decode(Tokenizer(8).encode([caption])) == [caption]
+
+
+@pytest.mark.parametrize("prompt, says", [
+    ("seven three", "names 2 digits: three, seven"),
+    ("7 3", "names 2 digits: three, seven"),
+    ("a thick thin seven", "is both thin and thick"),
+    ("an upright slanted 3", "is both upright and slanted"),
+])
+def test_contradictory_prompts_are_refused(prompt, says):
+    with pytest.raises(CaptionError) as info:
+        Tokenizer(8).encode([prompt])
+    assert says in str(info.value) and repr(prompt) in str(info.value)
+
+
+def test_same_digit_twice_is_not_a_contradiction():
+    assert Tokenizer(8).encode(["seven 7"]).shape == (1, 8)
 
 
 def test_attribute_figure_sorts_and_saves(tmp_path, test_digits):

@@ -13,6 +13,7 @@ from minidiff.train.diagnostics import overfit_one_batch
 from minidiff.checkpoint import load_checkpoint, save_checkpoint
 from minidiff.config.checks import ConfigError
 from minidiff.config.presets import parse_set, resolve
+from minidiff.nn.module import StateDictError
 from minidiff.train.trainer import Trainer, TrainingDiverged, batch_indices
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
@@ -126,7 +127,13 @@ def test_wrong_architecture_resume_is_one_line(tmp_path, images, capsys):
     assert cli.main(["--resume", trainer.last_checkpoint, "--out", str(tmp_path),
                      "--base-channels", "16", "--set", "image_size=28"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("minidiff: ") and "wrong shapes" in err and err.count("\n") == 1
+    assert err.startswith("minidiff: ") and err.count("\n") == 1
+    # the command compares configurations before building anything (base_channels 8 -> 16);
+    # a Trainer given the other architecture directly fails on the weights' shapes
+    assert "base_channels 8 -> 16" in err and "image_size 16 -> 28" in err
+    other = Trainer(tiny(base_channels=16), str(tmp_path), images=images, log=lambda _: None)
+    with pytest.raises(StateDictError, match="wrong shapes"):
+        other.resume(trainer.last_checkpoint)
 
 
 def test_overfits_one_batch(images):

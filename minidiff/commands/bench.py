@@ -4,11 +4,10 @@ import os
 import sys
 
 from minidiff.bench import emit, layers as bench_layers, ldm as bench_ldm, unet as bench_unet
-from minidiff.checkpoint import CheckpointError
 from minidiff.commands._args import ArgumentParser, command, int_arg
+from minidiff.data.paths import resolve_user_path
 from minidiff.data.spaces import SpaceError
-from minidiff.errors import MinidiffInputError
-
+from minidiff.errors import MinidiffInputError, one_line
 BENCHMARKS = ("layers", "unet", "ldm")
 
 
@@ -111,12 +110,17 @@ def _ldm_parser():
 def ldm_main(argv=None) -> int:
     args = _ldm_parser().parse_args(argv)
     try:
+        # the shipped models and their quality record, found from any folder (data.paths)
+        for option in ("pixel", "ldm", "figures"):
+            setattr(args, option, resolve_user_path(getattr(args, option), f"--{option}"))
+        if args.autoencoder:
+            args.autoencoder = resolve_user_path(args.autoencoder, "--autoencoder")
         if args.probe:
             print(json.dumps(bench_ldm._probe(args)))
             return 0
         result = bench_ldm.run(args)
-    except (CheckpointError, SpaceError) as error:
-        print(f"minidiff bench ldm: {error}", file=sys.stderr)
+    except MinidiffInputError as error:      # CheckpointError, SpaceError, DataNotFoundError
+        print(f"minidiff bench ldm: {one_line(error)}", file=sys.stderr)
         return 2
     except AssertionError as error:
         print(f"minidiff bench ldm: {error}", file=sys.stderr)

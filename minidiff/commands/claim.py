@@ -86,6 +86,7 @@ def main(argv=None) -> int:
         check_input_file("--checkpoints", path,
                          "train the three models (docs/the-claim.md) or pass --checkpoints")
     if args.classifier:
+        args.classifier = resolve_user_path(args.classifier, "--classifier")
         check_input_file("--classifier", args.classifier)
     for name, folder in (("--out", args.out), ("--stats-dir", args.stats_dir)):
         check_output_folder(name, folder)

@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     args.checkpoint = resolve_user_path(args.checkpoint, "--checkpoint")
     check_input_file("--checkpoint", args.checkpoint)
     if args.classifier:
+        args.classifier = resolve_user_path(args.classifier, "--classifier")
         check_input_file("--classifier", args.classifier)
     for flag, value in (("--per-prompt", args.per_prompt), ("--guidance", args.guidance)):
         if value is not None and not args.prompts:

@@ -26,8 +26,8 @@ original: the completions differ from the image only under the mask (in pixel sp
 replacement they already equal it there).
 
 ``--image``: MNIST test indices (``test:123``, ``test:1,5,9``, ``test:0-499``) or a 28x28
-grayscale PNG (white digit on black, as MNIST).  ``--out x.png``: one row per image, the
-original, the masked input (mid-grey where to fill), then the ``--n`` completions;
+grayscale PNG (white digit on black, as MNIST; one drawn dark on light is inverted, with a
+note).  ``--out x.png``: one row per image, the original, the masked input (mid-grey where to fill), then the ``--n`` completions;
 ``--out x.npz``: ``images`` uint8 (N * n, 28, 28), image-major (all completions of the first
 image first), ``source`` (N * n,) the test index of each (-1 for a PNG) and ``mask`` uint8
 (28, 28), 1 = filled.  All images x completions go through the sampler together, ``--batch``
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint, "--image": args.image,
                                         "--mask": args.mask, "--autoencoder": args.autoencoder})
     mask = named_mask(args.mask, size=28)
-    images, source = load_images(args.image)
+    images, source = load_images(args.image, note=lambda text: print(f"minidiff: {text}",
+                                                                      file=sys.stderr))
     check_sample_count("--n", len(images) * args.n,
                        what=f"completions ({len(images):,} image(s) of --image x --n {args.n:,})")
     eps_for, schedule, space, config, method = load_inpainter(

@@ -12,6 +12,14 @@ config), ``config.json``, ``loss.png``, ``loss_by_t.png``, ``samples_*.png`` (EM
 DDIM) and ``x0_pred_*.png``; for an autoencoder ``reconstructions_*.png`` (originals above,
 reconstructions below), ``loss_rec.png``, ``loss_kl.png``, and the latent scale factor in both
 checkpoint files.  Errors in the input end with one line ``minidiff: ...``.
+
+``--resume`` continues the run it names, so it refuses a configuration that differs from the
+checkpoint's (``--set``, ``--config``, a flag, or a ``--preset`` other than the run's), naming
+each key with its old and new value; only ``--steps`` (a longer run: the cosine decay is
+stretched to the new end, and this is said) and the bookkeeping keys (``log_every``,
+``sample_every``, ``checkpoint_every``, ``diag_every``, ``sample_steps``, ``sample_count``)
+may change.  One training writes into a folder at a time: ``OUT/.lock`` holds its process id
+while it runs (``minidiff.train.lock``); a second training into the same folder refuses.
 With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
 """
 from __future__ import annotations
@@ -29,7 +37,9 @@ from minidiff.errors import (MinidiffInputError, check_input_file, check_int, ch
                              check_run_folder, one_line)
 from minidiff.nn.module import StateDictError
 from minidiff.train.distributed import connect
-from minidiff.train.trainer import Trainer, TrainingDiverged
+from minidiff.train.lock import RunLock, check_run_lock
+from minidiff.train.trainer import (Trainer, TrainingDiverged, check_resumable,
+                                    resume_changes)
 
 #: explicit flags -> config keys (each also settable with --set key=value)
 FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "seed": int,
@@ -38,8 +48,9 @@ FLAGS = {"steps": int, "batch_size": int, "lr": float, "base_channels": int, "se
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff train", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="quick",
-                        help=f"starting configuration: {', '.join(PRESETS)} (default quick)")
+    parser.add_argument("--preset", default=None,
+                        help=f"starting configuration: {', '.join(PRESETS)} (default quick; "
+                        "with --resume, the run's own configuration)")
     parser.add_argument("--config", help="JSON file of key: value overriding the preset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value (JSON syntax), repeatable")
@@ -93,41 +104,77 @@ def resume_command(out: str, checkpoint: str, ranks=None) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
+def _on_rank_0(ranks, action):
+    """``action()`` on rank 0 alone (on the only process without ranks), its result there and
+    None elsewhere; a ``MinidiffInputError`` it raises is raised on every rank, so that the
+    others stop with rank 0 instead of waiting for it at the next barrier."""
+    result = refusal = None
+    if ranks is None or ranks.is_main:
+        try:
+            result = action()
+        except MinidiffInputError as error:
+            refusal = error
+    if ranks is not None:
+        text = ranks.comm.bcast(None if refusal is None else one_line(refusal), root=0)
+        refusal = refusal or (MinidiffInputError(text) if text else None)
+    if refusal is not None:
+        raise refusal
+    return result
+
+
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in FLAGS}
-    out = args.out or os.path.join("runs", args.preset)
+    preset = args.preset or "quick"
+    out = args.out or os.path.join("runs", preset)
     ranks, quiet = None, False    # quiet: a rank other than 0, which leaves printing to rank 0
+    lock = None                   # the folder's lock, held by rank 0 (minidiff.train.lock)
     say = print
     try:
         if args.distributed:
             ranks = connect()
             quiet = not ranks.is_main
             say = (lambda *a, **k: None) if quiet else print
-        base = None
+        saved = None
         if args.resume:
             path = os.path.join(out, "checkpoint.npz") if args.resume == "auto" else args.resume
             check_input_file("--resume", path, hint="give the checkpoint.npz of the run to "
                              "continue (minidiff train --out RUN --resume)")
-            base = load_checkpoint(path)["config"]
-        config = resolve(args.preset, args.config, args.set, flags, base=base)
+            saved = load_checkpoint(path)
+            check_resumable(saved, path)
+        # resuming: the run's own config, unless --preset says which run this is
+        config = resolve(preset, args.config, args.set, flags,
+                         base=saved["config"] if saved and not args.preset else None)
+        changes = (resume_changes(saved["config"], config, path, saved["step"])
+                   if saved else [])
         if args.stop_at is not None:
             check_int("--stop-at", args.stop_at, low=1, high=config["steps"])
         if args.show_config:
             say(json.dumps(config, indent=2, sort_keys=True))
             return 0
+        note = lambda text: print(f"minidiff: {text}", file=sys.stderr)  # noqa: E731
+        # refuse at once if another training holds the folder (rank 0 looks)
+        _on_rank_0(ranks, lambda: check_run_lock("--out", out, note))
         check_run_folder("--out", out, resume=bool(args.resume), overwrite=args.overwrite)
         check_outputs({"--out": [os.path.join(out, name) for name in RUN_FILES]},
                       {"--config": args.config})
+        # one training per folder: of two started at once, one refuses (rank 0 holds it)
+        lock = _on_rank_0(ranks, lambda: RunLock(out, note=note))
         if ranks:
             ranks.part(config["batch_size"])      # refuse a batch the ranks cannot share
             ranks.barrier()                       # every rank has checked --out before any writes
         trainer = Trainer(config, out, log=lambda line: print(line, flush=True),
                           distributed=ranks)
         if args.resume:
-            trainer.resume(path)
+            trainer.resume(path, saved)
             say(f"resumed from {path} at step {trainer.step}", flush=True)
+            for change in changes:
+                if change.startswith("steps "):
+                    say(f"extending the run: {change} (the learning rate's cosine decay now "
+                        f"ends at step {config['steps']})", flush=True)
+                else:
+                    say(f"changed on resume (bookkeeping only): {change}", flush=True)
         if not quiet:
             os.makedirs(out, exist_ok=True)
             if args.overwrite:
@@ -150,6 +197,9 @@ def main(argv=None) -> int:
         return _error(error, 1, quiet=quiet)
     except KeyboardInterrupt:
         return _error("interrupted before training started", 130, quiet=quiet)
+    finally:
+        if lock is not None:
+            lock.release()
     if ranks:
         say(ranks.summary(), flush=True)
     if status == "interrupted":

@@ -13,6 +13,8 @@ from minidiff.commands import train as cli
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" in argv:     # the run's own configuration (minidiff train --resume)
+        return cli.main(argv)
     return cli.main(["--preset", "ae-quick", *argv])   # a later --preset wins
 
 

@@ -36,7 +36,7 @@ from minidiff import backend
 from minidiff.errors import MinidiffInputError
 
 __all__ = ["CaptionError", "CaptionStats", "DIGIT_WORDS", "NUMERALS", "VOCABULARY",
-           "N_CHOICES", "Tokenizer", "attribute_words", "make_captions",
+           "N_CHOICES", "Tokenizer", "attribute_words", "contradiction", "make_captions",
            "measure_slant", "measure_thickness", "tertile_edges"]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -194,6 +194,26 @@ def make_captions(labels, thickness_words, slant_words, choice) -> list:
                                             choice.tolist())]
 
 
+_DIGIT_OF = {**{word: d for d, word in enumerate(DIGIT_WORDS)},
+             **{numeral: d for d, numeral in enumerate(NUMERALS)}}
+
+
+def contradiction(words) -> str:
+    """What in the caption ``words`` cannot all be true of one digit ("names two digits:
+    seven, three", "is both thin and thick", "is both upright and slanted"), or "".  The
+    training captions never contradict themselves, so a model asked to would draw one of the
+    two at best."""
+    digits = sorted({_DIGIT_OF[w] for w in words if w in _DIGIT_OF})
+    if len(digits) > 1:
+        return (f"names {len(digits)} digits: "
+                + ", ".join(DIGIT_WORDS[d] for d in digits))
+    for group in (THICKNESS_WORDS, SLANT_WORDS):
+        used = [w for w in group if w in words]
+        if len(used) > 1:
+            return f"is both {' and '.join(used)}"
+    return ""
+
+
 class Tokenizer:
     """Words <-> token ids over ``VOCABULARY`` (index 0 = padding), ``max_tokens`` per row."""
 
@@ -210,7 +230,9 @@ class Tokenizer:
     def encode(self, captions):
         """int64 host array (N, max_tokens): the words of each caption (lower-cased, split on
         white space) as indices, padded with 0; "" is all padding.  CaptionError for an unknown
-        word (named, with the vocabulary) or a caption longer than max_tokens words."""
+        word (named, with the vocabulary), a caption longer than max_tokens words, or one that
+        contradicts itself (``contradiction``: two digits, thin and thick, upright and
+        slanted)."""
         if isinstance(captions, str):
             captions = [captions]
         tokens = backend.host.zeros((len(captions), self.max_tokens), dtype=backend.host.int64)
@@ -226,6 +248,10 @@ class Tokenizer:
                         f"--prompt {caption!r}: unknown word {word!r}; the vocabulary is: "
                         f"{' '.join(VOCABULARY[1:])}")
                 tokens[row, col] = self.index[word]
+            clash = contradiction(words)
+            if clash:
+                raise CaptionError(f"--prompt {caption!r}: {clash}; a caption describes one "
+                                   "digit, with at most one thickness and one slant word")
         return tokens
 
     def decode(self, tokens) -> list:

@@ -13,7 +13,9 @@ One function, ``find``, looks for a file under ``data/`` in this order:
    ``pip install --user``).
 
 Every "not found" error lists the places it looked.  ``resolve_user_path`` lets the
-commands take the README's ``data/checkpoints/quick.npz`` from any folder.
+commands take the README's ``data/checkpoints/quick.npz`` from any folder: every option that
+names a file (``--checkpoint``, ``--classifier``, ``--autoencoder``, ``bench ldm --pixel``...)
+goes through it, so a shipped file is found, or missed, the same way everywhere.
 """
 from __future__ import annotations
 
@@ -80,16 +82,17 @@ def find(relative: str) -> str:
 def resolve_user_path(path, name: str | None = None) -> str:
     """``path`` itself when it exists; a relative ``data/...`` path that does not exist
     here is looked up with ``find`` (so ``--checkpoint data/checkpoints/quick.npz`` works
-    from any folder after ``pip install .``); anything else is returned unchanged.  With
-    ``name`` (the argument), a ``data/...`` path found nowhere is a ``DataNotFoundError``
-    naming it and every place searched."""
+    from any folder after ``pip install .``), and if it is in none of the places searched,
+    ``DataNotFoundError`` (starting with ``name``, the option) lists them all; anything else
+    is returned unchanged."""
     path = os.fspath(path)
     parts = os.path.normpath(path).split(os.sep)
     if os.path.exists(path) or os.path.isabs(path) or len(parts) < 2 or parts[0] != "data":
         return path
+    relative = os.path.join(*parts[1:])
     try:
-        return find(os.path.join(*parts[1:]))
-    except DataNotFoundError as error:
-        if name is None:
-            return path
-        raise DataNotFoundError(f"{name}: {error}", error.hint) from None
+        return find(relative)
+    except DataNotFoundError:
+        here = os.path.abspath(path)
+        raise DataNotFoundError(f"{name + ': ' if name else ''}no such file: {path}; looked "
+                                f"in: here {here}; {searched(relative)}") from None

@@ -20,7 +20,7 @@ from minidiff.errors import MinidiffInputError, check_input_file
 from minidiff.pipelines.load import load_pipeline
 from minidiff.pipelines.sample import sample_images
 
-__all__ = ["load_images", "complete", "load_inpainter", "METHODS", "InpaintError"]
+__all__ = ["load_images", "is_inverted", "complete", "load_inpainter", "METHODS", "InpaintError"]
 
 #: how the known pixels reach the model: as input channels, or replaced along the chain
 METHODS = ("concat", "replace")
@@ -33,10 +33,15 @@ class InpaintError(MinidiffInputError):
 
 # ----------------------------------------------------------------------------- inputs
 
-def load_images(spec: str, size: int = 28):
+def load_images(spec: str, size: int = 28, note=None):
     """``(images uint8 (N, 1, size, size), source int64 (N,))`` for ``--image``: MNIST test
     indices ``test:I``, ``test:I,J,K``, ``test:A-B`` (B included) or a mix, or a PNG file
-    (source -1).  A bad spec or an index out of range raises ``InpaintError``."""
+    (source -1).  A bad spec or an index out of range raises ``InpaintError``.
+
+    A PNG drawn dark on light (``is_inverted``: its border, which is background in every
+    MNIST digit, is mostly bright) is inverted to MNIST's light on dark, and ``note(text)``
+    is told so: the models only know white digits on black, and would complete a black
+    digit as a white one on a white page."""
     host = backend.host
     spec = str(spec).strip()
     if spec.startswith("test:"):
@@ -72,7 +77,22 @@ def load_images(spec: str, size: int = 28):
             pixels = host.asarray(picture.convert("L"), dtype=host.uint8)
     except (UnidentifiedImageError, OSError) as error:
         raise InpaintError(f"--image: {spec} is not a readable PNG ({error})") from None
+    if is_inverted(pixels):
+        pixels = 255 - pixels
+        if note is not None:
+            note(f"--image: {spec} is dark on light (its border is mostly bright); inverted "
+                 "to light on dark, as MNIST")
     return pixels[None, None], host.asarray([-1], dtype=host.int64)
+
+
+def is_inverted(pixels, border: int = 2) -> bool:
+    """Whether a uint8 (H, W) digit is drawn dark on light: the mean of its outer ``border``
+    pixels (the background of any centred digit; 0 in every MNIST image) is above mid-grey."""
+    host = backend.host
+    pixels = host.asarray(backend.to_host(pixels), dtype=host.float64)
+    frame = host.ones(pixels.shape, dtype=bool)
+    frame[border:-border, border:-border] = False
+    return bool(pixels[frame].mean() > 127.5)
 
 
 # ----------------------------------------------------------------------------- the sampling

@@ -24,7 +24,7 @@ from minidiff.checkpoint import CheckpointError, group, load_checkpoint
 from minidiff.config.build import autoencoder_config, build_model, schedule_from_config
 from minidiff.config.vocabulary import kind_of, uses_text
 from minidiff.data.captions import CaptionStats, Tokenizer
-from minidiff.data.paths import resolve_user_path
+from minidiff.data.paths import DataNotFoundError, resolve_user_path
 from minidiff.data.spaces import LatentSpace, PixelSpace, SpaceError, is_latent
 from minidiff.diffusion.guidance import MAX_GUIDANCE, conditional_eps_model, guided
 from minidiff.models.autoencoder import AutoencoderKL
@@ -169,7 +169,12 @@ def space_from_config(config: dict, autoencoder_path: str | None = None,
         space = PixelSpace(int(config["image_size"]), int(config["in_channels"]))
         _check_fits(space, config, "pixel space")
         return space
-    path = resolve_user_path(autoencoder_path or config["autoencoder"])   # data/... anywhere
+    try:
+        path = resolve_user_path(autoencoder_path or config["autoencoder"])  # data/... anywhere
+    except DataNotFoundError as error:
+        raise SpaceError(f"autoencoder: {error} (train one with "
+                         "'minidiff train --preset ae-quick', or --set autoencoder=PATH)"
+                         ) from None
     if not os.path.exists(path):
         raise SpaceError(f"autoencoder: checkpoint not found: {path} (train one with "
                          "'minidiff train --preset ae-quick', or --set autoencoder=PATH)")

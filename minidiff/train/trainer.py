@@ -28,6 +28,7 @@ alone writes checkpoints, pictures and the log.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -43,7 +44,13 @@ from minidiff.optim import AdamW, EMA, WarmupCosine, clip_grad_norm
 from minidiff.train.distributed import digest as distributed_digest
 from minidiff.train.tasks import make_task
 
-__all__ = ["Trainer", "TrainingDiverged", "batch_indices"]
+__all__ = ["Trainer", "TrainingDiverged", "batch_indices", "RESUMABLE", "resume_changes",
+           "check_resumable"]
+
+#: what a resumed run may change: how long it runs and its bookkeeping, none of which changes
+#: what a training step computes.  Any other key of the configuration makes it another run.
+RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "diag_every",
+             "sample_steps", "sample_count")
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,6 +63,38 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int):
     epoch, position = divmod(step, per_epoch)
     order = backend.host.random.default_rng([int(seed), epoch]).permutation(n)
     return order[position * batch_size:(position + 1) * batch_size]
+
+
+def check_resumable(arrays: dict, path) -> None:
+    """Refuse (``CheckpointError``) a checkpoint that cannot be continued: an EMA-only export."""
+    if not group(arrays, "model"):
+        raise CheckpointError(
+            f"{path} is an EMA-only export (the averaged weights and config, for sampling), "
+            "not a training checkpoint: it has no raw weights or optimizer state to "
+            "continue from", f"resume from the run's checkpoint.npz, or sample from this "
+            f"file with: minidiff sample --checkpoint {path}")
+
+
+def resume_changes(saved: dict, asked: dict, path, step: int) -> list:
+    """What a resumed run changes, as notes ``["steps 2000 -> 4000"]``: only ``RESUMABLE``
+    keys may differ between the checkpoint's config ``saved`` and the one asked for; any
+    other difference is a ``ConfigError`` naming every such key with both values (a run
+    resumed with another learning rate or batch size is not the run it says it is), and so
+    is a ``steps`` below the checkpoint's ``step``."""
+    differ = sorted(key for key in set(saved) | set(asked) if saved.get(key) != asked.get(key))
+    refused = [key for key in differ if key not in RESUMABLE]
+    if refused:
+        changes = ", ".join(f"{key} {json.dumps(saved.get(key))} -> {json.dumps(asked.get(key))}"
+                            for key in refused)
+        raise ConfigError(f"--resume: {path} was trained with another configuration ("
+                          f"{changes})", "resume without changing them (a run resumed with "
+                          "other values is not the same run), or start a new run in "
+                          "another --out")
+    if asked["steps"] < step:
+        raise ConfigError(f"--steps: {path} is already at step {step}; expected at least "
+                          f"{step}, got {asked['steps']}")
+    return [f"{key} {json.dumps(saved.get(key))} -> {json.dumps(asked.get(key))}"
+            for key in differ]
 
 
 class Trainer:
@@ -117,16 +156,12 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def resume(self, path) -> None:
+    def resume(self, path, arrays: dict | None = None) -> None:
         """Restore weights, EMA, optimizer, schedule, generator, step and history from
-        ``path`` (a ``StateDictError`` if the architecture differs)."""
-        arrays = load_checkpoint(path)
-        if not group(arrays, "model"):
-            raise CheckpointError(
-                f"{path} is an EMA-only export (the averaged weights and config, for sampling), "
-                "not a training checkpoint: it has no raw weights or optimizer state to "
-                "continue from", f"resume from the run's checkpoint.npz, or sample from this "
-                f"file with: minidiff sample --checkpoint {path}")
+        ``path`` (``arrays``: its ``load_checkpoint`` dict, if already read; a
+        ``StateDictError`` if the architecture differs)."""
+        arrays = load_checkpoint(path) if arrays is None else arrays
+        check_resumable(arrays, path)
         kind, here = arrays["config"]["model"], self.config["model"]
         if kind != here:
             raise CheckpointError(f"{path}: holds a {kind!r} model, this run trains a "
