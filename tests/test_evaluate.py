@@ -138,6 +138,10 @@ def test_eval_cli_json_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert result["n"] == 16 and result["fid"] >= 0.0
     assert sum(result["class_histogram"]) == 16
     assert 0.0 < result["mean_confidence"] <= 1.0
+    confident = result["confident_fraction"] * 16          # a count of the 16 samples
+    assert confident == round(confident) and 0 <= confident <= 16
+    # at most the share of samples whose confidence the mean allows above 0.9 (Markov)
+    assert result["confident_fraction"] <= result["mean_confidence"] / 0.9 + 1e-9
     assert result["bits_per_dim"]["n"] == 4 and result["bits_per_dim"]["bpd"] > 0
     assert result["step"] == 3
     assert result["fid_reference"]["n"] == 300 and result["fid_floor_n"] == 16

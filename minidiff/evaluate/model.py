@@ -24,6 +24,8 @@ from minidiff.progress import Progress
 
 __all__ = ["evaluate", "reference_statistics", "floor_statistics"]
 
+#: a sample the classifier labels with more than this probability counts as readable
+CONFIDENT = 0.9
 #: default Monte-Carlo bits/dim: images x timesteps per image (their cost: docs/commands.md)
 BPD_IMAGES, BPD_SAMPLES = 256, 4
 #: test digits --inpainting completes unless --n says otherwise
@@ -97,6 +99,7 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
     probs_host = backend.to_host(probs)
     labels = probs_host.argmax(axis=1)
     result["mean_confidence"] = float(probs_host.max(axis=1).mean())
+    result["confident_fraction"] = float((probs_host.max(axis=1) > CONFIDENT).mean())
     result["class_histogram"] = [int((labels == k).sum()) for k in range(10)]
 
     # floor: the FID of n training images (n capped at 60,000) against the test set
@@ -133,7 +136,8 @@ def _report(r: dict) -> str:
                      f"training images vs the test set)")
     if r["n"] < 10_000:
         lines.append(f"             note: {r['n']} < 10,000 samples, FID is biased upward")
-    lines.append(f"confidence   {r['mean_confidence']:.3f} (mean max-softmax of the samples)")
+    lines.append(f"confidence   {r['mean_confidence']:.3f} (mean max-softmax of the samples); "
+                 f"{r['confident_fraction']:.1%} labelled with confidence > {CONFIDENT}")
     total = max(sum(r["class_histogram"]), 1)
     lines.append("classes      " + "  ".join(f"{k}:{c / total:.1%}"
                                             for k, c in enumerate(r["class_histogram"])))
