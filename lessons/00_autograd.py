@@ -17,9 +17,11 @@
 #
 # Every claim is printed and then checked with `assert` as the script runs.
 #
-#     python lessons/00_autograd.py            # the full lesson
-#     python lessons/00_autograd.py --quick    # a fast pass (used by the tests)
-#     python lessons/00_autograd.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/00_autograd.py            # the full lesson
+# python lessons/00_autograd.py --quick    # a fast pass (used by the tests)
+# python lessons/00_autograd.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math

@@ -12,9 +12,11 @@
 # 3. As $T$ grows, $x_T$ tends to $\mathcal{N}(0, I)$: the KL to the prior, eq. (1.4)
 # 4. A figure: a 2-D toy data set dissolving into noise
 #
-#     python lessons/01_forward_process.py            # the full lesson
-#     python lessons/01_forward_process.py --quick    # a fast pass (used by the tests)
-#     python lessons/01_forward_process.py --out DIR  # where the figure goes (runs/lessons)
+# ```
+# python lessons/01_forward_process.py            # the full lesson
+# python lessons/01_forward_process.py --quick    # a fast pass (used by the tests)
+# python lessons/01_forward_process.py --out DIR  # where the figure goes (runs/lessons)
+# ```
 
 # %%
 import math

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Lesson 02 — The closed form: jumping to any x_t in one step
+# # Lesson 02 — The closed form: jumping to any $x_t$ in one step
 #
 # Training picks a random step $t$ for every example.  Running (1.2) $t$ times for each would
 # cost $O(T)$ per example; this lesson shows that $q(x_t \mid x_0)$ is a Gaussian we can
@@ -14,7 +14,9 @@
 # 5. The velocity $v$ and the signal-to-noise ratio, eq. (2.6) and (2.7)
 # 6. Schedules: linear, cosine, scaled linear, eq. (2.8)-(2.10); a figure
 #
-#     python lessons/02_closed_form.py [--quick] [--out DIR]
+# ```
+# python lessons/02_closed_form.py [--quick] [--out DIR]
+# ```
 
 # %%
 import math

@@ -17,7 +17,9 @@
 #    mean, (3.5)-(3.7)
 # 5. Sampling (Algorithm 2) with the exact noise predictor of the toy data; a figure
 #
-#     python lessons/03_reverse_process.py [--quick] [--out DIR]
+# ```
+# python lessons/03_reverse_process.py [--quick] [--out DIR]
+# ```
 
 # %%
 import math
@@ -96,7 +98,7 @@ means, var, _ = q_posterior(coarse, dev(points[:, None]), dev(np.full((3, 1), x_
 means, var = host(means)[:, 0], float(host(var)[0, 0])
 mixture = sum(w * normal_pdf(grid, m, var) for w, m in zip(resp, means))           # (3.2)
 show("max |grid Bayes (3.1) - mixture (3.2)|", f"{np.abs(bayes - mixture).max():.2e}")
-assert np.abs(bayes - mixture).max() < 1e-6
+assert np.abs(bayes - mixture).max() < 1e-6, "(3.2) against Bayes (3.1) on the grid"
 mix_mean = float(resp @ means)
 mix_var = float(resp @ (var + means ** 2) - mix_mean ** 2)
 show("responsibilities w_k(x_t)", np.round(resp, 3))

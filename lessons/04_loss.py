@@ -19,7 +19,9 @@
 # 7. The signal-to-noise view: the bound's weight, the $\epsilon$, $x_0$ and $v$ losses and
 #    Min-SNR as one $x_0$ error under different weights, eq. (4.9)-(4.12)
 #
-#     python lessons/04_loss.py [--quick] [--out DIR]
+# ```
+# python lessons/04_loss.py [--quick] [--out DIR]
+# ```
 
 # %%
 import math

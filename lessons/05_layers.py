@@ -17,9 +17,11 @@
 #
 # Every claim is checked with `assert` as the script runs.
 #
-#     python lessons/05_layers.py            # the full lesson
-#     python lessons/05_layers.py --quick    # a fast pass (used by the tests)
-#     python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/05_layers.py            # the full lesson
+# python lessons/05_layers.py --quick    # a fast pass (used by the tests)
+# python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math

@@ -14,9 +14,11 @@
 # 4. The whole network step by step, with shapes and the skip connections
 # 5. Where the parameters are
 #
-#     python lessons/06_unet.py            # the full lesson
-#     python lessons/06_unet.py --quick    # a fast pass (used by the tests)
-#     python lessons/06_unet.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/06_unet.py            # the full lesson
+# python lessons/06_unet.py --quick    # a fast pass (used by the tests)
+# python lessons/06_unet.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math

@@ -79,7 +79,7 @@ pre.error { background: #fff0f0; border-left: 3px solid #c44; }
 code { font-family: 'DejaVu Sans Mono', monospace; font-size: 0.9em; }
 .figure img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 .equation { display: flex; align-items: center; margin: 0.8em 0; }
-.equation .math { flex: 1; overflow-x: auto; }
+.equation .math { flex: 1; overflow-x: auto; overflow-y: hidden; padding: 0.2em 0; }
 .equation .tag { font-family: sans-serif; font-size: 0.9em; padding-left: 1em; }
 .equation .tag a { color: #555; text-decoration: none; }
 .equation:target { background: #ffffd8; }
@@ -119,7 +119,8 @@ def equation_html(tex: str) -> str:
 
 
 DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
-INLINE = re.compile(r"(?<![\\$])\$(?!\s)([^$\n]+?)(?<![\s\\])\$(?!\d)")
+#: $...$ on one line or across lines of one paragraph (not across a blank line)
+INLINE = re.compile(r"(?<![\\$])\$(?!\s)((?:[^$\n]|\n(?![ \t]*\n))+?)(?<![\s\\])\$(?!\d)")
 
 
 def markdown_html(source: str) -> tuple[str, list[str]]:
@@ -288,7 +289,7 @@ def lesson_body(notebook, stem: str, out: pathlib.Path) -> tuple[str, str, list[
             tags += found
             if title == stem:
                 heading = re.search(r"^#\s+(.+)$", cell.source, re.M)
-                title = heading.group(1).strip() if heading else stem
+                title = heading.group(1).replace("$", "").strip() if heading else stem
             parts.append(f'<div class="markdown">{rendered}</div>')
         elif cell.cell_type == "code":
             if cell.source.strip():
