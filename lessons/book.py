@@ -52,6 +52,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 SETUP = """\
 import os, sys
 sys.argv = {argv!r}
+__file__ = {path!r}  # a lesson may find files beside it, as a script does
 os.environ.setdefault("MPLBACKEND", "Agg")
 import matplotlib
 matplotlib.use("Agg")
@@ -152,6 +153,8 @@ def lesson_modules(readme: pathlib.Path) -> dict[str, list[str]]:
     """lesson number ('04') -> the minidiff paths (files or folders, relative to minidiff/)
     named in the README map's last column for the rows of that lesson."""
     modules: dict[str, list[str]] = {}
+    if not readme.is_file():
+        return modules
     for line in readme.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         if len(cells) < 4 or not re.match(r"\d\d\b", cells[2]):
@@ -231,9 +234,9 @@ def execute(path: pathlib.Path, out: pathlib.Path, quick: bool, timeout: int):
     notebook = jupytext.read(path)
     figures = out / "figures" / path.stem
     argv = [str(path), "--out", str(figures)] + (["--quick"] if quick else [])
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(argv=argv)))
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(argv=argv, path=str(path))))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(LESSONS)}})
+                            resources={"metadata": {"path": str(path.parent)}})
     error = None
     try:
         client.execute()
@@ -298,14 +301,16 @@ def lesson_body(notebook, stem: str, out: pathlib.Path) -> tuple[str, str, list[
     return title, "".join(parts), tags
 
 
-def build(out: pathlib.Path, quick: bool = False, only=None, timeout: int = 3600) -> int:
-    """Build the book into ``out``; returns the number of lessons that failed."""
+def build(out: pathlib.Path, quick: bool = False, only=None, timeout: int = 3600,
+          lessons_dir: pathlib.Path = LESSONS) -> int:
+    """Build the book of the lessons in ``lessons_dir`` into ``out``; returns the number of
+    lessons that failed."""
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    lessons = sorted(p for p in LESSONS.glob("*.py") if LESSON_FILE.match(p.name))
+    lessons = sorted(p for p in lessons_dir.glob("*.py") if LESSON_FILE.match(p.name))
     if only:
         lessons = [p for p in lessons if p.name[:2] in only]
-    modules = lesson_modules(LESSONS / "README.md")
+    modules = lesson_modules(lessons_dir / "README.md")
     built, failed = [], 0
     for path in lessons:
         started = time.perf_counter()
