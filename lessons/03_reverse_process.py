@@ -222,11 +222,11 @@ assert abs(spread - ratio) < 1e-9 * ratio
 # \tag{3.5}
 # $$
 #
-# *Variance*: Ho et al. fix it, to one of two values,
+# *Variance*: Ho et al. fix it, to one of two values (`fixed_small` and `fixed_large` in
+# minidiff),
 #
 # $$
-# \sigma_t^2 = \tilde\beta_t \;\; (\texttt{fixed\_small}) \qquad \text{or} \qquad
-# \sigma_t^2 = \beta_t \;\; (\texttt{fixed\_large}) ;
+# \sigma_t^2 = \tilde\beta_t \qquad \text{or} \qquad \sigma_t^2 = \beta_t ;
 # \tag{3.6}
 # $$
 #

@@ -374,8 +374,8 @@ print("cross-attention: 5 queries of width 8 attend to 9 context tokens of width
 # ## 5. Modules and optimizers
 #
 # A `Module` finds its parameters by attribute, names them by their path ("0.weight"), saves
-# them to `.npz` and loads them back strictly.  Layers start as PyTorch's do:
-# $\mathcal{U}(\pm 1/\sqrt{\text{fan\_in}})$.
+# them to `.npz` and loads them back strictly.  Layers start as PyTorch's do: weights drawn
+# from $\mathcal{U}(\pm 1/\sqrt{n_{\text{in}}})$, with $n_{\text{in}}$ the fan-in.
 # A few AdamW steps with warm-up + cosine learning rate and an EMA fit a tiny conv net.
 
 # %%

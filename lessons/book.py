@@ -96,9 +96,15 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 0
 
 
 # ----------------------------------------------------------------------------------- math
+#: environments latex2mathml does not lay out, and the ones it does that mean the same here
+SYNONYMS = ((r"\begin{aligned}", r"\begin{split}"), (r"\end{aligned}", r"\end{split}"))
+
+
 def mathml(tex: str, display: bool) -> str:
     """LaTeX -> MathML (browsers typeset it natively); the TeX itself, marked, if it fails."""
     from latex2mathml.converter import convert
+    for name, synonym in SYNONYMS:
+        tex = tex.replace(name, synonym)
     try:
         return convert(tex, display="block" if display else "inline")
     except Exception as error:  # latex2mathml raises its own types for what it cannot read
