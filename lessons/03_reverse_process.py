@@ -301,6 +301,17 @@ assert abs(mix_mean - host(out["mean"]).item()) < 1e-10
 show("mixture var vs beta~ (fixed_small) (3.6)", (round(mix_var, 4), round(var, 4)))
 assert mix_var > var  # the mixture is wider than one component: fixed_small underestimates
 
+# (3.6)'s other end: for x_0 ~ N(0, 1) every q(x_{t-1}) is N(0, 1), and Bayes (3.1) on the grid
+# gives the true reverse variance, which fixed_large must equal
+gauss = normal_pdf(x_t, math.sqrt(1 - betas[index]) * grid, betas[index]) * normal_pdf(grid, 0, 1)
+gauss /= trapezoid(gauss, grid)
+gauss_var = trapezoid(grid ** 2 * gauss, grid) - trapezoid(grid * gauss, grid) ** 2
+large = float(host(p_mean_variance(coarse, dev([[0.0]]), dev([[x_t]]), dev([index]),
+                                   variance="fixed_large")["variance"]).item())
+show("x_0 ~ N(0,1): reverse var by Bayes, fixed_large (3.6)", (round(float(gauss_var), 6),
+                                                              round(large, 6)))
+assert abs(gauss_var - large) < 1e-6, "(3.6): fixed_large is exact for N(0, 1) data"
+
 # %% [markdown]
 # ## 5. Sampling
 #

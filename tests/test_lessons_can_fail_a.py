@@ -21,6 +21,7 @@ import pytest
 import minidiff as md
 import minidiff.diffusion as diffusion
 import minidiff.diffusion.losses as losses
+import minidiff.diffusion.reverse as reverse
 import minidiff.diffusion.vlb as vlb
 import minidiff.models as models
 import minidiff.nn.functional as F
@@ -152,6 +153,12 @@ def eps_coefficient_off(monkeypatch):
     corrupt_schedule(monkeypatch, change)
 
 
+def fixed_large_is_beta_tilde(monkeypatch):
+    """fixed_large using beta~_t (the fixed_small variance) instead of beta_t: (3.6)."""
+    monkeypatch.setattr(reverse, "_fixed_large", lambda schedule: (
+        schedule.posterior_variance, schedule.posterior_log_variance_clipped))
+
+
 def kl_without_half_everywhere(monkeypatch):
     """The Gaussian KL (4.3) twice too large, for the lesson and for the bound: (4.3)."""
     kl = losses.normal_kl
@@ -265,6 +272,7 @@ PLANTS = [
     ("03", posterior_coefficient_off, ("(3.2)", "(3.4)")),
     ("03", posterior_variance_is_beta, ("(3.2)", "(3.3)")),
     ("03", eps_coefficient_off, ("(3.7)",)),
+    ("03", fixed_large_is_beta_tilde, ("(3.6)",)),
     ("04", kl_without_half_everywhere, ("(4.3)",)),
     ("04", bound_without_its_weight, ("(4.5)",)),
     ("04", bound_without_decoder, ("(4.2) = (4.1)",)),
