@@ -148,7 +148,8 @@ def check_prior_kl():
     grid = np.linspace(-12, 12, 200001)
     for x0 in (1.0, -0.5, 0.0):
         var = 1 - abar_T
-        log_q = -0.5 * (grid - math.sqrt(abar_T) * x0) ** 2 / var - 0.5 * math.log(2 * math.pi * var)
+        log_q = (-0.5 * (grid - math.sqrt(abar_T) * x0) ** 2 / var
+                 - 0.5 * math.log(2 * math.pi * var))
         log_p = -0.5 * grid ** 2 - 0.5 * math.log(2 * math.pi)
         integral = float(np.sum(np.exp(log_q) * (log_q - log_p)) * (grid[1] - grid[0]))
         library = float(backend.to_host(prior_term(short, backend.to_device(np.array([[x0]]))))[0])

@@ -63,7 +63,8 @@ def randn(*shape):
 mu, sigma = md.tensor(0.7, requires_grad=True), md.tensor(0.3, requires_grad=True)
 z = mu + sigma * md.tensor(randn(N))                                                # (2.1)
 (z * z).mean().backward()
-show("pathwise d/dmu, d/dsigma E[z^2] (2.1)", (round(float(mu.grad), 4), round(float(sigma.grad), 4)))
+show("pathwise d/dmu, d/dsigma E[z^2] (2.1)",
+     (round(float(mu.grad), 4), round(float(sigma.grad), 4)))
 show("exact 2 mu, 2 sigma", (1.4, 0.6))
 z = backend.to_host(z.data)
 eps_drawn = (z - 0.7) / 0.3
@@ -233,7 +234,8 @@ show("rotation keeps lengths (2.6)", True)
 show("snr at steps 1 and T (2.7)", (f"{snr[0]:.3g}", f"{snr[-1]:.3g}"))
 measured = float(chain.mean() ** 2 / 0.6 ** 2 / chain.var())   # the chain at step 400
 se_snr = measured * math.sqrt((2 * se_m / abs(chain.mean())) ** 2 + 2 / N)
-show("snr at step 400: chain mean^2/x_0^2/var, and (2.7)", (round(measured, 4), round(float(snr[399]), 4)))
+show("snr at step 400: chain mean^2/x_0^2/var, and (2.7)",
+     (round(measured, 4), round(float(snr[399]), 4)))
 assert abs(measured - snr[399]) < 5 * se_snr, "(2.7) against the chain"
 
 # %% [markdown]

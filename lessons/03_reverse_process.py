@@ -209,7 +209,8 @@ assert abs(grid_var - host(var_f).item()) < 1e-6, "(3.3) against Bayes on the gr
 spread = float(np.ptp(means)) / math.sqrt(var)
 ratio = float(math.sqrt(betas[index] * abar_prev / ((1 - abar[index]) * (1 - abar_prev)))
          * np.ptp(points))
-show("coarse step: spread of the means / std, and the ratio above", (round(spread, 4), round(ratio, 4)))
+show("coarse step: spread of the means / std, and the ratio above",
+     (round(spread, 4), round(ratio, 4)))
 assert abs(spread - ratio) < 1e-9 * ratio
 
 # %% [markdown]

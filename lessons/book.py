@@ -332,7 +332,7 @@ def build(out: pathlib.Path, quick: bool = False, only=None, timeout: int = 3600
     equations = {tag: f"{path.stem}.html" for path, _, _, tags, _ in built for tag in tags}
     for i, (path, title, body, tags, error) in enumerate(built):
         number = path.name[:2]
-        links = [f'<a href="index.html">Contents</a>']
+        links = ['<a href="index.html">Contents</a>']
         if i > 0:
             links.insert(0, f'<a href="{built[i - 1][0].stem}.html">&larr; '
                             f'{html.escape(built[i - 1][1])}</a>')
