@@ -75,7 +75,8 @@ nav a { margin-right: 1.2em; }
 pre { font-family: 'DejaVu Sans Mono', monospace; font-size: 0.82em; overflow-x: auto;
       padding: 0.5em 0.8em; margin: 0.3em 0; }
 pre.code { background: #f5f5f0; border-left: 3px solid #bbb; }
-pre.output { background: #fff; border-left: 3px solid #7a7; color: #333; }
+pre.output { background: #fff; border-left: 3px solid #7a7; color: #333;
+             white-space: pre-wrap; }
 pre.error { background: #fff0f0; border-left: 3px solid #c44; }
 code { font-family: 'DejaVu Sans Mono', monospace; font-size: 0.9em; }
 .figure img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
@@ -255,13 +256,18 @@ def execute(path: pathlib.Path, out: pathlib.Path, quick: bool, timeout: int):
 
 
 def outputs_html(cell, assets: pathlib.Path, prefix: str, counter: list[int]) -> str:
-    parts = []
-    for output in cell.get("outputs", []):
+    parts, text = [], ""
+    for output in cell.get("outputs", []) + [{"output_type": "end"}]:
         kind = output.get("output_type")
-        if kind == "stream":
-            parts.append(f'<pre class="output">{html.escape(ANSI.sub("", output["text"]))}'
-                         f"</pre>")
-        elif kind in ("display_data", "execute_result"):
+        if kind == "stream":            # consecutive prints: one block, as in a terminal
+            text += output["text"]
+            continue
+        if text:
+            parts.append(f'<pre class="output">{html.escape(ANSI.sub("", text))}</pre>')
+            text = ""
+        if kind == "end":
+            break
+        if kind in ("display_data", "execute_result"):
             data = output.get("data", {})
             if "image/png" in data:
                 counter[0] += 1
