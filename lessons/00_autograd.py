@@ -17,9 +17,11 @@
 #
 # Every claim is printed and then checked with `assert` as the script runs.
 #
-#     python lessons/00_autograd.py            # the full lesson
-#     python lessons/00_autograd.py --quick    # a fast pass (used by the tests)
-#     python lessons/00_autograd.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/00_autograd.py            # the full lesson
+# python lessons/00_autograd.py --quick    # a fast pass (used by the tests)
+# python lessons/00_autograd.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math
@@ -37,22 +39,31 @@ args, out_dir = start(lesson_parser("Lesson 00: automatic differentiation", "a f
 # %% [markdown]
 # ## 1. The chain rule
 #
-# If `y = f(x)` and `L = g(y)`, then
+# If $y = f(x)$ and $L = g(y)$, then
 #
-#     dL/dx = dL/dy * dy/dx                                                     (0.1)
+# $$
+# \frac{dL}{dx} = \frac{dL}{dy}\, \frac{dy}{dx} .
+# \tag{0.1}
+# $$
 #
-# Reverse mode reads (0.1) from the left: it starts with dL/dL = 1 at the loss and multiplies
+# Reverse mode reads (0.1) from the left: it starts with $dL/dL = 1$ at the loss and multiplies
 # by one *local* derivative per operation as it walks back towards the inputs.  Each operation
 # only needs to know its own derivative.
 #
-# For vectors, y = f(x) with x in R^n and y in R^m, dy/dx is the m x n Jacobian J and (0.1)
-# becomes a vector–Jacobian product: every path from x_i to L contributes, and the paths add,
+# For vectors, $y = f(x)$ with $x \in \mathbb{R}^n$ and $y \in \mathbb{R}^m$, $dy/dx$ is the
+# $m \times n$ Jacobian $J$ and (0.1) becomes a vector–Jacobian product: every path from $x_i$ to
+# $L$ contributes, and the paths add,
 #
-#     dL/dx_i = sum_j dL/dy_j * dy_j/dx_i,    i.e.   dL/dx = J^T dL/dy          (0.2)
+# $$
+# \frac{\partial L}{\partial x_i} = \sum_j \frac{\partial L}{\partial y_j}\, \frac{\partial y_j}{\partial x_i},
+# \qquad \text{i.e.} \qquad
+# \frac{\partial L}{\partial x} = J^\top \frac{\partial L}{\partial y} .
+# \tag{0.2}
+# $$
 #
-# Backward never forms J: each operation computes J^T g directly from the gradient g that
-# arrives at its output.  Let us check (0.1) on L = tanh(x^2), whose derivative we know by hand:
-# dL/dx = (1 - tanh(x^2)^2) * 2x.
+# Backward never forms $J$: each operation computes $J^\top g$ directly from the gradient $g$
+# that arrives at its output.  Let us check (0.1) on $L = \tanh(x^2)$, whose derivative we know
+# by hand: $dL/dx = (1 - \tanh^2(x^2))\, 2x$.
 
 # %%
 x = md.tensor([0.3, -1.2, 2.0], requires_grad=True)
@@ -65,12 +76,13 @@ by_hand = (1 - np.tanh(x_host ** 2) ** 2) * 2 * x_host
 show("x", x_host)
 show("backward: dL/dx", backend.to_host(x.grad))
 show("by hand (0.1): g'(f(x)) f'(x)", by_hand)
-assert np.allclose(backend.to_host(x.grad), by_hand, rtol=1e-12, atol=0)
+assert np.allclose(backend.to_host(x.grad), by_hand, rtol=1e-12, atol=0), "(0.1)"
 
 # %% [markdown]
-# Now (0.2) with a real Jacobian: y = W x (so J = W) followed by L = sum(c * y^2).  Then
-# dL/dy = 2 c y and, by (0.2), dL/dx = W^T (2 c y).  A variable used twice (here: `x` in both
-# `x * x` and `+ x`) is the simplest case of "paths add": d(x^2 + x)/dx = 2x + 1.
+# Now (0.2) with a real Jacobian: $y = W x$ (so $J = W$) followed by $L = \sum_j c_j y_j^2$.
+# Then $\partial L / \partial y = 2 c \odot y$ and, by (0.2),
+# $\partial L / \partial x = W^\top (2 c \odot y)$.  A variable used twice (here: `x` in both
+# `x * x` and `+ x`) is the simplest case of "paths add": $d(x^2 + x)/dx = 2x + 1$.
 
 # %%
 W = md.tensor(backend.randn(4, 3))
@@ -82,12 +94,12 @@ L.backward()
 vjp = W.numpy().T @ (2 * c.numpy() * y.numpy())
 show("backward: dL/dx", backend.to_host(x.grad))
 show("(0.2): W^T dL/dy", vjp)
-assert np.allclose(backend.to_host(x.grad), vjp, rtol=1e-12)
+assert np.allclose(backend.to_host(x.grad), vjp, rtol=1e-12), "(0.2)"
 
 x = md.tensor([1.5, -2.0], requires_grad=True)
 (x * x + x).sum().backward()
 show("d(x^2 + x)/dx, two paths", backend.to_host(x.grad))
-assert np.allclose(backend.to_host(x.grad), 2 * np.array([1.5, -2.0]) + 1)
+assert np.allclose(backend.to_host(x.grad), 2 * np.array([1.5, -2.0]) + 1), "(0.2): paths add"
 
 # %% [markdown]
 # ## 2. The graph and its topological order
@@ -106,7 +118,9 @@ assert np.allclose(backend.to_host(x.grad), 2 * np.array([1.5, -2.0]) + 1)
 #
 # Here is the graph of a small expression, a one-neuron "network" with a squared error:
 #
-#     L = (tanh(w * x + b) - t)^2
+# $$
+# L = \big(\tanh(w x + b) - t\big)^2 .
+# $$
 
 # %%
 w = md.tensor(0.8, requires_grad=True)
@@ -154,12 +168,15 @@ assert L._parents == ()
 # %% [markdown]
 # ## 3. Broadcasting shows up in gradients as a sum
 #
-# `x + b` with x of shape (4, 3) and b of shape (3,) uses every b_j four times, once per row.
-# By (0.2) the four uses are four paths, and their gradients add:
+# `x + b` with `x` of shape (4, 3) and `b` of shape (3,) uses every $b_j$ four times, once per
+# row.  By (0.2) the four uses are four paths, and their gradients add:
 #
-#     dL/db_j = sum_i dL/d(x + b)_ij        (sum over every axis that broadcasting added
-#                                            or stretched from size 1)              (0.3)
+# $$
+# \frac{\partial L}{\partial b_j} = \sum_i \frac{\partial L}{\partial (x + b)_{ij}}
+# \tag{0.3}
+# $$
 #
+# (summed over every axis that broadcasting added or stretched from size 1).
 # The engine does this for every operation (`minidiff.tensor.unbroadcast`), so an operation's
 # backward may return its gradient in the broadcast shape.
 
@@ -173,7 +190,8 @@ show("b.grad shape", b.grad.shape)
 show("b.grad", backend.to_host(b.grad))
 show("(0.3): upstream summed over axis 0", backend.to_host(upstream).sum(axis=0))
 assert b.grad.shape == (3,)
-assert np.allclose(backend.to_host(b.grad), backend.to_host(upstream).sum(axis=0), rtol=1e-12)
+assert np.allclose(backend.to_host(b.grad), backend.to_host(upstream).sum(axis=0), rtol=1e-12), \
+    "(0.3)"
 
 # a size-1 axis that is stretched is summed too, and kept: (4, 1) gets a (4, 1) gradient
 s = md.tensor([[1.0], [2.0], [3.0], [4.0]], requires_grad=True)
@@ -186,21 +204,29 @@ assert s.grad.shape == (4, 1) and np.allclose(backend.to_host(s.grad), expected,
 # ## 4. Gradient checking
 #
 # How do we know that every operation's backward is right?  We compare it with the definition
-# of the derivative.  For a scalar L(x) and a small step h along the i-th coordinate e_i, the
-# **central difference**
+# of the derivative.  For a scalar $L(x)$ and a small step $h$ along the $i$-th coordinate
+# $e_i$, the **central difference**
 #
-#     (L(x + h e_i) - L(x - h e_i)) / (2h)  =  dL/dx_i + O(h^2)                   (0.4)
+# $$
+# \frac{L(x + h e_i) - L(x - h e_i)}{2h} = \frac{\partial L}{\partial x_i} + O(h^2)
+# \tag{0.4}
+# $$
 #
 # is accurate to second order: the Taylor terms of even order cancel, leaving
-# h^2/6 * L'''(x).  (The one-sided difference (L(x + h e_i) - L(x)) / h is only O(h).)
-# We cannot make h arbitrarily small, though: L itself is computed with a relative rounding
-# error of about eps = 2.2e-16 (float64), and dividing by 2h magnifies it, so
+# $\frac{h^2}{6} L'''(x)$.  (The one-sided difference $(L(x + h e_i) - L(x))/h$ is only
+# $O(h)$.)  We cannot make $h$ arbitrarily small, though: $L$ itself is computed with a
+# relative rounding error of about $\varepsilon = 2.2 \cdot 10^{-16}$ (float64), and dividing by
+# $2h$ magnifies it, so
 #
-#     error(h)  ~  |L'''| h^2 / 6  +  eps |L| / h                                  (0.5)
+# $$
+# \mathrm{error}(h) \approx \frac{|L'''|\, h^2}{6} + \frac{\varepsilon\, |L|}{h}
+# \tag{0.5}
+# $$
 #
-# which is smallest near h ~ eps^(1/3) ~ 1e-5 to 1e-6.  `minidiff.gradcheck.gradcheck` uses
-# h = 1e-6 in float64, perturbing one element at a time.  Let us measure (0.5) on
-# L(x) = sum(tanh(x) * exp(x / 2)) at one point, where we know dL/dx exactly.
+# which is smallest near $h \approx \varepsilon^{1/3}$, about $10^{-5}$ to $10^{-6}$.
+# `minidiff.gradcheck.gradcheck` uses $h = 10^{-6}$ in float64, perturbing one element at a
+# time.  Let us measure (0.5) on $L(x) = \sum \tanh(x)\, e^{x/2}$ at one point, where we know
+# $dL/dx$ exactly.
 
 # %%
 point = 0.7
@@ -271,9 +297,9 @@ if plt is not None:
 
 # %% [markdown]
 # `gradcheck` applies (0.4) to every element of every input and compares with backward.
-# A non-scalar output is reduced with fixed random weights, L = sum(w * f(x)), so that each
-# output element's gradient path is exercised.  Here it checks a small attention-like
-# expression; then it catches a deliberately wrong backward (d(x^2)/dx = x instead of 2x).
+# A non-scalar output is reduced with fixed random weights, $L = \sum w \odot f(x)$, so that
+# each output element's gradient path is exercised.  Here it checks a small attention-like
+# expression; then it catches a deliberately wrong backward ($d(x^2)/dx = x$ instead of $2x$).
 
 # %%
 q = md.tensor(backend.randn(2, 3), requires_grad=True)
@@ -310,8 +336,8 @@ else:
 # * The graph is walked in reverse topological order, so each node's gradient is complete
 #   before it is passed on.
 # * (0.3): broadcasting an input means summing its gradient over the broadcast axes.
-# * (0.4)/(0.5): central differences check every operation; their error is O(h^2) until
-#   rounding takes over, best near h ~ 1e-6 in float64.
+# * (0.4)/(0.5): central differences check every operation; their error is $O(h^2)$ until
+#   rounding takes over, best near $h \approx 10^{-6}$ in float64.
 #
 # `tests/test_ops_gradcheck.py` runs `gradcheck` on every operation over random shapes, axes
 # and broadcast patterns.  Next: lesson 01, the forward (noising) process.

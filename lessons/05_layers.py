@@ -11,14 +11,17 @@
 # 1. im2col: a convolution is one matrix product, eq. (5.1)-(5.1b)
 # 2. The convolution's gradient: two more matrix products and col2im, eq. (5.2)-(5.4c)
 # 3. Group norm and its backward pass, eq. (5.5)-(5.6)
-# 4. Attention, softmax(Q K^T / sqrt(d)) V, its shapes and its backward, eq. (5.7)-(5.8)
+# 4. Attention, $\mathrm{softmax}(Q K^\top / \sqrt{d})\, V$, its shapes and its backward,
+#    eq. (5.7)-(5.8)
 # 5. Modules, optimizers, and a figure
 #
 # Every claim is checked with `assert` as the script runs.
 #
-#     python lessons/05_layers.py            # the full lesson
-#     python lessons/05_layers.py --quick    # a fast pass (used by the tests)
-#     python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/05_layers.py            # the full lesson
+# python lessons/05_layers.py --quick    # a fast pass (used by the tests)
+# python lessons/05_layers.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math
@@ -38,16 +41,22 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## 1. im2col
 #
-# A convolution slides a kh x kw kernel over the (zero-padded) image.  Each output pixel is
-# a dot product between the kernel and the window under it.  Copy every window into a column
-# -- rows indexed by (channel, i, j), columns by (image, y, x) -- and all those dot products
-# become one matrix product:
+# A convolution slides a $k_h \times k_w$ kernel over the (zero-padded) image.  Each output
+# pixel is a dot product between the kernel and the window under it.  Copy every window into a
+# column — rows indexed by (channel, $i$, $j$), columns by (image, $y$, $x$) — and all those dot
+# products become one matrix product:
 #
-#     y[n, o, a, b] = sum_{c,i,j} w[o, c, i, j] xpad[n, c, s a + i, s b + j]
-#     Y = W cols,   W = w.reshape(O, C kh kw),   cols = im2col(xpad)  (C kh kw, N Ho Wo)  (5.1)
+# $$
+# y[n, o, a, b] = \sum_{c, i, j} w[o, c, i, j]\; x_{\text{pad}}[n, c, s a + i, s b + j],
+# \qquad
+# Y = W\, \mathrm{cols}, \quad W = w\text{ reshaped to } (O, C k_h k_w), \quad
+# \mathrm{cols} = \mathrm{im2col}(x_{\text{pad}}) \in \mathbb{R}^{C k_h k_w \times N H_o W_o} .
+# \tag{5.1}
+# $$
 #
-# On a 4 x 4 image numbered 0..15 with a 3 x 3 kernel there are 2 x 2 windows, so `cols`
-# has 9 rows and 4 columns; column (a, b) is the window whose top-left corner is (a, b).
+# On a $4 \times 4$ image numbered 0..15 with a $3 \times 3$ kernel there are $2 \times 2$
+# windows, so `cols` has 9 rows and 4 columns; column $(a, b)$ is the window whose top-left
+# corner is $(a, b)$.  The check: $W\,\mathrm{cols}$ against the window-by-window loop.
 
 # %%
 image = md.tensor(np.arange(16.0).reshape(1, 1, 4, 4))
@@ -62,20 +71,21 @@ weight = md.tensor(rng.standard_normal((2, 1, 3, 3)))
 by_gemm = host(weight).reshape(2, 9) @ backend.to_host(cols)
 by_loop = np.array([[(host(weight)[o, 0] * host(image)[0, 0, a:a + 3, b:b + 3]).sum()
                      for a in range(2) for b in range(2)] for o in range(2)])
-assert np.allclose(by_gemm, by_loop)
-assert np.allclose(host(F.conv2d(image, weight)).reshape(2, 4), by_loop)
+assert np.allclose(by_gemm, by_loop), "(5.1)"
+assert np.allclose(host(F.conv2d(image, weight)).reshape(2, 4), by_loop), "(5.1): conv2d"
 print("(5.1): W @ im2col(x) equals the window-by-window loop")
 
 # %% [markdown]
 # Stride and padding only change which windows are taken: with padding 1 and stride 2, a
-# 5 x 5 image gives floor((5 + 2 - 3) / 2) + 1 = 3 windows per side.  In the library the
-# columns come from one strided *view* of the padded input (`as_strided`), copied once, so
-# there is no Python loop over pixels or images.
+# $5 \times 5$ image gives $\lfloor (5 + 2 - 3) / 2 \rfloor + 1 = 3$ windows per side.  In the
+# library the columns come from one strided *view* of the padded input (`as_strided`), copied
+# once, so there is no Python loop over pixels or images.
 #
-# "Same" convolutions (stride 1, padding (k - 1) / 2, so that the output grid is the input
+# "Same" convolutions (stride 1, padding $(k - 1) / 2$, so that the output grid is the input
 # grid) take a shortcut.  `flat_pad` lays each channel out as one long row, images and their
-# rows end to end, and `flat_windows` shows window entry (i, j) of every output position as
-# that row shifted by (i - p) W + (j - p): kh kw long contiguous copies build the columns.
+# rows end to end, and `flat_windows` shows window entry $(i, j)$ of every output position as
+# that row shifted by $(i - p) W + (j - p)$: $k_h k_w$ long contiguous copies build the
+# columns.
 # The shift is wrong only where a window hangs over the image's edge: it reads a pixel of the
 # neighbouring row (or image) where im2col reads a padding zero.  conv2d copies the shifted
 # rows and then zeroes exactly those entries.
@@ -97,14 +107,19 @@ print(f"shifted rows: {wrong.sum()} of {wrong.size} entries read a neighbour whe
       f"has a padding zero; conv2d zeroes them")
 
 # %% [markdown]
-# Strided windows have the same kind of shortcut when H = s Ho (the U-Net's stride-2
-# downsampling: kernel 3, padding 1, even sizes).  Write kernel offset i as i - p = s d + r
-# with 0 <= r < s.  Output row a reads input row s a + i - p = s (a + d) + r, which is row
-# a + d of the *phase* x[r::s] (the rows r, r + s, r + 2s, ...), and every phase has Ho rows:
+# Strided windows have the same kind of shortcut when $H = s H_o$ (the U-Net's stride-2
+# downsampling: kernel 3, padding 1, even sizes).  Write kernel offset $i$ as
+# $i - p = s d + r$ with $0 \le r < s$.  Output row $a$ reads input row
+# $s a + i - p = s (a + d) + r$, which is row $a + d$ of the *phase* `x[r::s]` (the rows
+# $r, r + s, r + 2s, \dots$), and every phase has $H_o$ rows:
 #
-#     y[a, b] = sum_{i, j} w[i, j] x_phase(r_i, r_j)[a + d_i, b + d_j]   (0 outside)   (5.1b)
+# $$
+# y[a, b] = \sum_{i, j} w[i, j]\; x_{\text{phase}(r_i, r_j)}[a + d_i,\, b + d_j]
+# \quad (0 \text{ outside}) :
+# \tag{5.1b}
+# $$
 #
-# a stride-s convolution is s^2 stride-1 convolutions of the phases, each by the offsets
+# a stride-$s$ convolution is $s^2$ stride-1 convolutions of the phases, each by the offsets
 # that land on it.  `im2col` and `col2im` use it: a phase shifted by d rows is one
 # contiguous slice, where the plain strided view copies rows Wo numbers long.
 
@@ -119,25 +134,40 @@ for i in range(3):
         phase = np.pad(x6[0, 0, r_i::2, r_j::2], 1)     # 3 x 3 phase, zero border for d = -1
         y_phases += w3[0, 0, i, j] * phase[1 + d_i:4 + d_i, 1 + d_j:4 + d_j]
 y_strided = F.conv2d(md.tensor(x6), md.tensor(w3), None, 2, 1).numpy()[0, 0]
-assert np.abs(y_phases - y_strided).max() < 1e-12
+assert np.abs(y_phases - y_strided).max() < 1e-12, "(5.1b)"
 print("(5.1b): the stride-2 convolution equals the sum over the input's four phases")
 
 # %% [markdown]
 # ## 2. The convolution's gradient
 #
-# Y = W cols is a matrix product, so lesson 00's rule for `a @ b` gives, with G = dL/dY
-# (shape (O, N Ho Wo)):
+# $Y = W\,\mathrm{cols}$ is a matrix product, so lesson 00's rule for `a @ b` gives, with
+# $G = \partial L / \partial Y$ (shape $(O, N H_o W_o)$):
 #
-#     dL/dW    = G cols^T                                                            (5.2)
-#     dL/dcols = W^T G                                                               (5.3)
+# $$
+# \frac{\partial L}{\partial W} = G\, \mathrm{cols}^\top
+# \tag{5.2}
+# $$
 #
-# and cols is a copy of pixels of x, so each pixel collects the gradient of every column
-# entry it was copied into -- col2im, the *adjoint* of im2col:
+# $$
+# \frac{\partial L}{\partial\, \mathrm{cols}} = W^\top G
+# \tag{5.3}
+# $$
 #
-#     dL/dx = col2im(dL/dcols),   <im2col(x), C> = <x, col2im(C)> for all x, C       (5.4)
+# and cols is a copy of pixels of $x$, so each pixel collects the gradient of every column
+# entry it was copied into — col2im, the *adjoint* of im2col:
 #
-# col2im adds the slice for kernel offset (i, j) onto the sub-grid xpad[:, :, i::s, j::s]:
-# kh kw additions of whole arrays.  The bias gradient is G summed over (n, a, b).
+# $$
+# \frac{\partial L}{\partial x} = \mathrm{col2im}\Big(\frac{\partial L}{\partial\, \mathrm{cols}}\Big),
+# \qquad
+# \langle \mathrm{im2col}(x), C \rangle = \langle x, \mathrm{col2im}(C) \rangle
+# \text{ for all } x, C .
+# \tag{5.4}
+# $$
+#
+# col2im adds the slice for kernel offset $(i, j)$ onto the sub-grid `xpad[:, :, i::s, j::s]`:
+# $k_h k_w$ additions of whole arrays.  The bias gradient is $G$ summed over $(n, a, b)$.
+# Checks: the adjoint identity (5.4) for random $x$ and $C$, then the whole backward against
+# central differences (lesson 00, (0.4)).
 
 # %%
 xs = rng.standard_normal((2, 3, 5, 4))
@@ -145,7 +175,7 @@ c_any = rng.standard_normal((3 * 9, 2 * 3 * 2))
 cols_x, _ = F.im2col(xs, 3, stride=2, padding=1)
 lhs = (backend.to_host(cols_x) * c_any).sum()
 rhs = (xs * backend.to_host(F.col2im(backend.to_device(c_any), xs.shape, 3, 2, 1))).sum()
-assert abs(lhs - rhs) < 1e-9 * abs(lhs)
+assert abs(lhs - rhs) < 1e-9 * abs(lhs), "(5.4): col2im is the adjoint of im2col"
 print(f"(5.4): <im2col(x), C> = {lhs:.6f} = <x, col2im(C)> = {rhs:.6f}")
 
 xg = md.tensor(rng.standard_normal((2, 4, 5, 5)), requires_grad=True)
@@ -154,22 +184,29 @@ bg = md.tensor(rng.standard_normal(4), requires_grad=True)
 for stride, padding, groups in ([(1, 1, 1), (2, 1, 2)] if args.quick else
                                 [(1, 1, 1), (2, 1, 2), (2, 0, 1), (1, 0, 2)]):
     wk = wg if groups == 2 else md.tensor(rng.standard_normal((4, 4, 3, 3)), requires_grad=True)
-    assert gradcheck(lambda a, w, b: F.conv2d(a, w, b, stride, padding, groups), xg, wk, bg)
+    assert gradcheck(lambda a, w, b: F.conv2d(a, w, b, stride, padding, groups), xg, wk, bg), \
+        "(5.2)-(5.4)"
 print("(5.2)-(5.4): conv2d's backward agrees with central differences "
       "(stride 1 and 2, padding 0 and 1, groups)")
 
 # %% [markdown]
-# At stride 1, col2im(W^T G) is itself a convolution.  Output pixel (a, b) of channel o read
-# input pixel (a + i - p, b + j - p) with weight w[o, c, i, j]; turned around, input pixel
-# (u, v) of channel c receives G[o, u - i + p, v - j + p] w[o, c, i, j].  Substitute
-# i' = kh - 1 - i, j' = kw - 1 - j:
+# At stride 1, $\mathrm{col2im}(W^\top G)$ is itself a convolution.  Output pixel $(a, b)$ of
+# channel $o$ read input pixel $(a + i - p, b + j - p)$ with weight $w[o, c, i, j]$; turned
+# around, input pixel $(u, v)$ of channel $c$ receives $G[o, u - i + p, v - j + p]\, w[o, c, i, j]$.
+# Substitute $i' = k_h - 1 - i$, $j' = k_w - 1 - j$:
 #
-#     dL/dx[c, u, v] = sum_{o, i', j'} w'[c, o, i', j'] Gpad[o, u + i', v + j']       (5.4b)
-#     w'[c, o, i', j'] = w[o, c, kh-1-i', kw-1-j'],   G padded by p' = k - 1 - p
+# $$
+# \frac{\partial L}{\partial x}[c, u, v] = \sum_{o, i', j'} w'[c, o, i', j']\;
+#     G_{\text{pad}}[o, u + i', v + j'],
+# \qquad
+# w'[c, o, i', j'] = w[o, c, k_h - 1 - i', k_w - 1 - j'] ,
+# \tag{5.4b}
+# $$
 #
-# the convolution of G with the kernel *flipped* in space and *transposed* in channels.
-# conv2d computes every 'same' input gradient this way: the convolution's im2col *copies*
-# kh kw shifted arrays where col2im would *add* as many, and copies are the cheaper.
+# with $G$ padded by $p' = k - 1 - p$: the convolution of $G$ with the kernel *flipped* in
+# space and *transposed* in channels.  conv2d computes every 'same' input gradient this way:
+# the convolution's im2col *copies* $k_h k_w$ shifted arrays where col2im would *add* as many,
+# and copies are the cheaper.
 
 # %%
 gx = rng.standard_normal((2, 6, 5, 4))          # C = 6 input channels
@@ -179,20 +216,24 @@ g_cols = backend.to_device(gw.reshape(3, -1).T @ gG.transpose(1, 0, 2, 3).reshap
 dx_col2im = backend.to_host(F.col2im(g_cols, gx.shape, 3, 1, 1))        # (5.3)-(5.4)
 w_flipped = gw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).copy()
 dx_flipped = F.conv2d(md.tensor(gG), md.tensor(w_flipped), None, 1, 3 - 1 - 1).numpy()
-assert np.abs(dx_col2im - dx_flipped).max() < 1e-12
+assert np.abs(dx_col2im - dx_flipped).max() < 1e-12, "(5.4b)"
 print("(5.4b): col2im(W^T G) equals G convolved with the flipped, transposed kernel")
 
 # %% [markdown]
 # The weight gradient can be read off the *same* columns.  (5.2) says
-# dL/dw[o, c, i, j] = sum_{n, a, b} G[o, a, b] xpad[c, a + i, b + j]; with u = a + i - p the
-# sum runs over input pixels, and with i' = kh - 1 - i
+# $\frac{\partial L}{\partial w}[o, c, i, j] = \sum_{n, a, b} G[o, a, b]\, x_{\text{pad}}[c, a + i, b + j]$;
+# with $u = a + i - p$ the sum runs over input pixels, and with $i' = k_h - 1 - i$
 #
-#     dL/dw[o, c, kh-1-i', kw-1-j'] = sum_{n, u, v} Gpad[o, u + i', v + j'] x[c, u, v]   (5.4c)
+# $$
+# \frac{\partial L}{\partial w}[o, c, k_h - 1 - i', k_w - 1 - j']
+#   = \sum_{n, u, v} G_{\text{pad}}[o, u + i', v + j']\; x[c, u, v]
+# \tag{5.4c}
+# $$
 #
-# where Gpad is G padded by k - 1 - p, as in (5.4b).  Gpad[o, u + i', v + j'] is row
-# (o, i', j') of im2col(Gpad), so dW is that column matrix times x^T: the backward pass
-# builds the columns of G once and gets dx *and* dW from them, never rebuilding the
-# input's columns.
+# where $G_{\text{pad}}$ is $G$ padded by $k - 1 - p$, as in (5.4b).
+# $G_{\text{pad}}[o, u + i', v + j']$ is row $(o, i', j')$ of $\mathrm{im2col}(G_{\text{pad}})$,
+# so $dW$ is that column matrix times $x^\top$: the backward pass builds the columns of $G$
+# once and gets $dx$ *and* $dW$ from them, never rebuilding the input's columns.
 
 # %%
 gcols_pad, _ = F.im2col(gG, 3, 1, 3 - 1 - 1)                  # (O kh kw, N H W)
@@ -202,34 +243,47 @@ dw_from_gcols = dw_flipped[:, ::-1, ::-1, :].transpose(0, 3, 1, 2)
 x_pad = np.pad(gx, ((0, 0), (0, 0), (1, 1), (1, 1)))
 windows = np.lib.stride_tricks.sliding_window_view(x_pad, (5, 4), axis=(2, 3))
 dw_direct = np.einsum("noab,ncijab->ocij", gG, windows)     # (5.2): xpad[c, a + i, b + j]
-assert np.abs(dw_from_gcols - dw_direct).max() < 1e-10
+assert np.abs(dw_from_gcols - dw_direct).max() < 1e-10, "(5.4c)"
 print("(5.4c): G's columns times x^T give the weight gradient of (5.2)")
 
 # %% [markdown]
 # ## 3. Group norm
 #
-# Group norm splits the C channels of each image into G groups and normalizes each group
-# (its channels and pixels together, m numbers) to zero mean and unit variance, then scales
+# Group norm splits the $C$ channels of each image into $G$ groups and normalizes each group
+# (its channels and pixels together, $m$ numbers) to zero mean and unit variance, then scales
 # and shifts each channel:
 #
-#     mu = mean(x), var = mean((x - mu)^2), r = 1/sqrt(var + eps)
-#     xhat = (x - mu) r,    y = gamma xhat + beta                                    (5.5)
+# $$
+# \mu = \tfrac{1}{m}\sum_k x_k, \quad
+# \sigma^2 = \tfrac{1}{m}\sum_k (x_k - \mu)^2, \quad
+# r = \frac{1}{\sqrt{\sigma^2 + \varepsilon}}, \qquad
+# \hat x = (x - \mu)\, r, \quad y = \gamma \hat x + \beta .
+# \tag{5.5}
+# $$
 #
-# Differentiating xhat_i = (x_i - mu) r, with d mu/dx_k = 1/m and
-# d r/dx_k = -r^3 (x_k - mu)/m:  dxhat_i/dx_k = r (delta_ik - 1/m - xhat_i xhat_k / m).
-# Summing against gh = gamma g = dL/dxhat:
+# Differentiating $\hat x_i = (x_i - \mu) r$, with $\partial\mu / \partial x_k = 1/m$ and
+# $\partial r / \partial x_k = -r^3 (x_k - \mu)/m$:
+# $\partial \hat x_i / \partial x_k = r\,(\delta_{ik} - \tfrac{1}{m} - \hat x_i \hat x_k / m)$.
+# Summing against $g_h = \gamma g = \partial L / \partial \hat x$:
 #
-#     dL/dx = r (gh - mean(gh) - xhat mean(gh xhat)),
-#     dL/dgamma = sum g xhat,   dL/dbeta = sum g                                     (5.6)
+# $$
+# \frac{\partial L}{\partial x} = r\big(g_h - \mathrm{mean}(g_h) - \hat x\, \mathrm{mean}(g_h \hat x)\big),
+# \qquad
+# \frac{\partial L}{\partial \gamma} = \sum g\, \hat x, \qquad
+# \frac{\partial L}{\partial \beta} = \sum g .
+# \tag{5.6}
+# $$
 #
-# Two group means of the incoming gradient, and the rest is elementwise.
+# Two group means of the incoming gradient, and the rest is elementwise.  Checks: (5.5) by its
+# moments; (5.6) written out here, central differences, and the chain of primitive operations
+# it replaces.
 
 # %%
 xn = md.tensor(rng.standard_normal((2, 4, 3, 3)) * 3 + 2, requires_grad=True)
 gamma = md.tensor(rng.standard_normal(4), requires_grad=True)
 beta = md.tensor(rng.standard_normal(4), requires_grad=True)
 yn = host(F.group_norm(xn, 2)).reshape(2, 2, -1)
-assert np.allclose(yn.mean(-1), 0, atol=1e-12) and np.allclose(yn.var(-1), 1, atol=1e-3)
+assert np.allclose(yn.mean(-1), 0, atol=1e-12) and np.allclose(yn.var(-1), 1, atol=1e-3), "(5.5)"
 print("(5.5): every group has mean 0 and variance 1 (up to eps)")
 
 g = rng.standard_normal(xn.shape)
@@ -241,7 +295,7 @@ r = 1 / np.sqrt(var + 1e-5)
 xhat = (xv - mu) * r
 gh = (g * host(gamma).reshape(1, 4, 1, 1)).reshape(2, 2, -1)
 by_formula = r * (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True))
-assert np.allclose(backend.to_host(xn.grad), by_formula.reshape(xn.shape))
+assert np.allclose(backend.to_host(xn.grad), by_formula.reshape(xn.shape)), "(5.6)"
 assert np.allclose(backend.to_host(gamma.grad),
                    (g * xhat.reshape(xn.shape)).sum(axis=(0, 2, 3)))
 assert gradcheck(lambda a, w, b: F.group_norm(a, 2, w, b), xn, gamma, beta)
@@ -260,21 +314,33 @@ print("(5.6): the fused backward equals the derived formula, finite differences,
 # %% [markdown]
 # ## 4. Attention
 #
-# A sequence of L tokens, each a vector of width d, asks "which other tokens matter to me?":
+# A sequence of $L$ tokens, each a vector of width $d$, asks "which other tokens matter to
+# me?":
 #
-#     S = Q K^T / sqrt(d)    (Lq, d) @ (d, Lk) -> (Lq, Lk)
-#     P = softmax(S) by rows                  -> (Lq, Lk), rows >= 0 and summing to 1
-#     O = P V                (Lq, Lk) @ (Lk, dv) -> (Lq, dv)                         (5.7)
+# $$
+# S = \frac{Q K^\top}{\sqrt{d}} \in \mathbb{R}^{L_q \times L_k}, \qquad
+# P = \mathrm{softmax}(S) \text{ by rows}, \qquad
+# O = P V \in \mathbb{R}^{L_q \times d_v}
+# \tag{5.7}
+# $$
 #
-# The 1/sqrt(d) keeps the scores' variance near 1 when q and k have unit-variance entries,
-# so the softmax does not saturate.  Backward, with G = dL/dO:
+# with $Q \in \mathbb{R}^{L_q \times d}$, $K \in \mathbb{R}^{L_k \times d}$,
+# $V \in \mathbb{R}^{L_k \times d_v}$; each row of $P$ is $\ge 0$ and sums to 1.  The
+# $1/\sqrt{d}$ keeps the scores' variance near 1 when $q$ and $k$ have unit-variance entries,
+# so the softmax does not saturate.  Backward, with $G = \partial L / \partial O$:
 #
-#     dV = P^T G,   dP = G V^T,   dS = P * (dP - rowsum(dP * P)),
-#     dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d)                                    (5.8)
+# $$
+# dV = P^\top G, \quad dP = G V^\top, \quad
+# dS = P \odot \big(dP - \mathrm{rowsum}(dP \odot P)\big), \quad
+# dQ = \frac{dS\, K}{\sqrt{d}}, \quad dK = \frac{dS^\top Q}{\sqrt{d}} .
+# \tag{5.8}
+# $$
 #
-# Multi-head attention splits the width E into h heads of d = E/h, reshapes
-# (B, L, E) -> (B, h, L, d) and runs (5.7) with (B, h) as batch axes: no loop over heads.
-# For cross-attention Q comes from one sequence and K, V from another, of another length.
+# Multi-head attention splits the width $E$ into $h$ heads of $d = E/h$, reshapes
+# $(B, L, E) \to (B, h, L, d)$ and runs (5.7) with $(B, h)$ as batch axes: no loop over heads.
+# For cross-attention $Q$ comes from one sequence and $K, V$ from another, of another length.
+# Checks: the forward against softmax(Q K^T / sqrt(d)) V built from primitive operations,
+# the backward against central differences.
 
 # %%
 B, H, Lq, Lk, D = 2, 4, 5, 7, 8
@@ -292,9 +358,9 @@ print("(5.7): weights are non-negative, rows sum to one, a causal mask zeroes th
 
 small = [md.tensor(rng.standard_normal(s), requires_grad=True)
          for s in [(1, 2, 3, 2), (1, 2, 4, 2), (1, 2, 4, 3)]]
-assert gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), *small)
+assert gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), *small), "(5.8)"
 via_primitives = md.softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(D), axis=-1) @ v
-assert np.allclose(host(via_primitives), host(F.scaled_dot_product_attention(q, k, v)))
+assert np.allclose(host(via_primitives), host(F.scaled_dot_product_attention(q, k, v))), "(5.7)"
 print("(5.8): the fused backward agrees with central differences; the forward equals "
       "softmax(Q K^T / sqrt(d)) V built from primitives")
 
@@ -308,7 +374,8 @@ print("cross-attention: 5 queries of width 8 attend to 9 context tokens of width
 # ## 5. Modules and optimizers
 #
 # A `Module` finds its parameters by attribute, names them by their path ("0.weight"), saves
-# them to `.npz` and loads them back strictly.  Layers start as PyTorch's do: U(+-1/sqrt(fan_in)).
+# them to `.npz` and loads them back strictly.  Layers start as PyTorch's do: weights drawn
+# from $\mathcal{U}(\pm 1/\sqrt{n_{\text{in}}})$, with $n_{\text{in}}$ the fan-in.
 # A few AdamW steps with warm-up + cosine learning rate and an EMA fit a tiny conv net.
 
 # %%
@@ -360,9 +427,11 @@ if plt is not None:
 # * (5.1) im2col turns a convolution into one GEMM; (5.1b) a strided one is a sum of
 #   stride-1 ones over the input's phases; (5.2)-(5.4) its gradients are two more
 #   GEMMs and col2im, the adjoint of im2col; (5.4b)-(5.4c) at stride 1 both gradients come
-#   from the columns of the padded output gradient, dx as a convolution by the flipped kernel.
-# * (5.5)-(5.6) group norm's backward is r (gh - mean(gh) - xhat mean(gh xhat)).
-# * (5.7)-(5.8) attention is softmax(Q K^T / sqrt(d)) V; heads are a batch axis.
+#   from the columns of the padded output gradient, $dx$ as a convolution by the flipped
+#   kernel.
+# * (5.5)-(5.6) group norm's backward is
+#   $r\,(g_h - \mathrm{mean}(g_h) - \hat x\, \mathrm{mean}(g_h \hat x))$.
+# * (5.7)-(5.8) attention is $\mathrm{softmax}(Q K^\top / \sqrt{d})\, V$; heads are a batch axis.
 #
 # `python -m minidiff.bench.layers` times these layers against PyTorch.  Next: the U-Net.
 

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # Lesson 06 — The U-Net
 #
-# DDPM needs a network eps_theta(x_t, t) that maps a noisy image and its step to the noise in
-# it: an image in, an image of the same shape out, told which step it is at.  Ho et al. use a
+# DDPM needs a network $\epsilon_\theta(x_t, t)$ that maps a noisy image and its step to the
+# noise in it: an image in, an image of the same shape out, told which step it is at.  Ho et al. use a
 # U-Net (a PixelCNN++-style one with Wide-ResNet blocks and self-attention at 16x16); minidiff's
 # reference configuration is its small MNIST cousin, 1,623,169 parameters.
 #
@@ -14,9 +14,11 @@
 # 4. The whole network step by step, with shapes and the skip connections
 # 5. Where the parameters are
 #
-#     python lessons/06_unet.py            # the full lesson
-#     python lessons/06_unet.py --quick    # a fast pass (used by the tests)
-#     python lessons/06_unet.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
+# python lessons/06_unet.py            # the full lesson
+# python lessons/06_unet.py --quick    # a fast pass (used by the tests)
+# python lessons/06_unet.py --out DIR  # where the figure goes (default runs/lessons)
+# ```
 
 # %%
 import math
@@ -36,14 +38,21 @@ args, out_dir = start(lesson_parser("Lesson 06: the U-Net", "a fast pass (batch 
 # %% [markdown]
 # ## 1. The time embedding, eq. (6.1)
 #
-# One network serves all T steps, so it must be told t.  As in the Transformer's positional
-# encoding, t becomes cosines and sines at geometrically spaced frequencies:
+# One network serves all $T$ steps, so it must be told $t$.  As in the Transformer's
+# positional encoding, $t$ becomes cosines and sines at geometrically spaced frequencies:
 #
-#     omega_i = exp(-ln(10000) i / (d/2)),  emb(t) = [cos(t omega_i) | sin(t omega_i)]   (6.1)
+# $$
+# \omega_i = \exp\Big(-\ln(10000)\, \frac{i}{d/2}\Big), \quad i = 0, \dots, \tfrac{d}{2} - 1,
+# \qquad
+# \mathrm{emb}(t) = \big[\cos(t\,\omega_i) \;\big|\; \sin(t\,\omega_i)\big] .
+# \tag{6.1}
+# $$
 #
-# The fastest component turns once per ~6 steps, the slowest once per ~60,000: nearby steps
-# get similar vectors, far-apart ones different vectors.  An MLP (Linear-SiLU-Linear) widens
-# it to 4 x base channels, and every ResBlock reads it.
+# The fastest component turns once per $2\pi \approx 6$ steps, the slowest once per about
+# 60,000: nearby steps get similar vectors, far-apart ones different vectors, and every
+# vector has the same length, $\lVert \mathrm{emb}(t) \rVert^2 = \sum_i (\cos^2 + \sin^2) = d/2$.
+# An MLP (Linear-SiLU-Linear) widens it to $4\times$ the base channels, and every ResBlock
+# reads it.  The check: `timestep_embedding` against (6.1) written out here.
 
 # %%
 d = REFERENCE_CONFIG.time_embed_dim
@@ -52,7 +61,7 @@ E = host(timestep_embedding(steps, d))
 omega = np.exp(-math.log(10000.0) * np.arange(d // 2) / (d // 2))
 expected = np.concatenate([np.cos(steps[:, None] * omega), np.sin(steps[:, None] * omega)], 1)
 assert E.shape == (1000, d)
-assert np.allclose(E, expected, atol=1e-5)
+assert np.allclose(E, expected, atol=1e-5), "(6.1)"
 assert np.allclose((E ** 2).sum(1), d // 2, atol=1e-3)   # every row has norm sqrt(d/2)
 similarity = E @ E.T / (d // 2)
 print(f"(6.1) time embedding: d = {d}, |emb(t)|^2 = d/2 for every t; cosine similarity "
@@ -63,11 +72,18 @@ assert similarity[500, 501] > similarity[500, 900]
 # %% [markdown]
 # ## 2. A ResBlock
 #
-#     h = conv3x3(SiLU(GN(x)));  h = h + Linear(SiLU(emb));  h = conv3x3(SiLU(GN(h)))
-#     out = skip(x) + h        (skip: a 1x1 conv when the channel count changes)
+# $$
+# \begin{aligned}
+# h &= \mathrm{conv}_{3\times3}\big(\mathrm{SiLU}(\mathrm{GN}(x))\big), \qquad
+# h \leftarrow h + \mathrm{Linear}\big(\mathrm{SiLU}(\mathrm{emb})\big), \qquad
+# h \leftarrow \mathrm{conv}_{3\times3}\big(\mathrm{SiLU}(\mathrm{GN}(h))\big), \\
+# \mathrm{out} &= \mathrm{skip}(x) + h
+# \end{aligned}
+# $$
 #
-# The embedding is added to every pixel of every channel: a per-channel bias that depends on
-# t.  We rebuild one block's forward pass from functional ops and compare.
+# (skip: a $1\times1$ conv when the channel count changes).  The embedding is added to every
+# pixel of every channel: a per-channel bias that depends on $t$.  We rebuild one block's
+# forward pass from functional ops and compare.
 
 # %%
 model = UNet(REFERENCE_CONFIG)
@@ -89,9 +105,10 @@ print(f"ResBlock 32 -> 64 at 14x14: emb {tuple(emb.shape)} -> a bias per channel
 # %% [markdown]
 # ## 3. Attention over pixels
 #
-# At 7x7 every pixel attends to every other pixel: the 49 pixels are tokens of width C, a
-# 1x1 conv makes q, k, v, and softmax(q k^T / sqrt(d)) v mixes information across the whole
-# image in one step (a 3x3 conv only sees its neighbours).  4 heads of width 16.
+# At $7\times7$ every pixel attends to every other pixel: the 49 pixels are tokens of width
+# $C$, a $1\times1$ conv makes $q, k, v$, and $\mathrm{softmax}(q k^\top / \sqrt{d})\, v$ (lesson
+# 05, (5.7)) mixes information across the whole image in one step (a $3\times3$ conv only sees
+# its neighbours).  4 heads of width 16.
 
 # %%
 with no_grad():
@@ -216,7 +233,8 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * (6.1) t enters as [cos | sin] features, an MLP, then a per-channel bias in every ResBlock.
+# * (6.1) $t$ enters as $[\cos \mid \sin]$ features, an MLP, then a per-channel bias in every
+#   ResBlock.
 # * Attention at 7x7 lets every pixel see the whole image; 3x3 convs do the rest.
 # * Skips carry each resolution's activations across to the matching decoder level.
 #

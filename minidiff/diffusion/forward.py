@@ -110,7 +110,8 @@ class EpsFromPrediction:
     Why predict anything but eps: at large t, x_0 = (x_t - sqrt(1 - abar_t) eps)/sqrt(abar_t)
     multiplies the error of eps by sqrt(1/abar_t - 1) (about 160 at t = T for the linear
     schedule), so a briefly trained eps-network gives wild x_0 estimates early in sampling.
-    v-prediction has no such factor: x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v.
+    v-prediction has no such factor: x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (lesson 04,
+    (4.12)).
 
     Attributes other than the call (``config``, ``parameters``, ...) are the network's.
     """

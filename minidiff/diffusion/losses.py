@@ -13,7 +13,7 @@ multiplies item i's error by
     eps target: min(snr_t, gamma) / snr_t,   x_0 target: min(snr_t, gamma),
     v target:   min(snr_t, gamma) / (snr_t + 1),
 
-which is the same weight, min(snr_t, gamma), on the implied x_0 error in every case.
+which by (4.11) is the same weight, min(snr_t, gamma), on the implied x_0 error in every case.
 
 **KL of two Gaussians** (4.3), per dimension, in nats:
 

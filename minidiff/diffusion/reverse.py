@@ -19,7 +19,8 @@ reference implementation does when sampling.  The variance is fixed (3.6) or lea
 
       log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t                       (13.1)
 
-  (v = -1: beta~_t, v = +1: beta_t; beta~ at index 0 is that of step 2, as above), with the
+  (v = -1: beta~_t, v = +1: beta_t; beta~ at index 0 is that of step 2, as above; this v is
+  Nichol & Dhariwal's interpolation output, not the velocity v of (2.6)), with the
   betas of the schedule given (a respaced one when sampling with fewer steps).
 
 Indices are 0-based: index t is the paper's step t + 1.

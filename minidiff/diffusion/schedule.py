@@ -194,7 +194,7 @@ class NoiseSchedule:
         return f"NoiseSchedule(name={self.name!r}, T={self.num_timesteps})"
 
     def prior_kl(self) -> float:
-        """KL(q(x_T | x_0) || N(0, I)) per dimension for x_0 = 0 (lesson 01, (1.3)):
+        """KL(q(x_T | x_0) || N(0, I)) per dimension for x_0 = 0 (lesson 01, (1.4)):
         0.5 (alphabar_T x0^2 + (1 - alphabar_T) - 1 - log(1 - alphabar_T))."""
         abar_T = float(self.alphas_cumprod[-1])
         return 0.5 * (-abar_T - math.log1p(-abar_T))

@@ -2,7 +2,7 @@
 
 An encoder E maps an image x to a diagonal Gaussian q(z|x) over a small latent z; a decoder D
 maps z back to an image.  Stable Diffusion's first half: the diffusion model then works on z,
-which is 16x smaller here (4 x 7 x 7 = 196 numbers against 784 pixels).
+which is 4x smaller here (4 x 7 x 7 = 196 numbers against 784 pixels).
 
 Shapes (default configuration, 28x28 MNIST, c = ``latent_channels``):
 
