@@ -334,32 +334,60 @@ print(f"concat adds (1 + C) x base x 3 x 3 = {extra:,} weights to conv_in, nothi
 # %% [markdown]
 # ## 4. Classifier-free guidance from Bayes' rule
 #
-# The result first: with one network trained on captions and, with probability 0.1, on the
-# empty caption, sampling uses
+# The result first (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"): one network
+# trained on captions and, with probability 0.1, on the empty caption $\varnothing$ gives both
+# $\epsilon(x_t, y)$ and $\epsilon(x_t, \varnothing)$, and sampling uses
 #
-#     eps~(x_t, y) = eps(x_t, {}) + s (eps(x_t, y) - eps(x_t, {})).                        (11.4)
+# $$
+# \tilde\epsilon(x_t, y) = \epsilon(x_t, \varnothing)
+#   + s\,\big(\epsilon(x_t, y) - \epsilon(x_t, \varnothing)\big). \tag{11.4}
+# $$
 #
-# Why.  The network's noise prediction is a scaled score, eps(x_t) = -sqrt(1 - abar_t)
-# grad log p(x_t) (Tweedie, lesson 08), with the caption or without.  Bayes' rule
-# p(x | y) = p(y | x) p(x) / p(y) gives, since p(y) does not depend on x,
+# **The convention.**  minidiff's guidance scale $s$ (`--guidance S`, the config's
+# `guidance`) multiplies the *difference*, as Rombach et al.'s latent-diffusion code and
+# Stable Diffusion's `guidance_scale` do: $s = 0$ is the unconditional model, $s = 1$ the plain
+# conditional one, $s > 1$ pushes further towards $y$.  Ho & Salimans write the same mixture
+# as $\tilde\epsilon = (1 + w)\,\epsilon(x_t, y) - w\,\epsilon(x_t, \varnothing)$, so
 #
-#     grad log p(x | y) = grad log p(x) + grad log p(y | x),                               (11.5)
+# $$ s = 1 + w, \qquad w = s - 1: $$
 #
-# so the model holds an implicit classifier, p(y | x) proportional to p(x | y) / p(x):
+# their $w = 0$ (no guidance) is our $s = 1$, and their $w = 1$ or $w = 3$ is our $s = 2$ or
+# $s = 4$.  Dhariwal & Nichol's (2021, "Diffusion Models Beat GANs on Image Synthesis")
+# *classifier* guidance adds $s_c\,\nabla \log p_\phi(y \mid x_t)$, the gradient of a
+# separately trained classifier, to a model's score: added to the unconditional score its
+# $s_c$ is our $s$ in (11.7) below; added to the conditional score (their best results) it
+# is our $s - 1$, like $w$.
 #
-#     grad log p(y | x) = grad log p(x | y) - grad log p(x).                               (11.6)
+# **Why.**  The network's noise prediction is a scaled score,
+# $\epsilon(x_t) = -\sqrt{1-\bar\alpha_t}\,\nabla \log p(x_t)$ (lesson 08, section 3), with the
+# caption or without.  Bayes' rule $p(x \mid y) = p(y \mid x)\,p(x) / p(y)$ gives, since $p(y)$
+# does not depend on $x$,
 #
-# Classifier guidance samples from p(x) p(y | x)^s, a sharper classifier for s > 1; its score
+# $$ \nabla \log p(x \mid y) = \nabla \log p(x) + \nabla \log p(y \mid x), \tag{11.5} $$
 #
-#     grad log p(x) + s grad log p(y | x) = (1 - s) grad log p(x) + s grad log p(x | y),   (11.7)
+# so the model holds an implicit classifier, $p(y \mid x) \propto p(x \mid y) / p(x)$:
 #
-# times -sqrt(1 - abar_t), is (11.4).  s = 0 is the unconditional model, s = 1 the conditional.
+# $$ \nabla \log p(y \mid x) = \nabla \log p(x \mid y) - \nabla \log p(x). \tag{11.6} $$
 #
-# A toy where every score is known: x_0 ~ (N(-1, 0.6^2) + N(1, 0.6^2)) / 2 in one dimension,
-# y = "came from the first component", so p(x_t | y) is that component.  Both eps's are exact
-# (`diffusion/oracles.py`); we feed them to the library's `guided` (one doubled batch, the
-# cond half flagged) and compare with the score of p(x_t) p(y | x_t)^s, written out as a
-# log-density and differentiated by central differences.
+# Tilting $p(x)$ by that classifier raised to a power $s$, $p(x)\,p(y \mid x)^s$ (a sharper
+# classifier for $s > 1$), has the score
+#
+# $$ \nabla \log p(x) + s\,\nabla \log p(y \mid x) = (1 - s)\,\nabla \log p(x)
+#    + s\,\nabla \log p(x \mid y), \tag{11.7} $$
+#
+# which times $-\sqrt{1-\bar\alpha_t}$ is (11.4).  That is a statement about one noise level:
+# (11.4) is the score of the tilted $p(x_t)\,p(y \mid x_t)^s$ at every $t$, but the chain run
+# with it does *not* in general sample $p(x_0)\,p(y \mid x_0)^s$, because the tilt of each
+# noised $p(x_t)$ is not the noised tilt of $p(x_0)$ (measured below).  Only $s = 0$ and
+# $s = 1$ sample exactly what they say.
+#
+# A toy where every score is known: $x_0 \sim \tfrac12\mathcal N(-1, 0.6^2)
+# + \tfrac12\mathcal N(1, 0.6^2)$ in one dimension, $y$ = "came from the first component", so
+# $p(x_t \mid y)$ is that component.  Both $\epsilon$'s are exact (`diffusion/oracles.py`);
+# we feed them to the library's `guided` (one doubled batch, the cond half flagged) and compare
+# with the score of $p(x_t)\,p(y \mid x_t)^s$, written out as a log-density and differentiated
+# by central differences.  The check is a function (`check_guidance`), so that a test can plant
+# a wrong `guided` (Ho & Salimans' $w$ read as our $s$; the halves swapped) and see it fail.
 
 # %%
 schedule = NoiseSchedule.linear(1000)
@@ -376,6 +404,7 @@ def toy_eps(x_t, t, cond):
 
 
 def guided_eps(s, n):
+    """(11.4) on the toy, through the library's ``guided``: y = 1 against the empty y = 0."""
     return conditioning.guided(toy_eps, {"y": backend.xp().ones(n)},
                                {"y": backend.xp().zeros(n)}, s)
 
@@ -390,25 +419,32 @@ def log_tilted(x, t, s):
     return log_p + s * (log_n[:, 0] - log_p)
 
 
-x_check = rng.standard_normal(64) * 1.5
-h_fd = 1e-5
-for t in (0, 100, 500, 900):
-    for s in (0.0, 1.0, 3.0, 7.5):
-        score = (log_tilted(x_check + h_fd, t, s)
-                 - log_tilted(x_check - h_fd, t, s)) / (2 * h_fd)
-        eps = host(guided_eps(s, 64)(backend.to_device(x_check[:, None]),
-                                     backend.xp().full(64, t)))[:, 0]
-        np.testing.assert_allclose(eps, -math.sqrt(1 - abar[t]) * score, rtol=1e-6, atol=1e-7)
+def check_guidance(ts=(0, 100, 500, 900), scales=(0.0, 1.0, 3.0, 7.5), h_fd=1e-5):
+    """(11.4) = (11.7): guided's eps == -sqrt(1 - abar_t) grad log [p(x_t) p(y|x_t)^s], the
+    gradient by central differences of the log-density written by hand."""
+    x_check = np.random.default_rng(11).standard_normal(64) * 1.5
+    for t in ts:
+        for s in scales:
+            score = (log_tilted(x_check + h_fd, t, s)
+                     - log_tilted(x_check - h_fd, t, s)) / (2 * h_fd)
+            eps = host(guided_eps(s, 64)(backend.to_device(x_check[:, None]),
+                                         backend.xp().full(64, t)))[:, 0]
+            np.testing.assert_allclose(eps, -math.sqrt(1 - abar[t]) * score, rtol=1e-6,
+                                       atol=1e-7, err_msg=f"t = {t}, s = {s}")
+
+
+check_guidance()
 print("(11.4) = (11.7): guided(eps_u, eps_c, s) == -sqrt(1 - abar_t) grad log "
       "[p(x_t) p(y|x_t)^s] (finite differences), t in 0, 100, 500, 900, s in 0, 1, 3, 7.5")
 
 # %% [markdown]
-# Sampling with the guided eps: the fraction of each sample's probability that the implicit
-# classifier p(y | x_0) gives to y, and the spread, against s.  s = 0 must reproduce the
-# mixture and s = 1 the component (we compare with direct draws from each); larger s pushes
-# the samples away from the other component, where the classifier is sure, and narrows them.
-# (For s other than 0 and 1 the guided chain does not sample p(x_0) p(y | x_0)^s exactly: the
-# tilt of each p(x_t) is not the noised tilt of p(x_0).  The dashed curves are that target.)
+# Sampling with the guided $\epsilon$: the fraction of each sample's probability that the
+# implicit classifier $p(y \mid x_0)$ gives to $y$, and the spread, against $s$.  $s = 0$ must
+# reproduce the mixture and $s = 1$ the component (we compare with direct draws from each);
+# larger $s$ pushes the samples away from the other component, where the classifier is sure,
+# and narrows them.  The dashed curves are $p(x_0)\,p(y \mid x_0)^s$, which for $s$ other
+# than 0 and 1 the guided chain does not sample exactly (above): the histograms show by how
+# much.
 
 # %%
 n_toy = 1000 if QUICK else 4000

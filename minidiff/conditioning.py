@@ -22,13 +22,15 @@ of the random masks covers the whole image, so an inpainting model also generate
 nothing.  Every draw (caption template, dropout, masks) comes from minidiff's generator, so a
 resumed run stays exact.
 
-**Classifier-free guidance.**  By Bayes' rule p(y | x_t) is proportional to
-p(x_t | y) / p(x_t), so grad log p(y | x_t) = -(eps(x_t, y) - eps(x_t)) / sigma_t; sampling
-from p(x_t | y) p(y | x_t)^(s - 1) replaces eps by
+**Classifier-free guidance** (Ho & Salimans 2022).  By Bayes' rule p(y | x_t) is proportional
+to p(x_t | y) / p(x_t), so grad log p(y | x_t) = -(eps(x_t, y) - eps(x_t)) / sqrt(1 - abar_t)
+(eps being -sqrt(1 - abar_t) times the score, lesson 08); the score of
+p(x_t | y) p(y | x_t)^(s - 1) gives
 
     eps~ = eps(x_t, {}) + s (eps(x_t, y) - eps(x_t, {}))                          (11.4)
 
 s = 0 is the unconditional model, s = 1 the conditional one, s > 1 pushes further towards y.
+Ho & Salimans write eps~ = (1 + w) eps(x_t, y) - w eps(x_t, {}): their w is s - 1.
 """
 from __future__ import annotations
 
