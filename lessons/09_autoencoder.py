@@ -155,15 +155,21 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 #
 #     -log N(x; mu, sigma^2) = 1/2 sum (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2)   (9.4)
 #
-# (CompVis learns one log s^2 for the decoder and uses (9.4) on |x - D(z)|).  Latent diffusion
-# does not want a good likelihood but sharp reconstructions with a *small* KL weight: the
-# KL only has to keep the latent scale sane, not compress.  So
+# Latent diffusion does not want a good likelihood but sharp reconstructions with a *small*
+# KL weight: the KL only has to keep the latent scale sane, not compress.  What CompVis
+# trains (Rombach et al. 2022, appendix G; `LPIPSWithDiscriminator` in their code) is richer
+# than what follows: a reconstruction term $r = |x - D(z)| + \text{LPIPS}(x, D(z))$ (an absolute
+# error plus a learned perceptual distance) used as $r / e^{\ell} + \ell$ with one learned
+# log-variance $\ell$ (the shape of (9.4)), the KL term, and, after a warm-up, a patch-GAN
+# discriminator's adversarial loss.  minidiff drops the LPIPS and the GAN terms (each needs a
+# second trained network, and MNIST digits are simple enough without them) and the learned
+# $\ell$, and keeps a reconstruction error and the KL:
 #
 #     loss = mean_n [ sum_pixels (x - D(z))^2 + kl_weight * KL(q(z|x_n) || N(0, I)) ] / 784,
 #            z = mu + sigma * eps                                                (9.5)
 #
 # with kl_weight = 1e-4 (divided by the 784 pixels so the loss reads as an error per pixel).
-# Why the squared error (a Gaussian decoder) and not |.| (Laplace, and CompVis' choice):
+# Why the squared error (a Gaussian decoder) and not |.| (Laplace, CompVis' pixel term):
 # measured, not assumed.  Trained for the same 400 steps (batch 32, 4 x 7 x 7 latents), the
 # squared error reconstructed 1000 test digits with MSE 0.0022 (PSNR 26.6 dB) and a
 # classifier-FID of the reconstructions of 7.4, the absolute error with MSE 0.0048 (23.2 dB)
@@ -225,25 +231,31 @@ assert last < 0.7 * first, "the loss should fall"
 # %% [markdown]
 # ## The scale factor
 #
-# The diffusion model of lesson 10 adds noise until its input is N(0, I), and its schedule
-# assumes data of roughly unit variance (the pixel data in [-1, 1] has std ~0.6).  A small
-# KL weight leaves the latents at whatever scale the encoder found convenient, so they are
-# rescaled by one number measured on the training data (CompVis' `scale_by_std`):
+# The diffusion model of lesson 10 adds noise until its input is $\mathcal N(0, I)$, and its
+# schedule was designed for data of order 1: Ho et al.'s images in $[-1, 1]$ (MNIST's pixels
+# there have std ~0.6), for which $\sqrt{\bar\alpha_T} \approx 0.006$ leaves no signal at
+# $t = T$ and the first step's noise $\sqrt{\beta_1} = 0.01$ is below a pixel's quantization
+# step $2/255$.  A small KL weight leaves the latents at whatever scale the encoder found
+# convenient (lesson 10 shows what a wrong scale does), so they are rescaled by one number
+# measured on the training data, to unit variance, the convention Rombach et al. chose
+# (CompVis' `scale_by_std`):
 #
 #     scale = 1 / std(z),  z ~ q(z|x) over training images;  the LDM works on scale * z,
 #     and decodes D(z_0 / scale)                                                 (9.6)
 #
 # Stable Diffusion's famous 0.18215 is this number for its autoencoder.  The trainer
 # measures it at the end of a run and stores it in the checkpoint; here we measure it for
-# the model just trained and check that the scaled latents have unit std.
+# the model just trained, on half of the images, and check that it brings the latents of the
+# *other* half to unit std (on the images it was measured on that would hold by definition).
 
 # %%
 small.eval()
-held = data[:256]
+held, other = data[:256], data[256:512]
 scale = scale_by_std(small, held, batch=128)
 with no_grad():
-    z_scaled = host(small.encode(held).sample()) * scale
-print(f"(9.6) scale = 1 / std(z) = {scale:.4f}; std of scale * z = {z_scaled.std():.4f}")
+    z_scaled = host(small.encode(other).sample()) * scale
+print(f"(9.6) scale = 1 / std(z) = {scale:.4f} (256 images); std of scale * z on 256 others = "
+      f"{z_scaled.std():.4f}")
 assert abs(z_scaled.std() - 1.0) < 0.05
 
 # %% [markdown]
