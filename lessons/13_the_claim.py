@@ -129,17 +129,24 @@ def weights(schedule):
     return lam
 
 
-T, lam = schedule.num_timesteps, weights(schedule)
+def check_lambda(schedule, model, x0, check_t):
+    """(13.5): the library's KL term (vlb_term_at) == weights(schedule)[t] times the squared
+    noise error of the same model with the same noise, at the indices ``check_t``."""
+    lam = weights(schedule)
+    n = len(x0)
+    noise = backend.randn(len(check_t) * n, *x0.shape[1:])
+    t = backend.to_device(np.repeat(np.array(check_t, dtype=np.int64), n))
+    x_rep = backend.xp().concatenate([x0] * len(check_t))
+    kl = host(vlb_term_at(schedule, model, x_rep, t, noise=noise))
+    with no_grad():
+        eps_theta = model(Tensor(q_sample(schedule, x_rep, t, noise)), t).data
+    mse = host(((noise - eps_theta) ** 2).reshape(len(x_rep), -1).mean(axis=1))
+    np.testing.assert_allclose(kl, lam[host(t)] * mse, rtol=1e-8)
 
+
+T, lam = schedule.num_timesteps, weights(schedule)
 check_t = [1, 2, 10, T // 10, T // 2, T - 1]
-noise = backend.randn(len(check_t) * N_IMAGES, 1, 28, 28)
-t = backend.to_device(np.repeat(np.array(check_t, dtype=np.int64), N_IMAGES))
-x_rep = backend.xp().concatenate([x0] * len(check_t))
-kl = host(vlb_term_at(schedule, model, x_rep, t, noise=noise))
-with no_grad():
-    eps_theta = model(Tensor(q_sample(schedule, x_rep, t, noise)), t).data
-mse = host(((noise - eps_theta) ** 2).reshape(len(x_rep), -1).mean(axis=1))
-np.testing.assert_allclose(kl, lam[host(t)] * mse, rtol=1e-8)
+check_lambda(schedule, model, x0, check_t)
 print("(13.5) KL term == lambda_t ||eps - eps_theta||^2 per dim, at t =", check_t)
 for k in (1, 10, T // 10, T - 1):
     show(f"lambda_t at index t = {k}", f"{lam[k]:.4g}")

@@ -272,3 +272,39 @@ def test_lesson11_guidance_check_fails_on_the_wrong_half(lesson11, monkeypatch):
     monkeypatch.setattr(lesson11["conditioning"], "guided", planted)
     with pytest.raises(AssertionError):
         lesson11["check_guidance"]()
+
+
+# ------------------------------------------------------------------ lesson 13: lambda_t (13.5)
+@pytest.fixture(scope="module")
+def lesson13():
+    return load_checks("13_the_claim.py", keep=("np",))
+
+
+def _stand_in():
+    from minidiff.models.unet import UNet
+    backend.manual_seed(0)
+    model = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(), image_size=8, groups=4).eval()
+    x0 = backend.to_device(numpy.random.default_rng(0).uniform(-1, 1, (2, 1, 8, 8)))
+    return model, NoiseSchedule.linear(100), x0
+
+
+@pytest.mark.parametrize("plant", ["without the 2", "sigma_t^2 = beta_t"])
+def test_lesson13_lambda_check_fails(lesson13, monkeypatch, plant):
+    """(13.5) with a planted wrong weight: lambda_t without the 2 of the KL's 1 / (2 sigma^2),
+    or with sigma_t^2 = beta_t where the bound uses beta~_t."""
+    model, schedule, x0 = _stand_in()
+    lesson13["check_lambda"](schedule, model, x0, [1, 2, 10, 50, 99])
+    right = lesson13["weights"]
+
+    def planted(schedule):
+        lam = right(schedule)
+        if plant == "without the 2":
+            return 2.0 * lam
+        betas, post = _host(schedule.betas), _host(schedule.posterior_variance)
+        lam = lam.copy()
+        lam[1:] *= post[1:] / betas[1:]          # beta_t^2 / (2 beta_t ...) for t >= 1
+        return lam
+    monkeypatch.setitem(lesson13, "weights", planted)
+    with pytest.raises(AssertionError):
+        lesson13["check_lambda"](schedule, model, x0, [1, 2, 10, 50, 99])
