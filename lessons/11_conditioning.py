@@ -32,7 +32,7 @@ from minidiff.caption_figures import save_attribute_figure
 from minidiff.captions import CaptionError, CaptionStats, Tokenizer, VOCABULARY
 from minidiff.conditioning import load_conditioned
 from minidiff.data import load_mnist, to_unit_range
-from minidiff.diffusion import NoiseSchedule, ddim_sample
+from minidiff.diffusion import NoiseSchedule, ddim_sample, q_sample
 from minidiff.diffusion.oracles import GaussianMixture
 from minidiff.evaluate.inpainting import compare_figure, inpainting_accuracy
 from minidiff.evaluate.prompts import (attribute_adherence, digit_prompts, prompt_samples,
@@ -581,6 +581,89 @@ txt2img_path = model_path("txt2img.npz", "crossattn")
 txt2img = load_conditioned(txt2img_path) if txt2img_path is not None else None
 if txt2img is not None:
     sweep = guidance_sweep(txt2img)
+
+# %% [markdown]
+# Where does each word look?  The weights of (11.3), softmax$(QK^\top/\sqrt{d_h})$, say for
+# every position of the feature map how much of each token it reads.  We noise a test digit
+# to the middle of the chain, run the model once with a caption, record what enters the first
+# cross-attention layer (its queries' input $\varphi$, the caption's $\tau_\theta(y)$ and the
+# padding mask), and compute the weights by hand from the layer's own projections, averaged
+# over the heads: one map per token, over the digit.  Column 0 is the start token every
+# caption begins with; padded positions are not shown (their weight is 0).  With `--quick`
+# the stand-in is untrained and its maps show the code, not what a trained model learnt.
+
+# %%
+
+
+def attention_weights(attention, phi, tau, keep):
+    """softmax(Q K^T / sqrt(d_h)) of (11.3) with ``attention``'s weights, (N, heads, HW, L)."""
+    (wq, bq), (wk, bk) = weights_of(attention.q_proj), weights_of(attention.k_proj)
+    heads = attention.num_heads
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, -1).transpose(0, 2, 1, 3)
+    q, k = split(phi @ wq.T + bq), split(tau @ wk.T + bk)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+    scores = np.where(keep.reshape(len(keep), 1, 1, -1), scores, -np.inf)
+    a = np.exp(scores - scores.max(-1, keepdims=True))
+    return a / a.sum(-1, keepdims=True)
+
+
+def cross_attention_maps(checkpoint, image, caption, t_index):
+    """(name, maps (L, h, w), keep (L,)) of the model's first cross-attention layer for
+    ``image`` (1, 28, 28) in [-1, 1] noised to ``t_index``, captioned ``caption``."""
+    layers = [(name, m.cross_attention) for name, m in checkpoint.model.named_modules()
+              if isinstance(m, SpatialTransformer)]
+    name, layer = layers[0]
+    seen = {}
+
+    def recording(x, context=None, mask=None):
+        seen.update(phi=host(x), tau=host(context), keep=host(mask))
+        return type(layer).forward(layer, x, context, mask)
+    layer.forward = recording                     # this instance only, removed below
+    try:
+        cond, _ = conditioning.sampling_cond(checkpoint.config, 1, prompts=[caption],
+                                             tokenizer=checkpoint.tokenizer,
+                                             space=checkpoint.space)
+        z0 = checkpoint.space.encode(backend.to_device(image[None]), draw=False)
+        t = backend.xp().full((1,), t_index, dtype=backend.xp().int64)
+        zt = q_sample(checkpoint.schedule, z0, t, backend.randn(*z0.shape, dtype=z0.dtype))
+        with no_grad():
+            checkpoint.model(Tensor(zt), t, cond)
+    finally:
+        del layer.forward
+    a = attention_weights(layer, seen["phi"], seen["tau"], seen["keep"])[0].mean(0)  # (HW, L)
+    side = int(round(math.sqrt(a.shape[0])))
+    return name, a.T.reshape(-1, side, side), seen["keep"].reshape(-1).astype(bool)
+
+
+if txt2img is not None:
+    caption = "a thick seven"
+    digit = to_unit_range(test_images[test_labels == 7][:1])[0]
+    backend.manual_seed(5)
+    layer_name, maps, kept = cross_attention_maps(txt2img, host(digit),
+                                                  caption, txt2img.schedule.num_timesteps // 2)
+    words = ["<start>"] + caption.split()
+    np.testing.assert_allclose(maps[kept].sum(0), 1.0, rtol=1e-6)     # each position: sums to 1
+    assert kept.sum() == len(words) and np.all(maps[~kept] == 0)
+    show(f"cross-attention of '{caption}' in {layer_name}",
+         f"{maps.shape[1]}x{maps.shape[2]} maps; share of each token: " + ", ".join(
+             f"{w} {maps[i].mean():.2f}" for i, w in enumerate(words)))
+    if plt is not None:
+        fig, axes = plt.subplots(1, 1 + len(words), figsize=(2.2 * (1 + len(words)), 2.6))
+        axes[0].imshow(host(digit)[0], cmap="gray", vmin=-1, vmax=1)
+        axes[0].set_title("the digit (x_0)", fontsize=9)
+        for ax, i, word in zip(axes[1:], range(len(words)), words):
+            ax.imshow(host(digit)[0], cmap="gray", vmin=-1, vmax=1, extent=(0, 28, 28, 0))
+            ax.imshow(maps[i], cmap="magma", alpha=0.65, extent=(0, 28, 28, 0),
+                      vmin=0, vmax=maps[kept].max())
+            ax.set_title(f"'{word}'", fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle(f"(11.3) cross-attention weights per token, at t = T/2, {layer_name}"
+                     + (" (untrained stand-in)" if QUICK else ""), fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / "11_cross_attention.png", dpi=100)
+        plt.close(fig)
+        print(f"saved {out_dir / '11_cross_attention.png'}")
 
 # %% [markdown]
 # Do the attribute words reach the image?  Prompted "a thick D" / "a thin D" and "a slanted D"
