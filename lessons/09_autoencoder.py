@@ -89,7 +89,7 @@ assert tuple(q.mean.shape) == (4, 4, 7, 7) and tuple(x_hat.shape) == (4, 1, 28, 
 # a *sample* z ~ q and its gradient with respect to mu and sigma.  Sampling itself has no
 # gradient, so we move the randomness outside:
 #
-#     z = mu + sigma * eps,   eps ~ N(0, I)                                      (9.1)
+# $$ z = \mu + \sigma \odot \epsilon, \qquad \epsilon \sim \mathcal N(0, I) \tag{9.1} $$
 #
 # Now z is an ordinary function of (mu, log sigma^2): dz/dmu = 1 and
 # dz/d(log sigma^2) = sigma * eps / 2.  We check autograd against these two derivatives.
@@ -111,18 +111,18 @@ assert np.allclose(host(mu.grad), 1.0) and np.allclose(host(logvar.grad), sigma 
 #
 # The KL divergence of q from the prior p = N(0, 1) is an expectation under q:
 #
-#     KL(q || p) = E_{z ~ q} [ log q(z) - log p(z) ]                             (9.2)
+# $$ \mathrm{KL}(q \,\|\, p) = \mathbb E_{z \sim q}\big[\log q(z) - \log p(z)\big] \tag{9.2} $$
 #
 # For one latent number, write out the two log densities:
 #
-#     log q(z) = -1/2 log 2 pi - 1/2 log sigma^2 - (z - mu)^2 / (2 sigma^2)
-#     log p(z) = -1/2 log 2 pi - z^2 / 2
+# $$ \log q(z) = -\tfrac12 \log 2\pi - \tfrac12 \log \sigma^2 - \frac{(z - \mu)^2}{2\sigma^2},
+#    \qquad \log p(z) = -\tfrac12 \log 2\pi - \frac{z^2}{2} $$
 #
 # The log 2 pi cancel.  Under q, E[(z - mu)^2] = sigma^2 (the variance) and
 # E[z^2] = Var z + (E z)^2 = sigma^2 + mu^2, so
 #
-#     KL = -1/2 log sigma^2 - sigma^2 / (2 sigma^2) + (sigma^2 + mu^2) / 2
-#        = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2)                                (9.3)
+# $$ \mathrm{KL} = -\tfrac12 \log \sigma^2 - \frac{\sigma^2}{2\sigma^2} + \frac{\sigma^2 + \mu^2}{2}
+#    = \tfrac12\big(\mu^2 + \sigma^2 - 1 - \log \sigma^2\big) \tag{9.3} $$
 #
 # It is zero exactly at mu = 0, sigma = 1, and grows with |mu| and with sigma away from 1 in
 # either direction (a tiny sigma costs -1/2 log sigma^2: an encoder that wants to send
@@ -153,7 +153,8 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 # with a Laplace decoder an absolute error.  The negative log-likelihood of x under a
 # Gaussian, summed over elements, is
 #
-#     -log N(x; mu, sigma^2) = 1/2 sum (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2)   (9.4)
+# $$ -\log \mathcal N(x; \mu, \sigma^2) = \tfrac12 \sum \Big(\log 2\pi + \log \sigma^2
+#    + \frac{(x - \mu)^2}{\sigma^2}\Big) \tag{9.4} $$
 #
 # Latent diffusion does not want a good likelihood but sharp reconstructions with a *small*
 # KL weight: the KL only has to keep the latent scale sane, not compress.  What CompVis
@@ -165,8 +166,9 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 # second trained network, and MNIST digits are simple enough without them) and the learned
 # $\ell$, and keeps a reconstruction error and the KL:
 #
-#     loss = mean_n [ sum_pixels (x - D(z))^2 + kl_weight * KL(q(z|x_n) || N(0, I)) ] / 784,
-#            z = mu + sigma * eps                                                (9.5)
+# $$ \text{loss} = \frac{1}{784}\,\mathrm{mean}_n\Big[\sum_\text{pixels} \big(x_n - D(z_n)\big)^2
+#    + w_\text{KL}\,\mathrm{KL}\big(q(z \mid x_n) \,\|\, \mathcal N(0, I)\big)\Big],
+#    \qquad z_n = \mu_n + \sigma_n \odot \epsilon \tag{9.5} $$
 #
 # with kl_weight = 1e-4 (divided by the 784 pixels so the loss reads as an error per pixel).
 # Why the squared error (a Gaussian decoder) and not |.| (Laplace, CompVis' pixel term):
@@ -240,8 +242,8 @@ assert last < 0.7 * first, "the loss should fall"
 # measured on the training data, to unit variance, the convention Rombach et al. chose
 # (CompVis' `scale_by_std`):
 #
-#     scale = 1 / std(z),  z ~ q(z|x) over training images;  the LDM works on scale * z,
-#     and decodes D(z_0 / scale)                                                 (9.6)
+# $$ s = 1 / \mathrm{std}(z), \quad z \sim q(z \mid x) \text{ over training images}; \quad
+#    \text{the LDM works on } s z \text{ and decodes } D(z_0 / s) \tag{9.6} $$
 #
 # Stable Diffusion's famous 0.18215 is this number for its autoencoder.  The trainer
 # measures it at the end of a run and stores it in the checkpoint; here we measure it for

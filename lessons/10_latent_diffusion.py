@@ -7,8 +7,13 @@
 # diffusion model learns and samples *those*, and the decoder D turns the final latent back
 # into an image, once:
 #
-#     training:  z_0 = s E(x),  then Algorithm 1 on z_0 exactly as on x_0              (10.1)
-#     sampling:  z_T ~ N(0, I) -> ... -> z_0 by Algorithm 2 / DDIM,  then x = D(z_0 / s)
+# $$
+# \begin{aligned}
+# &\text{training:} && z_0 = s\,E(x), \text{ then Algorithm 1 on } z_0 \text{ exactly as on } x_0\\
+# &\text{sampling:} && z_T \sim \mathcal N(0, I) \to \dots \to z_0 \text{ by Algorithm 2 / DDIM,
+#    then } x = D(z_0 / s)
+# \end{aligned} \tag{10.1}
+# $$
 #
 # Nothing in the diffusion code changes: ``q_sample``, the losses and the samplers take
 # arrays of any shape.  What changes is *what x_0 is*, and that choice lives in one place,
@@ -152,7 +157,7 @@ for factor in (5.0, 1.0, 0.2):
 # (2.4) elementwise.  Two checks.  By hand, sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps gives
 # the same array.  By Monte Carlo, its variance follows the closed form
 #
-#     Var(z_t) = abar_t Var(z_0) + (1 - abar_t),                                       (10.3)
+# $$ \mathrm{Var}(z_t) = \bar\alpha_t\,\mathrm{Var}(z_0) + (1 - \bar\alpha_t), \tag{10.3} $$
 #
 # which is 1 at every t exactly when Var(z_0) = 1: the scaled latents keep unit variance all
 # the way from data to noise (latents five times too large start at variance 25 instead).
@@ -249,7 +254,7 @@ print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 #
 # Drawing one image with S sampling steps costs
 #
-#     pixel model:  S F_pixel                   latent model:  S F_latent + D,          (10.4)
+# $$ \text{pixel model: } S\,F_\text{pixel}, \qquad \text{latent model: } S\,F_\text{latent} + D, \tag{10.4} $$
 #
 # with F the cost of one U-Net forward pass per image and D that of one decoder pass.  The
 # latent U-Net works on 49 positions instead of 784, so F_latent is a fraction of F_pixel, and

@@ -78,7 +78,7 @@ def shipped(name):
 # image itself (`minidiff/captions.py`).  With I = image / 255 and E^k the k-fold 3x3 grey
 # erosion (a minimum filter), the ink-weighted mean erosion depth D and the thickness are
 #
-#     D = sum_{k >= 0} sum E^k(I) / sum I,        thickness = 4 D - 2.                    (11.1)
+# $$ D = \frac{\sum_{k \ge 0} \sum E^k(I)}{\sum I}, \qquad \text{thickness} = 4D - 2. \tag{11.1} $$
 #
 # For a binary image a pixel survives k erosions exactly when its chessboard distance to the
 # background exceeds k, so D is the mean distance of the ink to the background; across a bar
@@ -121,7 +121,7 @@ print("(11.1) thickness of bars of width", widths, "=",
 # and mu02 = sum I (y - y_bar)^2 (x right, y down).  Shearing an upright shape (mu11 = 0) by
 # x -> x + s (y - y_bar) gives mu11 = s mu02, so the absolute shear is
 #
-#     slant = |mu11 / mu02|.                                                               (11.2)
+# $$ \text{slant} = \left|\mu_{11} / \mu_{02}\right|. \tag{11.2} $$
 #
 # Checked on parallelograms of known shear, and against NumPy's weighted covariance.
 
@@ -179,8 +179,11 @@ print(f"saved {out_dir / '11_attributes.png'} (top: thickness, bottom: slant, lo
 # HW tokens of width d = C; the caption becomes tau_theta(y) (N, L, d_tau).  Queries come from
 # the image, keys and values from the text:
 #
-#     Q = phi W_Q^T  (N, HW, d)      K = tau W_K^T  (N, L, d)      V = tau W_V^T  (N, L, d)
-#     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_h)) V                 (N, HW, d)        (11.3)
+# $$ Q = \varphi W_Q^\top \;(N, HW, d), \qquad K = \tau W_K^\top \;(N, L, d), \qquad
+#    V = \tau W_V^\top \;(N, L, d) $$
+#
+# $$ \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V
+#    \quad (N, HW, d) \tag{11.3} $$
 #
 # per head: d splits into h heads of d_h = d / h, the scores Q K^T are (N, h, HW, L), one
 # weight per (pixel, token) pair, and each pixel's output is a mixture of the values of the
@@ -695,13 +698,14 @@ if txt2img is not None:
 # way) with the mask m (1 = to fill) on the latent grid and the masked image (every pixel to
 # fill set to 0) encoded,
 #
-#     eps_theta([z_t, m, E((1 - m) * x)], t)                                               (11.9)
+# $$ \epsilon_\theta\big([z_t,\ m,\ E((1 - m) \odot x)],\ t\big) \tag{11.9} $$
 #
 # and the model is trained on random masks, so it learns to complete.  The alternative needs no
 # training (RePaint without resampling, Lugmayr et al. 2022): an unconditional model, and at
 # every reverse step the known part of the state replaced by the forward-noised original,
 #
-#     x_s <- m * x_s + (1 - m) * (sqrt(abar_s) x0_known + sqrt(1 - abar_s) eps').           (11.8)
+# $$ x_s \leftarrow m \odot x_s + (1 - m) \odot \big(\sqrt{\bar\alpha_s}\,x_0^\text{known}
+#    + \sqrt{1-\bar\alpha_s}\,\epsilon'\big). \tag{11.8} $$
 #
 # First: (11.9) hides everything under the mask -- changing the hidden pixels changes nothing
 # the network sees (in the inpainting model's space; in pixels if it is absent).

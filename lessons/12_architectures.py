@@ -362,15 +362,20 @@ if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
 #
 # Per image, a 3x3 convolution from C to C channels on an H x W grid does
 #
-#     conv:  2 * 9 C^2 * HW  floating-point operations                             (12.2)
+# $$ \text{conv: } 2 \cdot 9\,C^2 \cdot HW \text{ floating-point operations} \tag{12.2} $$
 #
 # (one multiply-add per weight per position), so a ResBlock on 7x7 does 1/16 of the work of
 # the same block on 28x28.  Self-attention over the HW positions of a feature map adds the
 # scores and their weighted sum, which grow with the *square* of the grid, and
 # cross-attention to L tokens grows with HW L:
 #
-#     self-attention:  2 * 4 C^2 * HW  (q, k, v, out)  +  2 * 2 C (HW)^2  (scores, sum)
-#     cross-attention: 2 * 2 C^2 * HW + 2 * 2 D_ctx C L + 2 * 2 C HW L                  (12.3)
+# $$
+# \begin{aligned}
+# \text{self-attention: }& 2 \cdot 4 C^2 \cdot HW \ (q, k, v, \text{out}) + 2 \cdot 2 C\,(HW)^2
+#    \ (\text{scores, sum})\\
+# \text{cross-attention: }& 2 \cdot 2 C^2 \cdot HW + 2 \cdot 2 D_\text{ctx} C L + 2 \cdot 2 C\,HW\,L
+# \end{aligned} \tag{12.3}
+# $$
 #
 # At 28x28 the (HW)^2 term is 784^2 = 614,656 scores per head, 256 times as many as at 7x7:
 # this is why neither of minidiff's pixel presets puts attention above 7x7, and why the LDM
@@ -468,7 +473,7 @@ print("(12.2)-(12.3) == 2 x the weights of each block x the rows they meet (+ at
 #
 # Drawing one image with S sampling steps costs
 #
-#     DM:   S F_pixel              LDM:   S F_latent + D                              (12.4)
+# $$ \text{DM: } S\,F_\text{pixel}, \qquad \text{LDM: } S\,F_\text{latent} + D \tag{12.4} $$
 #
 # (F a U-Net forward pass per image, D one decoder pass; with classifier-free guidance each
 # step runs the U-Net on a doubled batch, so S F becomes about 2 S F for both.)  Training
@@ -546,8 +551,8 @@ for kind in ("", *KINDS):   # the best of the repeats: least disturbed; printed,
 # encoder's time per image, the one-off encoding costs 60,000 E, and every image the LDM sees
 # in training saves (train_pixel - train_latent), so it pays the encoding back after
 #
-#     60,000 E / (train_pixel - train_latent)  images seen,  i.e.  E / (train_pixel -
-#     train_latent)  epochs.                                                          (12.5)
+# $$ \frac{60{,}000\,E}{\text{train}_\text{pixel} - \text{train}_\text{latent}} \text{ images seen, i.e. }
+#    \frac{E}{\text{train}_\text{pixel} - \text{train}_\text{latent}} \text{ epochs.} \tag{12.5} $$
 
 # %%
 encode_batch = 8 if args.quick else 64
