@@ -106,10 +106,10 @@ def abar_of(schedule, t, ndim):
 # network predicts $\hat x_0 = x^*$ at every step, and the last step (at $t = 1$ the
 # coefficient of $x_1$ in (3.4) is 0) returns $x^*$ *whatever the earlier steps did*: a wrong
 # coefficient in (3.7) or a wrong $\sigma_t$ would pass.  So we take Gaussian data
-# $x_0 \sim \mathcal N(\mu, s^2 I)$: $x_t$ is Gaussian too, the exact posterior mean is
+# $x_0 \sim \mathcal N(\mu, \rho^2 I)$: $x_t$ is Gaussian too, the exact posterior mean is
 #
 # $$
-# \mathbb E[x_0 \mid x_t] = \mu + \frac{\sqrt{\bar\alpha_t}\, s^2}{\bar\alpha_t s^2 + 1 - \bar\alpha_t}
+# \mathbb E[x_0 \mid x_t] = \mu + \frac{\sqrt{\bar\alpha_t}\, \rho^2}{\bar\alpha_t \rho^2 + 1 - \bar\alpha_t}
 #   \big(x_t - \sqrt{\bar\alpha_t}\,\mu\big),
 # $$
 #
@@ -125,7 +125,7 @@ s_data = 0.3
 
 
 def gaussian_eps(x, t):
-    """eps* of N(mu, s_data^2 I) data: (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar)."""
+    """eps* of N(mu, rho^2 I) data (rho = s_data): (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar)."""
     x = x.data
     abar = abar_of(schedule, t, x.ndim)
     x0_mean = mu + xp.sqrt(abar) * s_data ** 2 / (abar * s_data ** 2 + 1.0 - abar) * \
@@ -156,7 +156,7 @@ def check_reverse_step(schedule, indices=(1, 2, 10, 100, 500, 999)):
 
 def check_algorithm2(schedule, n=2000, seed=5):
     """Algorithm 2 by hand ((3.7), sigma_t^2 = beta~_t) and ddpm_sample from the same draws,
-    compared state by state; then the samples against N(mu, s^2).  Returns (largest state
+    compared state by state; then the samples against N(mu, rho^2).  Returns (largest state
     difference, |mean error|, |std error|)."""
     betas = host(schedule.betas).astype(np.float64)
     alphas, abar = 1.0 - betas, np.cumprod(1.0 - betas)
@@ -192,12 +192,12 @@ print(f"(3.7) one step by hand == p_mean_variance (largest difference {step_gap:
       f"sigma_t^2 == beta~_t by hand")
 print(f"(3.7) Algorithm 2 by hand == ddpm_sample state by state over all {T} steps (largest "
       f"difference {chain_gap:.1e}); samples: |mean - mu| = {chain_mean_error:.4f}, "
-      f"|std - s| = {chain_std_error:.4f}")
+      f"|std - rho| = {chain_std_error:.4f}")
 
 # %% [markdown]
 # ## 2. Gaussian data: DDPM against DDIM
 #
-# A perfect sampler returns samples with mean $\mu$ and standard deviation $s$.  With the
+# A perfect sampler returns samples with mean $\mu$ and standard deviation $\rho$.  With the
 # network exact, every error left is the sampler's: DDPM (ancestral, respaced to fewer steps)
 # against DDIM ($\eta = 0$, deterministic), both derived in section 4.
 
@@ -224,7 +224,7 @@ for steps in step_counts:
                                clip_x0=False))
     table.append(row)
     print(f"{row[0]:6d} {row[1]:16.4f} {row[2]:10.4f} {row[3]:16.4f} {row[4]:10.4f}")
-# with all T steps both samplers reproduce N(mu, s^2) up to sampling error (~ s / sqrt(n))
+# with all T steps both samplers reproduce N(mu, rho^2) up to sampling error (~ rho / sqrt(n))
 tolerance = 5 * s_data / math.sqrt(n)
 assert max(table[-1][1:]) < tolerance, (table[-1], tolerance)
 # at 10 and 100 steps DDIM's deterministic map is closer than ancestral DDPM
@@ -660,12 +660,12 @@ if plt is not None:
     axes[0].scatter(*host(many).T, s=2, alpha=0.5, label=f"DDPM {step_counts[-1]} steps")
     axes[0].scatter(*host(few).T, s=2, alpha=0.5, label=f"DDPM {step_counts[0]} steps")
     axes[0].add_patch(plt.Circle(tuple(host(mu)[0]), 2 * s_data, fill=False, color="k"))
-    axes[0].set(title="N(mu, s^2) data, exact eps (circle: 2 s)", aspect="equal")
+    axes[0].set(title="N(mu, rho^2) data, exact eps (circle: 2 rho)", aspect="equal")
     axes[0].legend(fontsize=7)
     rows = np.array(table)
     axes[1].plot(rows[:, 0], rows[:, 2] + 1e-4, "o-", label="DDPM")
     axes[1].plot(rows[:, 0], rows[:, 4] + 1e-4, "s-", label="DDIM (eta=0)")
-    axes[1].set(xscale="log", yscale="log", xlabel="steps", ylabel="|std - s|",
+    axes[1].set(xscale="log", yscale="log", xlabel="steps", ylabel="|std - rho|",
                 title="fewer steps, worse samples")
     axes[1].legend()
     px = np.array(list(forward_ms)) ** 2

@@ -355,7 +355,8 @@ print(f"concat adds (1 + C) x base x 3 x 3 = {extra:,} weights to conv_in, nothi
 # $$ s = 1 + w, \qquad w = s - 1: $$
 #
 # their $w = 0$ (no guidance) is our $s = 1$, and their $w = 1$ or $w = 3$ is our $s = 2$ or
-# $s = 4$.  Dhariwal & Nichol's (2021, "Diffusion Models Beat GANs on Image Synthesis")
+# $s = 4$.  (This $s$ is the guidance scale only: lesson 10's $s$ is the latents' scale factor,
+# lesson 08's a DDIM step.)  Dhariwal & Nichol's (2021, "Diffusion Models Beat GANs on Image Synthesis")
 # *classifier* guidance adds $s_c\,\nabla \log p_\phi(y \mid x_t)$, the gradient of a
 # separately trained classifier, to a model's score: added to the unconditional score its
 # $s_c$ is our $s$ in (11.7) below; added to the conditional score (their best results) it
