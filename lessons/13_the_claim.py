@@ -392,6 +392,34 @@ for step in frac_t:
     np.testing.assert_allclose(log_var, by_hand, rtol=1e-10, atol=1e-12)
     fracs.append(float(host(frac).mean()))
 print("(13.1) log Sigma from p_mean_variance == f log beta + (1 - f) log beta~, f = (nu + 1) / 2")
+
+
+def check_hybrid_stop_gradient(schedule, x0, step, vlb_weight=0.001):
+    """(13.6): with the network's output as the only parameter, L_hybrid's gradient on the
+    mean channel is L_simple's, and on the variance channel vlb_weight times L_vlb's; returns
+    the size of the bound's gradient on the mean, which the stop-gradient removes."""
+    from minidiff.nn.module import Parameter  # noqa: PLC0415
+    rng = np.random.default_rng(3)
+    out = Parameter(backend.to_device(0.5 * rng.standard_normal((len(x0), 2) + x0.shape[2:])))
+    t = backend.to_device(np.full(len(x0), step, dtype=np.int64))
+    noise = backend.randn(*x0.shape)
+    grads = {}
+    for objective in ("simple", "vlb", "hybrid"):
+        out.grad = None
+        training_step(lambda x, tt: out * 1.0, schedule, x0, objective=objective,
+                      variance="learned", t=t, noise=noise, vlb_weight=vlb_weight).backward()
+        grads[objective] = host(out.grad)
+    np.testing.assert_allclose(grads["hybrid"][:, :1], grads["simple"][:, :1], rtol=1e-9,
+                               atol=1e-15)
+    np.testing.assert_allclose(grads["hybrid"][:, 1:], vlb_weight * grads["vlb"][:, 1:],
+                               rtol=1e-9, atol=1e-15)
+    return float(np.abs(grads["vlb"][:, :1]).max())
+
+
+mean_gradient = check_hybrid_stop_gradient(schedule, x0, T // 10)
+print(f"(13.6) L_hybrid's gradient: mean channel == L_simple's, variance channel == 0.001 x "
+      f"L_vlb's (the bound's own gradient on the mean, up to {mean_gradient:.2e}, is stopped)")
+assert mean_gradient > 0
 print(f"{'t':>6s} {'learned frac':>13s}   (fixed_small: 0, fixed_large: 1)")
 for step, f in zip(frac_t, fracs):
     print(f"{step:6d} {f:13.3f}")

@@ -308,3 +308,19 @@ def test_lesson13_lambda_check_fails(lesson13, monkeypatch, plant):
     monkeypatch.setitem(lesson13, "weights", planted)
     with pytest.raises(AssertionError):
         lesson13["check_lambda"](schedule, model, x0, [1, 2, 10, 50, 99])
+
+
+def test_lesson13_hybrid_check_fails_without_the_stop_gradient(lesson13, monkeypatch):
+    """(13.6) with the mean no longer detached inside L_vlb: the bound's gradient reaches the
+    mean channel and the lesson's check must fail."""
+    from minidiff.diffusion import training
+    schedule = NoiseSchedule.linear(100)
+    x0 = backend.to_device(numpy.random.default_rng(0).uniform(-1, 1, (2, 1, 8, 8)))
+    lesson13["check_hybrid_stop_gradient"](schedule, x0, 10)
+    right = training._bound_bits
+
+    def planted(*args, frozen_mean):
+        return right(*args, frozen_mean=False)
+    monkeypatch.setattr(training, "_bound_bits", planted)
+    with pytest.raises(AssertionError):
+        lesson13["check_hybrid_stop_gradient"](schedule, x0, 10)
