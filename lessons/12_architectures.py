@@ -380,7 +380,9 @@ if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
 # At 28x28 the (HW)^2 term is 784^2 = 614,656 scores per head, 256 times as many as at 7x7:
 # this is why neither of minidiff's pixel presets puts attention above 7x7, and why the LDM
 # paper calls pixel-space attention at high resolution prohibitive.  Below, one block of each
-# kind, same channels, forward pass, timed at 28x28 and at 7x7.
+# kind, same channels, forward pass, timed at 28x28 and at 7x7.  The times are printed, never
+# asserted (on a busy machine they come out in any order); what is asserted is counted:
+# (12.2)-(12.3) against the multiply-adds of each block's own weights.
 
 # %%
 def flops(kind: str, channels: int, hw: int) -> float:
