@@ -35,7 +35,8 @@ from minidiff import backend
 from minidiff.data import from_unit_range, load_mnist, to_unit_range
 from minidiff.diffusion import (NoiseSchedule, p_mean_variance, q_sample, training_step,
                                 vlb_term_at)
-from minidiff.diffusion.resample import estimator_variance, second_moment_probabilities
+from minidiff.diffusion.resample import (LossSecondMomentSampler, estimator_variance,
+                                         second_moment_probabilities)
 from minidiff.evaluate import sample_images
 from minidiff.evaluate.likelihood import bound_split
 from minidiff.images import save_grid
@@ -327,6 +328,54 @@ draws = np.random.default_rng(0).choice(T, size=(2000, N_IMAGES), p=p)
 estimates = terms[np.arange(N_IMAGES), draws] / p[draws]            # (13.3), one draw each
 assert abs(estimates.mean() - terms.sum(axis=1).mean()) < 5 * math.sqrt(weighted / draws.size)
 print("(13.3) the weighted draws average to the full sum (within 5 standard errors)")
+
+# %% [markdown]
+# During training the $p_t$ of (13.3) come from `LossSecondMomentSampler`: it keeps each
+# $t$'s last 10 losses, draws $t$ uniformly until every $t$ has 10, then uses
+# $p_t = (1 - u)\,\sqrt{\overline{L_t^2}} / \sum_s \sqrt{\overline{L_s^2}} + u / T$ with a
+# small uniform share $u = 0.001$ (so no $t$ is starved), and weighs each drawn term by
+# $1/(T p_t)$.  A check on losses we choose: at each $t$ fifteen losses, the first five huge
+# (a sampler that kept them, or kept all, would give other $p$), the last ten of known
+# second moment; the draws' frequencies against $p$, each within 5 standard errors.
+
+# %%
+
+
+def check_loss_sampler(T_small=20, history=10, draws=200_000, seed=0):
+    """LossSecondMomentSampler: uniform before warm-up; after, p from the last ``history``
+    losses of each t only, by hand; weights 1 / (T p); frequencies of its draws ~ p."""
+    sampler = LossSecondMomentSampler(T_small, history=history)
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(0.5, 3.0, T_small)
+    recent = []
+    for k in range(15):                                  # 15 losses per t, in batches of T
+        t_batch = rng.permutation(T_small)
+        losses = 1e6 * np.ones(T_small) if k < 5 else scale[t_batch] * rng.uniform(0.5, 1.5,
+                                                                                     T_small)
+        if k == 5:
+            assert not sampler.warmed_up()
+            np.testing.assert_allclose(sampler.probabilities(), 1.0 / T_small)
+        sampler.update(t_batch, losses)
+        if k >= 5:
+            recent.append(np.empty(T_small))
+            recent[-1][t_batch] = losses
+    recent = np.array(recent)                            # (10, T): the last ten at each t
+    root = np.sqrt((recent ** 2).mean(axis=0))
+    want = (1 - 0.001) * root / root.sum() + 0.001 / T_small
+    assert sampler.warmed_up()
+    np.testing.assert_allclose(sampler.probabilities(), want, rtol=1e-12)
+    backend.manual_seed(seed)
+    t, w = (host(a) for a in sampler.draw(draws))
+    np.testing.assert_allclose(w, 1.0 / (T_small * want[t]), rtol=1e-12)
+    freq = np.bincount(t, minlength=T_small) / draws
+    assert np.all(np.abs(freq - want) < 5 * np.sqrt(want * (1 - want) / draws)), freq - want
+    return want
+
+
+sampler_p = check_loss_sampler()
+print(f"(13.3) LossSecondMomentSampler: uniform before warm-up, then p from each t's last 10 "
+      f"losses only (by hand), weights 1/(T p), draws' frequencies == p within 5 standard "
+      f"errors; p from {sampler_p.min():.3f} to {sampler_p.max():.3f} over T = 20")
 
 # %% [markdown]
 # ## 4. What learned variances buy

@@ -324,3 +324,30 @@ def test_lesson13_hybrid_check_fails_without_the_stop_gradient(lesson13, monkeyp
     monkeypatch.setattr(training, "_bound_bits", planted)
     with pytest.raises(AssertionError):
         lesson13["check_hybrid_stop_gradient"](schedule, x0, 10)
+
+
+@pytest.mark.parametrize("plant", ["keeps the first losses", "weights 1 / p"])
+def test_lesson13_loss_sampler_check_fails(lesson13, monkeypatch, plant):
+    """LossSecondMomentSampler with a planted error: a history that stops at its first
+    ``history`` losses instead of keeping the last ones, or weights 1 / p_t without the T."""
+    from minidiff.diffusion.resample import LossSecondMomentSampler
+    lesson13["check_loss_sampler"](draws=20_000)
+
+    class Planted(LossSecondMomentSampler):
+        def update(self, t, losses):
+            if plant == "keeps the first losses":
+                t, losses = numpy.asarray(_host(t)), numpy.asarray(_host(losses), float)
+                fresh = self.counts[t] < self.history_size
+                super().update(t[fresh], losses[fresh])
+                self.counts += numpy.bincount(t[~fresh], minlength=self.num_timesteps)
+            else:
+                super().update(t, losses)
+
+        def draw(self, n):
+            t, weights = super().draw(n)
+            if plant == "weights 1 / p":
+                weights = weights * self.num_timesteps
+            return t, weights
+    monkeypatch.setitem(lesson13, "LossSecondMomentSampler", Planted)
+    with pytest.raises(AssertionError):
+        lesson13["check_loss_sampler"](draws=20_000)
