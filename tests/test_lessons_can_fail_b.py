@@ -351,3 +351,22 @@ def test_lesson13_loss_sampler_check_fails(lesson13, monkeypatch, plant):
     monkeypatch.setitem(lesson13, "LossSecondMomentSampler", Planted)
     with pytest.raises(AssertionError):
         lesson13["check_loss_sampler"](draws=20_000)
+
+
+# ------------------------------------------------------------------ lesson 07: E[eps | x_t]
+def test_lesson07_minimiser_check_fails_for_a_wrong_conditional_mean(monkeypatch):
+    """The exact eps of the mixture read at a later t (t + 100): not E[eps | x_t], and the
+    cross term of lesson 07's split no longer vanishes."""
+    from minidiff.diffusion.oracles import GaussianMixture
+    lesson07 = load_checks("07_training.py", keep=("np",))
+    schedule = NoiseSchedule.linear(1000)
+    mixture = GaussianMixture([[-0.5], [0.1], [0.6]], [0.1, 0.15, 0.08], [0.2, 0.3, 0.5])
+    backend.manual_seed(0)
+    lesson07["check_minimiser"](schedule, mixture, 50_000)
+
+    class Planted(GaussianMixture):
+        def eps(self, schedule, x_t, t):
+            return super().eps(schedule, x_t, t + 100)
+    planted = Planted([[-0.5], [0.1], [0.6]], [0.1, 0.15, 0.08], [0.2, 0.3, 0.5])
+    with pytest.raises(AssertionError):
+        lesson07["check_minimiser"](schedule, planted, 50_000)
