@@ -3,14 +3,14 @@
 #
 # A pixel DDPM spends every step of its sampler on all 784 pixels of a digit, though most of
 # them are background.  Latent diffusion (Rombach et al. 2022) first trains an autoencoder:
-# an encoder E that compresses an image x to a small latent z, and a decoder D that turns z
-# back into an image, D(E(x)) ~ x.  The diffusion model of lessons 01-08 then runs on z
-# (lesson 10), and only its final z is decoded.  Stable Diffusion is exactly this, at 512x512
-# with 4 x 64 x 64 latents; here 1 x 28 x 28 digits become 4 x 7 x 7 latents, 4x fewer numbers
-# and a U-Net that runs at 7x7.
+# an encoder $E$ that compresses an image $x$ to a small latent $z$, and a decoder $D$ that
+# turns $z$ back into an image, $D(E(x)) \approx x$.  The diffusion model of lessons 01-08 then
+# runs on $z$ (lesson 10), and only its final $z$ is decoded.  Stable Diffusion is exactly
+# this, at $512\times512$ with $4\times64\times64$ latents; here $1\times28\times28$ digits
+# become $4\times7\times7$ latents, 4x fewer numbers and a U-Net that runs at $7\times7$.
 #
-# The encoder does not output a single z but a Gaussian q(z|x) (a *variational*
-# autoencoder), and a small KL term keeps those Gaussians near N(0, I), so that the latent
+# The encoder does not output a single $z$ but a Gaussian $q(z \mid x)$ (a *variational*
+# autoencoder), and a small KL term keeps those Gaussians near $\mathcal N(0, I)$, so that the latent
 # space has no wild scale and no holes.  This lesson derives what that needs:
 #
 #     (9.1) the reparameterized sample          (9.4) the Gaussian negative log-likelihood
@@ -84,15 +84,16 @@ assert tuple(q.mean.shape) == (4, 4, 7, 7) and tuple(x_hat.shape) == (4, 1, 28, 
 # %% [markdown]
 # ## The diagonal Gaussian and the reparameterization
 #
-# q(z|x) = N(mu, diag(sigma^2)), with mu and log sigma^2 from the encoder (a log, so any real
-# output is a valid variance; clamped to [-30, 20] so that exp stays finite).  Training needs
-# a *sample* z ~ q and its gradient with respect to mu and sigma.  Sampling itself has no
+# $q(z \mid x) = \mathcal N(\mu, \mathrm{diag}(\sigma^2))$, with $\mu$ and $\log\sigma^2$ from
+# the encoder (a log, so any real output is a valid variance; clamped to $[-30, 20]$ so that
+# exp stays finite).  Training needs a *sample* $z \sim q$ and its gradient with respect to
+# $\mu$ and $\sigma$.  Sampling itself has no
 # gradient, so we move the randomness outside:
 #
 # $$ z = \mu + \sigma \odot \epsilon, \qquad \epsilon \sim \mathcal N(0, I) \tag{9.1} $$
 #
-# Now z is an ordinary function of (mu, log sigma^2): dz/dmu = 1 and
-# dz/d(log sigma^2) = sigma * eps / 2.  We check autograd against these two derivatives.
+# Now $z$ is an ordinary function of $(\mu, \log\sigma^2)$: $\partial z/\partial\mu = 1$ and
+# $\partial z/\partial \log\sigma^2 = \sigma\epsilon/2$.  We check autograd against these two derivatives.
 
 # %%
 mu = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
@@ -109,7 +110,7 @@ assert np.allclose(host(mu.grad), 1.0) and np.allclose(host(logvar.grad), sigma 
 # %% [markdown]
 # ## The KL term in closed form
 #
-# The KL divergence of q from the prior p = N(0, 1) is an expectation under q:
+# The KL divergence of $q$ from the prior $p = \mathcal N(0, 1)$ is an expectation under $q$:
 #
 # $$ \mathrm{KL}(q \,\|\, p) = \mathbb E_{z \sim q}\big[\log q(z) - \log p(z)\big] \tag{9.2} $$
 #
@@ -118,14 +119,14 @@ assert np.allclose(host(mu.grad), 1.0) and np.allclose(host(logvar.grad), sigma 
 # $$ \log q(z) = -\tfrac12 \log 2\pi - \tfrac12 \log \sigma^2 - \frac{(z - \mu)^2}{2\sigma^2},
 #    \qquad \log p(z) = -\tfrac12 \log 2\pi - \frac{z^2}{2} $$
 #
-# The log 2 pi cancel.  Under q, E[(z - mu)^2] = sigma^2 (the variance) and
-# E[z^2] = Var z + (E z)^2 = sigma^2 + mu^2, so
+# The $\log 2\pi$ cancel.  Under $q$, $\mathbb E[(z - \mu)^2] = \sigma^2$ (the variance) and
+# $\mathbb E[z^2] = \mathrm{Var}\,z + (\mathbb E z)^2 = \sigma^2 + \mu^2$, so
 #
 # $$ \mathrm{KL} = -\tfrac12 \log \sigma^2 - \frac{\sigma^2}{2\sigma^2} + \frac{\sigma^2 + \mu^2}{2}
 #    = \tfrac12\big(\mu^2 + \sigma^2 - 1 - \log \sigma^2\big) \tag{9.3} $$
 #
-# It is zero exactly at mu = 0, sigma = 1, and grows with |mu| and with sigma away from 1 in
-# either direction (a tiny sigma costs -1/2 log sigma^2: an encoder that wants to send
+# It is zero exactly at $\mu = 0$, $\sigma = 1$, and grows with $|\mu|$ and with $\sigma$ away
+# from 1 in either direction (a tiny $\sigma$ costs $-\tfrac12\log\sigma^2$: an encoder that wants to send
 # precise numbers pays for each one).  With independent latents the KL of the whole
 # diagonal Gaussian is the sum over the latent numbers.  We check (9.3) against a
 # Monte-Carlo estimate of (9.2), with both densities evaluated from their formulas.
@@ -148,9 +149,10 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 # %% [markdown]
 # ## The loss
 #
-# A VAE maximises a lower bound on log p(x): E_q[log p(x|z)] - KL(q(z|x) || p(z)).  With a
-# Gaussian decoder p(x|z) = N(D(z), s^2) the first term is (up to constants) a squared error,
-# with a Laplace decoder an absolute error.  The negative log-likelihood of x under a
+# A VAE maximises a lower bound on $\log p(x)$:
+# $\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q(z \mid x) \,\|\, p(z))$.  With a Gaussian
+# decoder $p(x \mid z) = \mathcal N(D(z), \sigma^2)$ the first term is (up to constants) a
+# squared error, with a Laplace decoder an absolute error.  The negative log-likelihood of $x$ under a
 # Gaussian, summed over elements, is
 #
 # $$ -\log \mathcal N(x; \mu, \sigma^2) = \tfrac12 \sum \Big(\log 2\pi + \log \sigma^2
@@ -170,9 +172,10 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 #    + w_\text{KL}\,\mathrm{KL}\big(q(z \mid x_n) \,\|\, \mathcal N(0, I)\big)\Big],
 #    \qquad z_n = \mu_n + \sigma_n \odot \epsilon \tag{9.5} $$
 #
-# with kl_weight = 1e-4 (divided by the 784 pixels so the loss reads as an error per pixel).
-# Why the squared error (a Gaussian decoder) and not |.| (Laplace, CompVis' pixel term):
-# measured, not assumed.  Trained for the same 400 steps (batch 32, 4 x 7 x 7 latents), the
+# with $w_\text{KL}$ = `kl_weight` = $10^{-4}$ (divided by the 784 pixels so the loss reads as an
+# error per pixel).
+# Why the squared error (a Gaussian decoder) and not $|\cdot|$ (Laplace, CompVis' pixel term):
+# measured, not assumed.  Trained for the same 400 steps (batch 32, $4\times7\times7$ latents), the
 # squared error reconstructed 1000 test digits with MSE 0.0022 (PSNR 26.6 dB) and a
 # classifier-FID of the reconstructions of 7.4, the absolute error with MSE 0.0048 (23.2 dB)
 # and 35.6 (data/checkpoints/ae.md).  A likely reason: |.| is minimised by the conditional

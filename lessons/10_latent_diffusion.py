@@ -3,8 +3,8 @@
 #
 # Lesson 08 ended on the speed problem: every sampling step is one U-Net pass over all 784
 # pixels.  Rombach et al. (2022) move the whole diffusion process into the latent space of an
-# autoencoder (lesson 09): the encoder E squeezes a 1x28x28 digit into c x 7 x 7 numbers, the
-# diffusion model learns and samples *those*, and the decoder D turns the final latent back
+# autoencoder (lesson 09): the encoder $E$ squeezes a $1\times28\times28$ digit into $c\times7\times7$ numbers, the
+# diffusion model learns and samples *those*, and the decoder $D$ turns the final latent back
 # into an image, once:
 #
 # $$
@@ -16,8 +16,8 @@
 # $$
 #
 # Nothing in the diffusion code changes: ``q_sample``, the losses and the samplers take
-# arrays of any shape.  What changes is *what x_0 is*, and that choice lives in one place,
-# ``minidiff.spaces`` (a ``PixelSpace`` or a ``LatentSpace``).
+# arrays of any shape.  What changes is *what $x_0$ is*, and that choice lives in one place,
+# `minidiff/data/spaces.py` (a `PixelSpace` or a `LatentSpace`).
 #
 # Sections:
 #
@@ -70,12 +70,13 @@ if not args.quick and not shipped:
 # ## 1. The latents, and the scale factor
 #
 # The shipped autoencoder (`data/checkpoints/ae.npz`, lesson 09) maps a digit to a diagonal
-# Gaussian q(z|x) = N(mu(x), sigma(x)^2) over 4 x 7 x 7 numbers.  Its training (a
+# Gaussian $q(z \mid x) = \mathcal N(\mu(x), \sigma(x)^2)$ over $4\times7\times7$ numbers.  Its training (a
 # reconstruction loss plus a small KL term) does not fix their scale: the latents come out
 # with whatever spread the network found convenient.  Lesson 09 measured it over the training
-# set and stored s = 1 / std(z) in the checkpoint (CompVis' `scale_by_std`, (9.6); Stable
+# set and stored $s = 1/\mathrm{std}(z)$ in the checkpoint (CompVis' `scale_by_std`, (9.6); Stable
 # Diffusion's 0.18215 is the same number for its autoencoder).  With `--quick` a tiny,
-# untrained autoencoder stands in, and s is measured here in the same way.
+# untrained autoencoder stands in, and $s$ is measured here in the same way.  It is checked on
+# test images it was not measured on.
 
 # %%
 train_images, _ = load_mnist("train")
@@ -154,14 +155,14 @@ for factor in (5.0, 1.0, 0.2):
 # ## 3. The same q_sample on z (10.3)
 #
 # The forward process does not know what it is noising: `q_sample(schedule, z0, t, eps)` is
-# (2.4) elementwise.  Two checks.  By hand, sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps gives
+# (2.4) elementwise.  Two checks.  By hand, $\sqrt{\bar\alpha_t}\,z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ gives
 # the same array.  By Monte Carlo, its variance follows the closed form
 #
 # $$ \mathrm{Var}(z_t) = \bar\alpha_t\,\mathrm{Var}(z_0) + (1 - \bar\alpha_t), \tag{10.3} $$
 #
-# which is 1 at every t exactly when Var(z_0) = 1: the scaled latents keep unit variance all
+# which is 1 at every $t$ exactly when $\mathrm{Var}(z_0) = 1$: the scaled latents keep unit variance all
 # the way from data to noise (latents five times too large start at variance 25 instead).
-# Then one step of Algorithm 1 on z_0 with a U-Net whose input is c x 7 x 7:
+# Then one step of Algorithm 1 on $z_0$ with a U-Net whose input is $c\times7\times7$:
 # `training_step` is the very function that trains the pixel model.
 
 # %%
@@ -197,10 +198,11 @@ assert math.isfinite(loss.item())
 #
 # A training step of the LDM should cost only its small U-Net, so the encoder must not run
 # at every step.  `LatentSpace.use(images)` encodes the training set once and keeps each
-# image's posterior mean mu and standard deviation sigma; `batch(index)` then draws
-# z_0 = s (mu + sigma eps) from them (a fresh eps at every step, the reparameterization of
-# (9.1)).  Two checks: without the draw, `batch` is exactly s mu from the encoder; with it,
-# the draws of one image scatter around s mu with standard deviation s sigma.
+# image's posterior mean $\mu$ and standard deviation $\sigma$; `batch(index)` then draws
+# $z_0 = s(\mu + \sigma\epsilon)$ from them (a fresh $\epsilon$ at every step, the
+# reparameterization of (9.1)).  Two checks: without the draw, `batch` is exactly $s\mu$ from
+# the encoder; with it, the draws of one image scatter around $s\mu$ with standard deviation
+# $s\sigma$.
 
 # %%
 space = LatentSpace(autoencoder, scale_factor).use(images[:64], log=print)
@@ -220,8 +222,8 @@ assert 0.8 < spread.min() and spread.max() < 1.2 and centre.max() < 0.35
 # %% [markdown]
 # ## 5. Sampling an LDM
 #
-# DDIM runs on c x 7 x 7 arrays from z_T ~ N(0, I); the decoder runs once, at the end.  One
-# difference from pixel space: the samplers clip their estimate of x_0 to [-1, 1] in pixel
+# DDIM runs on $c\times7\times7$ arrays from $z_T \sim \mathcal N(0, I)$; the decoder runs once, at the end.  One
+# difference from pixel space: the samplers clip their estimate of $x_0$ to $[-1, 1]$ in pixel
 # space, where that is the data's range, but not in latent space (unit variance means values
 # of +-3 are common): `space.clip_x0` says which.  With the shipped `ldm.npz` the digits are
 # real; with `--quick` an untrained network gives decoded noise, which still shows the shapes.
@@ -252,13 +254,14 @@ print(f"samples written to {out_dir / '10_ldm_samples.png'}")
 # %% [markdown]
 # ## 6. Sampling is cheaper (10.4)
 #
-# Drawing one image with S sampling steps costs
+# Drawing one image with $S$ sampling steps costs
 #
 # $$ \text{pixel model: } S\,F_\text{pixel}, \qquad \text{latent model: } S\,F_\text{latent} + D, \tag{10.4} $$
 #
-# with F the cost of one U-Net forward pass per image and D that of one decoder pass.  The
-# latent U-Net works on 49 positions instead of 784, so F_latent is a fraction of F_pixel, and
-# the decoder, run once, is shared by all S steps.  Measured below with S = 50 (DDIM), on the
+# with $F$ the cost of one U-Net forward pass per image and $D$ that of one decoder pass.  The
+# latent U-Net works on 49 positions instead of 784, so $F_\text{latent}$ is a fraction of
+# $F_\text{pixel}$, and the decoder, run once, is shared by all $S$ steps.  The times are
+# printed, not asserted (a busy machine can reorder them).  Measured below with $S = 50$ (DDIM), on the
 # shipped models (or, with `--quick`, tiny U-Nets of 8 base channels).  On the 2-core
 # development machine `minidiff bench ldm` measures the same thing on the shipped models,
 # training step included (README).
@@ -368,14 +371,15 @@ if plt is not None:
 # %% [markdown]
 # ## Summary
 #
-# * (10.1) An LDM is the DDPM of lessons 01-08 run on z_0 = s E(x); its samples are D(z_0 / s).
-#   The diffusion code is unchanged: only the space x_0 lives in differs (`minidiff.spaces`).
-# * (10.2) The scale factor s = 1 / std(z) keeps the signal-to-noise ratio the schedule was
-#   made for; (10.3) then the noised latents keep unit variance from t = 1 to T.
-# * The training set is encoded once; a step draws z_0 = s (mu + sigma eps) and costs only
+# * (10.1) An LDM is the DDPM of lessons 01-08 run on $z_0 = s\,E(x)$; its samples are
+#   $D(z_0 / s)$.  The diffusion code is unchanged: only the space $x_0$ lives in differs
+#   (`minidiff/data/spaces.py`).
+# * (10.2) The scale factor $s = 1/\mathrm{std}(z)$ brings the latents to the scale the
+#   schedule was made for; (10.3) then the noised latents keep unit variance from $t = 1$ to $T$.
+# * The training set is encoded once; a step draws $z_0 = s(\mu + \sigma\epsilon)$ and costs only
 #   the small U-Net.
-# * (10.4) Sampling costs S passes of a U-Net on 49 positions plus one decoder pass, instead
-#   of S passes on 784 pixels.
+# * (10.4) Sampling costs $S$ passes of a U-Net on 49 positions plus one decoder pass, instead
+#   of $S$ passes on 784 pixels.
 
 # %%
 print("lesson 10: all checks passed")
