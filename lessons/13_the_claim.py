@@ -10,10 +10,10 @@
 #
 # Sections:
 #
-# 1. L_simple is the bound with a weight dropped, eq. (13.5), checked term by term
-# 2. Why dropping it helps samples: where the bound's mass lies in t
-# 3. Why the bound is hard to optimise: gradients across t; importance sampling, (13.3), (13.4)
-# 4. What learned variances buy, eq. (13.1), L_hybrid (13.6)
+# 1. $L_\text{simple}$ is the bound with a weight dropped, eq. (13.5), checked term by term
+# 2. Why dropping it helps samples: where the bound's mass lies in $t$
+# 3. Why the bound is hard to optimise: gradients across $t$; importance sampling, (13.3), (13.4)
+# 4. What learned variances buy, eq. (13.1), $L_\text{hybrid}$ (13.6)
 # 5. The measured table, and the samples
 #
 #     python lessons/13_the_claim.py [--quick] [--out DIR]
@@ -497,9 +497,9 @@ if plt is not None:
 #
 # `minidiff claim` evaluates the three shipped models (README: the claim); its `--json`
 # output, stored as data/checkpoints/claim_table.json, is shown here.  Columns: the full bound
-# in bits/dim (every t, +- one standard error over the test images), the Monte-Carlo
-# estimate beside it, the bound split as the DDPM paper's Table 4 (prior L_T, distortion L_0,
-# rate sum L_{t-1}), FID on minidiff's MNIST classifier and its mean confidence.
+# in bits/dim (every $t$, $\pm$ one standard error over the test images), the Monte-Carlo
+# estimate beside it, the bound split as the DDPM paper's Table 4 (prior $L_T$, distortion
+# $L_0$, rate $\sum L_{t-1}$), FID on minidiff's MNIST classifier and its mean confidence.
 
 # %%
 from minidiff.claim import markdown_table  # noqa: E402
