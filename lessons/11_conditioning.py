@@ -2,7 +2,7 @@
 # # Lesson 11 — Conditioning: text by cross-attention, spatial inputs by concatenation
 #
 # The article's section 11: the real power of Stable Diffusion is generating from a prompt.
-# A switch selects the kind of conditioning input; text goes through a language model tau_theta
+# A switch selects the kind of conditioning input; text goes through a language model $\tau_\theta$
 # to embeddings that multi-head attention Attention(Q, K, V) maps into the U-Net; spatially
 # aligned inputs (semantic maps, images, inpainting) are concatenated to the U-Net's input.
 # This lesson builds each piece on MNIST and checks it against a computation of its own:
@@ -10,7 +10,7 @@
 # 1. Captions: thickness (11.1) and slant (11.2) measured on the pixels, cut into thirds
 # 2. Cross-attention (11.3), with its shapes, by hand against the library's layer; the
 #    SpatialTransformer block around it, the identity at initialisation
-# 3. tau_theta, and the switch none / crossattn / concat / hybrid as `build_model` builds it
+# 3. $\tau_\theta$, and the switch none / crossattn / concat / hybrid as `build_model` builds it
 # 4. Classifier-free guidance (11.4) from Bayes' rule, (11.5)-(11.7), exact on a Gaussian
 #    toy; then a sweep of the guidance scale s on the shipped text-to-image model
 # 5. Inpainting: concatenation (11.9) against replacement (11.8) on the same digits
@@ -75,8 +75,9 @@ def shipped(name):
 # ## 1. Captions from the pixels
 #
 # MNIST has labels but no words about style, so the captions' attributes are measured on the
-# image itself (`minidiff/captions.py`).  With I = image / 255 and E^k the k-fold 3x3 grey
-# erosion (a minimum filter), the ink-weighted mean erosion depth D and the thickness are
+# image itself (`minidiff/data/captions.py`).  With $I$ = image / 255 and $E^k$ the $k$-fold
+# $3\times3$ grey erosion (a minimum filter), the ink-weighted mean erosion depth $D$ and the
+# thickness are
 #
 # $$ D = \frac{\sum_{k \ge 0} \sum E^k(I)}{\sum I}, \qquad \text{thickness} = 4D - 2. \tag{11.1} $$
 #
@@ -117,9 +118,10 @@ print("(11.1) thickness of bars of width", widths, "=",
       "brute-force distance transform")
 
 # %% [markdown]
-# Slant: with the ink as weights, the centred second moments mu11 = sum I (x - x_bar)(y - y_bar)
-# and mu02 = sum I (y - y_bar)^2 (x right, y down).  Shearing an upright shape (mu11 = 0) by
-# x -> x + s (y - y_bar) gives mu11 = s mu02, so the absolute shear is
+# Slant: with the ink as weights, the centred second moments
+# $\mu_{11} = \sum I\,(x - \bar x)(y - \bar y)$ and $\mu_{02} = \sum I\,(y - \bar y)^2$
+# ($x$ right, $y$ down).  Shearing an upright shape ($\mu_{11} = 0$) by
+# $x \mapsto x + a\,(y - \bar y)$ gives $\mu_{11} = a\,\mu_{02}$, so the absolute shear is
 #
 # $$ \text{slant} = \left|\mu_{11} / \mu_{02}\right|. \tag{11.2} $$
 #
@@ -175,8 +177,9 @@ print(f"saved {out_dir / '11_attributes.png'} (top: thickness, bottom: slant, lo
 # %% [markdown]
 # ## 2. Cross-attention, with its shapes
 #
-# The U-Net's features at one resolution, phi(z_t) (N, C, h, w), are flattened to N sequences of
-# HW tokens of width d = C; the caption becomes tau_theta(y) (N, L, d_tau).  Queries come from
+# The U-Net's features at one resolution, $\varphi(z_t)$ $(N, C, h, w)$, are flattened to $N$
+# sequences of $HW$ tokens of width $d = C$; the caption becomes $\tau_\theta(y)$
+# $(N, L, d_\tau)$.  Queries come from
 # the image, keys and values from the text:
 #
 # $$ Q = \varphi W_Q^\top \;(N, HW, d), \qquad K = \tau W_K^\top \;(N, L, d), \qquad
@@ -185,9 +188,9 @@ print(f"saved {out_dir / '11_attributes.png'} (top: thickness, bottom: slant, lo
 # $$ \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V
 #    \quad (N, HW, d) \tag{11.3} $$
 #
-# per head: d splits into h heads of d_h = d / h, the scores Q K^T are (N, h, HW, L), one
-# weight per (pixel, token) pair, and each pixel's output is a mixture of the values of the
-# caption's tokens.  Padding tokens get the score -inf before the softmax (weight 0), so what
+# per head: $d$ splits into $h$ heads of $d_h = d/h$, the scores $QK^\top$ are $(N, h, HW, L)$,
+# one weight per (pixel, token) pair, and each pixel's output is a mixture of the values of the
+# caption's tokens.  Padding tokens get the score $-\infty$ before the softmax (weight 0), so what
 # sits at a padded position is never read.  Below: the library's layer against (11.3) written
 # out in NumPy on the layer's own weights.
 
@@ -502,12 +505,13 @@ if plt is not None:
 # ### The guidance sweep on the text-to-image model
 #
 # The shipped txt2img model (latent, cross-attention in its middle block, trained with caption
-# dropout 0.1) sampled with s in 0, 1, 2, 3, 5: for each digit word "zero" .. "nine" a few
+# dropout 0.1) sampled with $s$ in 0, 1, 2, 3, 5: for each digit word "zero" .. "nine" a few
 # samples, and two measures (`minidiff.evaluate.prompts`, what `minidiff eval --prompts`
 # reports): the prompted accuracy, the fraction the project's classifier labels as the
 # prompted digit, and the diversity, the mean pairwise distance of the classifier's features
-# between samples of the same prompt.  s = 0 ignores the prompt (chance: about 0.1); larger s
-# trades diversity for adherence, as on the toy.  The figure: one row per s, the same seeds.
+# between samples of the same prompt.  $s = 0$ ignores the prompt (chance: about 0.1); larger
+# $s$ trades diversity for adherence, as on the toy.  The figure: one row per $s$, the same
+# seeds.
 
 # %%
 backend.set_default_dtype("float32")          # the models' dtype from here on
@@ -695,8 +699,8 @@ if txt2img is not None:
 # ## 5. Spatial inputs: concatenation against replacement
 #
 # A condition aligned with the image (a mask, a semantic map, a low-resolution image) needs no
-# attention: it is concatenated to z_t as extra channels.  For inpainting (Stable Diffusion's
-# way) with the mask m (1 = to fill) on the latent grid and the masked image (every pixel to
+# attention: it is concatenated to $z_t$ as extra channels.  For inpainting (Stable Diffusion's
+# way) with the mask $m$ (1 = to fill) on the latent grid and the masked image (every pixel to
 # fill set to 0) encoded,
 #
 # $$ \epsilon_\theta\big([z_t,\ m,\ E((1 - m) \odot x)],\ t\big) \tag{11.9} $$
@@ -765,11 +769,12 @@ stand_in_dir.cleanup()
 # * Captions are made from the label and two attributes measured on the pixels: thickness by
 #   erosion depth (11.1), slant from second moments (11.2), each cut into thirds.
 # * Text reaches the U-Net through cross-attention (11.3): queries from the image features,
-#   keys and values from tau_theta(y), padding masked; the SpatialTransformer around it starts
-#   as the identity.  tau_theta is a small transformer trained with the U-Net.
+#   keys and values from $\tau_\theta(y)$, padding masked; the SpatialTransformer around it
+#   starts as the identity.  $\tau_\theta$ is a small transformer trained with the U-Net.
 # * The switch is one config key; concatenation adds input channels, cross-attention a context.
 # * Classifier-free guidance (11.4) is Bayes' rule (11.5)-(11.7) with the implicit classifier
-#   p(y | x) proportional to p(x | y) / p(x); s trades diversity for adherence.
+#   $p(y \mid x) \propto p(x \mid y) / p(x)$; $s$ ($= 1 + w$ of Ho & Salimans) trades
+#   diversity for adherence.
 # * A model trained with the mask concatenated (11.9) completes digits; replacement (11.8) on
 #   an unconditional model only sees the known part through the noisy state.
 
