@@ -9,8 +9,14 @@
 # model costs to train and to sample, with and without conditioning, on the configurations
 # minidiff ships, and what the latent space costs in quality.
 #
-#     DM:   x_0 -> q(x_t | x_0) -> eps_theta(x_t, t) on 1x28x28 -> sampler -> x_0
-#     LDM:  x -> E -> z_0 = s E(x) (4x7x7) -> the same diffusion on z -> D(z_0 / s) -> x
+# $$
+# \begin{aligned}
+# &\text{DM:} && x_0 \to q(x_t \mid x_0) \to \epsilon_\theta(x_t, t) \text{ on } 1\times28\times28
+#    \to \text{sampler} \to x_0\\
+# &\text{LDM:} && x \to E \to z_0 = s\,E(x)\ (4\times7\times7) \to \text{the same diffusion on } z
+#    \to D(z_0 / s) \to x
+# \end{aligned}
+# $$
 #
 # Sections:
 #
@@ -58,18 +64,19 @@ xp = backend.xp()
 # %% [markdown]
 # ## 1. The two pipelines
 #
-# A DM works on the image itself.  Training draws t and eps, noises x_0 in one step with the
-# closed form q(x_t | x_0) (lesson 02) and teaches the U-Net eps_theta(x_t, t) to find the
-# noise; sampling runs the U-Net S times, from x_T ~ N(0, I) down to x_0 (lesson 08).
+# A DM works on the image itself.  Training draws $t$ and $\epsilon$, noises $x_0$ in one step
+# with the closed form $q(x_t \mid x_0)$ (lesson 02) and teaches the U-Net $\epsilon_\theta(x_t, t)$
+# to find the noise; sampling runs the U-Net $S$ times, from $x_T \sim \mathcal N(0, I)$ down to
+# $x_0$ (lesson 08).
 #
-# An LDM wraps the same loop in an autoencoder (lessons 09-10).  E maps x to a 4x7x7
-# latent, multiplied by the scale factor s so that it has unit variance; the diffusion
-# process, forward and reverse, runs on z; D turns the final z_0 / s back into pixels, once
-# per sample.  Conditioning enters through a switch (the right of the LDM paper's Figure 3):
-# a prompt y goes through a text encoder tau_theta, whose token embeddings become the keys
+# An LDM wraps the same loop in an autoencoder (lessons 09-10).  $E$ maps $x$ to a
+# $4\times7\times7$ latent, multiplied by the scale factor $s$ so that it has unit variance; the
+# diffusion process, forward and reverse, runs on $z$; $D$ turns the final $z_0 / s$ back into
+# pixels, once per sample.  Conditioning enters through a switch (the right of the LDM paper's Figure 3):
+# a prompt $y$ goes through a text encoder $\tau_\theta$, whose token embeddings become the keys
 # and values of cross-attention layers inside the U-Net (the queries come from its feature
 # map); a spatially aligned input (a mask and the masked image, for inpainting) is encoded
-# to the latent grid and concatenated to z_t as extra input channels.
+# to the latent grid and concatenated to $z_t$ as extra input channels.
 #
 # Each box below carries the name of the minidiff module that implements it.
 
@@ -364,10 +371,10 @@ if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
 #
 # $$ \text{conv: } 2 \cdot 9\,C^2 \cdot HW \text{ floating-point operations} \tag{12.2} $$
 #
-# (one multiply-add per weight per position), so a ResBlock on 7x7 does 1/16 of the work of
-# the same block on 28x28.  Self-attention over the HW positions of a feature map adds the
-# scores and their weighted sum, which grow with the *square* of the grid, and
-# cross-attention to L tokens grows with HW L:
+# (one multiply-add per weight per position), so a ResBlock on $7\times7$ does 1/16 of the work
+# of the same block on $28\times28$.  Self-attention over the $HW$ positions of a feature map
+# adds the scores and their weighted sum, which grow with the *square* of the grid, and
+# cross-attention to $L$ tokens grows with $HW\,L$:
 #
 # $$
 # \begin{aligned}
@@ -377,7 +384,8 @@ if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
 # \end{aligned} \tag{12.3}
 # $$
 #
-# At 28x28 the (HW)^2 term is 784^2 = 614,656 scores per head, 256 times as many as at 7x7:
+# At $28\times28$ the $(HW)^2$ term is $784^2 = 614{,}656$ scores per head, 256 times as many as
+# at $7\times7$:
 # this is why neither of minidiff's pixel presets puts attention above 7x7, and why the LDM
 # paper calls pixel-space attention at high resolution prohibitive.  Below, one block of each
 # kind, same channels, forward pass, timed at 28x28 and at 7x7.  The times are printed, never
@@ -473,12 +481,12 @@ print("(12.2)-(12.3) == 2 x the weights of each block x the rows they meet (+ at
 # %% [markdown]
 # ## 4. The cost table (12.4)
 #
-# Drawing one image with S sampling steps costs
+# Drawing one image with $S$ sampling steps costs
 #
 # $$ \text{DM: } S\,F_\text{pixel}, \qquad \text{LDM: } S\,F_\text{latent} + D \tag{12.4} $$
 #
-# (F a U-Net forward pass per image, D one decoder pass; with classifier-free guidance each
-# step runs the U-Net on a doubled batch, so S F becomes about 2 S F for both.)  Training
+# ($F$ a U-Net forward pass per image, $D$ one decoder pass; with classifier-free guidance each
+# step runs the U-Net on a doubled batch, so $S F$ becomes about $2 S F$ for both.)  Training
 # costs one forward and backward of the U-Net per image; the LDM's encoder is not in its
 # step, because the training set is encoded once (section 5).  Measured with
 # `minidiff.bench.ldm` (`Side`, `time_sides`: the code of `minidiff bench ldm`, which times
