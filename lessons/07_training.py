@@ -1,18 +1,24 @@
 # %% [markdown]
 # # Lesson 07 — Training: Algorithm 1
 #
-# Ho et al.'s training loop fits in five lines:
+# Ho et al.'s (2020) training loop, Algorithm 1, fits in six lines:
 #
-#     1: repeat
-#     2:   x_0 ~ q(x_0)                                   a batch of training images
-#     3:   t ~ Uniform({1, ..., T})                       one step per image
-#     4:   eps ~ N(0, I)
-#     5:   gradient step on || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2
-#     6: until converged
+# $$
+# \begin{aligned}
+# &1:\ \textbf{repeat}\\
+# &2:\quad x_0 \sim q(x_0) &&\text{a batch of training images}\\
+# &3:\quad t \sim \mathrm{Uniform}(\{1, \dots, T\}) &&\text{one step per image}\\
+# &4:\quad \epsilon \sim \mathcal N(0, I)\\
+# &5:\quad \text{gradient step on } \nabla_\theta \big\lVert \epsilon - \epsilon_\theta\big(
+#     \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,\ t\big)\big\rVert^2\\
+# &6:\ \textbf{until converged}
+# \end{aligned}
+# $$
 #
 # We write each line out on MNIST, check that our line-5 loss is exactly what
-# `minidiff.diffusion.training_step` computes (L_simple, (4.6), with x_t from (2.4)), and
-# watch the loss fall.
+# `minidiff.diffusion.training_step` computes ($L_\text{simple}$, (4.6), with $x_t$ from
+# (2.4)), watch the loss fall, and show what the loss's minimiser is: the average noise given
+# $x_t$, $\mathbb E[\epsilon \mid x_t]$.
 #
 #     python lessons/07_training.py            # a few minutes: a small U-Net, some hundred steps
 #     python lessons/07_training.py --quick    # seconds: a tiny U-Net (used by the tests)
@@ -43,10 +49,10 @@ else:            # full 28x28 digits, a 16-channel U-Net
 
 
 # %% [markdown]
-# ## The data: x_0 ~ q(x_0)
+# ## The data: $x_0 \sim q(x_0)$
 #
-# MNIST digits, scaled from [0, 255] to [-1, 1] so that they live on the same scale as the
-# N(0, I) noise the forward process ends in.
+# MNIST digits, scaled from $[0, 255]$ to $[-1, 1]$ so that they live on the same scale as the
+# $\mathcal N(0, I)$ noise the forward process ends in.
 
 # %%
 images, _ = load_mnist("train")
@@ -66,8 +72,8 @@ print(f"U-Net with {model.num_parameters():,} parameters, batch {batch}, {steps}
 # %% [markdown]
 # ## One step of Algorithm 1, line by line
 #
-# Line 5 builds x_t in closed form (2.4), asks the network for eps, and takes the mean
-# squared error (4.6).  The library's `training_step` does exactly this; with the same t and
+# Line 5 builds $x_t$ in closed form (2.4), asks the network for $\epsilon$, and takes the
+# mean squared error (4.6).  The library's `training_step` does exactly this; with the same t and
 # eps the two losses agree to the last bit.
 
 # %%
@@ -88,10 +94,11 @@ assert abs(float(ours.data) - float(library.data)) < 1e-6
 # %% [markdown]
 # ## The loop
 #
-# Repeat: a fresh batch, fresh t, fresh eps, backward, AdamW.  The loss starts near 1 (the
-# untrained network says roughly "zero noise" and eps has variance 1) and falls as the
-# network learns to see the noise.  Late steps (t near T) are easy — x_t is nearly all noise,
-# so eps ~ x_t — and early steps are hard; the batch loss is noisy because t is random.
+# Repeat: a fresh batch, fresh $t$, fresh $\epsilon$, backward, AdamW.  The loss starts near 1
+# (the untrained network says roughly "zero noise" and $\epsilon$ has variance 1) and falls as
+# the network learns to see the noise.  Late steps ($t$ near $T$) are easy — $x_t$ is nearly
+# all noise, so $\epsilon \approx x_t$ — and early steps are hard; the batch loss is noisy
+# because $t$ is random.
 
 # %%
 losses, start = [], time.perf_counter()
@@ -113,10 +120,10 @@ print(f"mean loss over the first {window} steps {first:.4f}, over the last {wind
 assert last < 0.8 * first, "the loss should fall"
 
 # %% [markdown]
-# ## Which t are hard?
+# ## Which $t$ are hard?
 #
-# Evaluate the trained network's loss at a few fixed t on one batch: the error is largest at
-# small t, where the noise is a faint veneer on the digit.
+# Evaluate the trained network's loss at a few fixed $t$ on one batch: the error is largest at
+# small $t$, where the noise is a faint veneer on the digit.
 
 # %%
 from minidiff.tensor import no_grad  # noqa: E402
@@ -152,18 +159,19 @@ if plt is not None:
     print(f"figure written to {out_dir / '07_training.png'}")
 
 # %% [markdown]
-# ## What should the network predict?  eps, x_0 or v
+# ## What should the network predict?  $\epsilon$, $x_0$ or $v$
 #
-# Line 5 asks for the noise eps, but x_0 is what sampling needs, through (2.5):
+# Line 5 asks for the noise $\epsilon$, but $x_0$ is what sampling needs, through (2.5):
 #
-#     x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+# $$ \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}} $$
 #
-# so an error delta in eps_hat becomes an error delta sqrt(1/abar_t - 1) in x0_hat: about
-# 160 delta at t = T for the linear schedule.  A short training run leaves the network's
-# eps a little off at large t, and the first sampling steps then start from x_0 guesses far
-# outside [-1, 1] (grey, blotchy backgrounds in the samples).  Predicting the velocity
-# v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (2.6) instead gives
-# x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat: the same delta now costs at most delta.
+# so an error $\delta$ in $\hat\epsilon$ becomes an error $\delta\sqrt{1/\bar\alpha_t - 1}$
+# in $\hat x_0$: about $160\,\delta$ at $t = T$ for the linear schedule.  A short training run
+# leaves the network's $\epsilon$ a little off at large $t$, and the first sampling steps then
+# start from $x_0$ guesses far outside $[-1, 1]$ (grey, blotchy backgrounds in the samples).
+# Predicting the velocity $v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$
+# (2.6) instead gives $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$:
+# the same $\delta$ now costs at most $\delta$.
 # The `quick` preset of `minidiff train` trains v for that reason (`--set prediction=v`);
 # `as_eps_model` turns such a network back into the eps_theta the samplers expect.
 # Below, the amplification is measured with the library's conversions.
@@ -188,9 +196,67 @@ for index in (0, 500, schedule.num_timesteps - 1):
     assert gain_v <= 1.0 + 1e-9
 
 # %% [markdown]
+# ## What the loss is minimised by: $\mathbb E[\epsilon \mid x_t]$
+#
+# For one $t$, split the error of any function $f(x_t)$ around the conditional mean
+# $f^*(x_t) = \mathbb E[\epsilon \mid x_t]$:
+#
+# $$
+# \mathbb E\,\lVert\epsilon - f(x_t)\rVert^2 = \mathbb E\,\lVert\epsilon - f^*(x_t)\rVert^2
+#   + \mathbb E\,\lVert f^*(x_t) - f(x_t)\rVert^2 ,
+# $$
+#
+# because the cross term $2\,\mathbb E\big[(\epsilon - f^*)\cdot(f^* - f)\big]$ is, given
+# $x_t$, $(f^* - f)\cdot\mathbb E[\epsilon - f^* \mid x_t] = 0$.  So the loss at each $t$ is
+# smallest for $f = f^*$ exactly, and the best network is
+# $\epsilon_\theta(x_t, t) = \mathbb E[\epsilon \mid x_t]$ (lesson 08 computes it for
+# Gaussian mixtures).  A consequence: weighing the terms by any positive $\lambda_t$, as the
+# bound does (13.5), has the *same* minimiser at every $t$; with unlimited capacity the
+# weights change nothing, and with a finite network they only decide where its capacity is
+# spent.
+#
+# A check that can fail: on data whose $\mathbb E[\epsilon \mid x_t]$ is known (a mixture of
+# three Gaussians in one dimension, `diffusion/oracles.py`, (8.2)), the two sides of the
+# split, by Monte Carlo, for a few wrong $f$.  If $f^*$ were not the conditional mean (try
+# the mixture's $\epsilon$ at the wrong $t$) the cross term would not vanish.
+
+# %%
+from minidiff.diffusion.oracles import GaussianMixture  # noqa: E402
+
+mixture = GaussianMixture([[-0.5], [0.1], [0.6]], [0.1, 0.15, 0.08], [0.2, 0.3, 0.5])
+
+
+def check_minimiser(schedule, mixture, n_mc, indices=(50, 300, 700)):
+    """E|eps - f|^2 = E|eps - f*|^2 + E|f* - f|^2 for f* = mixture.eps (E[eps | x_t], (8.2))
+    and three other f: the cross term within 5 standard errors of 0.  Returns the floors."""
+    xp = backend.xp()
+    x0 = backend.array_of(mixture.sample(n_mc)[0]).astype("float64")
+    floors = {}
+    for index in indices:
+        tt = xp.full((n_mc,), index, dtype=xp.int64)
+        eps = backend.randn(n_mc, 1, dtype="float64")
+        best = mixture.eps(schedule, q_sample(schedule, x0, tt, eps), tt)   # f* = E[eps | x_t]
+        floors[index] = float(((eps - best) ** 2).mean())
+        for label, other in (("0.8 f*", 0.8 * best), ("f* + 0.1", best + 0.1),
+                             ("x_t", q_sample(schedule, x0, tt, eps))):
+            cross = host(2 * (eps - best) * (best - other))   # total - floor - gap, per draw
+            standard_error = float(cross.std()) / math.sqrt(n_mc)
+            assert abs(float(cross.mean())) < 5 * standard_error, (index, label)
+            assert float(((eps - other) ** 2).mean()) > floors[index]
+    return floors
+
+
+for index, floor in check_minimiser(schedule, mixture,
+                                    100_000 if args.quick else 1_000_000).items():
+    print(f"t = {index + 1:4d}: E|eps - f|^2 = E|eps - f*|^2 + E|f* - f|^2 for f = 0.8 f*, "
+          f"f* + 0.1, x_t; the floor E|eps - f*|^2 = {floor:.4f}")
+
+# %% [markdown]
 # ## Summary
 #
-# * Algorithm 1 is (2.4) plus the MSE (4.6) between the true and the predicted noise.
+# * Algorithm 1 is (2.4) plus the MSE (4.6) between the true and the predicted noise; its
+#   minimiser at every $t$ is $\mathbb E[\epsilon \mid x_t]$, whatever positive weights the
+#   terms get.
 # * One random t per image: every step of the chain is trained at once, by sampling.
 # * `minidiff train` runs the same loop with EMA, checkpoints and the reference U-Net.
 #

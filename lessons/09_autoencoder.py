@@ -3,14 +3,14 @@
 #
 # A pixel DDPM spends every step of its sampler on all 784 pixels of a digit, though most of
 # them are background.  Latent diffusion (Rombach et al. 2022) first trains an autoencoder:
-# an encoder E that compresses an image x to a small latent z, and a decoder D that turns z
-# back into an image, D(E(x)) ~ x.  The diffusion model of lessons 01-08 then runs on z
-# (lesson 10), and only its final z is decoded.  Stable Diffusion is exactly this, at 512x512
-# with 4 x 64 x 64 latents; here 1 x 28 x 28 digits become 4 x 7 x 7 latents, 4x fewer numbers
-# and a U-Net that runs at 7x7.
+# an encoder $E$ that compresses an image $x$ to a small latent $z$, and a decoder $D$ that
+# turns $z$ back into an image, $D(E(x)) \approx x$.  The diffusion model of lessons 01-08 then
+# runs on $z$ (lesson 10), and only its final $z$ is decoded.  Stable Diffusion is exactly
+# this, at $512\times512$ with $4\times64\times64$ latents; here $1\times28\times28$ digits
+# become $4\times7\times7$ latents, 4x fewer numbers and a U-Net that runs at $7\times7$.
 #
-# The encoder does not output a single z but a Gaussian q(z|x) (a *variational*
-# autoencoder), and a small KL term keeps those Gaussians near N(0, I), so that the latent
+# The encoder does not output a single $z$ but a Gaussian $q(z \mid x)$ (a *variational*
+# autoencoder), and a small KL term keeps those Gaussians near $\mathcal N(0, I)$, so that the latent
 # space has no wild scale and no holes.  This lesson derives what that needs:
 #
 #     (9.1) the reparameterized sample          (9.4) the Gaussian negative log-likelihood
@@ -84,15 +84,16 @@ assert tuple(q.mean.shape) == (4, 4, 7, 7) and tuple(x_hat.shape) == (4, 1, 28, 
 # %% [markdown]
 # ## The diagonal Gaussian and the reparameterization
 #
-# q(z|x) = N(mu, diag(sigma^2)), with mu and log sigma^2 from the encoder (a log, so any real
-# output is a valid variance; clamped to [-30, 20] so that exp stays finite).  Training needs
-# a *sample* z ~ q and its gradient with respect to mu and sigma.  Sampling itself has no
+# $q(z \mid x) = \mathcal N(\mu, \mathrm{diag}(\sigma^2))$, with $\mu$ and $\log\sigma^2$ from
+# the encoder (a log, so any real output is a valid variance; clamped to $[-30, 20]$ so that
+# exp stays finite).  Training needs a *sample* $z \sim q$ and its gradient with respect to
+# $\mu$ and $\sigma$.  Sampling itself has no
 # gradient, so we move the randomness outside:
 #
-#     z = mu + sigma * eps,   eps ~ N(0, I)                                      (9.1)
+# $$ z = \mu + \sigma \odot \epsilon, \qquad \epsilon \sim \mathcal N(0, I) \tag{9.1} $$
 #
-# Now z is an ordinary function of (mu, log sigma^2): dz/dmu = 1 and
-# dz/d(log sigma^2) = sigma * eps / 2.  We check autograd against these two derivatives.
+# Now $z$ is an ordinary function of $(\mu, \log\sigma^2)$: $\partial z/\partial\mu = 1$ and
+# $\partial z/\partial \log\sigma^2 = \sigma\epsilon/2$.  We check autograd against these two derivatives.
 
 # %%
 mu = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
@@ -109,23 +110,23 @@ assert np.allclose(host(mu.grad), 1.0) and np.allclose(host(logvar.grad), sigma 
 # %% [markdown]
 # ## The KL term in closed form
 #
-# The KL divergence of q from the prior p = N(0, 1) is an expectation under q:
+# The KL divergence of $q$ from the prior $p = \mathcal N(0, 1)$ is an expectation under $q$:
 #
-#     KL(q || p) = E_{z ~ q} [ log q(z) - log p(z) ]                             (9.2)
+# $$ \mathrm{KL}(q \,\|\, p) = \mathbb E_{z \sim q}\big[\log q(z) - \log p(z)\big] \tag{9.2} $$
 #
 # For one latent number, write out the two log densities:
 #
-#     log q(z) = -1/2 log 2 pi - 1/2 log sigma^2 - (z - mu)^2 / (2 sigma^2)
-#     log p(z) = -1/2 log 2 pi - z^2 / 2
+# $$ \log q(z) = -\tfrac12 \log 2\pi - \tfrac12 \log \sigma^2 - \frac{(z - \mu)^2}{2\sigma^2},
+#    \qquad \log p(z) = -\tfrac12 \log 2\pi - \frac{z^2}{2} $$
 #
-# The log 2 pi cancel.  Under q, E[(z - mu)^2] = sigma^2 (the variance) and
-# E[z^2] = Var z + (E z)^2 = sigma^2 + mu^2, so
+# The $\log 2\pi$ cancel.  Under $q$, $\mathbb E[(z - \mu)^2] = \sigma^2$ (the variance) and
+# $\mathbb E[z^2] = \mathrm{Var}\,z + (\mathbb E z)^2 = \sigma^2 + \mu^2$, so
 #
-#     KL = -1/2 log sigma^2 - sigma^2 / (2 sigma^2) + (sigma^2 + mu^2) / 2
-#        = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2)                                (9.3)
+# $$ \mathrm{KL} = -\tfrac12 \log \sigma^2 - \frac{\sigma^2}{2\sigma^2} + \frac{\sigma^2 + \mu^2}{2}
+#    = \tfrac12\big(\mu^2 + \sigma^2 - 1 - \log \sigma^2\big) \tag{9.3} $$
 #
-# It is zero exactly at mu = 0, sigma = 1, and grows with |mu| and with sigma away from 1 in
-# either direction (a tiny sigma costs -1/2 log sigma^2: an encoder that wants to send
+# It is zero exactly at $\mu = 0$, $\sigma = 1$, and grows with $|\mu|$ and with $\sigma$ away
+# from 1 in either direction (a tiny $\sigma$ costs $-\tfrac12\log\sigma^2$: an encoder that wants to send
 # precise numbers pays for each one).  With independent latents the KL of the whole
 # diagonal Gaussian is the sum over the latent numbers.  We check (9.3) against a
 # Monte-Carlo estimate of (9.2), with both densities evaluated from their formulas.
@@ -148,23 +149,33 @@ for m, lv in ((0.0, 0.0), (1.5, 0.0), (0.0, -2.0), (-1.0, 1.0), (2.0, -4.0)):
 # %% [markdown]
 # ## The loss
 #
-# A VAE maximises a lower bound on log p(x): E_q[log p(x|z)] - KL(q(z|x) || p(z)).  With a
-# Gaussian decoder p(x|z) = N(D(z), s^2) the first term is (up to constants) a squared error,
-# with a Laplace decoder an absolute error.  The negative log-likelihood of x under a
+# A VAE maximises a lower bound on $\log p(x)$:
+# $\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q(z \mid x) \,\|\, p(z))$.  With a Gaussian
+# decoder $p(x \mid z) = \mathcal N(D(z), \sigma^2)$ the first term is (up to constants) a
+# squared error, with a Laplace decoder an absolute error.  The negative log-likelihood of $x$ under a
 # Gaussian, summed over elements, is
 #
-#     -log N(x; mu, sigma^2) = 1/2 sum (log 2 pi + log sigma^2 + (x - mu)^2 / sigma^2)   (9.4)
+# $$ -\log \mathcal N(x; \mu, \sigma^2) = \tfrac12 \sum \Big(\log 2\pi + \log \sigma^2
+#    + \frac{(x - \mu)^2}{\sigma^2}\Big) \tag{9.4} $$
 #
-# (CompVis learns one log s^2 for the decoder and uses (9.4) on |x - D(z)|).  Latent diffusion
-# does not want a good likelihood but sharp reconstructions with a *small* KL weight: the
-# KL only has to keep the latent scale sane, not compress.  So
+# Latent diffusion does not want a good likelihood but sharp reconstructions with a *small*
+# KL weight: the KL only has to keep the latent scale sane, not compress.  What CompVis
+# trains (Rombach et al. 2022, appendix G; `LPIPSWithDiscriminator` in their code) is richer
+# than what follows: a reconstruction term $r = |x - D(z)| + \text{LPIPS}(x, D(z))$ (an absolute
+# error plus a learned perceptual distance) used as $r / e^{\ell} + \ell$ with one learned
+# log-variance $\ell$ (the shape of (9.4)), the KL term, and, after a warm-up, a patch-GAN
+# discriminator's adversarial loss.  minidiff drops the LPIPS and the GAN terms (each needs a
+# second trained network, and MNIST digits are simple enough without them) and the learned
+# $\ell$, and keeps a reconstruction error and the KL:
 #
-#     loss = mean_n [ sum_pixels (x - D(z))^2 + kl_weight * KL(q(z|x_n) || N(0, I)) ] / 784,
-#            z = mu + sigma * eps                                                (9.5)
+# $$ \text{loss} = \frac{1}{784}\,\mathrm{mean}_n\Big[\sum_\text{pixels} \big(x_n - D(z_n)\big)^2
+#    + w_\text{KL}\,\mathrm{KL}\big(q(z \mid x_n) \,\|\, \mathcal N(0, I)\big)\Big],
+#    \qquad z_n = \mu_n + \sigma_n \odot \epsilon \tag{9.5} $$
 #
-# with kl_weight = 1e-4 (divided by the 784 pixels so the loss reads as an error per pixel).
-# Why the squared error (a Gaussian decoder) and not |.| (Laplace, and CompVis' choice):
-# measured, not assumed.  Trained for the same 400 steps (batch 32, 4 x 7 x 7 latents), the
+# with $w_\text{KL}$ = `kl_weight` = $10^{-4}$ (divided by the 784 pixels so the loss reads as an
+# error per pixel).
+# Why the squared error (a Gaussian decoder) and not $|\cdot|$ (Laplace, CompVis' pixel term):
+# measured, not assumed.  Trained for the same 400 steps (batch 32, $4\times7\times7$ latents), the
 # squared error reconstructed 1000 test digits with MSE 0.0022 (PSNR 26.6 dB) and a
 # classifier-FID of the reconstructions of 7.4, the absolute error with MSE 0.0048 (23.2 dB)
 # and 35.6 (data/checkpoints/ae.md).  A likely reason: |.| is minimised by the conditional
@@ -225,25 +236,31 @@ assert last < 0.7 * first, "the loss should fall"
 # %% [markdown]
 # ## The scale factor
 #
-# The diffusion model of lesson 10 adds noise until its input is N(0, I), and its schedule
-# assumes data of roughly unit variance (the pixel data in [-1, 1] has std ~0.6).  A small
-# KL weight leaves the latents at whatever scale the encoder found convenient, so they are
-# rescaled by one number measured on the training data (CompVis' `scale_by_std`):
+# The diffusion model of lesson 10 adds noise until its input is $\mathcal N(0, I)$, and its
+# schedule was designed for data of order 1: Ho et al.'s images in $[-1, 1]$ (MNIST's pixels
+# there have std ~0.6), for which $\sqrt{\bar\alpha_T} \approx 0.006$ leaves no signal at
+# $t = T$ and the first step's noise $\sqrt{\beta_1} = 0.01$ is below a pixel's quantization
+# step $2/255$.  A small KL weight leaves the latents at whatever scale the encoder found
+# convenient (lesson 10 shows what a wrong scale does), so they are rescaled by one number
+# measured on the training data, to unit variance, the convention Rombach et al. chose
+# (CompVis' `scale_by_std`):
 #
-#     scale = 1 / std(z),  z ~ q(z|x) over training images;  the LDM works on scale * z,
-#     and decodes D(z_0 / scale)                                                 (9.6)
+# $$ s = 1 / \mathrm{std}(z), \quad z \sim q(z \mid x) \text{ over training images}; \quad
+#    \text{the LDM works on } s z \text{ and decodes } D(z_0 / s) \tag{9.6} $$
 #
 # Stable Diffusion's famous 0.18215 is this number for its autoencoder.  The trainer
 # measures it at the end of a run and stores it in the checkpoint; here we measure it for
-# the model just trained and check that the scaled latents have unit std.
+# the model just trained, on half of the images, and check that it brings the latents of the
+# *other* half to unit std (on the images it was measured on that would hold by definition).
 
 # %%
 small.eval()
-held = data[:256]
+held, other = data[:256], data[256:512]
 scale = scale_by_std(small, held, batch=128)
 with no_grad():
-    z_scaled = host(small.encode(held).sample()) * scale
-print(f"(9.6) scale = 1 / std(z) = {scale:.4f}; std of scale * z = {z_scaled.std():.4f}")
+    z_scaled = host(small.encode(other).sample()) * scale
+print(f"(9.6) scale = 1 / std(z) = {scale:.4f} (256 images); std of scale * z on 256 others = "
+      f"{z_scaled.std():.4f}")
 assert abs(z_scaled.std() - 1.0) < 0.05
 
 # %% [markdown]

@@ -2,7 +2,7 @@
 # # Lesson 11 — Conditioning: text by cross-attention, spatial inputs by concatenation
 #
 # The article's section 11: the real power of Stable Diffusion is generating from a prompt.
-# A switch selects the kind of conditioning input; text goes through a language model tau_theta
+# A switch selects the kind of conditioning input; text goes through a language model $\tau_\theta$
 # to embeddings that multi-head attention Attention(Q, K, V) maps into the U-Net; spatially
 # aligned inputs (semantic maps, images, inpainting) are concatenated to the U-Net's input.
 # This lesson builds each piece on MNIST and checks it against a computation of its own:
@@ -10,7 +10,7 @@
 # 1. Captions: thickness (11.1) and slant (11.2) measured on the pixels, cut into thirds
 # 2. Cross-attention (11.3), with its shapes, by hand against the library's layer; the
 #    SpatialTransformer block around it, the identity at initialisation
-# 3. tau_theta, and the switch none / crossattn / concat / hybrid as `build_model` builds it
+# 3. $\tau_\theta$, and the switch none / crossattn / concat / hybrid as `build_model` builds it
 # 4. Classifier-free guidance (11.4) from Bayes' rule, (11.5)-(11.7), exact on a Gaussian
 #    toy; then a sweep of the guidance scale s on the shipped text-to-image model
 # 5. Inpainting: concatenation (11.9) against replacement (11.8) on the same digits
@@ -37,7 +37,7 @@ from minidiff.data.caption_figures import save_attribute_figure
 from minidiff.data.captions import CaptionError, CaptionStats, Tokenizer, VOCABULARY
 from minidiff.pipelines.load import load_pipeline
 from minidiff.data.mnist import load_mnist, to_unit_range
-from minidiff.diffusion import NoiseSchedule, ddim_sample
+from minidiff.diffusion import NoiseSchedule, ddim_sample, q_sample
 from minidiff.diffusion.oracles import GaussianMixture
 from minidiff.evaluate.inpainting import compare_figure, inpainting_accuracy
 from minidiff.evaluate.prompts import (attribute_adherence, digit_prompts, prompt_samples,
@@ -80,10 +80,11 @@ def shipped(name):
 # ## 1. Captions from the pixels
 #
 # MNIST has labels but no words about style, so the captions' attributes are measured on the
-# image itself (`minidiff/data/captions.py`).  With I = image / 255 and E^k the k-fold 3x3 grey
-# erosion (a minimum filter), the ink-weighted mean erosion depth D and the thickness are
+# image itself (`minidiff/data/captions.py`).  With $I$ = image / 255 and $E^k$ the $k$-fold
+# $3\times3$ grey erosion (a minimum filter), the ink-weighted mean erosion depth $D$ and the
+# thickness are
 #
-#     D = sum_{k >= 0} sum E^k(I) / sum I,        thickness = 4 D - 2.                    (11.1)
+# $$ D = \frac{\sum_{k \ge 0} \sum E^k(I)}{\sum I}, \qquad \text{thickness} = 4D - 2. \tag{11.1} $$
 #
 # For a binary image a pixel survives k erosions exactly when its chessboard distance to the
 # background exceeds k, so D is the mean distance of the ink to the background; across a bar
@@ -122,11 +123,12 @@ print("(11.1) thickness of bars of width", widths, "=",
       "brute-force distance transform")
 
 # %% [markdown]
-# Slant: with the ink as weights, the centred second moments mu11 = sum I (x - x_bar)(y - y_bar)
-# and mu02 = sum I (y - y_bar)^2 (x right, y down).  Shearing an upright shape (mu11 = 0) by
-# x -> x + s (y - y_bar) gives mu11 = s mu02, so the absolute shear is
+# Slant: with the ink as weights, the centred second moments
+# $\mu_{11} = \sum I\,(x - \bar x)(y - \bar y)$ and $\mu_{02} = \sum I\,(y - \bar y)^2$
+# ($x$ right, $y$ down).  Shearing an upright shape ($\mu_{11} = 0$) by
+# $x \mapsto x + a\,(y - \bar y)$ gives $\mu_{11} = a\,\mu_{02}$, so the absolute shear is
 #
-#     slant = |mu11 / mu02|.                                                               (11.2)
+# $$ \text{slant} = \left|\mu_{11} / \mu_{02}\right|. \tag{11.2} $$
 #
 # Checked on parallelograms of known shear, and against NumPy's weighted covariance.
 
@@ -180,16 +182,20 @@ print(f"saved {out_dir / '11_attributes.png'} (top: thickness, bottom: slant, lo
 # %% [markdown]
 # ## 2. Cross-attention, with its shapes
 #
-# The U-Net's features at one resolution, phi(z_t) (N, C, h, w), are flattened to N sequences of
-# HW tokens of width d = C; the caption becomes tau_theta(y) (N, L, d_tau).  Queries come from
+# The U-Net's features at one resolution, $\varphi(z_t)$ $(N, C, h, w)$, are flattened to $N$
+# sequences of $HW$ tokens of width $d = C$; the caption becomes $\tau_\theta(y)$
+# $(N, L, d_\tau)$.  Queries come from
 # the image, keys and values from the text:
 #
-#     Q = phi W_Q^T  (N, HW, d)      K = tau W_K^T  (N, L, d)      V = tau W_V^T  (N, L, d)
-#     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_h)) V                 (N, HW, d)        (11.3)
+# $$ Q = \varphi W_Q^\top \;(N, HW, d), \qquad K = \tau W_K^\top \;(N, L, d), \qquad
+#    V = \tau W_V^\top \;(N, L, d) $$
 #
-# per head: d splits into h heads of d_h = d / h, the scores Q K^T are (N, h, HW, L), one
-# weight per (pixel, token) pair, and each pixel's output is a mixture of the values of the
-# caption's tokens.  Padding tokens get the score -inf before the softmax (weight 0), so what
+# $$ \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V
+#    \quad (N, HW, d) \tag{11.3} $$
+#
+# per head: $d$ splits into $h$ heads of $d_h = d/h$, the scores $QK^\top$ are $(N, h, HW, L)$,
+# one weight per (pixel, token) pair, and each pixel's output is a mixture of the values of the
+# caption's tokens.  Padding tokens get the score $-\infty$ before the softmax (weight 0), so what
 # sits at a padded position is never read.  Below: the library's layer against (11.3) written
 # out in NumPy on the layer's own weights.
 
@@ -338,32 +344,61 @@ print(f"concat adds (1 + C) x base x 3 x 3 = {extra:,} weights to conv_in, nothi
 # %% [markdown]
 # ## 4. Classifier-free guidance from Bayes' rule
 #
-# The result first: with one network trained on captions and, with probability 0.1, on the
-# empty caption, sampling uses
+# The result first (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"): one network
+# trained on captions and, with probability 0.1, on the empty caption $\varnothing$ gives both
+# $\epsilon(x_t, y)$ and $\epsilon(x_t, \varnothing)$, and sampling uses
 #
-#     eps~(x_t, y) = eps(x_t, {}) + s (eps(x_t, y) - eps(x_t, {})).                        (11.4)
+# $$
+# \tilde\epsilon(x_t, y) = \epsilon(x_t, \varnothing)
+#   + s\,\big(\epsilon(x_t, y) - \epsilon(x_t, \varnothing)\big). \tag{11.4}
+# $$
 #
-# Why.  The network's noise prediction is a scaled score, eps(x_t) = -sqrt(1 - abar_t)
-# grad log p(x_t) (Tweedie, lesson 08), with the caption or without.  Bayes' rule
-# p(x | y) = p(y | x) p(x) / p(y) gives, since p(y) does not depend on x,
+# **The convention.**  minidiff's guidance scale $s$ (`--guidance S`, the config's
+# `guidance`) multiplies the *difference*, as Rombach et al.'s latent-diffusion code and
+# Stable Diffusion's `guidance_scale` do: $s = 0$ is the unconditional model, $s = 1$ the plain
+# conditional one, $s > 1$ pushes further towards $y$.  Ho & Salimans write the same mixture
+# as $\tilde\epsilon = (1 + w)\,\epsilon(x_t, y) - w\,\epsilon(x_t, \varnothing)$, so
 #
-#     grad log p(x | y) = grad log p(x) + grad log p(y | x),                               (11.5)
+# $$ s = 1 + w, \qquad w = s - 1: $$
 #
-# so the model holds an implicit classifier, p(y | x) proportional to p(x | y) / p(x):
+# their $w = 0$ (no guidance) is our $s = 1$, and their $w = 1$ or $w = 3$ is our $s = 2$ or
+# $s = 4$.  (This $s$ is the guidance scale only: lesson 10's $s$ is the latents' scale factor,
+# lesson 08's a DDIM step.)  Dhariwal & Nichol's (2021, "Diffusion Models Beat GANs on Image Synthesis")
+# *classifier* guidance adds $s_c\,\nabla \log p_\phi(y \mid x_t)$, the gradient of a
+# separately trained classifier, to a model's score: added to the unconditional score its
+# $s_c$ is our $s$ in (11.7) below; added to the conditional score (their best results) it
+# is our $s - 1$, like $w$.
 #
-#     grad log p(y | x) = grad log p(x | y) - grad log p(x).                               (11.6)
+# **Why.**  The network's noise prediction is a scaled score,
+# $\epsilon(x_t) = -\sqrt{1-\bar\alpha_t}\,\nabla \log p(x_t)$ (lesson 08, section 3), with the
+# caption or without.  Bayes' rule $p(x \mid y) = p(y \mid x)\,p(x) / p(y)$ gives, since $p(y)$
+# does not depend on $x$,
 #
-# Classifier guidance samples from p(x) p(y | x)^s, a sharper classifier for s > 1; its score
+# $$ \nabla \log p(x \mid y) = \nabla \log p(x) + \nabla \log p(y \mid x), \tag{11.5} $$
 #
-#     grad log p(x) + s grad log p(y | x) = (1 - s) grad log p(x) + s grad log p(x | y),   (11.7)
+# so the model holds an implicit classifier, $p(y \mid x) \propto p(x \mid y) / p(x)$:
 #
-# times -sqrt(1 - abar_t), is (11.4).  s = 0 is the unconditional model, s = 1 the conditional.
+# $$ \nabla \log p(y \mid x) = \nabla \log p(x \mid y) - \nabla \log p(x). \tag{11.6} $$
 #
-# A toy where every score is known: x_0 ~ (N(-1, 0.6^2) + N(1, 0.6^2)) / 2 in one dimension,
-# y = "came from the first component", so p(x_t | y) is that component.  Both eps's are exact
-# (`diffusion/oracles.py`); we feed them to the library's `guided` (one doubled batch, the
-# cond half flagged) and compare with the score of p(x_t) p(y | x_t)^s, written out as a
-# log-density and differentiated by central differences.
+# Tilting $p(x)$ by that classifier raised to a power $s$, $p(x)\,p(y \mid x)^s$ (a sharper
+# classifier for $s > 1$), has the score
+#
+# $$ \nabla \log p(x) + s\,\nabla \log p(y \mid x) = (1 - s)\,\nabla \log p(x)
+#    + s\,\nabla \log p(x \mid y), \tag{11.7} $$
+#
+# which times $-\sqrt{1-\bar\alpha_t}$ is (11.4).  That is a statement about one noise level:
+# (11.4) is the score of the tilted $p(x_t)\,p(y \mid x_t)^s$ at every $t$, but the chain run
+# with it does *not* in general sample $p(x_0)\,p(y \mid x_0)^s$, because the tilt of each
+# noised $p(x_t)$ is not the noised tilt of $p(x_0)$ (measured below).  Only $s = 0$ and
+# $s = 1$ sample exactly what they say.
+#
+# A toy where every score is known: $x_0 \sim \tfrac12\mathcal N(-1, 0.6^2)
+# + \tfrac12\mathcal N(1, 0.6^2)$ in one dimension, $y$ = "came from the first component", so
+# $p(x_t \mid y)$ is that component.  Both $\epsilon$'s are exact (`diffusion/oracles.py`);
+# we feed them to the library's `guided` (one doubled batch, the cond half flagged) and compare
+# with the score of $p(x_t)\,p(y \mid x_t)^s$, written out as a log-density and differentiated
+# by central differences.  The check is a function (`check_guidance`), so that a test can plant
+# a wrong `guided` (Ho & Salimans' $w$ read as our $s$; the halves swapped) and see it fail.
 
 # %%
 schedule = NoiseSchedule.linear(1000)
@@ -380,6 +415,7 @@ def toy_eps(x_t, t, cond):
 
 
 def guided_eps(s, n):
+    """(11.4) on the toy, through the library's ``guided``: y = 1 against the empty y = 0."""
     return guided(toy_eps, {"y": backend.xp().ones(n)},
                                {"y": backend.xp().zeros(n)}, s)
 
@@ -394,25 +430,32 @@ def log_tilted(x, t, s):
     return log_p + s * (log_n[:, 0] - log_p)
 
 
-x_check = rng.standard_normal(64) * 1.5
-h_fd = 1e-5
-for t in (0, 100, 500, 900):
-    for s in (0.0, 1.0, 3.0, 7.5):
-        score = (log_tilted(x_check + h_fd, t, s)
-                 - log_tilted(x_check - h_fd, t, s)) / (2 * h_fd)
-        eps = host(guided_eps(s, 64)(backend.to_device(x_check[:, None]),
-                                     backend.xp().full(64, t)))[:, 0]
-        np.testing.assert_allclose(eps, -math.sqrt(1 - abar[t]) * score, rtol=1e-6, atol=1e-7)
+def check_guidance(ts=(0, 100, 500, 900), scales=(0.0, 1.0, 3.0, 7.5), h_fd=1e-5):
+    """(11.4) = (11.7): guided's eps == -sqrt(1 - abar_t) grad log [p(x_t) p(y|x_t)^s], the
+    gradient by central differences of the log-density written by hand."""
+    x_check = np.random.default_rng(11).standard_normal(64) * 1.5
+    for t in ts:
+        for s in scales:
+            score = (log_tilted(x_check + h_fd, t, s)
+                     - log_tilted(x_check - h_fd, t, s)) / (2 * h_fd)
+            eps = host(guided_eps(s, 64)(backend.to_device(x_check[:, None]),
+                                         backend.xp().full(64, t)))[:, 0]
+            np.testing.assert_allclose(eps, -math.sqrt(1 - abar[t]) * score, rtol=1e-6,
+                                       atol=1e-7, err_msg=f"t = {t}, s = {s}")
+
+
+check_guidance()
 print("(11.4) = (11.7): guided(eps_u, eps_c, s) == -sqrt(1 - abar_t) grad log "
       "[p(x_t) p(y|x_t)^s] (finite differences), t in 0, 100, 500, 900, s in 0, 1, 3, 7.5")
 
 # %% [markdown]
-# Sampling with the guided eps: the fraction of each sample's probability that the implicit
-# classifier p(y | x_0) gives to y, and the spread, against s.  s = 0 must reproduce the
-# mixture and s = 1 the component (we compare with direct draws from each); larger s pushes
-# the samples away from the other component, where the classifier is sure, and narrows them.
-# (For s other than 0 and 1 the guided chain does not sample p(x_0) p(y | x_0)^s exactly: the
-# tilt of each p(x_t) is not the noised tilt of p(x_0).  The dashed curves are that target.)
+# Sampling with the guided $\epsilon$: the fraction of each sample's probability that the
+# implicit classifier $p(y \mid x_0)$ gives to $y$, and the spread, against $s$.  $s = 0$ must
+# reproduce the mixture and $s = 1$ the component (we compare with direct draws from each);
+# larger $s$ pushes the samples away from the other component, where the classifier is sure,
+# and narrows them.  The dashed curves are $p(x_0)\,p(y \mid x_0)^s$, which for $s$ other
+# than 0 and 1 the guided chain does not sample exactly (above): the histograms show by how
+# much.
 
 # %%
 n_toy = 1000 if QUICK else 4000
@@ -466,12 +509,13 @@ if plt is not None:
 # ### The guidance sweep on the text-to-image model
 #
 # The shipped txt2img model (latent, cross-attention in its middle block, trained with caption
-# dropout 0.1) sampled with s in 0, 1, 2, 3, 5: for each digit word "zero" .. "nine" a few
+# dropout 0.1) sampled with $s$ in 0, 1, 2, 3, 5: for each digit word "zero" .. "nine" a few
 # samples, and two measures (`minidiff.evaluate.prompts`, what `minidiff eval --prompts`
 # reports): the prompted accuracy, the fraction the project's classifier labels as the
 # prompted digit, and the diversity, the mean pairwise distance of the classifier's features
-# between samples of the same prompt.  s = 0 ignores the prompt (chance: about 0.1); larger s
-# trades diversity for adherence, as on the toy.  The figure: one row per s, the same seeds.
+# between samples of the same prompt.  $s = 0$ ignores the prompt (chance: about 0.1); larger
+# $s$ trades diversity for adherence, as on the toy.  The figure: one row per $s$, the same
+# seeds.
 
 # %%
 backend.set_default_dtype("float32")          # the models' dtype from here on
@@ -551,6 +595,87 @@ if txt2img is not None:
     sweep = guidance_sweep(txt2img)
 
 # %% [markdown]
+# Where does each word look?  The weights of (11.3), softmax$(QK^\top/\sqrt{d_h})$, say for
+# every position of the feature map how much of each token it reads.  We noise a test digit
+# to the middle of the chain, run the model once with a caption, record what enters the first
+# cross-attention layer (its queries' input $\varphi$, the caption's $\tau_\theta(y)$ and the
+# padding mask), and compute the weights by hand from the layer's own projections, averaged
+# over the heads: one map per token, over the digit.  Column 0 is the start token every
+# caption begins with; padded positions are not shown (their weight is 0).  With `--quick`
+# the stand-in is untrained and its maps show the code, not what a trained model learnt.
+
+# %%
+
+
+def attention_weights(attention, phi, tau, keep):
+    """softmax(Q K^T / sqrt(d_h)) of (11.3) with ``attention``'s weights, (N, heads, HW, L)."""
+    (wq, bq), (wk, bk) = weights_of(attention.q_proj), weights_of(attention.k_proj)
+    heads = attention.num_heads
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, -1).transpose(0, 2, 1, 3)
+    q, k = split(phi @ wq.T + bq), split(tau @ wk.T + bk)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+    scores = np.where(keep.reshape(len(keep), 1, 1, -1), scores, -np.inf)
+    a = np.exp(scores - scores.max(-1, keepdims=True))
+    return a / a.sum(-1, keepdims=True)
+
+
+def cross_attention_maps(checkpoint, image, caption, t_index):
+    """(name, maps (L, h, w), keep (L,)) of the model's first cross-attention layer for
+    ``image`` (1, 28, 28) in [-1, 1] noised to ``t_index``, captioned ``caption``."""
+    layers = [(name, m.cross_attention) for name, m in checkpoint.model.named_modules()
+              if isinstance(m, SpatialTransformer)]
+    name, layer = layers[0]
+    seen = {}
+
+    def recording(x, context=None, mask=None):
+        seen.update(phi=host(x), tau=host(context), keep=host(mask))
+        return type(layer).forward(layer, x, context, mask)
+    layer.forward = recording                     # this instance only, removed below
+    try:
+        cond, _ = checkpoint.cond(1, prompts=[caption])
+        z0 = checkpoint.space.encode(backend.to_device(image[None]), draw=False)
+        t = backend.xp().full((1,), t_index, dtype=backend.xp().int64)
+        zt = q_sample(checkpoint.schedule, z0, t, backend.randn(*z0.shape, dtype=z0.dtype))
+        with no_grad():
+            checkpoint.model(Tensor(zt), t, cond)
+    finally:
+        del layer.forward
+    a = attention_weights(layer, seen["phi"], seen["tau"], seen["keep"])[0].mean(0)  # (HW, L)
+    side = int(round(math.sqrt(a.shape[0])))
+    return name, a.T.reshape(-1, side, side), seen["keep"].reshape(-1).astype(bool)
+
+
+if txt2img is not None:
+    caption = "a thick seven"
+    digit = to_unit_range(test_images[test_labels == 7][:1])[0]
+    backend.manual_seed(5)
+    layer_name, maps, kept = cross_attention_maps(txt2img, host(digit),
+                                                  caption, txt2img.schedule.num_timesteps // 2)
+    words = ["<start>"] + caption.split()
+    np.testing.assert_allclose(maps[kept].sum(0), 1.0, rtol=1e-6)     # each position: sums to 1
+    assert kept.sum() == len(words) and np.all(maps[~kept] == 0)
+    show(f"cross-attention of '{caption}' in {layer_name}",
+         f"{maps.shape[1]}x{maps.shape[2]} maps; share of each token: " + ", ".join(
+             f"{w} {maps[i].mean():.2f}" for i, w in enumerate(words)))
+    if plt is not None:
+        fig, axes = plt.subplots(1, 1 + len(words), figsize=(2.2 * (1 + len(words)), 2.6))
+        axes[0].imshow(host(digit)[0], cmap="gray", vmin=-1, vmax=1)
+        axes[0].set_title("the digit (x_0)", fontsize=9)
+        for ax, i, word in zip(axes[1:], range(len(words)), words):
+            ax.imshow(host(digit)[0], cmap="gray", vmin=-1, vmax=1, extent=(0, 28, 28, 0))
+            ax.imshow(maps[i], cmap="magma", alpha=0.65, extent=(0, 28, 28, 0),
+                      vmin=0, vmax=maps[kept].max())
+            ax.set_title(f"'{word}'", fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle(f"(11.3) cross-attention weights per token, at t = T/2, {layer_name}"
+                     + (" (untrained stand-in)" if QUICK else ""), fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / "11_cross_attention.png", dpi=100)
+        plt.close(fig)
+        print(f"saved {out_dir / '11_cross_attention.png'}")
+
+# %% [markdown]
 # Do the attribute words reach the image?  Prompted "a thick D" / "a thin D" and "a slanted D"
 # / "an upright D" for every digit at the model's default s, the samples are measured with
 # section 1's (11.1) and (11.2): the two groups' means, the fraction of same-digit (high, low)
@@ -576,17 +701,18 @@ if txt2img is not None:
 # ## 5. Spatial inputs: concatenation against replacement
 #
 # A condition aligned with the image (a mask, a semantic map, a low-resolution image) needs no
-# attention: it is concatenated to z_t as extra channels.  For inpainting (Stable Diffusion's
-# way) with the mask m (1 = to fill) on the latent grid and the masked image (every pixel to
+# attention: it is concatenated to $z_t$ as extra channels.  For inpainting (Stable Diffusion's
+# way) with the mask $m$ (1 = to fill) on the latent grid and the masked image (every pixel to
 # fill set to 0) encoded,
 #
-#     eps_theta([z_t, m, E((1 - m) * x)], t)                                               (11.9)
+# $$ \epsilon_\theta\big([z_t,\ m,\ E((1 - m) \odot x)],\ t\big) \tag{11.9} $$
 #
 # and the model is trained on random masks, so it learns to complete.  The alternative needs no
 # training (RePaint without resampling, Lugmayr et al. 2022): an unconditional model, and at
 # every reverse step the known part of the state replaced by the forward-noised original,
 #
-#     x_s <- m * x_s + (1 - m) * (sqrt(abar_s) x0_known + sqrt(1 - abar_s) eps').           (11.8)
+# $$ x_s \leftarrow m \odot x_s + (1 - m) \odot \big(\sqrt{\bar\alpha_s}\,x_0^\text{known}
+#    + \sqrt{1-\bar\alpha_s}\,\epsilon'\big). \tag{11.8} $$
 #
 # First: (11.9) hides everything under the mask -- changing the hidden pixels changes nothing
 # the network sees (in the inpainting model's space; in pixels if it is absent).
@@ -645,11 +771,12 @@ stand_in_dir.cleanup()
 # * Captions are made from the label and two attributes measured on the pixels: thickness by
 #   erosion depth (11.1), slant from second moments (11.2), each cut into thirds.
 # * Text reaches the U-Net through cross-attention (11.3): queries from the image features,
-#   keys and values from tau_theta(y), padding masked; the SpatialTransformer around it starts
-#   as the identity.  tau_theta is a small transformer trained with the U-Net.
+#   keys and values from $\tau_\theta(y)$, padding masked; the SpatialTransformer around it
+#   starts as the identity.  $\tau_\theta$ is a small transformer trained with the U-Net.
 # * The switch is one config key; concatenation adds input channels, cross-attention a context.
 # * Classifier-free guidance (11.4) is Bayes' rule (11.5)-(11.7) with the implicit classifier
-#   p(y | x) proportional to p(x | y) / p(x); s trades diversity for adherence.
+#   $p(y \mid x) \propto p(x \mid y) / p(x)$; $s$ ($= 1 + w$ of Ho & Salimans) trades
+#   diversity for adherence.
 # * A model trained with the mask concatenated (11.9) completes digits; replacement (11.8) on
 #   an unconditional model only sees the known part through the noisy state.
 

@@ -105,7 +105,9 @@ def build_parser() -> ArgumentParser:
                         help=f"with --prompts: samples per prompt (default {PER_PROMPT})")
     parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
                         metavar="S", help="with --prompts: classifier-free guidance scale s in "
-                        "[0, 100] (default: the model's config)")
+                        "[0, 100], eps_u + s (eps_c - eps_u) (11.4): 0 unconditional, 1 the "
+                        "plain conditional model; Ho & Salimans' w is s - 1 (default: the "
+                        "model's config)")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
 

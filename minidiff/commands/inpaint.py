@@ -69,8 +69,9 @@ def build_parser() -> ArgumentParser:
                              "conditioning) or replace (RePaint-style, the default otherwise)")
     parser.add_argument("--prompt", default=None, help="a caption (models trained with text)")
     parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
-                        help="classifier-free guidance scale (conditioned models; default: "
-                             "the model's)")
+                        help="classifier-free guidance scale s in [0, 100] with --prompt, "
+                             "eps_u + s (eps_c - eps_u) (11.4); Ho & Salimans' w is s - 1 "
+                             "(default: the model's config)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                         help="ddim (default) or ddpm")
     parser.add_argument("--steps", type=int_arg(1), default=None,

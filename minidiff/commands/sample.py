@@ -17,8 +17,9 @@ animates the whole grid from x_T to x_0; ``--strip`` shows the first digit's rev
 as one row.
 
 A text-conditioned model (lesson 11) takes ``--prompt`` (a caption in its vocabulary) and
-``--guidance`` s (classifier-free guidance, default: the ``guidance`` of its config; 0 is the
-unconditional model, 1 the plain conditional one).  ``--n`` is the number of samples *per
+``--guidance`` s (classifier-free guidance eps_u + s (eps_c - eps_u), lesson 11 (11.4); default:
+the ``guidance`` of its config; 0 is the unconditional model, 1 the plain conditional one;
+Ho & Salimans' (2022) w is s - 1).  ``--n`` is the number of samples *per
 prompt*: one prompt gives a square grid; several give one row of n per prompt, in the order
 given, labelled.  ``--out x.npz`` then also stores each sample's prompt under ``prompts`` (an
 array of str).  Without ``--prompt`` a conditioned model samples with the empty caption --
@@ -82,8 +83,9 @@ def build_parser() -> ArgumentParser:
                              "repeat for one row per prompt (--n samples each)")
     parser.add_argument("--guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
                         metavar="S", help="classifier-free guidance scale s in [0, 100] for "
-                        "--prompt (default: the model's config: 2 for txt2img-quick, 3 for "
-                        "inpaint-quick)")
+                        "--prompt, eps_u + s (eps_c - eps_u) (11.4): 0 unconditional, 1 the "
+                        "plain conditional model; Ho & Salimans' w is s - 1 (default: the "
+                        "model's config: 2 for txt2img-quick, 3 for inpaint-quick)")
     return parser
 
 

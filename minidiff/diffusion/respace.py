@@ -1,4 +1,5 @@
-"""Sampling with fewer steps: respacing a schedule (Nichol & Dhariwal 2021, section 4).
+"""Sampling with fewer steps: respacing a schedule (Nichol & Dhariwal 2021, section 4; lesson
+08, (8.8)).
 
 The closed form (2.4) says the marginals q(x_t | x_0) depend on alphabar_t only.  To sample
 with a subsequence of steps t_1 < t_2 < ... < t_S of the original T, keep those marginals

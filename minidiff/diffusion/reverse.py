@@ -15,12 +15,12 @@ reference implementation does when sampling.  The variance is fixed (3.6) or lea
   variance used is beta~ of step 2 (``posterior_variance[1]``), as improved-diffusion does, so the
   decoder L_0 has a sensible width;
 * ``"learned"`` (Nichol & Dhariwal 2021, eq. 15): the network outputs 2C channels, the
-  prediction in ``[:C]`` and a raw value v in ``[C:]``; with frac = (v + 1) / 2
+  prediction in ``[:C]`` and a raw value nu in ``[C:]`` (their v; not the velocity v of
+  (2.6)); with frac = (nu + 1) / 2
 
       log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t                       (13.1)
 
-  (v = -1: beta~_t, v = +1: beta_t; beta~ at index 0 is that of step 2, as above; this v is
-  Nichol & Dhariwal's interpolation output, not the velocity v of (2.6)), with the
+  (nu = -1: beta~_t, nu = +1: beta_t; beta~ at index 0 is that of step 2, as above), with the
   betas of the schedule given (a respaced one when sampling with fewer steps).
 
 Indices are 0-based: index t is the paper's step t + 1.
@@ -58,8 +58,8 @@ def p_mean_variance(schedule, eps_pred, x_t, t, variance: str = "fixed_small",
         channels = raw(x_t).shape[1]
         if raw(eps_pred).shape[1] != 2 * channels:
             raise ValueError(f"eps_pred: variance 'learned' expects 2C = {2 * channels} "
-                             f"channels (prediction, then v), got {raw(eps_pred).shape[1]}")
-        eps_pred, v = eps_pred[:, :channels], eps_pred[:, channels:]
+                             f"channels (prediction, then nu), got {raw(eps_pred).shape[1]}")
+        eps_pred, nu = eps_pred[:, :channels], eps_pred[:, channels:]
     pred_x0 = predict_x0_from_eps(schedule, x_t, t, eps_pred)
     if clip_x0:
         pred_x0 = clip(pred_x0, -1.0, 1.0)
@@ -67,7 +67,7 @@ def p_mean_variance(schedule, eps_pred, x_t, t, variance: str = "fixed_small",
     if variance == "fixed_small":
         var, log_var = post_var, post_log_var
     elif variance == "learned":
-        log_var = learned_log_variance(schedule, v, t)
+        log_var = learned_log_variance(schedule, nu, t)
         var = exp(log_var)
     else:
         large, log_large = _fixed_large(schedule)
@@ -75,11 +75,11 @@ def p_mean_variance(schedule, eps_pred, x_t, t, variance: str = "fixed_small",
     return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": pred_x0}
 
 
-def learned_log_variance(schedule, v, t):
-    """log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (13.1);
-    ``v`` (N, C, ...) an array or a Tensor (the result is then a Tensor)."""
+def learned_log_variance(schedule, nu, t):
+    """log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (nu + 1) / 2 (13.1);
+    ``nu`` (N, C, ...) an array or a Tensor (the result is then a Tensor)."""
     xp = xp_of(schedule.betas)
-    min_log = extract(schedule.posterior_log_variance_clipped, t, v)
-    max_log = extract(xp.log(schedule.betas), t, v)
-    frac = (v + 1.0) * 0.5
+    min_log = extract(schedule.posterior_log_variance_clipped, t, nu)
+    max_log = extract(xp.log(schedule.betas), t, nu)
+    frac = (nu + 1.0) * 0.5
     return frac * max_log + (1.0 - frac) * min_log

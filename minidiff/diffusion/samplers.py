@@ -1,22 +1,23 @@
-"""Sampling: ancestral DDPM (Algorithm 2) and DDIM, plus DDIM inversion (lesson 03).
+"""Sampling: ancestral DDPM (Algorithm 2) and DDIM, plus DDIM inversion (lesson 08).
 
 **DDPM** (Ho et al. 2020, Algorithm 2).  Start from x_T ~ N(0, I); for t = T..1 draw
 x_{t-1} = mu_theta(x_t, t) + sigma_t z with z ~ N(0, I) (3.5)-(3.7), except at the last step
 (t = 1, index 0), which returns the mean and adds no noise.
 
-**DDIM** (Song et al. 2021, eq. (12)).  For a decreasing subsequence of indices, from index t
-to the previous kept index s (s = -1 meaning "x_0", with alphabar_{-1} = 1):
+**DDIM** (Song et al. 2021, eq. (12); lesson 08, section 4).  For a decreasing subsequence of
+indices, from index t to the previous kept index s (s = -1 meaning "x_0", with
+alphabar_{-1} = 1):
 
     x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)                    (2.5)
-    sigma  = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)
-    x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_theta + sigma z.
+    sigma  = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)      (8.6)
+    x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_theta + sigma z. (8.5)
 
 With eta = 1 and s = t - 1, sigma^2 = beta~_t (3.3) and the mean equals the posterior mean
 (3.4) at x0_hat, i.e. one DDPM step with fixed_small variance; with eta = 0 the map is
-deterministic, and run backwards (``ddim_invert``: x_s -> x_t with the same formula, s < t) it
-encodes data into noise.
+deterministic (an Euler step of an ODE, (8.7)), and run backwards (``ddim_invert``: x_s -> x_t
+with the same formula, s < t) it encodes data into noise.
 
-Fewer DDPM steps go through ``respace`` (betas re-derived from alphabar).  Models are called
+Fewer DDPM steps go through ``respace`` (betas re-derived from alphabar, (8.8)).  Models are called
 as ``eps_model(Tensor x_t, t)`` with ``t`` an int64 array of *original* 0-based indices
 (index t = paper's step t + 1), under ``no_grad``; a Tensor output is unwrapped.
 ``progress(i, total)`` is called after each step; with ``return_frames=True`` the result is
