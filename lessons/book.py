@@ -11,8 +11,8 @@ For each lesson ``NN_name.py``:
 1. jupytext reads its ``# %%`` cells as a notebook;
 2. nbclient executes it in a Jupyter kernel started in ``lessons/`` (the lesson sees ``--quick``
    and ``--out DIR/figures/NN_name`` in ``sys.argv``); a setup cell run first (and removed
-   afterwards) makes matplotlib's ``Figure.savefig`` also *display* each PNG it writes, so a
-   figure appears as an output of the cell that made it;
+   afterwards) makes matplotlib's ``Figure.savefig`` and Pillow's ``Image.save`` also
+   *display* each PNG they write, so a figure appears as an output of the cell that made it;
 3. the executed notebook is written to ``DIR/NN_name.ipynb``;
 4. ``DIR/NN_name.html`` shows every cell with its printed output and figures below it.  The
    markdown cells' LaTeX (``$...$``, ``$$...$$``) becomes MathML through latex2mathml, which
@@ -58,13 +58,32 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure as _Figure
 _book_savefig = _Figure.savefig
+_book_saving = []                      # inside savefig, which may write through Pillow
 def _savefig_and_show(self, fname, *args, **kwargs):
-    result = _book_savefig(self, fname, *args, **kwargs)
+    _book_saving.append(True)
+    try:
+        result = _book_savefig(self, fname, *args, **kwargs)
+    finally:
+        _book_saving.pop()
     if isinstance(fname, (str, os.PathLike)) and str(fname).lower().endswith(".png"):
         from IPython.display import Image, display
         display(Image(filename=os.fspath(fname)))
     return result
 _Figure.savefig = _savefig_and_show
+try:                                   # pictures written by Pillow (minidiff.images.save_grid)
+    from PIL import Image as _Image
+except ImportError:
+    pass
+else:
+    _book_pil_save = _Image.Image.save
+    def _pil_save_and_show(self, fp, *args, **kwargs):
+        result = _book_pil_save(self, fp, *args, **kwargs)
+        if (not _book_saving and isinstance(fp, (str, os.PathLike))
+                and str(fp).lower().endswith(".png")):
+            from IPython.display import Image, display
+            display(Image(filename=os.fspath(fp)))
+        return result
+    _Image.Image.save = _pil_save_and_show
 """
 
 STYLE = """\
