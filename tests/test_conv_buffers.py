@@ -68,7 +68,7 @@ def test_layers_of_different_shapes_share_scratch_without_mixing():
 def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, o):
     """conv2d builds its columns a few images at a time (``CHUNK_BYTES``); one image per
     chunk, or chunks that do not divide the batch, must give what one chunk gives."""
-    from minidiff.nn.functional import conv
+    from minidiff.nn.functional import conv_fast
 
     def run():
         backend.manual_seed(1)
@@ -80,7 +80,7 @@ def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, 
         return [backend.to_host(a).copy() for a in (y.data, x.grad, w.grad, b.grad)]
 
     whole = run()
-    monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
-    assert conv._images_per_chunk(c * 9 * 6 * 7 * 4, 5) < 5
+    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", chunk_bytes)
+    assert conv_fast._images_per_chunk(c * 9 * 6 * 7 * 4, 5) < 5
     for a, b in zip(whole, run()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """Functional layers (lesson 05): each computes its forward and, beside it, a hand-derived
 backward.  NCHW images; conv weights (out, in, kh, kw); linear weights (out, in).
 
-* ``conv``: conv2d (im2col + one GEMM), conv_transpose2d, im2col, col2im
+* ``conv``: conv2d (im2col + one GEMM), conv_transpose2d, im2col, col2im: the reference road;
+  ``conv_fast``: the roads conv2d takes where they fit (1x1, 'same', phases)
 * ``norm``: group_norm, layer_norm (fused backward)
 * ``attention``: scaled_dot_product_attention (fused softmax backward)
 * ``basic``: linear, embedding, dropout, upsample_nearest, avg_pool2d
