@@ -49,23 +49,35 @@ def relu(x) -> Tensor:
     return Tensor._make(xp.maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),), "relu")
 
 
-def silu(x) -> Tensor:
-    """x * sigmoid(x) (also called swish), the U-Net's activation.
+def _one_plus_exp_neg(xp, data):
+    """A new array 1 + e^-x, built with in-place ufuncs.  -x is first capped at
+    log(largest float) - 1 so that e^-x never overflows; where the cap acts, sigmoid(x) =
+    1 / (1 + e^-x) is below e / (largest float), under the smallest normal float anyway."""
+    e = xp.negative(data, out=xp.empty_like(data))   # out=: an array even where x is 0-d
+    xp.minimum(e, math.log(xp.finfo(data.dtype).max) - 1, out=e)
+    xp.exp(e, out=e)
+    e += 1
+    return e
 
-    In-place ufuncs keep the temporaries to two arrays: this runs on every U-Net feature map.
-    The backward pass recomputes sigmoid(x) instead of keeping it: one tanh more, and one
-    feature map less held per activation until backward.
+
+def silu(x) -> Tensor:
+    """x * sigmoid(x) = x / (1 + e^-x) (also called swish), the U-Net's activation.
+
+    Written with e^-x rather than ``sigmoid``'s tanh (half the price of tanh in NumPy), and
+    with in-place ufuncs, so that a pass costs two feature-map temporaries at most: this runs
+    on every U-Net feature map.  The backward pass recomputes 1 + e^-x instead of keeping
+    sigmoid(x): one exp more, and one feature map less held per activation until backward.
     """
     x, xp = _unary(x, "silu")
-    out = _sigmoid(xp, x.data)
-    out *= x.data
+    out = _one_plus_exp_neg(xp, x.data)
+    xp.divide(x.data, out, out=out)
 
     def backward(g):
-        # d silu / dx = s (1 + x (1 - s)) = s + out (1 - s), with s = sigmoid(x)
-        s = _sigmoid(xp, x.data)
-        d = 1 - s
-        d *= out
-        d += s
+        # d silu / dx = s (1 + x (1 - s)) = (1 + x - out) / (1 + e^-x), with s = sigmoid(x)
+        e = _one_plus_exp_neg(xp, x.data)
+        d = x.data - out
+        d += 1
+        d /= e
         d *= g
         return (d,)
     return Tensor._make(out, (x,), backward, "silu")
