@@ -26,10 +26,10 @@ GEMMs are the same -- and differ only in how the columns are laid out:
   im2col is kh*kw contiguous copies from the s*s phases and col2im kh*kw contiguous
   additions onto them (``_phase_shifts``).
 
-Memory.  The columns are kh*kw times the input.  The flat road builds them a few images at a
-time (``CHUNK_BYTES``) in scratch memory shared by every convolution (``_workspace``) and
-keeps nothing for backward but the input, which the graph holds anyway.  The phase road keeps
-its columns for backward in a small pool (``_workspace.pooled``).
+Memory.  The columns are kh*kw times the input.  Both the flat and the phase road build them
+a few images at a time (``CHUNK_BYTES``, ``_columns``) in scratch memory shared by every
+convolution (``_workspace``), and keep nothing for backward but the input, which the graph
+holds anyway: the backward pass rebuilds what it needs from it.
 """
 from minidiff import backend
 from minidiff.nn.functional import _workspace
@@ -135,14 +135,13 @@ def _zero_outside(cols, rows, columns) -> None:
 
 
 def phase_im2col(x, kernel, stride, padding):
-    """``conv.im2col`` where ``phases_fit``: kh*kw contiguous copies from the input's phases.
-
-    The columns come from ``_workspace.pooled`` (they are kept for the backward pass)."""
+    """``conv.im2col`` where ``phases_fit``: kh*kw contiguous copies from the input's phases
+    (conv2d builds the same columns a few images at a time, ``_columns``)."""
     xp = backend.array_module_of(x)
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     n, c, h, w = x.shape
     ho, wo = h // sh, w // sw
-    cols = _workspace.pooled("im2col.cols", (c, kh, kw, n, ho, wo), x.dtype, xp)
+    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
     rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
     planes, margin = _phase_planes(x, (sh, sw), rows, columns)
     q = n * ho * wo
@@ -210,7 +209,7 @@ def flat_windows(flat, kernel, width: int, q: int):
 
     Copying it is stride-1 im2col from kh*kw long contiguous copies.  Only where a window
     hangs over the edge of its image does the shift read the wrong pixel (the neighbouring
-    row's, or the next image's) instead of a padding zero: ``_flat_columns`` zeroes those."""
+    row's, or the next image's) instead of a padding zero: ``_columns`` zeroes those."""
     xp = backend.array_module_of(flat)
     (kh, kw) = _pair(kernel)
     s_c, s_e = flat.strides
@@ -230,39 +229,99 @@ def _images_per_chunk(bytes_per_image: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
-def _flat_columns(x, kernel):
-    """im2col of a 'same' convolution of the array x (N, C, H, W), in chunks of whole images:
-    yields (n0, k, cols) with cols the (C kh kw, k H W) columns of images n0 .. n0+k-1.
-    cols lives in a scratch buffer, overwritten by the next chunk."""
+def _columns(x, kernel, stride, padding, tag: str = "conv.flat"):
+    """im2col of the array x (N, C, H, W) where ``phases_fit``, in chunks of whole images:
+    yields (n0, k, cols) with cols the (C kh kw, k Ho Wo) columns of images n0 .. n0+k-1,
+    kh*kw contiguous copies from the input's phases (at stride 1, from ``flat_pad``: the
+    shifted rows of ``flat_windows``), then the entries whose window hangs over the edge
+    zeroed.  cols lives in a scratch buffer, overwritten by the next chunk."""
     xp = backend.array_module_of(x)
-    (kh, kw) = _pair(kernel)
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     n, c, h, w = x.shape
-    windows = flat_windows(flat_pad(x, (kh, kw)), (kh, kw), w, n * h * w)
-    rows, columns = _same_shifts((kh, kw))
-    per = _images_per_chunk(c * kh * kw * h * w * x.itemsize, n)
+    ho, wo = h // sh, w // sw
+    rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
+    planes, margin = _phase_planes(x, (sh, sw), rows, columns, tag)
+    per = _images_per_chunk(c * kh * kw * ho * wo * x.itemsize, n)
     for n0 in range(0, n, per):
         k = min(per, n - n0)
-        cols = _workspace.buffer("conv.columns", (c, kh, kw, k * h * w), x.dtype, xp)
-        cols[...] = windows[..., n0 * h * w:(n0 + k) * h * w]
-        _zero_outside(cols.reshape(c, kh, kw, k, h, w), rows, columns)
-        yield n0, k, cols.reshape(c * kh * kw, k * h * w)
+        q = k * ho * wo
+        cols = _workspace.buffer("conv.columns", (c, kh, kw, q), x.dtype, xp)
+        for i, j, ri, rj, shifted in _shifted_slices(rows, columns, margin + n0 * ho * wo,
+                                                     wo, q):
+            cols[:, i, j] = planes[ri, rj, :, shifted]
+        _zero_outside(cols.reshape(c, kh, kw, k, ho, wo), rows, columns)
+        yield n0, k, cols.reshape(c * kh * kw, q)
 
 
-def _flat_conv(x, w_g, bias, kernel):
-    """'Same' convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw):
-    y = W cols, one GEMM per chunk of ``_flat_columns``.  A new array (N, O, H, W)."""
+def _conv_chunks(x, w_g, bias, kernel, stride, padding):
+    """Convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw) where
+    ``phases_fit``: y = W cols, one GEMM per chunk of ``_columns``.  A new array
+    (N, O, Ho, Wo)."""
     xp = backend.array_module_of(x)
     n, c, h, w = x.shape
+    (sh, sw) = _pair(stride)
+    ho, wo = h // sh, w // sw
     groups, og, _ = w_g.shape
     o = groups * og
-    y = xp.empty((n, o, h, w), dtype=x.dtype)
-    for n0, k, cols in _flat_columns(x, kernel):
+    y = xp.empty((n, o, ho, wo), dtype=x.dtype)
+    for n0, k, cols in _columns(x, kernel, stride, padding):
         out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
-            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, h * w)
+            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, ho * wo)
         if bias is not None:
             out += bias.reshape(o, 1, 1)
-        y[n0:n0 + k] = out.reshape(o, k, h, w).transpose(1, 0, 2, 3)
+        y[n0:n0 + k] = out.reshape(o, k, ho, wo).transpose(1, 0, 2, 3)
     return y
+
+
+def _phase_backward(g, x, weight, groups: int, stride, padding):
+    """(dx, dW) of a strided convolution where ``phases_fit`` (None where no gradient is
+    needed), chunk by chunk of ``_columns``, which rebuilds the input's columns from x (the
+    graph keeps x anyway) rather than keep them from the forward pass:
+
+        dW += G_chunk cols_chunk^T,      dcols = W^T G_chunk,
+        dx = col2im(dcols): kh*kw contiguous shifted additions onto the phases (eq. 5.4),
+             after zeroing the entries whose window hangs over the edge.
+    """
+    if not (x.requires_grad or weight.requires_grad):
+        return None, None
+    xp = backend.array_module_of(g)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    ho, wo = h // sh, w // sw
+    w_g = weight.data.reshape(groups, og, cg * kh * kw)
+    rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
+    margin = _margin(rows, columns, wo)
+    dw = None
+    if x.requires_grad:
+        acc = _workspace.buffer("conv.phase_grad", (sh, sw, c, n * ho * wo + 2 * margin),
+                                g.dtype, xp)
+        acc[...] = 0
+    if weight.requires_grad:
+        dw = xp.zeros((groups, og, cg * kh * kw), dtype=g.dtype)
+    for n0, k, cols in _columns(x.data, (kh, kw), stride, padding):
+        q = k * ho * wo
+        g_rows = _workspace.buffer("conv.grad_rows", (groups, og, q), g.dtype, xp)
+        g_rows.reshape(o, k, ho * wo)[...] = g[n0:n0 + k].reshape(k, o, ho * wo).transpose(1, 0, 2)
+        if weight.requires_grad:                                  # dW += G cols^T
+            dw += xp.matmul(g_rows, cols.reshape(groups, cg * kh * kw, q).transpose(0, 2, 1))
+        if x.requires_grad:                                       # dcols = W^T G
+            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_rows, out=_workspace.buffer(
+                "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
+            dcols = dcols.reshape(c, kh, kw, q)
+            _zero_outside(dcols.reshape(c, kh, kw, k, ho, wo), rows, columns)
+            for i, j, ri, rj, shifted in _shifted_slices(rows, columns, margin + n0 * ho * wo,
+                                                         wo, q):
+                acc[ri, rj, :, shifted] += dcols[:, i, j]
+    dx = None
+    if x.requires_grad:
+        dx = xp.empty(x.shape, dtype=g.dtype)
+        for ri in range(sh):
+            for rj in range(sw):
+                dx[:, :, ri::sh, rj::sw] = acc[ri, rj, :, margin:margin + n * ho * wo].reshape(
+                    c, n, ho, wo).transpose(1, 0, 2, 3)
+    return dx, None if dw is None else dw.reshape(weight.shape)
 
 
 def _flat_backward(g, x, weight, groups: int):
@@ -293,7 +352,7 @@ def _flat_backward(g, x, weight, groups: int):
         x_rows = planes[0, 0, :, margin:margin + n * h * w].reshape(groups, cg, n * h * w)
         dw_flipped = xp.zeros((groups, og * kh * kw, cg), dtype=g.dtype)
     dx = xp.empty(x.shape, dtype=g.dtype) if x.requires_grad else None
-    for n0, k, gcols in _flat_columns(g, (kh, kw)):
+    for n0, k, gcols in _columns(g, (kh, kw), 1, (kh // 2, kw // 2)):
         gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
         if x.requires_grad:
             out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
@@ -320,25 +379,14 @@ def conv2d(parents, road_name: str, stride, padding, groups: int) -> Tensor:
     xp = backend.array_module_of(x.data)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
-    ho, wo = h // _pair(stride)[0], w // _pair(stride)[1]
     w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
     if road_name == "pointwise":  # y[n] = W x[n], one GEMM per image straight from NCHW
         y = xp.matmul(w_g, x.data.reshape(n, groups, cg, h * w)).reshape(n, o, h, w)
         if bias is not None:
             y += bias.data.reshape(1, o, 1, 1)
-    elif road_name == "flat":     # the shifted-rows layout (flat_windows), a few images at a time
-        y = _flat_conv(x.data, w_g, None if bias is None else bias.data, (kh, kw))
-    else:                         # phases: im2col from contiguous shifted slices
-        q = n * ho * wo
-        cols, _ = phase_im2col(x.data, (kh, kw), stride, padding)
-        cols_g = cols.reshape(groups, cg * kh * kw, q)
-        out = xp.matmul(w_g, cols_g, out=_workspace.buffer(
-            "conv.out", (groups, o // groups, q), cols.dtype, xp)).reshape(o, q)
-        if bias is not None:
-            out += bias.data.reshape(o, 1)
-        # .copy(), not ascontiguousarray: with N = 1 the latter would return a view of the
-        # reused ``conv.out`` buffer, and the next conv of this shape would overwrite y
-        y = out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3).copy()
+    else:                         # flat or phases: columns a few images at a time
+        y = _conv_chunks(x.data, w_g, None if bias is None else bias.data, (kh, kw), stride,
+                         padding)
 
     def backward(g):
         grads = [None, None]
@@ -353,15 +401,7 @@ def conv2d(parents, road_name: str, stride, padding, groups: int) -> Tensor:
         elif road_name == "flat":
             grads[:2] = _flat_backward(g, x, weight, groups)
         else:
-            g_t = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(groups, o // groups, q)
-            if weight.requires_grad:
-                dw_t = xp.matmul(cols_g, g_t.transpose(0, 2, 1))   # the faster orientation
-                grads[1] = dw_t.transpose(0, 2, 1).reshape(weight.shape)
-            if x.requires_grad:
-                dcols = xp.matmul(w_g.transpose(0, 2, 1), g_t, out=_workspace.buffer(
-                    "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
-                grads[0] = phase_col2im(dcols, x.shape, (kh, kw), stride, padding,
-                                        overwrite_cols=True)
+            grads[:2] = _phase_backward(g, x, weight, groups, stride, padding)
         if bias is not None:
             grads.append(row_sums(g.reshape(n, o, -1)).sum(axis=0))
         return grads
