@@ -209,6 +209,13 @@ def test_silu_finite_and_exact_at_large_inputs(dtype):
     tiny = np.finfo(dtype).tiny
     np.testing.assert_allclose(host(y), a * s, rtol=1e-6, atol=1e4 * tiny)
     np.testing.assert_allclose(host(x.grad), s * (1 + a * (1 - s)), rtol=1e-6, atol=1e4 * tiny)
+    # near 0 the backward pass cannot read sigmoid off out / x (subnormal x loses its digits
+    # in out = x s; 0 / 0 at x = 0): the slope there is 1/2
+    info = np.finfo(dtype)
+    small = md.tensor(np.array([info.smallest_subnormal, -info.smallest_subnormal, info.tiny,
+                                0.0, info.eps / 2]), dtype=dtype, requires_grad=True)
+    md.silu(small).sum().backward()
+    np.testing.assert_allclose(host(small.grad), 0.5, rtol=info.eps)
 
 
 # --------------------------------------------------------------------------- deep graphs, memory

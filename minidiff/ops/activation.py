@@ -50,12 +50,12 @@ def relu(x) -> Tensor:
 
 
 def _one_plus_exp_neg(xp, data):
-    """A new array 1 + e^-x, built with in-place ufuncs.  -x is first capped at
-    log(largest float) - 1 so that e^-x never overflows; where the cap acts, sigmoid(x) =
-    1 / (1 + e^-x) is below e / (largest float), under the smallest normal float anyway."""
+    """A new array 1 + e^-x, built with in-place ufuncs.  Where -x is beyond exp's range
+    (x < -88.7 in float32) e^-x is inf, and so is 1 + e^-x: x / (1 + e^-x) is then -0, the
+    float nearest to silu(x) there; NumPy's overflow warning is silenced for this."""
     e = xp.negative(data, out=xp.empty_like(data))   # out=: an array even where x is 0-d
-    xp.minimum(e, math.log(xp.finfo(data.dtype).max) - 1, out=e)
-    xp.exp(e, out=e)
+    with backend.host.errstate(over="ignore"):
+        xp.exp(e, out=e)
     e += 1
     return e
 
@@ -65,7 +65,7 @@ def silu(x) -> Tensor:
 
     Written with e^-x rather than ``sigmoid``'s tanh (NumPy's exp costs less than its tanh)
     and with in-place ufuncs: this runs on every U-Net feature map.  The backward pass needs
-    s = sigmoid(x) and reads it off the output, s = out / x (and 1/2 where x = 0), rather
+    s = sigmoid(x) and reads it off the output, s = out / x (1/2 where |x| < eps), rather
     than keep it from the forward pass (one feature map more per activation until backward)
     or compute another exp (which costs ten times a division).
     """
@@ -75,9 +75,11 @@ def silu(x) -> Tensor:
 
     def backward(g):
         # d silu / dx = s (1 + x (1 - s)) = s (1 + x - out)
-        with backend.host.errstate(invalid="ignore"):      # 0 / 0 where x = 0, replaced
+        # s = out / x, except where |x| < eps: there out lost digits (x subnormal) or is
+        # 0 / 0, and s = 1/2 + x/4 + ... is 1/2 to within rounding
+        with backend.host.errstate(invalid="ignore"):
             s = xp.divide(out, x.data, out=xp.empty_like(out))
-        s = xp.where(x.data == 0, 0.5, s)
+        s = xp.where(xp.abs(x.data) < xp.finfo(out.dtype).eps, 0.5, s)
         d = x.data - out
         d += 1
         d *= s
