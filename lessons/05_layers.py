@@ -95,7 +95,7 @@ x5 = md.tensor(rng.standard_normal((1, 2, 5, 5)))
 cols5, (h5, w5) = F.im2col(host(x5), 3, stride=2, padding=1)
 assert (h5, w5) == (3, 3) and cols5.shape == (2 * 9, 9)
 
-from minidiff.nn.functional.conv import flat_pad, flat_windows  # noqa: E402
+from minidiff.nn.functional.conv_fast import flat_pad, flat_windows  # noqa: E402
 
 x_same = backend.to_device(rng.standard_normal((2, 1, 3, 4)))     # two 3 x 4 images
 cols_same, _ = F.im2col(x_same, 3, 1, 1)                         # (9, 2 * 3 * 4)

@@ -192,6 +192,32 @@ def test_softmax_stable_hypothesis(x):
     np.testing.assert_allclose(logp, reference, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_silu_finite_and_exact_at_large_inputs(dtype):
+    """silu = x / (1 + e^-x) caps -x before the exp: no overflow (warnings are errors here),
+    silu(-1e4) = 0 and silu(1e4) = 1e4 to the dtype's tiny, and the gradient
+    s (1 + x (1 - s)) matches a float64 reference evaluated without the cap."""
+    import warnings
+    x = md.tensor(EXTREMES, dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = md.silu(x)
+        y.sum().backward()
+    a = host(x.data).astype(np.float64)
+    with np.errstate(over="ignore"):
+        s = 1 / (1 + np.exp(-a))
+    tiny = np.finfo(dtype).tiny
+    np.testing.assert_allclose(host(y), a * s, rtol=1e-6, atol=1e4 * tiny)
+    np.testing.assert_allclose(host(x.grad), s * (1 + a * (1 - s)), rtol=1e-6, atol=1e4 * tiny)
+    # near 0 the backward pass cannot read sigmoid off out / x (subnormal x loses its digits
+    # in out = x s; 0 / 0 at x = 0): the slope there is 1/2
+    info = np.finfo(dtype)
+    small = md.tensor(np.array([info.smallest_subnormal, -info.smallest_subnormal, info.tiny,
+                                0.0, info.eps / 2]), dtype=dtype, requires_grad=True)
+    md.silu(small).sum().backward()
+    np.testing.assert_allclose(host(small.grad), 0.5, rtol=info.eps)
+
+
 # --------------------------------------------------------------------------- deep graphs, memory
 
 def test_ten_thousand_op_chain_backward_without_recursion_error():

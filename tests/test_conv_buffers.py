@@ -65,22 +65,26 @@ def test_layers_of_different_shapes_share_scratch_without_mixing():
 
 @pytest.mark.parametrize("chunk_bytes", [1, 700])
 @pytest.mark.parametrize("c,o", [(3, 4), (4, 3)])
-def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, o):
-    """conv2d builds its columns a few images at a time (``CHUNK_BYTES``); one image per
-    chunk, or chunks that do not divide the batch, must give what one chunk gives."""
-    from minidiff.nn.functional import conv
+@pytest.mark.parametrize("stride", [1, 2])
+def test_chunked_columns_give_the_same_convolution(monkeypatch, chunk_bytes, c, o, stride):
+    """conv2d builds its columns a few images at a time (``CHUNK_BYTES``), on the flat road
+    (stride 1) and on the phase road (stride 2, whose col2im adds each chunk's shifted
+    columns across the chunk's edges); one image per chunk, or chunks that do not divide the
+    batch, must give what one chunk gives."""
+    from minidiff.nn.functional import conv_fast
 
     def run():
         backend.manual_seed(1)
-        x = md.Tensor(backend.randn(5, c, 6, 7), requires_grad=True)
-        w = md.Tensor(backend.randn(o, c, 3, 3), requires_grad=True)
-        b = md.Tensor(backend.randn(o), requires_grad=True)
-        y = F.conv2d(x, w, b, padding=1)
+        x = md.Tensor(backend.randn(5, c, 6, 8, dtype="float64"), requires_grad=True)
+        w = md.Tensor(backend.randn(o, c, 3, 3, dtype="float64"), requires_grad=True)
+        b = md.Tensor(backend.randn(o, dtype="float64"), requires_grad=True)
+        assert conv_fast.road(x.shape, w.shape, stride, 1) == ("flat", "phase")[stride - 1]
+        y = F.conv2d(x, w, b, stride=stride, padding=1)
         (y * y).sum().backward()
         return [backend.to_host(a).copy() for a in (y.data, x.grad, w.grad, b.grad)]
 
     whole = run()
-    monkeypatch.setattr(conv, "CHUNK_BYTES", chunk_bytes)
-    assert conv._images_per_chunk(c * 9 * 6 * 7 * 4, 5) < 5
+    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", chunk_bytes)
+    assert conv_fast._images_per_chunk(c * 9 * 6 * 8 * 8 // stride ** 2, 5) < 5
     for a, b in zip(whole, run()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

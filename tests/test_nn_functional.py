@@ -113,12 +113,12 @@ def test_im2col_and_col2im_by_phases_match_windows_and_adjoint(geometry, seed):
     """im2col from shifted phases equals the windows of the zero-padded input read directly
     (``sliding_window_view``), and col2im is its adjoint, <im2col(x), C> = <x, col2im(C)>;
     without ``overwrite_cols`` col2im leaves its argument as it was."""
-    from minidiff.nn.functional import conv
+    from minidiff.nn.functional import conv_fast
     kernel, stride, padding, size = geometry
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, 3) + size)
-    assert conv._phases_fit(x.shape, kernel, stride, padding)
-    cols, (ho, wo) = F.im2col(x, kernel, stride, padding)
+    assert conv_fast.phases_fit(x.shape, kernel, stride, padding)
+    cols, (ho, wo) = conv_fast.phase_im2col(x, kernel, stride, padding)
     padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
     windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=(2, 3))
     windows = windows[:, :, ::stride[0], ::stride[1]][:, :, :ho, :wo]   # (n, c, a, b, i, j)
@@ -126,7 +126,7 @@ def test_im2col_and_col2im_by_phases_match_windows_and_adjoint(geometry, seed):
     np.testing.assert_array_equal(backend.to_host(cols), expected)
     c_any = rng.standard_normal(cols.shape)
     kept = c_any.copy()
-    dx = F.col2im(c_any, x.shape, kernel, stride, padding)
+    dx = conv_fast.phase_col2im(c_any, x.shape, kernel, stride, padding)
     np.testing.assert_array_equal(c_any, kept)
     lhs, rhs = (expected * c_any).sum(), (x * backend.to_host(dx)).sum()
     assert abs(lhs - rhs) <= 1e-10 * (1 + abs(lhs))

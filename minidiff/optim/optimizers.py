@@ -40,6 +40,7 @@ class Optimizer:
         self.lr = float(lr)
         self.step_count = 0
         self.state = {name: [None] * len(self.params) for name in self._buffers}
+        self._scratch_blocks = {}
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -135,6 +136,9 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
 
     def _update(self, i, p, g):
+        """The update with no temporaries beyond one scratch array (``_scratch``): every
+        step runs in place on m, v, p and that array, using
+        m^ / (sqrt(v^) + eps) = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
         xp = backend.array_module_of(p.data)
         b1, b2 = self.betas
         if self.weight_decay:
@@ -144,14 +148,32 @@ class Adam(Optimizer):
                 g = g + self.weight_decay * p.data
         m = self._buffer("exp_avg", i, p)
         v = self._buffer("exp_avg_sq", i, p)
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
+        tmp = self._scratch(p)
+        m *= b1                                   # m <- b1 m + (1 - b1) g
+        xp.multiply(g, 1.0 - b1, out=tmp)
+        m += tmp
+        v *= b2                                   # v <- b2 v + (1 - b2) g^2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
         t = self.step_count
-        m_hat = m / (1.0 - b1 ** t)
-        v_hat = v / (1.0 - b2 ** t)
-        p.data -= self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+        xp.sqrt(v, out=tmp)                       # sqrt(v^) + eps
+        tmp *= 1.0 / (1.0 - b2 ** t) ** 0.5
+        tmp += self.eps
+        xp.divide(m, tmp, out=tmp)                # then times lr / (1 - b1^t)
+        tmp *= self.lr / (1.0 - b1 ** t)
+        p.data -= tmp
+
+    def _scratch(self, p):
+        """An uninitialised array shaped like ``p``, cut from one block per dtype and backend
+        that is as large as the largest parameter: shared by every parameter's update."""
+        xp = backend.array_module_of(p.data)
+        key = (p.dtype, p.backend)
+        block = self._scratch_blocks.get(key)
+        if block is None or block.size < p.size:
+            block = xp.empty(max(q.size for q in self.params), dtype=p.dtype)
+            self._scratch_blocks[key] = block
+        return block[:p.size].reshape(p.shape)
 
 
 class AdamW(Adam):

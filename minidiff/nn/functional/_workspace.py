@@ -1,4 +1,4 @@
-"""Reusable scratch memory for the big temporaries of conv2d (``conv.py``, lesson 05).
+"""Reusable scratch memory for the big temporaries of conv2d (``conv_fast.py``, lesson 05).
 
 A fresh 60 MB array costs more than filling it: the operating system maps and zeroes its pages
 on first touch.  Temporaries that never leave one call (the GEMM output, the columns, the
@@ -6,21 +6,14 @@ padded input, the output gradient) are therefore cut from one reused block per p
 (``tag``): every shape of a tag shares that block, grown to the largest request, so the scratch
 memory is one copy per purpose, not one per layer shape.  A buffer is valid until the next
 request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one
-graph at a time).
-
-Arrays that *do* outlive the call -- what the backward pass needs, such as the columns of a
-strided convolution -- come from ``pooled``: a small pool per shape, and an array is handed
-out again only once nobody else holds a reference to it (``sys.getrefcount``), i.e. once its
-graph has been used by backward, or was never recorded (under ``no_grad``).
+graph at a time).  Nothing that the backward pass needs lives here: the convolutions keep
+only their input and rebuild the rest.
 """
 import math
-import sys
 
-__all__ = ["buffer", "pooled", "clear", "nbytes"]
+__all__ = ["buffer", "clear", "nbytes"]
 
 _blocks = {}
-_pools = {}
-POOL_SIZE = 4
 
 
 def buffer(tag: str, shape, dtype, xp):
@@ -35,28 +28,12 @@ def buffer(tag: str, shape, dtype, xp):
     return block[:size].reshape(shape)
 
 
-def pooled(tag, shape, dtype, xp):
-    """An uninitialised array of ``shape`` that no one else references (reused when possible,
-    else freshly made and, while the pool has room, remembered)."""
-    key = (tag, tuple(shape), str(dtype), xp.__name__)
-    pool = _pools.setdefault(key, [])
-    for i in range(len(pool)):
-        if sys.getrefcount(pool[i]) == 2:  # held only by the pool (and this call's argument)
-            return pool[i]
-    array = xp.empty(shape, dtype=dtype)
-    if len(pool) < POOL_SIZE:
-        pool.append(array)
-    return array
-
-
 def clear() -> None:
     """Forget every cached buffer (frees their memory once no graph holds them)."""
     _blocks.clear()
-    _pools.clear()
 
 
 def nbytes() -> int:
     """Total size of the cached buffers in bytes."""
-    return (sum(a.nbytes for a in _blocks.values()) +
-            sum(a.nbytes for pool in _pools.values() for a in pool))
+    return sum(a.nbytes for a in _blocks.values())
 

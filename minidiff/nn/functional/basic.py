@@ -77,7 +77,16 @@ def upsample_nearest(x, scale_factor: int = 2) -> Tensor:
     y = big.reshape(n, c, h * s, w * s)
 
     def backward(g):
-        return (g.reshape(n, c, h, s, w, s).sum(axis=(3, 5)),)
+        # the s x s block sums as s + s array additions: NumPy's .sum(axis=(3, 5)) over the
+        # two short strided axes took 50-100 times longer on the U-Net's feature maps
+        g6 = g.reshape(n, c, h, s, w, s)
+        rows = g6[:, :, :, 0].copy()                          # (n, c, h, w, s)
+        for i in range(1, s):
+            rows += g6[:, :, :, i]
+        dx = rows[..., 0].copy()                              # (n, c, h, w)
+        for j in range(1, s):
+            dx += rows[..., j]
+        return (dx,)
     return Tensor._make(y, (x,), backward, "upsample_nearest")
 
 
