@@ -30,11 +30,9 @@ from minidiff.data.captions import DIGIT_WORDS
 from minidiff.data.images import save_grid
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.diffusion import training_step
-from minidiff.diffusion.guidance import conditional_eps_model, guided
 from minidiff.diffusion.resample import LossSecondMomentSampler
 from minidiff.models.autoencoder import AutoencoderKL, autoencoder_loss, scale_by_std
-from minidiff.pipelines.conditions import sampling_cond
-from minidiff.pipelines.load import space_from_config
+from minidiff.pipelines.load import Pipeline, space_from_config
 from minidiff.pipelines.sample import sample_images
 from minidiff.tensor import no_grad
 from minidiff.train import diagnostics
@@ -74,17 +72,17 @@ class DiffusionTask:
         self.model = build_model(config).train()
         self.schedule = schedule_from_config(config)
         self.conditioner = Conditioner(config, images, labels, self.space)
+        # the network being trained seen as a loaded one: the grids and the diagnostics
+        # build their conditions and guided eps_theta as sample and eval do
+        self.pipeline = Pipeline(self.model, self.schedule, config, self.space,
+                                 self.conditioner.tokenizer, self.conditioner.stats)
         # what the diagnostics call: eps_theta, whatever the network predicts, at the null
         # condition (nothing, the empty caption, everything to fill)
-        eps = conditional_eps_model(self.model, self.schedule, config["prediction"])
-        self.eps_model = lambda x_t, t: eps(x_t, t, self._null_cond(x_t.shape[0]))
+        eps = self.pipeline.eps_model
+        self.eps_model = lambda x_t, t: eps(x_t, t, self.pipeline.cond(x_t.shape[0])[0])
         self.t_history = []
         self.t_sampler = (LossSecondMomentSampler(self.schedule.num_timesteps)
                           if config["t_sampler"] == "loss-second-moment" else None)
-
-    def _null_cond(self, n: int) -> dict:
-        return sampling_cond(self.config, n, tokenizer=self.conditioner.tokenizer,
-                             space=self.space)[0]
 
     def record(self) -> dict:
         """Named arrays every checkpoint keeps: a text model's caption statistics."""
@@ -138,12 +136,8 @@ class DiffusionTask:
                 prompts = [word for word in DIGIT_WORDS for _ in range(nrow)]
                 labels = list(DIGIT_WORDS)
                 n = len(prompts)
-                cond, uncond = sampling_cond(c, n, prompts=prompts,
-                                             tokenizer=self.conditioner.tokenizer,
-                                             space=self.space)
-                eps_model = guided(conditional_eps_model(self.model, self.schedule,
-                                                         c["prediction"]),
-                                   cond, uncond, c["guidance"])
+                cond, uncond = self.pipeline.cond(n, prompts=prompts)
+                eps_model = self.pipeline.eps(cond, uncond)      # at the config's guidance
             images, _ = sample_images(eps_model, self.schedule, self.space, n, "ddim",
                                       c["sample_steps"], seed=None)
         save_grid(from_unit_range(images), path, nrow=nrow, labels=labels)
