@@ -48,8 +48,8 @@ from minidiff.errors import MinidiffInputError, check_input_file, check_int, che
 from minidiff.evaluate import autoencoder, inpainting, prompts
 from minidiff.evaluate.classifier import load_classifier
 from minidiff.evaluate.fid import DEFAULT_STATS_DIR
-from minidiff.evaluate.model import (BPD_IMAGES, BPD_SAMPLES, INPAINT_N, PER_PROMPT, _report,
-                                     evaluate)
+from minidiff.evaluate import model
+from minidiff.evaluate.model import BPD_IMAGES, BPD_SAMPLES, INPAINT_N, PER_PROMPT
 from minidiff.pipelines.sample import check_sample_count
 from minidiff.progress import Progress
 
@@ -179,11 +179,11 @@ def main(argv=None) -> int:
     else:
         args.n = args.n or 10_000
         # progress goes to stderr, so --json output stays clean
-        result = evaluate(args.checkpoint, args.n, args.sampler, args.steps, args.eta,
-                          args.batch, args.seed, args.raw_weights, args.classifier,
-                          args.stats_dir, args.reference_images, not args.no_floor,
-                          args.bpd_images, args.bpd_samples, args.bpd_full)
-        text = _report(result)
+        result = model.evaluate(args.checkpoint, args.n, args.sampler, args.steps, args.eta,
+                                args.batch, args.seed, args.raw_weights, args.classifier,
+                                args.stats_dir, args.reference_images, not args.no_floor,
+                                args.bpd_images, args.bpd_samples, args.bpd_full)
+        text = model.report(result)
     print(json.dumps(result, indent=2) if args.json else text)
     return 0
 

@@ -96,7 +96,7 @@ def _evaluate_one(path: str, loaded, args, test_images) -> dict:
 
     _log(f"{name}: FID and confidence on {args.n} DDPM samples ({args.steps} steps, "
          f"variance {variance})")
-    scored = evaluate(path, args.n, "ddpm", args.steps, batch=args.batch, seed=args.seed,
+    scored = evaluate(loaded, args.n, "ddpm", args.steps, batch=args.batch, seed=args.seed,
                       classifier=args.classifier, stats_dir=args.stats_dir,
                       reference_images=args.reference_images, floor=not args.no_floor,
                       bpd_images=0)

@@ -18,11 +18,11 @@ from minidiff.evaluate.classifier import (classifier_path as find_classifier, cl
 from minidiff.evaluate.fid import (DEFAULT_STATS_DIR, floor_statistics, frechet_distance,
                                    gaussian_stats, reference_statistics)
 from minidiff.evaluate.likelihood import test_bits_per_dim
-from minidiff.pipelines.load import load_pipeline
+from minidiff.pipelines.load import Pipeline, load_pipeline
 from minidiff.pipelines.sample import sample_images
 from minidiff.progress import Progress
 
-__all__ = ["evaluate", "reference_statistics", "floor_statistics"]
+__all__ = ["evaluate", "report", "CONFIDENT"]
 
 #: a sample the classifier labels with more than this probability counts as readable
 CONFIDENT = 0.9
@@ -47,15 +47,17 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
              bpd_images: int = BPD_IMAGES, bpd_samples: int = BPD_SAMPLES,
              bpd_full: bool = False, quiet: bool = False) -> dict:
     """Every figure of ``minidiff eval`` for the unconditioned diffusion model in
-    ``checkpoint`` (module docstring): FID of ``n`` samples (``sampler`` with ``steps``, 0 =
+    ``checkpoint`` (a path, or a ``Pipeline`` already loaded) (module docstring): FID of ``n`` samples (``sampler`` with ``steps``, 0 =
     T; ``eta``; ``batch`` at a time; ``seed``) against the first ``reference_images`` MNIST
     test images on ``classifier``'s features (None: the shipped one), statistics cached in
     ``stats_dir``; the train-vs-test floor at n if ``floor``; the confidence and class
     histogram; for a pixel model the bits/dim of ``bpd_images`` test images (``bpd_samples``
     timesteps each, or the full bound with ``bpd_full``).  ``raw_weights``: the last trained
-    weights instead of their EMA; ``quiet``: no progress on stderr."""
+    weights instead of their EMA (for a path); ``quiet``: no progress on stderr."""
     check_int("--n", n, low=2)
-    pipeline = load_pipeline(checkpoint, use_ema=not raw_weights)
+    pipeline = checkpoint if isinstance(checkpoint, Pipeline) else \
+        load_pipeline(checkpoint, use_ema=not raw_weights)
+    checkpoint = pipeline.path
     if pipeline.kind != "none":
         raise MinidiffInputError(
             f"--checkpoint: {checkpoint} is conditioned on {pipeline.kind!r}; its figures "
@@ -122,7 +124,8 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
     return result
 
 
-def _report(r: dict) -> str:
+def report(r: dict) -> str:
+    """The human-readable lines of ``minidiff eval`` for a diffusion model."""
     lines = [f"checkpoint   {r['checkpoint']}",
              f"sampler      {r['sampler']}, {r['steps']} steps"
              + (f", eta {r['eta']}" if r['eta'] is not None else "")
