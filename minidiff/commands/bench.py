@@ -6,7 +6,6 @@ import sys
 from minidiff.bench import emit, layers as bench_layers, ldm as bench_ldm, unet as bench_unet
 from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.data.paths import resolve_user_path
-from minidiff.data.spaces import SpaceError
 from minidiff.errors import MinidiffInputError, one_line
 BENCHMARKS = ("layers", "unet", "ldm")
 
