@@ -8,10 +8,11 @@ import argparse
 import functools
 import sys
 
+from minidiff.diffusion import SAMPLERS
 from minidiff.errors import MinidiffInputError, check_float, check_int, describe_range, one_line
 
 __all__ = ["INPUT_ERROR", "INTERRUPTED", "report", "interrupted", "command", "ArgumentParser",
-           "int_arg", "float_arg"]
+           "int_arg", "float_arg", "add_sampler_options"]
 
 
 #: exit status of a bad input (argparse uses the same)
@@ -90,3 +91,15 @@ def float_arg(low=None, high=None, high_open: bool = False):
                 f"expected a finite number{' ' + bounds if bounds else ''}, got {text}") from None
     parse.__name__ = "number"
     return parse
+
+
+def add_sampler_options(parser) -> None:
+    """--sampler, --steps and --eta, as ``minidiff sample`` and ``minidiff inpaint`` take them
+    (``pipelines.sample.sample_images``)."""
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="ddim (default; deterministic with --eta 0) or ddpm (ancestral, "
+                             "Algorithm 2)")
+    parser.add_argument("--steps", type=int_arg(1), default=None,
+                        help="sampling steps, 1..T (default: 50 for ddim, T for ddpm)")
+    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
+                        help="DDIM noise in [0, 1]: 0 deterministic, 1 as much as DDPM")

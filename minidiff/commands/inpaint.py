@@ -36,12 +36,12 @@ at a time.
 import sys
 
 from minidiff import backend
-from minidiff.commands._args import ArgumentParser, command, float_arg, int_arg
+from minidiff.commands._args import (ArgumentParser, add_sampler_options, command, float_arg,
+                                     int_arg)
 from minidiff.data.images import save_grid
 from minidiff.data.masks import masked_image, named_mask
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.data.paths import resolve_user_path
-from minidiff.diffusion import SAMPLERS
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.pipelines.inpaint import InpaintError, METHODS, complete, load_images, load_inpainter
@@ -72,12 +72,7 @@ def build_parser() -> ArgumentParser:
                         help="classifier-free guidance scale s in [0, 100] with --prompt, "
                              "eps_u + s (eps_c - eps_u) (11.4); Ho & Salimans' w is s - 1 "
                              "(default: the model's config)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                        help="ddim (default) or ddpm")
-    parser.add_argument("--steps", type=int_arg(1), default=None,
-                        help="sampling steps, 1..T (default: 50 for ddim, T for ddpm)")
-    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
-                        help="DDIM noise in [0, 1] (default 0)")
+    add_sampler_options(parser)
     parser.add_argument("--seed", type=int_arg(0), default=0, help="seed (default 0)")
     parser.add_argument("--batch", type=int_arg(1), default=250,
                         help="items (image x completion) per sampler run (default 250)")

@@ -32,13 +32,13 @@ from __future__ import annotations
 import sys
 
 from minidiff import backend
-from minidiff.commands._args import ArgumentParser, command, float_arg, int_arg
+from minidiff.commands._args import (ArgumentParser, add_sampler_options, command, float_arg,
+                                     int_arg)
 from minidiff.config.vocabulary import uses_text
 from minidiff.data.images import save_gif, save_grid, save_strip
 from minidiff.data.mnist import from_unit_range
 from minidiff.data.paths import resolve_user_path
 from minidiff.data.spaces import SpaceError
-from minidiff.diffusion import SAMPLERS
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.models.conditioned import ConditionError
@@ -54,13 +54,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="minidiff sample", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint.npz or ema.npz written by minidiff train")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                        help="ddim (default; deterministic with --eta 0) or ddpm (ancestral, "
-                             "Algorithm 2)")
-    parser.add_argument("--steps", type=int_arg(1), default=None,
-                        help="sampling steps, 1..T (default: 50 for ddim, T for ddpm)")
-    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
-                        help="DDIM noise in [0, 1]: 0 deterministic, 1 as much as DDPM")
+    add_sampler_options(parser)
     parser.add_argument("--n", type=int_arg(1), default=64, help="number of digits (default 64)")
     parser.add_argument("--seed", type=int_arg(0), default=0,
                         help="seed of the noise x_T and of every draw (default 0; the same "
