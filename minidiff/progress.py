@@ -17,10 +17,16 @@ import time
 
 from minidiff.errors import MinidiffInputError
 
-__all__ = ["Progress", "clock", "LONGEST_JOB"]
+__all__ = ["Progress", "clock", "note", "LONGEST_JOB"]
 
 #: the longest job a command starts (seconds): beyond it, ask for less and run several jobs
 LONGEST_JOB = 7 * 24 * 3600
+
+
+def note(message: str) -> None:
+    """A message for the person watching, on stderr (so that --json output on stdout stays
+    clean)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def clock(seconds: float) -> str:

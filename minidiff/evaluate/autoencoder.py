@@ -27,8 +27,8 @@ from minidiff.evaluate.classifier import (classifier_path as find_classifier, cl
                                           file_checksum, load_classifier)
 from minidiff.evaluate.fid import (DEFAULT_STATS_DIR, floor_statistics, frechet_distance,
                                    gaussian_stats, reference_statistics)
-from minidiff.evaluate.model import _log
 from minidiff.pipelines.load import load_autoencoder
+from minidiff.progress import note
 from minidiff.tensor import no_grad
 
 __all__ = ["is_autoencoder", "evaluate_autoencoder", "report"]
@@ -77,7 +77,8 @@ def evaluate_autoencoder(checkpoint, n: int = 10_000, batch: int = 250,
     start = time.time()
     x_hat, kl, means = reconstruct(model, x, batch)
     result["reconstruction_seconds"] = round(time.time() - start, 2)
-    _log(quiet, f"reconstructed {n} test images in {result['reconstruction_seconds']} s")
+    if not quiet:
+        note(f"reconstructed {n} test images in {result['reconstruction_seconds']} s")
     xp = backend.xp()
     mse = float(((x_hat.astype(xp.float64) - backend.to_device(x)) ** 2).mean()) / 4.0
     result["mse"] = mse

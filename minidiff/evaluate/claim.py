@@ -11,7 +11,6 @@ FID and confidence of DDPM samples, a grid -- and ``markdown_table`` writes the 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from minidiff import backend
@@ -25,7 +24,7 @@ from minidiff.evaluate.likelihood import bound_split, test_bits_per_dim
 from minidiff.evaluate.model import evaluate
 from minidiff.pipelines.load import load_pipeline
 from minidiff.pipelines.sample import sample_images
-from minidiff.progress import Progress
+from minidiff.progress import Progress, note
 
 __all__ = ["claim", "markdown_table"]
 
@@ -33,10 +32,6 @@ SHIPPED = tuple(os.path.join("data", "checkpoints", f"claim_{name}.npz")
                 for name in OBJECTIVES)
 #: (default, --full) sizes
 SIZES = {"bpd_images": (16, 1_000), "mc_images": (64, 10_000), "n": (500, 10_000)}
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _load(path: str):
@@ -94,7 +89,7 @@ def _evaluate_one(path: str, loaded, args, test_images) -> dict:
                      "samples_per_image": args.bpd_samples,
                      "seconds": round(time.time() - start, 2)}
 
-    _log(f"{name}: FID and confidence on {args.n} DDPM samples ({args.steps} steps, "
+    note(f"{name}: FID and confidence on {args.n} DDPM samples ({args.steps} steps, "
          f"variance {variance})")
     scored = evaluate(loaded, args.n, "ddpm", args.steps, batch=args.batch, seed=args.seed,
                       classifier=args.classifier, stats_dir=args.stats_dir,
@@ -120,7 +115,7 @@ def claim(args) -> dict:
     test_images, _ = load_mnist("test")
     rows = []
     for i, path in enumerate(args.checkpoints):
-        _log(f"[{i + 1}/{len(args.checkpoints)}] {path}")
+        note(f"[{i + 1}/{len(args.checkpoints)}] {path}")
         rows.append(_evaluate_one(path, loaded[i], args, test_images))
     xp = backend.xp()
     grids = [row.pop("grid") for row in rows]

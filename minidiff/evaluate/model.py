@@ -7,7 +7,6 @@ confidence and class histogram; bits/dim of test images (``likelihood.py``) for 
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from minidiff import backend
@@ -32,12 +31,6 @@ BPD_IMAGES, BPD_SAMPLES = 256, 4
 INPAINT_N = 100
 #: samples per prompt of --prompts unless --per-prompt says otherwise (1,000 samples in all)
 PER_PROMPT = 20
-
-
-def _log(quiet: bool, message: str) -> None:
-    """A progress message on stderr (so that --json output on stdout stays clean)."""
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50,

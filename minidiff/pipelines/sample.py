@@ -10,6 +10,8 @@ images, masks) and, for RePaint-style inpainting, the known part of each chunk.
 """
 from __future__ import annotations
 
+import math
+
 from minidiff import backend
 from minidiff.diffusion import default_steps, run_sampler
 from minidiff.errors import MinidiffInputError, check_int, check_memory
@@ -27,26 +29,21 @@ def check_sample_count(name: str, n: int, shape=(1, 28, 28), frames: int = 0,
     """``n`` if ``n`` samples of ``shape`` (and ``frames`` snapshots of each, float32, of
     ``frame_shape``: the space's) can be held at once on this machine (``errors.check_memory``);
     one line naming ``name`` otherwise, before any sampling."""
-    pixels = 1
-    for size in shape:
-        pixels *= size
-    snapshot = 1
-    for size in frame_shape or shape:
-        snapshot *= size
+    pixels, snapshot = math.prod(shape), math.prod(frame_shape or shape)
     return check_memory(name, n, pixels * BYTES_PER_PIXEL + frames * snapshot * 4 * 2, what)
 
 
 def sample_images(eps_model, schedule, space, n: int, sampler: str = "ddim", steps=None,
                   eta: float = 0.0, seed: int | None = 0, batch: int | None = None,
                   variance: str = "fixed_small", frames: int = 0, progress=None,
-                  eps_for=None, known_for=None, count_name: str = "--n"):
+                  eps_for=None, known_for=None):
     """``(images, frames)``: ``n`` samples decoded to images in [-1, 1], (n, C, H, W) on the
     active backend, and (if ``frames``) about that many snapshots of x_t along the chain
     (undecoded, each (n, *space.shape)).
 
     ``eps_model(x_t, t)`` serves every chunk, unless ``eps_for(begin, end)`` gives the one of
-    the items begin..end-1 (their prompts, images, masks).  ``known_for``: ``(begin, end) -> (x0_known,
-    mask)`` or None (replacement inpainting, (11.8)).  ``steps`` None: 50 for DDIM, T for DDPM;
+    the items begin..end-1 (their prompts, images, masks).  ``known_for``: ``(begin, end) ->
+    (x0_known, mask)`` or None (replacement inpainting, (11.8)).  ``steps`` None: 50 for DDIM, T for DDPM;
     ``batch`` None: all n at once; ``seed`` None: the generator as it is.  ``progress(done,
     total)`` counts sampler steps over all chunks."""
     check_int("--n", n, low=1)

@@ -41,6 +41,7 @@ from minidiff.config.checks import ConfigError, check_config, check_data
 from minidiff.data.mnist import load_mnist
 from minidiff.data.spaces import SpaceError
 from minidiff.optim import AdamW, EMA, WarmupCosine, clip_grad_norm
+from minidiff.progress import clock
 from minidiff.train.distributed import digest as distributed_digest
 from minidiff.train.tasks import make_task
 
@@ -267,7 +268,7 @@ class Trainer:
                     self.log(f"step {self.step:6d}/{c['steps']}  loss {loss:.4f}  {parts}"
                              f"lr {self.optimizer.lr:.2e}  "
                              f"{rate * c['batch_size']:6.1f} images/s  "
-                             f"{rate:.2f} steps/s  left {_clock(left)}")
+                             f"{rate:.2f} steps/s  left {clock(left)}")
                 if self._due("checkpoint_every"):
                     self._check_ranks_agree()
                     self.save()
@@ -327,8 +328,3 @@ class Trainer:
             self.log(f"{name}: stopping after this step (again to stop at once)")
         return {signum: signal.signal(signum, handler)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
