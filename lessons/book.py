@@ -70,7 +70,7 @@ def _savefig_and_show(self, fname, *args, **kwargs):
         display(Image(filename=os.fspath(fname)))
     return result
 _Figure.savefig = _savefig_and_show
-try:                                   # pictures written by Pillow (minidiff.images.save_grid)
+try:                                   # pictures written by Pillow (minidiff.data.images.save_grid)
     from PIL import Image as _Image
 except ImportError:
     pass
