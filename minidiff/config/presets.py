@@ -37,6 +37,9 @@ DEFAULTS = {
     # L_vlb (hybrid, needs variance "learned"); the reverse variance; how t is drawn
     "objective": "simple", "variance": "fixed_small", "vlb_weight": 0.001,
     "t_sampler": "uniform",
+    # Min-SNR-gamma loss weighting of L_simple (lesson 04, (4.9)): min(snr_t, gamma) on the
+    # implied x_0 error; 0 leaves L_simple unweighted
+    "min_snr_gamma": 0.0,
     # optimization (AdamW, linear warm-up then cosine decay, clipping, EMA), float32
     "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 500, "min_lr": 0.0, "grad_clip": 1.0,
     "ema_decay": 0.999, "batch_size": 128, "steps": 50_000, "seed": 0,

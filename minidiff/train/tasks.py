@@ -104,6 +104,7 @@ class DiffusionTask:
         cond = self.conditioner.batch(index)
         loss, info = training_step(self.model, self.schedule, x0,
                                    target_type=c["prediction"], t=t, part=part,
+                                   min_snr_gamma=c["min_snr_gamma"] or None,
                                    x0_range=self.space.data_range,
                                    objective=c["objective"],
                                    variance=c["variance"],
