@@ -107,6 +107,7 @@ CASES = [
     *_sets("variance", "nosuch", "learned"),
     *_sets("t_sampler", "nosuch"),
     *_sets("vlb_weight", -1, "abc"),
+    *_sets("min_snr_gamma", -1, "abc"),
     *_sets("prediction", "noise"),
     *_sets("schedule", "quadratic"),
     *_sets("num_res_blocks", "true"),

@@ -337,3 +337,25 @@ def test_learned_variance_checkpoint_samples_and_evaluates(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["variance"] == "learned"
     assert math.isfinite(result["bits_per_dim"]["bpd"])
+
+
+@pytest.mark.parametrize("gamma, passed", [(0.0, None), (5.0, 5.0)])
+def test_min_snr_gamma_reaches_the_loss(digits, monkeypatch, gamma, passed):
+    """The config's min_snr_gamma is the weighting training_step applies ((4.9)); 0 means
+    unweighted L_simple, not a weight min(snr, 0) = 0 that would train nothing."""
+    from minidiff.config.presets import resolve
+    from minidiff.train import tasks
+    from minidiff.train.trainer import Trainer
+    seen = []
+    real = tasks.training_step
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["min_snr_gamma"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "training_step", spy)
+    config = resolve("quick", overrides=TINY, sets=[f"min_snr_gamma={gamma}"])
+    trainer = Trainer(config, "unused", images=digits, log=lambda _: None)
+    loss, _ = trainer.task.loss(np.arange(8))
+    assert seen == [passed]
+    assert float(h(loss.data)) > 0
