@@ -51,7 +51,7 @@ __all__ = ["Trainer", "TrainingDiverged", "batch_indices", "RESUMABLE", "resume_
 #: what a resumed run may change: how long it runs and its bookkeeping, none of which changes
 #: what a training step computes.  Any other key of the configuration makes it another run.
 RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "diag_every",
-             "sample_steps", "sample_count")
+             "sampler", "sample_steps", "sample_count")
 
 
 class TrainingDiverged(RuntimeError):
