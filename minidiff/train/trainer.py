@@ -224,7 +224,8 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
     def sample_grid(self, path=None, seed: int = 0):
         """The task's picture from the EMA weights, fixed seed (grids at different steps are
-        comparable): DDIM samples of a diffusion model, reconstructions of an autoencoder."""
+        comparable): samples of a diffusion model (drawn with its config's sampler),
+        reconstructions of an autoencoder."""
         self.grid_seed = seed
         path = path or os.path.join(self.out, f"{self.task.grid_name}_{self.step:06d}.png")
         self.task.grid(self, path)
