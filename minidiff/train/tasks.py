@@ -11,9 +11,10 @@ A task owns the network and knows four things the loop does not:
 * ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), sample grids (drawn with the
   config's sampler), the loss-by-timestep and predicted-x0 diagnostics, in the space its
   config names: pixels, or the latents of an autoencoder (``minidiff.data.spaces``, lesson
-  10), which then encodes the training images once, here.  A conditioned config (lesson 11, ``minidiff.models.conditioned``)
-  gets its network from ``build_model`` and each batch's ``cond`` from a ``Conditioner``;
-  a text model's grid shows one row per digit prompt, at the config's guidance.
+  10), which then encodes the training images once, here.  A conditioned config (lesson 11,
+  ``minidiff.models.conditioned``) gets its network from ``build_model`` and each batch's
+  ``cond`` from a ``Conditioner``; a text model's grid shows one row per digit prompt, at
+  the config's guidance.
 * ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
   (9.5), a grid of originals above their reconstructions, curves of each loss term, and at
   the end the latent scale factor (9.6), measured on the EMA weights.
