@@ -32,7 +32,7 @@ import json
 import os
 
 from minidiff import backend
-from minidiff.config.presets import with_defaults
+from minidiff.config.presets import DEFAULTS, with_defaults
 from minidiff.errors import MinidiffInputError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "group", "SEALED"]
@@ -97,7 +97,7 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path}: its config entry is a JSON {type(config).__name__}, "
                               "expected an object of key: value")
     _check_sealed(path, arrays, config)
-    arrays["config"] = with_defaults(config)
+    arrays["config"] = config
     arrays["step"] = int(arrays.get("step", 0))
     return _upgrade(arrays)
 
@@ -126,8 +126,21 @@ def _check_sealed(path, arrays: dict, config: dict) -> None:
 
 
 def _upgrade(arrays: dict) -> dict:
-    """Files written when an unconditioned network was a bare ``UNet`` name its weights
-    ``ema.<param>``; the network is now always a ``ConditionedUNet`` (``ema.unet.<param>``)."""
+    """A file written by an earlier minidiff, read as today's (its stored ``config`` as
+    written, before defaults):
+
+    * a config key added since takes its default (``with_defaults``), except that a config
+      without ``sampler``, written before a model named the sampler its samples are drawn
+      with, gets the one ``minidiff sample`` and ``eval`` then used, DDIM with 50 steps (at
+      most T): its ``sample_steps`` were the trainer's grids' only;
+    * files written when an unconditioned network was a bare ``UNet`` name its weights
+      ``ema.<param>``; the network is now always a ``ConditionedUNet``
+      (``ema.unet.<param>``)."""
+    config = arrays["config"]
+    if "sampler" not in config:
+        config = {**config, "sampler": "ddim",
+                  "sample_steps": min(50, int(config.get("T", DEFAULTS["T"])))}
+    arrays["config"] = with_defaults(config)
     if arrays["config"]["model"] != "unet" or any(k.startswith(("ema.unet.", "ema.text_encoder."))
                                                   for k in arrays):
         return arrays

@@ -96,6 +96,7 @@ CASES = [
     *_sets("checkpoint_every", -1),
     *_sets("diag_every", -1),
     *_sets("sample_steps", 0, 11),
+    *_sets("sampler", "euler", 3),
     *_sets("sample_count", 0, "true"),
     *_sets("image_size", 32, 0, 27),
     *_sets("T", 0, -3, "abc", 2.5),

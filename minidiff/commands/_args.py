@@ -93,13 +93,17 @@ def float_arg(low=None, high=None, high_open: bool = False):
     return parse
 
 
-def add_sampler_options(parser) -> None:
-    """--sampler, --steps and --eta, as ``minidiff sample`` and ``minidiff inpaint`` take them
-    (``pipelines.sample.sample_images``)."""
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                        help="ddim (default; deterministic with --eta 0) or ddpm (ancestral, "
-                             "Algorithm 2)")
-    parser.add_argument("--steps", type=int_arg(1), default=None,
-                        help="sampling steps, 1..T (default: 50 for ddim, T for ddpm)")
+def add_sampler_options(parser, all_steps: bool = False) -> None:
+    """--sampler, --steps and --eta, as ``minidiff sample``, ``inpaint`` and ``eval`` take
+    them: each of --sampler and --steps left out (None) is the checkpoint's own, its config's
+    ``sampler`` / ``sample_steps`` (``pipelines.load.model_sampler``); ``all_steps``:
+    --steps 0 is all T steps (eval)."""
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help="ddim (deterministic with --eta 0) or ddpm (ancestral, "
+                             "Algorithm 2) (default: the checkpoint's, its config's sampler)")
+    parser.add_argument("--steps", type=int_arg(0 if all_steps else 1), default=None,
+                        help="sampling steps, 1..T" + (", 0 for all T" if all_steps else "")
+                        + " (default: the checkpoint's, its config's sample_steps)")
     parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
-                        help="DDIM noise in [0, 1]: 0 deterministic, 1 as much as DDPM")
+                        help="DDIM noise in [0, 1]: 0 deterministic (default), 1 as much as "
+                             "DDPM; ddpm ignores it")

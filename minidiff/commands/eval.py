@@ -1,7 +1,7 @@
 """``minidiff eval``: how good is a trained diffusion model?  (Given an autoencoder checkpoint,
 it reports reconstruction figures instead: ``autoencoder.py``.)
 
-    minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddim --steps 50]
+    minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddpm --steps 100]
                   [--bpd-images 256 | --bpd-full] [--json]
     minidiff eval --checkpoint F --inpainting [--n 100] [--mask bottom] [--method replace]
     minidiff eval --checkpoint F --prompts [--per-prompt 20] [--guidance 3] [--inpainting]
@@ -32,6 +32,10 @@ Figures:
   and "slanted" / "upright" prompts separate on the measured attribute.  With
   ``--inpainting`` too, the inpainting accuracy follows.
 
+Every figure of generated samples draws them as the checkpoint says, with its config's
+``sampler`` and ``sample_steps`` (a file written before the key: DDIM, 50 steps), unless
+``--sampler`` / ``--steps`` say otherwise; the report names the ones used.
+
 A latent diffusion model (``minidiff.data.spaces``) samples latents and decodes them with the
 autoencoder it was trained on before they are scored; its bits/dim are not reported (the
 bound would be on latents, not on the images' pixels).
@@ -39,10 +43,10 @@ bound would be on latents, not on the images' pixels).
 import json
 import sys
 
-from minidiff.commands._args import ArgumentParser, command, float_arg, int_arg
+from minidiff.commands._args import (ArgumentParser, add_sampler_options, command, float_arg,
+                                     int_arg)
 from minidiff.commands.train_classifier import main as train_main
 from minidiff.data.paths import resolve_user_path
-from minidiff.diffusion import SAMPLERS
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import MinidiffInputError, check_input_file, check_int, check_output_folder
 from minidiff.evaluate import autoencoder, inpainting, prompts
@@ -63,12 +67,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--n", type=int_arg(2), default=None,
                         help="samples to generate for FID (default 10,000; fewer are biased), "
                              f"or test digits to inpaint (default {INPAINT_N})")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                        help="ddim (default) or ddpm")
-    parser.add_argument("--steps", type=int_arg(0), default=50,
-                        help="sampling steps, 1..T (default 50; 0 = all T)")
-    parser.add_argument("--eta", type=float_arg(0.0, 1.0), default=0.0,
-                        help="DDIM eta in [0, 1] (0 = deterministic)")
+    add_sampler_options(parser, all_steps=True)
     parser.add_argument("--batch", type=int_arg(1), default=250,
                         help="images per forward pass (default 250)")
     parser.add_argument("--seed", type=int_arg(0), default=0,
@@ -117,7 +116,7 @@ def _inpainting(args) -> dict:
     check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
     return inpainting.inpainting_accuracy(
         args.checkpoint, args.n or INPAINT_N, args.mask or "bottom", args.method, args.sampler,
-        args.steps or None, args.seed, args.batch, args.eta, classifier=load_classifier(
+        args.steps, args.seed, args.batch, args.eta, classifier=load_classifier(
             args.classifier, name="--classifier"),
         use_ema=not args.raw_weights, progress=Progress("inpainting"))
 
@@ -129,7 +128,7 @@ def _prompts(args) -> dict:
         check_int("--n", args.n or INPAINT_N, low=1, high=10_000)
     result = prompts.prompts_report(
         args.checkpoint, args.per_prompt or PER_PROMPT, args.guidance, args.sampler,
-        args.steps or None, args.eta, args.seed, args.batch, use_ema=not args.raw_weights,
+        args.steps, args.eta, args.seed, args.batch, use_ema=not args.raw_weights,
         classifier=args.classifier, stats_dir=args.stats_dir,
         reference_images=args.reference_images, progress=Progress)
     if args.inpainting:

@@ -31,7 +31,8 @@ note).  ``--out x.png``: one row per image, the original, the masked input (mid-
 ``--out x.npz``: ``images`` uint8 (N * n, 28, 28), image-major (all completions of the first
 image first), ``source`` (N * n,) the test index of each (-1 for a PNG) and ``mask`` uint8
 (28, 28), 1 = filled.  All images x completions go through the sampler together, ``--batch``
-at a time.
+at a time: the checkpoint's own (its config's ``sampler`` in ``sample_steps`` steps; a file
+written before the key: DDIM, 50 steps) unless ``--sampler`` / ``--steps`` say otherwise.
 """
 import sys
 
@@ -45,6 +46,7 @@ from minidiff.data.paths import resolve_user_path
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.pipelines.inpaint import InpaintError, METHODS, complete, load_images, load_inpainter
+from minidiff.pipelines.load import model_sampler
 from minidiff.pipelines.sample import check_sample_count
 from minidiff.progress import Progress
 
@@ -123,13 +125,14 @@ def main(argv=None) -> int:
                            "decodes nothing; the option is for latent models only")
     if args.steps is not None:
         check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
-    completions = complete(eps_for, schedule, space, images, mask, args.n, args.sampler,
-                           args.steps, args.eta, args.seed, args.batch, method,
-                           progress=Progress(f"inpainting ({method}, {args.sampler})"),
+    sampler, steps = model_sampler(config, args.sampler, args.steps)
+    completions = complete(eps_for, schedule, space, images, mask, args.n, sampler, steps,
+                           args.eta, args.seed, args.batch, method,
+                           progress=Progress(f"inpainting ({method}, {sampler}, {steps} steps)"),
                            variance=config["variance"])
     save(args.out, completions, images, source, mask, args.n)
     print(f"wrote {args.out} ({len(images)} image(s) x {args.n} completions, {method}, "
-          f"seed {args.seed})")
+          f"{sampler} {steps} steps, seed {args.seed})")
     return 0
 
 

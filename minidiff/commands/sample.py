@@ -9,7 +9,9 @@
     minidiff sample --checkpoint F --prompt "two" --prompt "a thin 7" --n 8 --out rows.png
 
 The model is rebuilt from the configuration stored in the checkpoint and given its EMA
-weights (``--raw`` for the last trained weights).  A latent diffusion model (its config
+weights (``--raw`` for the last trained weights); it is sampled as its config says (its
+``sampler`` in ``sample_steps`` steps; a file written before the key: DDIM, 50 steps) unless
+``--sampler`` / ``--steps`` say otherwise.  A latent diffusion model (its config
 names an ``autoencoder``) samples latents and decodes them with that autoencoder, which must
 be the one it was trained on (``minidiff.data.spaces``).  ``--out`` ending in ``.npz`` writes the
 raw digits, uint8 (N, 28, 28) under the name ``images``, instead of a PNG grid.  ``--gif``
@@ -42,7 +44,7 @@ from minidiff.data.spaces import SpaceError
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
 from minidiff.models.conditioned import ConditionError
-from minidiff.pipelines.load import load_pipeline
+from minidiff.pipelines.load import load_pipeline, model_sampler
 from minidiff.pipelines.sample import check_sample_count, sample_images
 from minidiff.progress import Progress
 
@@ -138,11 +140,12 @@ def main(argv=None) -> int:
     eps_model, prompts, labels = _prompts(args, pipeline)
     if args.steps is not None:
         check_int("--steps", args.steps, low=1, high=pipeline.schedule.num_timesteps)
+    sampler, steps = model_sampler(pipeline.config, args.sampler, args.steps)
     space = pipeline.space
-    images, frames = sample_images(eps_model, pipeline.schedule, space, n, args.sampler,
-                                   args.steps, args.eta, args.seed,
-                                   variance=pipeline.config["variance"], frames=want_frames,
-                                   progress=Progress(f"sampling ({args.sampler})"))
+    images, frames = sample_images(eps_model, pipeline.schedule, space, n, sampler, steps,
+                                   args.eta, args.seed, variance=pipeline.config["variance"],
+                                   frames=want_frames,
+                                   progress=Progress(f"sampling ({sampler}, {steps} steps)"))
     digits = from_unit_range(images)
     if args.out.lower().endswith(ARRAY_TYPES):
         arrays = {"images": digits[:, 0]}
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
         backend.save_npz(args.out, arrays)
     else:
         save_grid(digits, args.out, nrow=args.n if labels else None, labels=labels)
-    print(f"wrote {args.out} ({n} digits, {args.sampler}, seed {args.seed})")
+    print(f"wrote {args.out} ({n} digits, {sampler} {steps} steps, seed {args.seed})")
     if args.gif:
         save_gif([from_unit_range(space.decode(f)) for f in frames], args.gif)
         print(f"wrote {args.gif} ({len(frames)} frames)")

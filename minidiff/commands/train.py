@@ -17,10 +17,10 @@ checkpoint files.  Errors in the input end with one line ``minidiff: ...``.
 checkpoint's (``--set``, ``--config``, a flag, or a ``--preset`` other than the run's), naming
 each key with its old and new value; only ``--steps`` (a longer run: the cosine decay is
 stretched to the new end, and this is said) and the bookkeeping keys (``log_every``,
-``sample_every``, ``checkpoint_every``, ``diag_every``, ``sample_steps``, ``sample_count``)
-may change.  One training writes into a folder at a time: ``OUT/.lock`` holds its process id
-while it runs (``minidiff.train.lock``); a second training into the same folder refuses.
-With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
+``sample_every``, ``checkpoint_every``, ``diag_every``, ``sampler``, ``sample_steps``,
+``sample_count``) may change.  One training writes into a folder at a time: ``OUT/.lock``
+holds its process id while it runs (``minidiff.train.lock``); a second training into the same
+folder refuses.  With ``--distributed`` (under mpiexec) rank 0 alone writes and prints.
 """
 from __future__ import annotations
 

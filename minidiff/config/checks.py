@@ -4,7 +4,8 @@
 trainer or the U-Net could not use or would use silently wrong: counts below their minimum,
 rates out of range, GroupNorm groups that do not divide a channel count, attention heads that
 do not divide the attention channels, an image size the downsampling cannot halve, an
-attention resolution the network never reaches, more sampling steps than T.
+attention resolution the network never reaches, a sampler minidiff does not have, more
+sampling steps than T.
 ``check_data(config, images)`` then compares the configuration with the data it will train
 on (image size, enough images for one batch, uint8 pixels).
 
@@ -14,6 +15,7 @@ passes through to its own checks.
 from __future__ import annotations
 
 from minidiff.diffusion.guidance import MAX_GUIDANCE
+from minidiff.diffusion.samplers import SAMPLERS
 from minidiff.errors import MinidiffInputError, check_float, check_int
 
 __all__ = ["ConfigError", "check_config", "check_data", "resolutions"]
@@ -63,6 +65,9 @@ def check_config(config: dict) -> dict:
     if config.get("time_embed_dim", 2) % 2:
         raise ConfigError(f"time_embed_dim: expected an even number ([cos | sin] halves), "
                           f"got {config['time_embed_dim']}")
+    if "sampler" in config and config["sampler"] not in SAMPLERS:
+        raise ConfigError(f"sampler: expected one of {', '.join(SAMPLERS)}, "
+                          f"got {config['sampler']!r}")
     if "sample_steps" in config and "T" in config and config["sample_steps"] > config["T"]:
         raise ConfigError(f"sample_steps: expected at most T = {config['T']}, "
                           f"got {config['sample_steps']}")

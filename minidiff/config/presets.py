@@ -18,7 +18,8 @@ import os
 
 from minidiff.config.checks import ConfigError, check_config
 from minidiff.config.vocabulary import CONDITIONINGS, MODELS
-from minidiff.diffusion import OBJECTIVES, PREDICTIONS, SCHEDULES, T_SAMPLERS, VARIANCES
+from minidiff.diffusion import (OBJECTIVES, PREDICTIONS, SAMPLERS, SCHEDULES, T_SAMPLERS,
+                                VARIANCES)
 from minidiff.models.autoencoder import RECON_LOSSES
 
 __all__ = ["PRESETS", "DEFAULTS", "with_defaults", "resolve", "parse_set"]
@@ -47,7 +48,11 @@ DEFAULTS = {
     "train_images": 0,
     # bookkeeping, in steps (0 turns a thing off)
     "log_every": 50, "sample_every": 2500, "checkpoint_every": 1000, "diag_every": 2500,
-    "sample_steps": 50, "sample_count": 64,
+    "sample_count": 64,
+    # how the model's samples are drawn, by the trainer's grids and by default by minidiff
+    # sample / eval / inpaint: "ddim" (eta 0) or "ddpm" (ancestral, with the config's
+    # variance), in sample_steps respaced steps (lesson 08)
+    "sampler": "ddim", "sample_steps": 50,
     # conditioning (lesson 11, ``minidiff.models.conditioned``): "none", "crossattn" (a caption
     # through the text encoder tau_theta, cross-attended), "concat" (mask + masked image as
     # extra input channels: inpainting) or "hybrid" (both); the text encoder's width, depth,
@@ -219,7 +224,7 @@ def resolve(preset: str = "quick", config_file: str | None = None, sets=(),
         _check_type(key, value, base.get(key))
     choices = {"prediction": PREDICTIONS, "schedule": SCHEDULES, "model": MODELS,
                "objective": OBJECTIVES, "variance": VARIANCES, "t_sampler": T_SAMPLERS,
-               "conditioning": CONDITIONINGS}
+               "conditioning": CONDITIONINGS, "sampler": SAMPLERS}
     if config["model"] == "autoencoder":
         missing = sorted(set(_AE) - set(config))
         if missing:

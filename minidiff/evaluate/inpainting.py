@@ -19,9 +19,9 @@ from minidiff import backend
 from minidiff.data.images import save_grid
 from minidiff.data.masks import masked_image, named_mask
 from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
-from minidiff.diffusion import default_steps
 from minidiff.evaluate.classifier import accuracy, load_classifier
 from minidiff.pipelines.inpaint import complete, load_inpainter
+from minidiff.pipelines.load import model_sampler
 
 __all__ = ["inpainting_accuracy", "report", "compare_figure"]
 
@@ -31,12 +31,14 @@ def _accuracy(classifier, images_uint8, labels) -> float:
 
 
 def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=None,
-                        sampler: str = "ddim", steps=None, seed: int = 0, batch: int = 250,
+                        sampler: str | None = None, steps=None, seed: int = 0,
+                        batch: int = 250,
                         eta: float = 0.0, classifier=None, use_ema: bool = True,
                         progress=None) -> dict:
     """``{"accuracy", "masked_accuracy", "original_accuracy", "n", "method", "seconds", ...}``
     for the first ``n`` test digits under ``mask`` (a ``masks.named_mask`` spec), one
-    completion each (``steps`` None: 50 for ddim, T for ddpm); ``method`` None is the
+    completion each (``sampler``, ``steps``: each None is the model's own, 0 steps all T,
+    ``pipelines.load.model_sampler``); ``method`` None is the
     model's default (``pipelines.inpaint.load_inpainter``); ``classifier``: a loaded classifier
     (default: the shipped one)."""
     images, labels = load_mnist("test")
@@ -45,7 +47,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     eps_for, schedule, space, config, method = load_inpainter(checkpoint, method,
                                                               use_ema=use_ema)
     classifier = classifier or load_classifier()
-    steps = default_steps(schedule, sampler, steps)
+    sampler, steps = model_sampler(config, sampler, steps)
     start = time.time()
     completions = complete(eps_for, schedule, space, images, pixel_mask, 1, sampler, steps,
                            eta=eta, seed=seed, batch=batch, method=method, progress=progress,

@@ -17,7 +17,7 @@ from minidiff.evaluate.classifier import (classifier_path as find_classifier, cl
 from minidiff.evaluate.fid import (DEFAULT_STATS_DIR, floor_statistics, frechet_distance,
                                    gaussian_stats, reference_statistics)
 from minidiff.evaluate.likelihood import test_bits_per_dim
-from minidiff.pipelines.load import Pipeline, load_pipeline
+from minidiff.pipelines.load import Pipeline, load_pipeline, model_sampler
 from minidiff.pipelines.sample import sample_images
 from minidiff.progress import Progress
 
@@ -33,19 +33,21 @@ INPAINT_N = 100
 PER_PROMPT = 20
 
 
-def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50,
+def evaluate(checkpoint, n: int = 10_000, sampler: str | None = None, steps: int | None = None,
              eta: float = 0.0, batch: int = 250, seed: int = 0, raw_weights: bool = False,
              classifier=None, stats_dir: str = DEFAULT_STATS_DIR,
              reference_images: int = 10_000, floor: bool = True,
              bpd_images: int = BPD_IMAGES, bpd_samples: int = BPD_SAMPLES,
              bpd_full: bool = False, quiet: bool = False) -> dict:
     """Every figure of ``minidiff eval`` for the unconditioned diffusion model in
-    ``checkpoint`` (a path, or a ``Pipeline`` already loaded) (module docstring): FID of ``n`` samples (``sampler`` with ``steps``, 0 =
-    T; ``eta``; ``batch`` at a time; ``seed``) against the first ``reference_images`` MNIST
-    test images on ``classifier``'s features (None: the shipped one), statistics cached in
-    ``stats_dir``; the train-vs-test floor at n if ``floor``; the confidence and class
-    histogram; for a pixel model the bits/dim of ``bpd_images`` test images (``bpd_samples``
-    timesteps each, or the full bound with ``bpd_full``).  ``raw_weights``: the last trained
+    ``checkpoint`` (a path, or a ``Pipeline`` already loaded) (module docstring): FID of
+    ``n`` samples (``sampler`` with ``steps``, 0 = T, each None: the model's own,
+    ``pipelines.load.model_sampler``; ``eta``; ``batch`` at a time; ``seed``) against the
+    first ``reference_images`` MNIST test images on ``classifier``'s features (None: the
+    shipped one), statistics cached in ``stats_dir``; the train-vs-test floor at n if
+    ``floor``; the confidence and class histogram; for a pixel model the bits/dim of
+    ``bpd_images`` test images (``bpd_samples`` timesteps each, or the full bound with
+    ``bpd_full``).  ``raw_weights``: the last trained
     weights instead of their EMA (for a path); ``quiet``: no progress on stderr."""
     check_int("--n", n, low=2)
     pipeline = checkpoint if isinstance(checkpoint, Pipeline) else \
@@ -61,14 +63,16 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
         raise MinidiffInputError(f"--bpd-full: {checkpoint} is a {space.kind} diffusion model; "
                                  "bits/dim are a bound on pixels, which it does not model (its "
                                  "figures are FID and confidence)")
-    check_int("--steps", steps, low=0, high=schedule.num_timesteps)
+    if steps is not None:
+        check_int("--steps", steps, low=0, high=schedule.num_timesteps)
+    sampler, steps = model_sampler(config, sampler, steps)
     classifier_path = find_classifier(classifier)
     classifier = load_classifier(classifier_path, name="--classifier")
     checksum = file_checksum(classifier_path)
     result = {"checkpoint": str(checkpoint), "step": pipeline.step or None,
               "backend": backend.get_backend(),
               "classifier": classifier_path, "classifier_sha256_16": checksum,
-              "sampler": sampler, "steps": steps or schedule.num_timesteps,
+              "sampler": sampler, "steps": steps,
               "eta": eta if sampler == "ddim" else None, "n": n,
               "seed": seed}
 
@@ -81,8 +85,8 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str = "ddim", steps: int = 50
     start = time.time()
     variance = config["variance"]                         # as trained (lesson 13)
     result["variance"] = variance
-    samples, _ = sample_images(model, schedule, space, n, sampler, steps or None,
-                               eta, seed, batch, variance,
+    samples, _ = sample_images(model, schedule, space, n, sampler, steps, eta, seed, batch,
+                               variance,
                                progress=None if quiet else
                                Progress(f"sampling {n} images ({sampler})"))
     result["space"] = space.describe()

@@ -44,7 +44,6 @@ from minidiff.data import captions
 from minidiff.data.captions import DIGIT_WORDS, make_captions
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.data.spaces import weights_sha256
-from minidiff.diffusion import default_steps
 from minidiff.diffusion.guidance import MAX_GUIDANCE
 from minidiff.errors import MinidiffInputError, check_float, check_int
 from minidiff.evaluate import inpainting
@@ -53,7 +52,7 @@ from minidiff.evaluate.fid import (floor_statistics, frechet_distance, gaussian_
                                    reference_statistics)
 from minidiff.evaluate.fid import DEFAULT_STATS_DIR
 from minidiff.models.conditioned import ConditionError
-from minidiff.pipelines.load import Pipeline, load_pipeline
+from minidiff.pipelines.load import Pipeline, load_pipeline, model_sampler
 from minidiff.pipelines.sample import sample_images
 
 __all__ = ["prompt_samples", "prompted_accuracy", "attribute_adherence", "report",
@@ -125,12 +124,13 @@ def _check_digits(digits) -> list:
 
 # ---------------------------------------------------------------------------------- sampling
 def prompt_samples(checkpoint, prompts, per_prompt: int = 20, guidance=None,
-                   sampler: str = "ddim", steps=None, eta: float = 0.0, seed: int = 0,
+                   sampler: str | None = None, steps=None, eta: float = 0.0, seed: int = 0,
                    batch: int = 250, use_ema: bool = True, progress=None):
     """uint8 (len(prompts) * per_prompt, 28, 28): ``per_prompt`` samples of each prompt,
     prompt-major (all of prompts[0], then prompts[1], ...), classifier-free guided with scale
     ``guidance`` (None: the config's), decoded through the model's space.  ``checkpoint`` is a
-    path or a loaded ``Pipeline``; ``steps`` None: 50 for ddim, T for ddpm;
+    path or a loaded ``Pipeline``; ``sampler``, ``steps``: each None is the model's own (0
+    steps: all T; ``pipelines.load.model_sampler``);
     ``batch`` samples go through the sampler at once (each a doubled forward for guidance);
     ``progress(done, total)`` counts sampler steps over all batches."""
     loaded = _text_model(checkpoint, use_ema)
@@ -141,6 +141,7 @@ def prompt_samples(checkpoint, prompts, per_prompt: int = 20, guidance=None,
         raise MinidiffInputError("prompts: expected at least one prompt, got none")
     loaded.tokenizer.encode(prompts)                 # unknown words refused before sampling
     texts = [text for text in prompts for _ in range(per_prompt)]
+    sampler, steps = model_sampler(loaded.config, sampler, steps)
 
     def eps_for(begin, end):
         cond, uncond = loaded.cond(end - begin, prompts=texts[begin:end])
@@ -224,13 +225,13 @@ def _fid(features, classifier, key: str, stats_dir: str, reference_images: int) 
 
 # ---------------------------------------------------------------------------------- figures
 def _common(loaded, scale, sampler, steps, eta, seed) -> dict:
-    return {"guidance": scale, "sampler": sampler,
-            "steps": default_steps(loaded.schedule, sampler, steps),
+    sampler, steps = model_sampler(loaded.config, sampler, steps)
+    return {"guidance": scale, "sampler": sampler, "steps": steps,
             "eta": eta if sampler == "ddim" else None, "seed": seed,
             "space": loaded.space.describe(), "backend": backend.get_backend()}
 
 
-def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: str = "ddim",
+def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: str | None = None,
                       steps=None, eta: float = 0.0, seed: int = 0, batch: int = 250,
                       use_ema: bool = True, classifier=None, fid: bool = True,
                       stats_dir: str | None = None, reference_images: int = 10_000,
@@ -276,7 +277,7 @@ def _caption_stats(loaded, checkpoint):
 
 
 def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guidance=None,
-                        sampler: str = "ddim", steps=None, eta: float = 0.0, seed: int = 0,
+                        sampler: str | None = None, steps=None, eta: float = 0.0, seed: int = 0,
                         batch: int = 250, use_ema: bool = True, progress=None) -> dict:
     """``{"thickness": {...}, "slant": {...}, "digits", "per_prompt", "guidance", "seconds",
     ...}``: for each attribute, ``per_prompt`` samples per digit of "a <high> D" and of
@@ -321,7 +322,7 @@ def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guid
     return result
 
 
-def prompts_report(checkpoint, per_prompt: int = 20, guidance=None, sampler: str = "ddim",
+def prompts_report(checkpoint, per_prompt: int = 20, guidance=None, sampler: str | None = None,
                    steps=None, eta: float = 0.0, seed: int = 0, batch: int = 250,
                    use_ema: bool = True, classifier=None, fid: bool = True,
                    stats_dir: str | None = None, reference_images: int = 10_000,

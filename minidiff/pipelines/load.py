@@ -27,13 +27,15 @@ from minidiff.data.captions import CaptionStats, Tokenizer
 from minidiff.data.paths import DataNotFoundError, resolve_user_path
 from minidiff.data.spaces import LatentSpace, PixelSpace, SpaceError, is_latent
 from minidiff.diffusion.guidance import MAX_GUIDANCE, conditional_eps_model, guided
+from minidiff.diffusion.samplers import SAMPLERS
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models.conditioned import ConditionError
 from minidiff.nn.module import Module, StateDictError
-from minidiff.errors import check_float
+from minidiff.errors import MinidiffInputError, check_float
 from minidiff.pipelines.conditions import sampling_cond
 
-__all__ = ["Pipeline", "load_pipeline", "load_autoencoder", "space_from_config", "space_of"]
+__all__ = ["Pipeline", "load_pipeline", "model_sampler", "load_autoencoder",
+           "space_from_config", "space_of"]
 
 
 @dataclass
@@ -124,6 +126,21 @@ def load_pipeline(path, use_ema: bool = True, autoencoder: str | None = None,
     return Pipeline(model.eval(), schedule_from_config(config), config,
                     space_of(arrays, autoencoder), tokenizer, stats, arrays["step"],
                     os.fspath(path))
+
+
+def model_sampler(config: dict, sampler: str | None = None, steps: int | None = None) -> tuple:
+    """``(sampler, steps)`` to draw from the model ``config`` describes: ``sampler`` and
+    ``steps`` when given (``steps`` 0: all T), and for each one that is None the model's own,
+    its config's ``sampler`` and ``sample_steps`` (a preset names how its samples are best
+    drawn; a file written before the key existed loads as DDIM with 50 steps,
+    ``checkpoint._upgrade``).  What ``minidiff sample``, ``eval`` and ``inpaint`` use when
+    ``--sampler`` / ``--steps`` are left out."""
+    sampler = config["sampler"] if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise MinidiffInputError(f"--sampler: expected one of {', '.join(SAMPLERS)}, "
+                                 f"got {sampler!r}")
+    steps = int(config["sample_steps"]) if steps is None else int(steps) or int(config["T"])
+    return sampler, steps
 
 
 def load_autoencoder(path, use_ema: bool = True, arrays: dict | None = None):

@@ -8,12 +8,13 @@ A task owns the network and knows four things the loop does not:
     grid(trainer, path)     the picture saved every ``sample_every`` steps (EMA weights)
     finish(trainer) -> {}   named arrays measured at the end, stored in both checkpoint files
 
-* ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), DDIM sample grids, the
-  loss-by-timestep and predicted-x0 diagnostics, in the space its config names: pixels, or
-  the latents of an autoencoder (``minidiff.data.spaces``, lesson 10), which then encodes the
-  training images once, here.  A conditioned config (lesson 11, ``minidiff.models.conditioned``)
-  gets its network from ``build_model`` and each batch's ``cond`` from a ``Conditioner``;
-  a text model's grid shows one row per digit prompt, at the config's guidance.
+* ``DiffusionTask`` (``model: unet``): Algorithm 1 (lesson 07), sample grids (drawn with the
+  config's sampler), the loss-by-timestep and predicted-x0 diagnostics, in the space its
+  config names: pixels, or the latents of an autoencoder (``minidiff.data.spaces``, lesson
+  10), which then encodes the training images once, here.  A conditioned config (lesson 11,
+  ``minidiff.models.conditioned``) gets its network from ``build_model`` and each batch's
+  ``cond`` from a ``Conditioner``; a text model's grid shows one row per digit prompt, at
+  the config's guidance.
 * ``AutoencoderTask`` (``model: autoencoder``, lesson 09): reconstruction + kl_weight * KL
   (9.5), a grid of originals above their reconstructions, curves of each loss term, and at
   the end the latent scale factor (9.6), measured on the EMA weights.
@@ -127,8 +128,9 @@ class DiffusionTask:
             self.t_sampler.load_state_dict(state)
 
     def grid(self, trainer, path):
-        """``sample_count`` digits from the EMA weights with a few DDIM steps; a text
-        model: one row per digit word ("zero" ... "nine"), sample_count // 10 in each."""
+        """``sample_count`` digits from the EMA weights, drawn as the config says (its
+        ``sampler`` in ``sample_steps`` steps; DDIM with eta 0, DDPM with its ``variance``);
+        a text model: one row per digit word ("zero" ... "nine"), sample_count // 10 in each."""
         c = self.config
         eps_model, n, nrow, labels = self.eps_model, c["sample_count"], None, None
         with _EvalWithEma(trainer, seed=trainer.grid_seed):
@@ -139,8 +141,8 @@ class DiffusionTask:
                 n = len(prompts)
                 cond, uncond = self.pipeline.cond(n, prompts=prompts)
                 eps_model = self.pipeline.eps(cond, uncond)      # at the config's guidance
-            images, _ = sample_images(eps_model, self.schedule, self.space, n, "ddim",
-                                      c["sample_steps"], seed=None)
+            images, _ = sample_images(eps_model, self.schedule, self.space, n, c["sampler"],
+                                      c["sample_steps"], seed=None, variance=c["variance"])
         save_grid(from_unit_range(images), path, nrow=nrow, labels=labels)
 
     def diagnose(self, trainer) -> None:

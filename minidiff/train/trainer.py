@@ -51,7 +51,7 @@ __all__ = ["Trainer", "TrainingDiverged", "batch_indices", "RESUMABLE", "resume_
 #: what a resumed run may change: how long it runs and its bookkeeping, none of which changes
 #: what a training step computes.  Any other key of the configuration makes it another run.
 RESUMABLE = ("steps", "log_every", "sample_every", "checkpoint_every", "diag_every",
-             "sample_steps", "sample_count")
+             "sampler", "sample_steps", "sample_count")
 
 
 class TrainingDiverged(RuntimeError):
@@ -224,7 +224,8 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
     def sample_grid(self, path=None, seed: int = 0):
         """The task's picture from the EMA weights, fixed seed (grids at different steps are
-        comparable): DDIM samples of a diffusion model, reconstructions of an autoencoder."""
+        comparable): samples of a diffusion model (drawn with its config's sampler),
+        reconstructions of an autoencoder."""
         self.grid_seed = seed
         path = path or os.path.join(self.out, f"{self.task.grid_name}_{self.step:06d}.png")
         self.task.grid(self, path)
