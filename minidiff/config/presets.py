@@ -66,32 +66,35 @@ PRESETS = {
     # A small U-Net (637k parameters: 16/32/64 channels at 28/14/7, one ResBlock per level,
     # attention only in the middle at 7x7) that predicts v, not eps (lesson 07: an eps error
     # is multiplied by ~160 in x_0 at t = T, which a short run cannot afford); a high learning
-    # rate and a fast EMA so the averaged model catches up in time.  Its time and figures:
-    # data/checkpoints/quick.md.
+    # rate and a fast EMA so the averaged model catches up in time; the cosine schedule and
+    # ancestral sampling in 100 steps measured best at this budget (docs/recipes.md).  Its
+    # time and figures: data/checkpoints/quick.md.
     "quick": {**DEFAULTS, "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
               "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8,
-              "time_embed_dim": 32, "prediction": "v", "batch_size": 32, "lr": 2e-3,
-              "warmup_steps": 50, "min_lr": 1e-4, "steps": 2000, "ema_decay": 0.995,
-              "log_every": 10, "sample_every": 500, "checkpoint_every": 100, "diag_every": 1000,
-              "sample_steps": 25},
+              "time_embed_dim": 32, "prediction": "v", "schedule": "cosine", "batch_size": 32,
+              "lr": 2e-3, "warmup_steps": 50, "min_lr": 1e-4, "steps": 2000,
+              "ema_decay": 0.995, "log_every": 10, "sample_every": 500,
+              "checkpoint_every": 100, "diag_every": 1000, "sampler": "ddpm",
+              "sample_steps": 100},
     # Latent diffusion (lesson 10) in the 4x7x7 latents of the shipped autoencoder
     # (data/checkpoints/ae.npz; --set autoencoder=PATH for another): a one-level U-Net at 7x7
     # (221k parameters: 32 channels, two ResBlocks, attention only in the middle block),
     # chosen so that sampling costs about a tenth of the pixel model's (bench ldm).  A batch
-    # of 128 latents costs about a quarter of a batch of 32 images, so its 1,200 steps see
-    # 2.4 times as many examples as ``quick`` in a fraction of its time; encoding the
-    # training set once comes on top.  v-prediction as in ``quick``: the samplers do not clip
-    # latents, and a v error is not multiplied by 1 / sqrt(abar_t) in x_0 near t = T.  The
-    # EMA (no warm-up) keeps 0.995^1200 ~ 0.2% of the initial weights at the end.  Time and
-    # figures: data/checkpoints/ldm.md.
+    # of 128 latents costs about a quarter of a batch of 32 images, so its 2,500 steps see
+    # five times as many examples as ``quick`` in about its time; encoding the training set
+    # once comes on top.  v-prediction as in ``quick``: the samplers do not clip latents, and
+    # a v error is not multiplied by 1 / sqrt(abar_t) in x_0 near t = T.  The recipe (the
+    # cosine schedule, a learning rate four times ``quick``'s, ancestral sampling in 100
+    # steps) is what measured best at this budget: docs/recipes.md.  Time and figures:
+    # data/checkpoints/ldm.md.
     "ldm-quick": {**DEFAULTS, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
                   "in_channels": 4, "out_channels": 4, "image_size": 7, "base_channels": 32,
                   "channel_mults": [1], "num_res_blocks": 2, "attention_resolutions": [],
                   "num_heads": 4, "dropout": 0.0, "groups": 8, "time_embed_dim": 32,
-                  "prediction": "v", "batch_size": 128, "lr": 2e-3, "warmup_steps": 100,
-                  "min_lr": 1e-4, "steps": 1200, "ema_decay": 0.995, "log_every": 50,
-                  "sample_every": 400, "checkpoint_every": 200, "diag_every": 600,
-                  "sample_steps": 50},
+                  "prediction": "v", "schedule": "cosine", "batch_size": 128, "lr": 8e-3,
+                  "warmup_steps": 100, "min_lr": 1e-4, "steps": 2500, "ema_decay": 0.995,
+                  "log_every": 50, "sample_every": 500, "checkpoint_every": 250,
+                  "diag_every": 1250, "sampler": "ddpm", "sample_steps": 100},
     # Text to image (lesson 11): ``ldm-quick``'s U-Net in the same latents, conditioned on a
     # caption by cross-attention: tau_theta (2 blocks, width 64, 4 heads) reads the caption,
     # and the middle block's attention becomes a SpatialTransformer (self-attention over the
@@ -127,10 +130,13 @@ PRESETS = {
               "time_embed_dim": 32},
 }
 
+# The conditional presets keep the recipe their shipped models were trained with (linear
+# schedule, lr 2e-3, DDIM): ldm-quick's newer one was measured unconditionally only.
 PRESETS["txt2img-quick"] = {**PRESETS["ldm-quick"], "conditioning": "crossattn",
+                            "schedule": "linear", "lr": 2e-3, "sampler": "ddim",
                             "attention_resolutions": [], "steps": 2500,
                             "sample_every": 500, "checkpoint_every": 200, "diag_every": 1250,
-                            "sample_count": 80, "sample_steps": 25, "guidance": 2.0}
+                            "sample_count": 80, "sample_steps": 50, "guidance": 2.0}
 PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid",
                             "steps": 1800, "diag_every": 900, "sample_every": 600,
                             "guidance": 3.0}
