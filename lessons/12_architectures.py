@@ -590,8 +590,9 @@ if saving_ms > 0:
 # can draw, so the autoencoder bounds, roughly, what its FID can reach: the rFID of its
 # reconstructions (the FID between D(E(x)) and x on the test set).  The figures below are
 # read from the records of what `minidiff eval` measured on the shipped models
-# (`data/checkpoints/figures.json`, `ae.md`), not recomputed here: FID of 10,000 DDIM samples
-# against the 10,000 test digits, on the features of minidiff's MNIST classifier (so
+# (`data/checkpoints/figures.json`, `ae.md`), not recomputed here: FID of n samples drawn with
+# each model's own sampler (both in the table) against the 10,000 test digits, on the
+# features of minidiff's MNIST classifier (so
 # comparable only with other minidiff FIDs), with the classifier's mean confidence in its
 # label; the conditional models add prompted accuracy (the share of samples that the
 # classifier reads as the prompted digit).  Their FID is of another kind: 1,000 balanced
@@ -653,12 +654,15 @@ for key, _ in ROWS:
         assert figures[key]["n"] > 0 and figures[key]["fid"] >= 0, key
 
 # %% [markdown]
-# On the shipped models the two FIDs are close, the LDM's a little lower, from a training
-# run of a fraction of the pixel model's time (`quick.md`: 8 min 48 s idle for 2,000 steps;
-# `ldm.md`: about 2-3 minutes idle by its estimate for 1,200 steps of 128 latents, the
-# encoding included); the autoencoder's rFID, below the
-# floor set by two sets of real digits, says that little of the gap to real digits comes
-# from the latent space: it comes from short training.  (On large images the LDM paper finds
+# On the shipped models the LDM's FID is well below the pixel model's (compare them at the same
+# n: 41.4 against 87.8 at n = 2,000, both with DDPM 100, `docs/recipes.md` and `quick.md`),
+# from a training run of about the pixel model's time (`ldm.md`: 9 min 14 s for 2,500 steps
+# of 128 latents, the encoding included; `quick.md`: 13 min 24 s for 2,000 steps of 32
+# images, the install included, both at one BLAS thread).  Per example the latent model is
+# about 13 times cheaper, so in the same minutes it sees five times as many digits.  The
+# autoencoder's rFID, below the floor set by two sets of real digits, says that little of
+# the gap to real digits comes from the latent space: it comes from short training.  (On
+# large images the LDM paper finds
 # the same: with a mild downsampling factor, f = 4 to 8, the autoencoder costs little
 # quality and the diffusion model trains and samples far faster; f = 4 here, 28 -> 7.)
 

@@ -102,7 +102,7 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str | None = None, steps: int
     result["class_histogram"] = [int((labels == k).sum()) for k in range(10)]
 
     # floor: the FID of n training images (n capped at 60,000) against the test set
-    if not not floor:
+    if floor:
         mu_tr, cov_tr, n_floor = floor_statistics(classifier, checksum, stats_dir, n)
         result["fid_floor_train_vs_test"] = frechet_distance(mu_tr, cov_tr, mu_test, cov_test)
         result["fid_floor_n"] = n_floor
