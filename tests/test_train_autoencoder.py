@@ -22,7 +22,7 @@ AE_TINY = {"base_channels": 8, "channel_mults": [1, 2], "latent_channels": 2, "g
 UNET_TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
              "attention_resolutions": [], "T": 50, "batch_size": 4, "image_size": 16,
              "steps": 2, "warmup_steps": 1, "train_images": 200, "log_every": 0,
-             "sample_every": 0, "checkpoint_every": 0, "diag_every": 0}
+             "sample_every": 0, "checkpoint_every": 0, "diag_every": 0, "sample_steps": 5}
 
 
 @pytest.fixture(scope="module")
