@@ -177,7 +177,8 @@ class Tensor:
                         continue
                     parent_grad = unbroadcast(parent_grad, parent.data.shape)
                     previous = grads.get(id(parent))
-                    grads[id(parent)] = parent_grad if previous is None else previous + parent_grad
+                    grads[id(parent)] = parent_grad if previous is None else \
+                        backend.threads.binary(xp.add, previous, parent_grad)
             if not retain_graph:  # free the closure (and the forward buffers it holds)
                 node._backward = _freed_backward
                 node._parents = ()

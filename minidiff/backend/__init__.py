@@ -30,17 +30,9 @@ import sys
 import tempfile
 import zipfile
 
-# OpenBLAS's worker threads spin for about 0.1 s after each BLAS call before they sleep
-# (OPENBLAS_THREAD_TIMEOUT, default 28: 2^28 cycles).  minidiff alternates GEMMs with NumPy
-# passes that run on one core, so by default the workers spin through all of those.  On the
-# 2-core development machine (a VM) a short timeout cut the CPU time of a U-Net training step
-# from 3.3 to 2.2 s, with wall time no worse and steadier (1.73-1.77 s medians in three runs,
-# against 1.70-2.54 s).  OpenBLAS reads the variable once, when NumPy loads it: this takes
-# effect only where minidiff is imported before NumPy (the ``minidiff`` command, the
-# lessons), and a value already in the environment wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+from minidiff.backend import threads  # noqa: E402, F401  (loads NumPy: see threads.py)
 
-import numpy  # noqa: E402  (after the BLAS setting above)
+import numpy  # noqa: E402
 from minidiff.errors import BackendMismatchError, MinidiffInputError
 
 

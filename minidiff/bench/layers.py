@@ -13,8 +13,8 @@ k = ceil(repeat / 2)), so that both see the same machine load.  Not one call eac
 after each op torch's OpenMP threads spin for a while before they sleep, and on a 2-core
 machine that spinning took the cores from the NumPy call timed next (a 7x7 conv measured
 14-18 ms right after a torch call, 10 ms after its own repeat).  Each row reports the
-minimum over repeats and the ratio minidiff / torch.  PyTorch gets as many threads as NumPy's
-BLAS (``--threads``, default: the CPU count visible to this process).
+minimum over repeats and the ratio minidiff / torch.  Both get ``--threads`` threads (default:
+minidiff's own count, ``minidiff.backend.threads``).
 
 The "U-Net weighted total" sums conv + GroupNorm + SiLU rows weighted by how many times each
 shape occurs in one U-Net forward/backward, and compares the totals.

@@ -19,8 +19,9 @@ see the same machine load; the table reports the median and the minimum over ``-
 runs, and the ratios minidiff / torch of the medians and of the minima.  The minimum is the
 run least disturbed by other work on the machine; on the shared 2-core development machine
 NumPy's single-threaded passes slowed down more than torch in busy periods, so the two
-ratios can differ by 20% or more.  PyTorch gets ``--threads`` threads
-(default: the CPUs visible to this process, which is what NumPy's BLAS uses).
+ratios can differ by 20% or more.  minidiff and PyTorch both get ``--threads`` threads
+(default: minidiff's own count, ``minidiff.backend.threads``: the CPUs visible to this process
+unless OPENBLAS_NUM_THREADS or OMP_NUM_THREADS says otherwise).
 
 **Peak memory.**  tracemalloc sees NumPy's buffers but not PyTorch's allocator, so both
 frameworks are measured the same way instead: one fresh subprocess per framework imports it,

@@ -1,8 +1,8 @@
 import argparse
 import json
-import os
 import sys
 
+from minidiff.backend import threads
 from minidiff.bench import emit, layers as bench_layers, ldm as bench_ldm, unet as bench_unet
 from minidiff.commands._args import ArgumentParser, command, int_arg
 from minidiff.data.paths import resolve_user_path
@@ -24,13 +24,19 @@ def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.
     result.add_argument("--json", action="store_true", help="print the results as JSON")
     result.add_argument("--repeat", type=int_arg(1), default=5, help=repeat_help)
     result.add_argument("--batch", type=int_arg(1), default=64, help="batch size (default 64)")
-    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1))
-    result.add_argument("--threads", type=int_arg(1), default=cpus,
-                        help="threads for PyTorch (match NumPy's BLAS)")
+    result.add_argument("--threads", type=int_arg(1), default=threads.threads(),
+                        help="threads for minidiff and for PyTorch (default: minidiff's, "
+                             f"{threads.threads()} here; see minidiff.backend.threads)")
     result.add_argument("--no-torch", action="store_true",
                         help="time minidiff alone, even where torch is installed")
     return result
+
+
+def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """The options, with minidiff's threads set to --threads (PyTorch gets as many)."""
+    args = parser.parse_args(argv)
+    threads.set_threads(args.threads)
+    return args
 
 
 def main(argv=None) -> int:
@@ -48,8 +54,8 @@ def main(argv=None) -> int:
 
 
 def layers_main(argv=None) -> int:
-    args = benchmark_parser("minidiff bench layers", bench_layers.__doc__.split("\n")[0],
-                            "timed repeats per op (min taken)").parse_args(argv)
+    args = parse(benchmark_parser("minidiff bench layers", bench_layers.__doc__.split("\n")[0],
+                                  "timed repeats per op (min taken)"), argv)
     return emit(bench_layers.run(args), args.json, bench_layers._print_table)
 
 
@@ -69,7 +75,7 @@ def _unet_parser():
 
 @command
 def unet_main(argv=None) -> int:
-    args = _unet_parser().parse_args(argv)
+    args = parse(_unet_parser(), argv)
     if args.base_channels is not None and args.base_channels % 8:
         raise MinidiffInputError(f"--base-channels: expected a multiple of 8 (the GroupNorm "
                                  f"groups), got {args.base_channels}")
@@ -107,7 +113,7 @@ def _ldm_parser():
 
 
 def ldm_main(argv=None) -> int:
-    args = _ldm_parser().parse_args(argv)
+    args = parse(_ldm_parser(), argv)
     try:
         # the shipped models and their quality record, found from any folder (data.paths)
         for option in ("pixel", "ldm", "figures"):

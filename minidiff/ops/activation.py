@@ -14,6 +14,7 @@ and keeps ``exp`` from overflowing, so inputs of +-1e4 are fine.
 import math
 
 from minidiff import backend
+from minidiff.backend import threads
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
@@ -49,43 +50,51 @@ def relu(x) -> Tensor:
     return Tensor._make(xp.maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),), "relu")
 
 
-def _one_plus_exp_neg(xp, data):
-    """A new array 1 + e^-x, built with in-place ufuncs.  Where -x is beyond exp's range
-    (x < -88.7 in float32) e^-x is inf, and so is 1 + e^-x: x / (1 + e^-x) is then -0, the
-    float nearest to silu(x) there; NumPy's overflow warning is silenced for this."""
-    e = xp.negative(data, out=xp.empty_like(data))   # out=: an array even where x is 0-d
+def _silu_into(xp, x, out) -> None:
+    """out = x / (1 + e^-x) with in-place ufuncs.  Where -x is beyond exp's range (x < -88.7
+    in float32) e^-x is inf, and so is 1 + e^-x: x / (1 + e^-x) is then -0, the float
+    nearest to silu(x) there; NumPy's overflow warning is silenced for this."""
+    xp.negative(x, out=out)
     with backend.host.errstate(over="ignore"):
-        xp.exp(e, out=e)
-    e += 1
-    return e
+        xp.exp(out, out=out)
+    out += 1
+    xp.divide(x, out, out=out)
+
+
+def _silu_grad_into(xp, x, out, g, d) -> None:
+    """d = g s (1 + x - out), the gradient of silu (see ``silu``), with s = out / x."""
+    # s = out / x, except where |x| < eps: there out lost digits (x subnormal) or is 0 / 0,
+    # and s = 1/2 + x/4 + ... is 1/2 to within rounding
+    with backend.host.errstate(invalid="ignore"):
+        xp.divide(out, x, out=d)
+    d[xp.abs(x) < xp.finfo(out.dtype).eps] = 0.5
+    t = x - out
+    t += 1
+    d *= t
+    d *= g
 
 
 def silu(x) -> Tensor:
     """x * sigmoid(x) = x / (1 + e^-x) (also called swish), the U-Net's activation.
 
     Written with e^-x rather than ``sigmoid``'s tanh (NumPy's exp costs less than its tanh)
-    and with in-place ufuncs: this runs on every U-Net feature map.  The backward pass needs
-    s = sigmoid(x) and reads it off the output, s = out / x (1/2 where |x| < eps), rather
+    and with in-place ufuncs, on every core (``backend.threads``): this runs on every U-Net
+    feature map.  The backward pass needs s = sigmoid(x), d silu / dx = s (1 + x (1 - s)) =
+    s (1 + x - out), and reads s off the output, s = out / x (1/2 where |x| < eps), rather
     than keep it from the forward pass (one feature map more per activation until backward)
     or compute another exp (which costs ten times a division).
     """
     x, xp = _unary(x, "silu")
-    out = _one_plus_exp_neg(xp, x.data)
-    xp.divide(x.data, out, out=out)
+    x_flat = x.data.reshape(-1)
+    out = xp.empty_like(x_flat)
+    threads.split(lambda lo, hi: _silu_into(xp, x_flat[lo:hi], out[lo:hi]), out.size, out)
 
     def backward(g):
-        # d silu / dx = s (1 + x (1 - s)) = s (1 + x - out)
-        # s = out / x, except where |x| < eps: there out lost digits (x subnormal) or is
-        # 0 / 0, and s = 1/2 + x/4 + ... is 1/2 to within rounding
-        with backend.host.errstate(invalid="ignore"):
-            s = xp.divide(out, x.data, out=xp.empty_like(out))
-        s = xp.where(xp.abs(x.data) < xp.finfo(out.dtype).eps, 0.5, s)
-        d = x.data - out
-        d += 1
-        d *= s
-        d *= g
-        return (d,)
-    return Tensor._make(out, (x,), backward, "silu")
+        g_flat, d = g.reshape(-1), xp.empty_like(out)
+        threads.split(lambda lo, hi: _silu_grad_into(xp, x_flat[lo:hi], out[lo:hi],
+                                                     g_flat[lo:hi], d[lo:hi]), d.size, d)
+        return (d.reshape(x.shape),)
+    return Tensor._make(out.reshape(x.shape), (x,), backward, "silu")
 
 
 def gelu(x) -> Tensor:

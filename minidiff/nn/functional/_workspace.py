@@ -5,11 +5,13 @@ on first touch.  Temporaries that never leave one call (the GEMM output, the col
 padded input, the output gradient) are therefore cut from one reused block per purpose
 (``tag``): every shape of a tag shares that block, grown to the largest request, so the scratch
 memory is one copy per purpose, not one per layer shape.  A buffer is valid until the next
-request for the same tag.  ``clear()`` drops them all.  Not thread-safe (minidiff runs one
-graph at a time).  Nothing that the backward pass needs lives here: the convolutions keep
+request for the same tag *from the same thread*: each thread (``backend.threads``) has blocks
+of its own, so that the pieces of a convolution can run at once.  ``clear()`` drops them
+all.  Nothing that the backward pass needs lives here: the convolutions keep
 only their input and rebuild the rest.
 """
 import math
+import threading
 
 __all__ = ["buffer", "clear", "nbytes"]
 
@@ -18,9 +20,11 @@ _blocks = {}
 
 def buffer(tag: str, shape, dtype, xp):
     """An uninitialised scratch array of ``shape``, cut from the block of ``tag`` (which is
-    reallocated, larger, when it is too small); valid until the next ``buffer(tag, ...)``."""
+    reallocated, larger, when it is too small); valid until this thread's next
+    ``buffer(tag, ...)``."""
     size = math.prod(shape)
-    key = (tag, dtype, xp.__name__)   # not str(dtype), which took 5 us of a 6 us call
+    # not str(dtype), which took 5 us of a 6 us call
+    key = (tag, dtype, xp.__name__, threading.get_ident())
     block = _blocks.get(key)
     if block is None or block.size < size:
         block = xp.empty(max(size, 1), dtype=dtype)

@@ -32,6 +32,7 @@ convolution (``_workspace``), and keep nothing for backward but the input, which
 holds anyway: the backward pass rebuilds what it needs from it.
 """
 from minidiff import backend
+from minidiff.backend import threads
 from minidiff.nn.functional import _workspace
 from minidiff.nn.functional._reduce import row_sums
 from minidiff.nn.functional.conv import _conv_inputs, _pair, _reference, conv_output_size
@@ -113,10 +114,13 @@ def _phase_planes(x, stride, rows, columns, tag: str = "conv.phases"):
     planes = _workspace.buffer(tag, (sh, sw, c, q + 2 * margin), x.dtype, xp)
     planes[..., :margin] = 0
     planes[..., margin + q:] = 0
-    for r in range(sh):
-        for t in range(sw):
-            planes[r, t, :, margin:margin + q].reshape(c, n, ho, wo)[...] = \
-                x[:, :, r::sh, t::sw].transpose(1, 0, 2, 3)
+
+    def lay_out(lo, hi):   # channels lo .. hi-1
+        for r in range(sh):
+            for t in range(sw):
+                planes[r, t, lo:hi, margin:margin + q].reshape(hi - lo, n, ho, wo)[...] = \
+                    x[:, lo:hi, r::sh, t::sw].transpose(1, 0, 2, 3)
+    threads.split(lay_out, c, planes)
     return planes, margin
 
 
@@ -231,10 +235,15 @@ def _images_per_chunk(bytes_per_image: int, n: int) -> int:
 
 def _columns(x, kernel, stride, padding, tag: str = "conv.flat"):
     """im2col of the array x (N, C, H, W) where ``phases_fit``, in chunks of whole images:
-    yields (n0, k, cols) with cols the (C kh kw, k Ho Wo) columns of images n0 .. n0+k-1,
-    kh*kw contiguous copies from the input's phases (at stride 1, from ``flat_pad``: the
-    shifted rows of ``flat_windows``), then the entries whose window hangs over the edge
-    zeroed.  cols lives in a scratch buffer, overwritten by the next chunk."""
+    returns (per, count, chunk_columns), ``per`` images in each of ``count`` chunks (the last
+    may have fewer), and chunk_columns(i) gives (n0, k, cols), with cols the
+    (C kh kw, k Ho Wo) columns of images n0 = i per .. n0+k-1: kh*kw contiguous copies from
+    the input's phases (at stride 1, from ``flat_pad``: the shifted rows of
+    ``flat_windows``), then the entries whose window hangs over the edge zeroed.
+
+    The phases are laid out once, here; the chunks' columns live in the scratch buffer of the
+    thread that asks for them (``_workspace``), overwritten by its next chunk, so that the
+    chunks can be worked on by several threads at once (``threads.split``)."""
     xp = backend.array_module_of(x)
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     n, c, h, w = x.shape
@@ -244,24 +253,27 @@ def _columns(x, kernel, stride, padding, tag: str = "conv.flat"):
     # at stride 1 the kh*kw shifts are one strided view: one copy, twice as fast as kh*kw
     windows = flat_windows(planes[0, 0], (kh, kw), wo, n * ho * wo) if sh == sw == 1 else None
     per = _images_per_chunk(c * kh * kw * ho * wo * x.itemsize, n)
-    for n0 in range(0, n, per):
+
+    def chunk_columns(i: int):
+        n0 = i * per
         k = min(per, n - n0)
         q = k * ho * wo
         cols = _workspace.buffer("conv.columns", (c, kh, kw, q), x.dtype, xp)
         if windows is not None:
             cols[...] = windows[..., n0 * ho * wo:n0 * ho * wo + q]
         else:
-            for i, j, ri, rj, shifted in _shifted_slices(rows, columns,
-                                                         margin + n0 * ho * wo, wo, q):
-                cols[:, i, j] = planes[ri, rj, :, shifted]
+            for i_, j, ri, rj, shifted in _shifted_slices(rows, columns,
+                                                          margin + n0 * ho * wo, wo, q):
+                cols[:, i_, j] = planes[ri, rj, :, shifted]
         _zero_outside(cols.reshape(c, kh, kw, k, ho, wo), rows, columns)
-        yield n0, k, cols.reshape(c * kh * kw, q)
+        return n0, k, cols.reshape(c * kh * kw, q)
+    return per, -(-n // per), chunk_columns
 
 
 def _conv_chunks(x, w_g, bias, kernel, stride, padding):
     """Convolution of the array x (N, C, H, W) by w_g (groups, O/g, C/g kh kw) where
-    ``phases_fit``: y = W cols, one GEMM per chunk of ``_columns``.  A new array
-    (N, O, Ho, Wo)."""
+    ``phases_fit``: y = W cols, one GEMM per chunk of ``_columns``, the chunks shared out
+    among the threads.  A new array (N, O, Ho, Wo)."""
     xp = backend.array_module_of(x)
     n, c, h, w = x.shape
     (sh, sw) = _pair(stride)
@@ -269,13 +281,27 @@ def _conv_chunks(x, w_g, bias, kernel, stride, padding):
     groups, og, _ = w_g.shape
     o = groups * og
     y = xp.empty((n, o, ho, wo), dtype=x.dtype)
-    for n0, k, cols in _columns(x, kernel, stride, padding):
-        out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
-            "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, ho * wo)
-        if bias is not None:
-            out += bias.reshape(o, 1, 1)
-        y[n0:n0 + k] = out.reshape(o, k, ho, wo).transpose(1, 0, 2, 3)
+    _, count, chunk_columns = _columns(x, kernel, stride, padding)
+
+    def convolve(first, last):
+        for i in range(first, last):
+            n0, k, cols = chunk_columns(i)
+            out = xp.matmul(w_g, cols.reshape(groups, -1, cols.shape[1]), out=_workspace.buffer(
+                "conv.out", (groups, og, cols.shape[1]), x.dtype, xp)).reshape(o, k, ho * wo)
+            if bias is not None:
+                out += bias.reshape(o, 1, 1)
+            y[n0:n0 + k] = out.reshape(o, k, ho, wo).transpose(1, 0, 2, 3)
+    threads.split(convolve, count, x)
     return y
+
+
+def _sum_in_order(products, xp, shape, dtype):
+    """0 + p_0 + p_1 + ...: the chunks' dW in chunk order, the same bits however many threads
+    computed them."""
+    total = xp.zeros(shape, dtype=dtype)
+    for p in products:
+        total += p
+    return total
 
 
 def _phase_backward(g, x, weight, groups: int, stride, padding):
@@ -286,6 +312,10 @@ def _phase_backward(g, x, weight, groups: int, stride, padding):
         dW += G_chunk cols_chunk^T,      dcols = W^T G_chunk,
         dx = col2im(dcols): kh*kw contiguous shifted additions onto the phases (eq. 5.4),
              after zeroing the entries whose window hangs over the edge.
+
+    A thread adds its chunks' dcols into phases of its own images (and a margin either
+    side); these are added up once all are done.  A chunk adds nothing but zeros outside its
+    own images (the zeroed entries), so the sum is the same bits as one thread's.
     """
     if not (x.requires_grad or weight.requires_grad):
         return None, None
@@ -298,40 +328,56 @@ def _phase_backward(g, x, weight, groups: int, stride, padding):
     w_g = weight.data.reshape(groups, og, cg * kh * kw)
     rows, columns = _phase_shifts(kh, sh, ph), _phase_shifts(kw, sw, pw)
     margin = _margin(rows, columns, wo)
-    dw = None
-    if x.requires_grad:
-        acc = _workspace.buffer("conv.phase_grad", (sh, sw, c, n * ho * wo + 2 * margin),
-                                g.dtype, xp)
-        acc[...] = 0
-    if weight.requires_grad:
-        dw = xp.zeros((groups, og, cg * kh * kw), dtype=g.dtype)
-    for n0, k, cols in _columns(x.data, (kh, kw), stride, padding):
-        q = k * ho * wo
-        g_rows = _workspace.buffer("conv.grad_rows", (groups, og, q), g.dtype, xp)
-        g_rows.reshape(o, k, ho * wo)[...] = g[n0:n0 + k].reshape(k, o, ho * wo).transpose(1, 0, 2)
-        if weight.requires_grad:                                  # dW += G cols^T
-            dw += xp.matmul(g_rows, cols.reshape(groups, cg * kh * kw, q).transpose(0, 2, 1))
-        if x.requires_grad:                                       # dcols = W^T G
-            dcols = xp.matmul(w_g.transpose(0, 2, 1), g_rows, out=_workspace.buffer(
-                "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
-            dcols = dcols.reshape(c, kh, kw, q)
-            _zero_outside(dcols.reshape(c, kh, kw, k, ho, wo), rows, columns)
-            for i, j, ri, rj, shifted in _shifted_slices(rows, columns, margin + n0 * ho * wo,
-                                                         wo, q):
-                acc[ri, rj, :, shifted] += dcols[:, i, j]
+    per, count, chunk_columns = _columns(x.data, (kh, kw), stride, padding)
+    products, pieces = [None] * count, []
+
+    def backward(first, last):
+        start, stop = first * per, min(n, last * per)     # this thread's images
+        if x.requires_grad:
+            acc = xp.zeros((sh, sw, c, (stop - start) * ho * wo + 2 * margin), dtype=g.dtype)
+            pieces.append((start, acc))
+        for i in range(first, last):
+            n0, k, cols = chunk_columns(i)
+            q = k * ho * wo
+            g_rows = _workspace.buffer("conv.grad_rows", (groups, og, q), g.dtype, xp)
+            g_rows.reshape(o, k, ho * wo)[...] = \
+                g[n0:n0 + k].reshape(k, o, ho * wo).transpose(1, 0, 2)
+            if weight.requires_grad:                                  # G cols^T
+                products[i] = xp.matmul(g_rows,
+                                        cols.reshape(groups, cg * kh * kw, q).transpose(0, 2, 1))
+            if x.requires_grad:                                       # dcols = W^T G
+                dcols = xp.matmul(w_g.transpose(0, 2, 1), g_rows, out=_workspace.buffer(
+                    "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
+                dcols = dcols.reshape(c, kh, kw, q)
+                _zero_outside(dcols.reshape(c, kh, kw, k, ho, wo), rows, columns)
+                for i_, j, ri, rj, shifted in _shifted_slices(
+                        rows, columns, margin + (n0 - start) * ho * wo, wo, q):
+                    acc[ri, rj, :, shifted] += dcols[:, i_, j]
+    threads.split(backward, count, x.data)
     dx = None
     if x.requires_grad:
+        if len(pieces) == 1:
+            acc = pieces[0][1]
+        else:
+            acc = xp.zeros((sh, sw, c, n * ho * wo + 2 * margin), dtype=g.dtype)
+            for start, piece in sorted(pieces, key=lambda item: item[0]):
+                acc[..., start * ho * wo:start * ho * wo + piece.shape[-1]] += piece
         dx = xp.empty(x.shape, dtype=g.dtype)
         for ri in range(sh):
             for rj in range(sw):
                 dx[:, :, ri::sh, rj::sw] = acc[ri, rj, :, margin:margin + n * ho * wo].reshape(
                     c, n, ho, wo).transpose(1, 0, 2, 3)
-    return dx, None if dw is None else dw.reshape(weight.shape)
+    dw = None
+    if weight.requires_grad:
+        dw = _sum_in_order(products, xp, (groups, og, cg * kh * kw), g.dtype)
+        dw = dw.reshape(weight.shape)
+    return dx, dw
 
 
 def _flat_backward(g, x, weight, groups: int):
     """(dx, dW) of a 'same' convolution (None where no gradient is needed), from one pass
-    over the columns of G (lesson 05, eq. 5.4b-5.4c).
+    over the columns of G (lesson 05, eq. 5.4b-5.4c), chunk by chunk, the chunks shared out
+    among the threads.
 
     dx is not col2im(W^T G) but what that equals at stride 1: the convolution of G, padded
     by k - 1 - p (= p here), with the kernel flipped in space and transposed in channels,
@@ -355,20 +401,26 @@ def _flat_backward(g, x, weight, groups: int):
         planes, margin = _phase_planes(x.data, (1, 1), *_same_shifts((kh, kw)),
                                        tag="conv.flat_input")
         x_rows = planes[0, 0, :, margin:margin + n * h * w].reshape(groups, cg, n * h * w)
-        dw_flipped = xp.zeros((groups, og * kh * kw, cg), dtype=g.dtype)
     dx = xp.empty(x.shape, dtype=g.dtype) if x.requires_grad else None
-    for n0, k, gcols in _columns(g, (kh, kw), 1, (kh // 2, kw // 2)):
-        gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
-        if x.requires_grad:
-            out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
-                "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp))
-            dx[n0:n0 + k] = out.reshape(c, k, h, w).transpose(1, 0, 2, 3)
-        if weight.requires_grad:
-            start = n0 * h * w
-            dw_flipped += xp.matmul(gcols, x_rows[:, :, start:start + gcols.shape[2]]
-                                    .transpose(0, 2, 1))
+    _, count, chunk_columns = _columns(g, (kh, kw), 1, (kh // 2, kw // 2))
+    products = [None] * count
+
+    def backward(first, last):
+        for i in range(first, last):
+            n0, k, gcols = chunk_columns(i)
+            gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
+            if x.requires_grad:
+                out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
+                    "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp))
+                dx[n0:n0 + k] = out.reshape(c, k, h, w).transpose(1, 0, 2, 3)
+            if weight.requires_grad:
+                start = n0 * h * w
+                products[i] = xp.matmul(gcols, x_rows[:, :, start:start + gcols.shape[2]]
+                                        .transpose(0, 2, 1))
+    threads.split(backward, count, g)
     dw = None
     if weight.requires_grad:
+        dw_flipped = _sum_in_order(products, xp, (groups, og * kh * kw, cg), g.dtype)
         dw = dw_flipped.reshape(groups, og, kh, kw, cg)[:, :, ::-1, ::-1]
         dw = dw.transpose(0, 1, 4, 2, 3).reshape(weight.shape)
     return dx, dw
@@ -396,11 +448,18 @@ def _on_road(parents, road_name: str, stride, padding, groups: int) -> Tensor:
     xp = backend.array_module_of(x.data)
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
-    w_g = weight.data.reshape(groups, o // groups, cg * kh * kw)
+    og = o // groups
+    w_g = weight.data.reshape(groups, og, cg * kh * kw)
     if road_name == "pointwise":  # y[n] = W x[n], one GEMM per image straight from NCHW
-        y = xp.matmul(w_g, x.data.reshape(n, groups, cg, h * w)).reshape(n, o, h, w)
-        if bias is not None:
-            y += bias.data.reshape(1, o, 1, 1)
+        x4 = x.data.reshape(n, groups, cg, h * w)
+        y = xp.empty((n, groups, og, h * w), dtype=x.dtype)
+
+        def project(lo, hi):
+            xp.matmul(w_g, x4[lo:hi], out=y[lo:hi])
+            if bias is not None:
+                y[lo:hi] += bias.data.reshape(1, groups, og, 1)
+        threads.split(project, n, y)
+        y = y.reshape(n, o, h, w)
     else:                         # flat or phases: columns a few images at a time
         y = _conv_chunks(x.data, w_g, None if bias is None else bias.data, (kh, kw), stride,
                          padding)
@@ -408,13 +467,21 @@ def _on_road(parents, road_name: str, stride, padding, groups: int) -> Tensor:
     def backward(g):
         grads = [None, None]
         if road_name == "pointwise":
-            g4 = g.reshape(n, groups, o // groups, h * w)
-            if weight.requires_grad:   # sum_n G[n] x[n]^T
-                x4 = x.data.reshape(n, groups, cg, h * w)
-                grads[1] = xp.matmul(g4, x4.transpose(0, 1, 3, 2)).sum(axis=0).reshape(
-                    weight.shape)
-            if x.requires_grad:        # W^T G[n]
-                grads[0] = xp.matmul(w_g.transpose(0, 2, 1), g4).reshape(x.shape)
+            g4 = g.reshape(n, groups, og, h * w)
+            per_image = xp.empty((n, groups, og, cg), dtype=g.dtype) \
+                if weight.requires_grad else None
+            dx = xp.empty((n, groups, cg, h * w), dtype=g.dtype) if x.requires_grad else None
+
+            def project_back(lo, hi):
+                if per_image is not None:    # G[n] x[n]^T
+                    xp.matmul(g4[lo:hi], x4[lo:hi].transpose(0, 1, 3, 2), out=per_image[lo:hi])
+                if dx is not None:           # W^T G[n]
+                    xp.matmul(w_g.transpose(0, 2, 1), g4[lo:hi], out=dx[lo:hi])
+            threads.split(project_back, n, g4)
+            if per_image is not None:        # sum_n G[n] x[n]^T
+                grads[1] = per_image.sum(axis=0).reshape(weight.shape)
+            if dx is not None:
+                grads[0] = dx.reshape(x.shape)
         elif road_name == "flat":
             grads[:2] = _flat_backward(g, x, weight, groups)
         else:

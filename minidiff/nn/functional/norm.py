@@ -23,6 +23,7 @@ backward pass; group norm keeps only mu and r (x itself is held by the graph) an
 ``group_norm``).
 """
 from minidiff import backend
+from minidiff.backend import threads
 from minidiff.nn.functional._reduce import row_dots, row_sums
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
@@ -73,14 +74,22 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     m = cg * s
     xg = x.data.reshape(n, G, m)
     mu = (row_sums(xg) / m)[..., None]                         # (n, G, 1)
-    y = xg - mu                                                 # centered: two-pass variance
+    y = xp.empty_like(xg)
+
+    def center(lo, hi):                                         # two-pass variance
+        xp.subtract(xg[lo:hi], mu[lo:hi], out=y[lo:hi])
+    threads.split(center, n, y)
     r = 1.0 / xp.sqrt(row_dots(y, y)[..., None] / m + eps)     # (n, G, 1)
     gamma = parents[1].data.reshape(1, G, cg) if has_w else xp.ones((1, G, cg), x.dtype)
     scale = (r * gamma).reshape(n, c, 1)                        # r gamma per (n, c)
     y = y.reshape(n, c, s)
-    y *= scale
-    if has_b:
-        y += parents[1 + has_w].data.reshape(1, c, 1)
+    beta = parents[1 + has_w].data.reshape(1, c, 1) if has_b else None
+
+    def scale_shift(lo, hi):
+        y[lo:hi] *= scale[lo:hi]
+        if beta is not None:
+            y[lo:hi] += beta
+    threads.split(scale_shift, n, y)
 
     def backward(g):
         g3, x3 = g.reshape(n, c, s), x.data.reshape(n, c, s)
@@ -91,10 +100,13 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
         b = (gamma * sum_gc).sum(axis=-1, keepdims=True) * (r / m)  # mean(gh xhat)
         x_factor = xp.broadcast_to(r * r * b, (n, G, cg)).reshape(n, c, 1)
         offset = xp.broadcast_to(mu * r * r * b - r * a, (n, G, cg)).reshape(n, c, 1)
-        dx = g3 * scale
-        tmp = x3 * x_factor
-        dx -= tmp
-        dx += offset
+        dx = xp.empty_like(g3)
+
+        def dx_rows(lo, hi):
+            xp.multiply(g3[lo:hi], scale[lo:hi], out=dx[lo:hi])
+            dx[lo:hi] -= x3[lo:hi] * x_factor[lo:hi]
+            dx[lo:hi] += offset[lo:hi]
+        threads.split(dx_rows, n, dx)
         grads = [dx.reshape(x.shape)]
         if has_w:
             grads.append((sum_gc * r).sum(axis=0).reshape(c))
