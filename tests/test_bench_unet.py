@@ -39,6 +39,16 @@ def test_bench_unet_without_torch(capsys):
     assert result["minidiff"]["train_step"]["median_ms"] > 0
 
 
+def test_bench_unet_times_a_presets_network(capsys):
+    """--preset times the network a preset trains (here the latent one: 4 x 7 x 7)."""
+    assert bench_command.unet_main(["--preset", "ldm-quick", "--batch", "2", "--repeat", "1",
+                                    "--no-memory", "--json", "--no-torch"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == "ldm-quick"
+    assert (result["config"]["in_channels"], result["config"]["image_size"]) == (4, 7)
+    assert result["parameters"] < 1_000_000     # not the reference U-Net (1,623,169)
+
+
 def test_memory_probe_reports_growth():
     args = bench_command._unet_parser().parse_args(TINY + ["--probe", "minidiff"])
     probe = bench_unet._probe(args)

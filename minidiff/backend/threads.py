@@ -26,12 +26,13 @@ another piece, ``split`` simply calls fn(0, n).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
 import threading
 
-__all__ = ["split", "binary", "threads", "set_threads", "MIN_BYTES", "BLAS_SINGLE_THREADED"]
+__all__ = ["split", "binary", "threads", "set_threads", "using", "MIN_BYTES", "BLAS_SINGLE_THREADED"]
 
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                           "VECLIB_MAXIMUM_THREADS", "OMP_NUM_THREADS")
@@ -86,6 +87,17 @@ def set_threads(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"set_threads: k must be an integer >= 1, got {k!r}")
     _state["threads"] = k
+
+
+@contextlib.contextmanager
+def using(k: int):
+    """``set_threads(k)`` for the duration of a ``with`` block."""
+    before = threads()
+    set_threads(k)
+    try:
+        yield
+    finally:
+        set_threads(before)
 
 
 class _Piece:

@@ -44,6 +44,8 @@ import sys
 from minidiff import backend
 from minidiff.bench import NO_TORCH, import_torch, timed, torch_device
 from minidiff.bench.torch_unet import max_abs_diff, torch_twin
+from minidiff.config.build import model_config
+from minidiff.config.presets import PRESETS
 from minidiff.diffusion import NoiseSchedule, training_step
 from minidiff.models import REFERENCE_CONFIG, UNet, UNetConfig
 from minidiff.optim import AdamW
@@ -55,6 +57,8 @@ TOLERANCE = 1e-4   # max |minidiff - torch| on the same input and weights
 
 
 def _config(args) -> UNetConfig:
+    if args.preset is not None:   # checked by the command: an unconditional diffusion preset
+        return model_config(PRESETS[args.preset])
     if args.base_channels is None and args.image_size is None:
         return REFERENCE_CONFIG
     overrides = {}
@@ -159,6 +163,8 @@ def _probe(args) -> dict:
 def _measure_memory(args, framework) -> dict | None:
     command = [sys.executable, "-m", "minidiff.commands.bench", "unet", "--probe", framework,
                "--batch", str(args.batch), "--threads", str(args.threads)]
+    if args.preset is not None:
+        command += ["--preset", args.preset]
     if args.base_channels is not None:
         command += ["--base-channels", str(args.base_channels)]
     if args.image_size is not None:
@@ -210,7 +216,8 @@ def run(args) -> dict:
             times[name]["sample"].append(
                 timed(side.sample_step, torch, device if name == "torch" else "cpu"))
     result = {
-        "config": config.to_dict(), "parameters": ours.model.num_parameters(),
+        "config": config.to_dict(), "preset": args.preset,
+        "parameters": ours.model.num_parameters(),
         "batch": args.batch, "repeat": args.repeat, "threads": args.threads,
         "cpus": os.cpu_count(), "torch": torch.__version__ if torch else None,
         "backend": backend.get_backend(), "torch_device": device,
@@ -243,7 +250,8 @@ def run(args) -> dict:
 
 def _print_table(r) -> None:
     has_torch = r["torch"] is not None
-    print(f"U-Net ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
+    name = f"the {r['preset']} preset's U-Net" if r.get("preset") else "U-Net"
+    print(f"{name} ({r['parameters']:,} parameters), batch {r['batch']}, float32, "
           f"{r['threads']} threads, median/min of {r['repeat']} after a warm-up "
           "(ratios: of the medians / of the minima)"
           + f", backend {r['backend']}"

@@ -5,9 +5,13 @@ import sys
 from minidiff.backend import threads
 from minidiff.bench import emit, layers as bench_layers, ldm as bench_ldm, unet as bench_unet
 from minidiff.commands._args import ArgumentParser, command, int_arg
+from minidiff.config.presets import PRESETS
 from minidiff.data.paths import resolve_user_path
 from minidiff.errors import MinidiffInputError, one_line
 BENCHMARKS = ("layers", "unet", "ldm")
+#: the presets whose network is a plain U-Net, which ``bench unet --preset`` can time
+UNET_PRESETS = tuple(name for name, config in PRESETS.items()
+                     if config["model"] == "unet" and config["conditioning"] == "none")
 
 
 USAGE = ("usage: minidiff bench {layers,unet,ldm} [options]\n\n"
@@ -32,13 +36,6 @@ def benchmark_parser(prog: str, description: str, repeat_help: str) -> argparse.
     return result
 
 
-def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """The options, with minidiff's threads set to --threads (PyTorch gets as many)."""
-    args = parser.parse_args(argv)
-    threads.set_threads(args.threads)
-    return args
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["--help"], ["-h"]):
@@ -54,9 +51,11 @@ def main(argv=None) -> int:
 
 
 def layers_main(argv=None) -> int:
-    args = parse(benchmark_parser("minidiff bench layers", bench_layers.__doc__.split("\n")[0],
-                                  "timed repeats per op (min taken)"), argv)
-    return emit(bench_layers.run(args), args.json, bench_layers._print_table)
+    args = benchmark_parser("minidiff bench layers", bench_layers.__doc__.split("\n")[0],
+                            "timed repeats per op (min taken)").parse_args(argv)
+    with threads.using(args.threads):   # minidiff gets as many threads as torch
+        result = bench_layers.run(args)
+    return emit(result, args.json, bench_layers._print_table)
 
 
 def _unet_parser():
@@ -64,6 +63,9 @@ def _unet_parser():
                               "timed repeats (default 5)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
+    parser.add_argument("--preset", default=None,
+                        help="the network of an unconditional diffusion preset ("
+                             + ", ".join(UNET_PRESETS) + ") instead of the reference U-Net")
     parser.add_argument("--base-channels", type=int_arg(8), default=None,
                         help="a smaller network than the reference (tests); a multiple of 8, "
                              "the GroupNorm groups")
@@ -75,18 +77,25 @@ def _unet_parser():
 
 @command
 def unet_main(argv=None) -> int:
-    args = parse(_unet_parser(), argv)
+    args = _unet_parser().parse_args(argv)
+    if args.preset is not None and args.preset not in UNET_PRESETS:
+        raise MinidiffInputError(f"--preset: expected an unconditional diffusion preset "
+                                 f"({', '.join(UNET_PRESETS)}), got {args.preset!r}")
+    if args.preset is not None and (args.base_channels, args.image_size) != (None, None):
+        raise MinidiffInputError("--preset: names the whole network; give it without "
+                                 "--base-channels or --image-size")
     if args.base_channels is not None and args.base_channels % 8:
         raise MinidiffInputError(f"--base-channels: expected a multiple of 8 (the GroupNorm "
                                  f"groups), got {args.base_channels}")
     if args.image_size is not None and args.image_size % 4:
         raise MinidiffInputError(f"--image-size: expected a multiple of 4 (two Downsamples, "
                                  f"attention at size / 4), got {args.image_size}")
-    if args.probe:
-        print(json.dumps(bench_unet._probe(args)))
-        return 0
     try:
-        result = bench_unet.run(args)
+        with threads.using(args.threads):   # minidiff gets as many threads as torch
+            if args.probe:
+                print(json.dumps(bench_unet._probe(args)))
+                return 0
+            result = bench_unet.run(args)
     except AssertionError as error:
         print(f"minidiff bench unet: {error}", file=sys.stderr)
         return 1
@@ -113,17 +122,18 @@ def _ldm_parser():
 
 
 def ldm_main(argv=None) -> int:
-    args = parse(_ldm_parser(), argv)
+    args = _ldm_parser().parse_args(argv)
     try:
         # the shipped models and their quality record, found from any folder (data.paths)
         for option in ("pixel", "ldm", "figures"):
             setattr(args, option, resolve_user_path(getattr(args, option), f"--{option}"))
         if args.autoencoder:
             args.autoencoder = resolve_user_path(args.autoencoder, "--autoencoder")
-        if args.probe:
-            print(json.dumps(bench_ldm._probe(args)))
-            return 0
-        result = bench_ldm.run(args)
+        with threads.using(args.threads):   # minidiff gets as many threads as torch
+            if args.probe:
+                print(json.dumps(bench_ldm._probe(args)))
+                return 0
+            result = bench_ldm.run(args)
     except MinidiffInputError as error:      # CheckpointError, SpaceError, DataNotFoundError
         print(f"minidiff bench ldm: {one_line(error)}", file=sys.stderr)
         return 2
