@@ -80,6 +80,9 @@ def test_model_sampler_takes_each_flag_left_out_from_the_config():
     assert model_sampler(config, steps=0) == ("ddpm", 20)      # 0: all T
     with pytest.raises(Exception, match="--sampler.*ddim, ddpm.*'euler'"):
         model_sampler(config, "euler")
+    for steps in (21, -1, 2.5):                                 # outside 0..T
+        with pytest.raises(Exception, match=r"--steps: expected an integer in \[0, 20\]"):
+            model_sampler(config, steps=steps)
 
 
 # ------------------------------------------------------------------------ the commands

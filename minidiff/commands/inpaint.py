@@ -44,7 +44,7 @@ from minidiff.data.masks import masked_image, named_mask
 from minidiff.data.mnist import from_unit_range, to_unit_range
 from minidiff.data.paths import resolve_user_path
 from minidiff.diffusion.guidance import MAX_GUIDANCE
-from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
+from minidiff.errors import check_input_file, check_output_path, check_outputs
 from minidiff.pipelines.inpaint import InpaintError, METHODS, complete, load_images, load_inpainter
 from minidiff.pipelines.load import model_sampler
 from minidiff.pipelines.sample import check_sample_count
@@ -123,8 +123,6 @@ def main(argv=None) -> int:
     if args.autoencoder and space.kind == "pixel":
         raise InpaintError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                            "decodes nothing; the option is for latent models only")
-    if args.steps is not None:
-        check_int("--steps", args.steps, low=1, high=schedule.num_timesteps)
     sampler, steps = model_sampler(config, args.sampler, args.steps)
     completions = complete(eps_for, schedule, space, images, mask, args.n, sampler, steps,
                            args.eta, args.seed, args.batch, method,

@@ -42,7 +42,7 @@ from minidiff.data.mnist import from_unit_range
 from minidiff.data.paths import resolve_user_path
 from minidiff.data.spaces import SpaceError
 from minidiff.diffusion.guidance import MAX_GUIDANCE
-from minidiff.errors import check_input_file, check_int, check_output_path, check_outputs
+from minidiff.errors import check_input_file, check_output_path, check_outputs
 from minidiff.models.conditioned import ConditionError
 from minidiff.pipelines.load import load_pipeline, model_sampler
 from minidiff.pipelines.sample import check_sample_count, sample_images
@@ -138,8 +138,6 @@ def main(argv=None) -> int:
         raise SpaceError(f"--autoencoder: {args.checkpoint} is a pixel-space model, which "
                          "decodes nothing; the option is for latent models only")
     eps_model, prompts, labels = _prompts(args, pipeline)
-    if args.steps is not None:
-        check_int("--steps", args.steps, low=1, high=pipeline.schedule.num_timesteps)
     sampler, steps = model_sampler(pipeline.config, args.sampler, args.steps)
     space = pipeline.space
     images, frames = sample_images(eps_model, pipeline.schedule, space, n, sampler, steps,

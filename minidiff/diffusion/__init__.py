@@ -26,7 +26,7 @@ from minidiff.diffusion.resample import T_SAMPLERS
 from minidiff.diffusion.respace import respace, space_timesteps
 from minidiff.diffusion.reverse import VARIANCES, p_mean_variance
 from minidiff.diffusion.samplers import (SAMPLERS, ddim_invert, ddim_sample, ddim_step,
-                                         ddpm_sample, default_steps, run_sampler)
+                                         ddpm_sample, run_sampler)
 from minidiff.diffusion.schedule import NoiseSchedule, SCHEDULES
 from minidiff.diffusion.training import OBJECTIVES, training_step
 from minidiff.diffusion.vlb import bits_per_dim, prior_term, vlb_term_at, vlb_terms
@@ -38,5 +38,5 @@ __all__ = [
     "p_mean_variance", "loss_simple", "min_snr_weight", "normal_kl", "erfc", "normal_cdf",
     "discretized_gaussian_log_likelihood", "vlb_terms", "vlb_term_at", "prior_term",
     "bits_per_dim", "respace", "space_timesteps", "ddpm_sample", "ddim_sample", "ddim_step",
-    "ddim_invert", "SAMPLERS", "default_steps", "run_sampler", "training_step",
+    "ddim_invert", "SAMPLERS", "run_sampler", "training_step",
 ]

@@ -47,8 +47,7 @@ from minidiff.diffusion.respace import respace, space_timesteps
 from minidiff.diffusion.reverse import p_mean_variance
 from minidiff.tensor import Tensor, no_grad
 
-__all__ = ["ddpm_sample", "ddim_step", "ddim_sample", "ddim_invert", "SAMPLERS",
-           "default_steps", "run_sampler"]
+__all__ = ["ddpm_sample", "ddim_step", "ddim_sample", "ddim_invert", "SAMPLERS", "run_sampler"]
 
 #: the two reverse processes a user can choose (``--sampler``)
 SAMPLERS = ("ddim", "ddpm")
@@ -169,13 +168,6 @@ def ddim_sample(eps_model, schedule, shape, steps=None, eta: float = 0.0, clip_x
         if return_frames and ((i + 1) % frame_every == 0 or t_prev == -1):
             frames.append(x)
     return _finish(x, frames, return_frames)
-
-
-def default_steps(schedule, sampler: str, steps=None) -> int:
-    """``steps`` when given, else the default: 50 for DDIM, all T for DDPM (at most T)."""
-    if steps:
-        return int(steps)
-    return min(50 if sampler == "ddim" else schedule.num_timesteps, schedule.num_timesteps)
 
 
 def run_sampler(sampler: str, eps_model, schedule, shape, steps=None, eta: float = 0.0,

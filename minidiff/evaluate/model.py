@@ -63,8 +63,6 @@ def evaluate(checkpoint, n: int = 10_000, sampler: str | None = None, steps: int
         raise MinidiffInputError(f"--bpd-full: {checkpoint} is a {space.kind} diffusion model; "
                                  "bits/dim are a bound on pixels, which it does not model (its "
                                  "figures are FID and confidence)")
-    if steps is not None:
-        check_int("--steps", steps, low=0, high=schedule.num_timesteps)
     sampler, steps = model_sampler(config, sampler, steps)
     classifier_path = find_classifier(classifier)
     classifier = load_classifier(classifier_path, name="--classifier")

@@ -225,7 +225,8 @@ def _fid(features, classifier, key: str, stats_dir: str, reference_images: int) 
 
 # ---------------------------------------------------------------------------------- figures
 def _common(loaded, scale, sampler, steps, eta, seed) -> dict:
-    sampler, steps = model_sampler(loaded.config, sampler, steps)
+    """The settings a report states: ``sampler`` and ``steps`` as ``model_sampler`` resolved
+    them."""
     return {"guidance": scale, "sampler": sampler, "steps": steps,
             "eta": eta if sampler == "ddim" else None, "seed": seed,
             "space": loaded.space.describe(), "backend": backend.get_backend()}
@@ -245,6 +246,7 @@ def prompted_accuracy(checkpoint, per_prompt: int = 20, guidance=None, sampler: 
     shipped one); "seconds" is the sampling time."""
     loaded = _text_model(checkpoint, use_ema)
     scale = _guidance(loaded, guidance)
+    sampler, steps = model_sampler(loaded.config, sampler, steps)
     model, key = _classifier(classifier)
     start = time.time()
     images = prompt_samples(loaded, digit_prompts(), per_prompt, scale, sampler, steps, eta,
@@ -289,6 +291,7 @@ def attribute_adherence(checkpoint, digits=range(10), per_prompt: int = 20, guid
     loaded = _text_model(checkpoint, use_ema)
     stats = _caption_stats(loaded, checkpoint)
     scale = _guidance(loaded, guidance)
+    sampler, steps = model_sampler(loaded.config, sampler, steps)
     digits = _check_digits(digits)
     check_int("--per-prompt", per_prompt, low=1)
     prompts = [text for attribute, high, low in ATTRIBUTES for word in (high, low)

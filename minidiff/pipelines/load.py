@@ -31,7 +31,7 @@ from minidiff.diffusion.samplers import SAMPLERS
 from minidiff.models.autoencoder import AutoencoderKL
 from minidiff.models.conditioned import ConditionError
 from minidiff.nn.module import Module, StateDictError
-from minidiff.errors import MinidiffInputError, check_float
+from minidiff.errors import MinidiffInputError, check_float, check_int
 from minidiff.pipelines.conditions import sampling_cond
 
 __all__ = ["Pipeline", "load_pipeline", "model_sampler", "load_autoencoder",
@@ -134,13 +134,15 @@ def model_sampler(config: dict, sampler: str | None = None, steps: int | None = 
     its config's ``sampler`` and ``sample_steps`` (a preset names how its samples are best
     drawn; a file written before the key existed loads as DDIM with 50 steps,
     ``checkpoint._upgrade``).  What ``minidiff sample``, ``eval`` and ``inpaint`` use when
-    ``--sampler`` / ``--steps`` are left out."""
+    ``--sampler`` / ``--steps`` are left out.  Steps outside 0..T are refused here, before
+    any sampling."""
     sampler = config["sampler"] if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise MinidiffInputError(f"--sampler: expected one of {', '.join(SAMPLERS)}, "
                                  f"got {sampler!r}")
-    steps = int(config["sample_steps"]) if steps is None else int(steps) or int(config["T"])
-    return sampler, steps
+    if steps is None:
+        return sampler, int(config["sample_steps"])
+    return sampler, int(check_int("--steps", steps, low=0, high=int(config["T"]))) or int(config["T"])
 
 
 def load_autoencoder(path, use_ema: bool = True, arrays: dict | None = None):

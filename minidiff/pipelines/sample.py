@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from minidiff import backend
-from minidiff.diffusion import default_steps, run_sampler
+from minidiff.diffusion import run_sampler
 from minidiff.errors import MinidiffInputError, check_int, check_memory
 
 __all__ = ["sample_images", "check_sample_count", "BYTES_PER_PIXEL"]
@@ -43,12 +43,13 @@ def sample_images(eps_model, schedule, space, n: int, sampler: str = "ddim", ste
 
     ``eps_model(x_t, t)`` serves every chunk, unless ``eps_for(begin, end)`` gives the one of
     the items begin..end-1 (their prompts, images, masks).  ``known_for``: ``(begin, end) ->
-    (x0_known, mask)`` or None (replacement inpainting, (11.8)).  ``steps`` None: 50 for DDIM, T for DDPM;
+    (x0_known, mask)`` or None (replacement inpainting, (11.8)).  ``steps`` None: all T (a
+    trained model's own count: ``pipelines.load.model_sampler``);
     ``batch`` None: all n at once; ``seed`` None: the generator as it is.  ``progress(done,
     total)`` counts sampler steps over all chunks."""
     check_int("--n", n, low=1)
-    steps = default_steps(schedule, sampler, steps)
-    check_int("--steps", steps, low=1, high=schedule.num_timesteps)
+    steps = schedule.num_timesteps if steps is None else check_int(
+        "--steps", steps, low=1, high=schedule.num_timesteps)
     batch = n if batch is None else check_int("--batch", batch, low=1)
     if seed is not None:
         backend.manual_seed(seed)
