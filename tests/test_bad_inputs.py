@@ -332,7 +332,7 @@ CASES = [
         "--checkpoint", "data/checkpoints/nonesuch.npz"], ("MINIDIFF_DATA",)),
     # issue 24, part B
     ("train-resume-changed-config", ["train", "--out", "{run}", "--resume", "--set", "lr=0.5",
-                                     "--set", "batch_size=8"], ("lr 0.002 -> 0.5",)),
+                                     "--set", "batch_size=8"], ("lr 0.001 -> 0.5",)),
     ("train-resume-other-preset", ["train", "--out", "{run}", "--resume", "--preset", "mnist"],
      ("base_channels 8 -> 32",)),
     ("train-resume-changed-flag", ["train", "--out", "{run}", "--resume", "--ema-decay", "0.5"],

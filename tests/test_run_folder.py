@@ -34,9 +34,9 @@ def _config(out):
 
 
 @pytest.mark.parametrize("changes, named", [
-    (["--set", "lr=0.5", "--set", "batch_size=8"], ["lr 0.002 -> 0.5", "batch_size 4 -> 8"]),
+    (["--set", "lr=0.5", "--set", "batch_size=8"], ["lr 0.001 -> 0.5", "batch_size 4 -> 8"]),
     (["--preset", "mnist"], ["base_channels 8 -> 32", "T 10 -> 1000"]),
-    (["--lr", "0.01"], ["lr 0.002 -> 0.01"]),
+    (["--lr", "0.01"], ["lr 0.001 -> 0.01"]),
 ])
 def test_resume_refuses_a_changed_configuration(run, changes, named, capsys):
     before = _config(run)

@@ -3,7 +3,7 @@
     minidiff train --preset quick                       # its time: data/checkpoints/quick.md
     minidiff train --preset mnist --out runs/mnist      # the reference configuration
     minidiff train --preset ae-quick                    # the autoencoder of lesson 09
-    minidiff train --preset quick --set lr=1e-3 --steps 2000 --config my.json
+    minidiff train --preset quick --set lr=2e-3 --steps 2000 --config my.json
     minidiff train --out runs/quick --resume            # continue from runs/quick/checkpoint.npz
     mpiexec -n 4 minidiff train --preset mnist --distributed   # 4 ranks, 32 images each
 
