@@ -655,10 +655,10 @@ for key, _ in ROWS:
 
 # %% [markdown]
 # On the shipped models the LDM's FID is well below the pixel model's (compare them at the same
-# n: 41.4 against 87.8 at n = 2,000, both with DDPM 100, `docs/recipes.md` and `quick.md`),
-# from a training run of about the pixel model's time (`ldm.md`: 9 min 14 s for 2,500 steps
-# of 128 latents, the encoding included; `quick.md`: 13 min 24 s for 2,000 steps of 32
-# images, the install included, both at one BLAS thread).  Per example the latent model is
+# n: 39.6 against 80.3 at n = 10,000, both with DDPM 100, `ldm.md` and `quick.md`), from a
+# training run of about the pixel model's time (`ldm.md`: 9 min 14 s for 2,500 steps of 128
+# latents, the encoding included, at one BLAS thread; `quick.md`: 11 min 56 s for 2,000
+# steps of 32 images, the install included, at two).  Per example the latent model is
 # about 13 times cheaper, so in the same minutes it sees five times as many digits.  The
 # autoencoder's rFID, below the floor set by two sets of real digits, says that little of
 # the gap to real digits comes from the latent space: it comes from short training.  (On
