@@ -142,7 +142,8 @@ def model_sampler(config: dict, sampler: str | None = None, steps: int | None = 
                                  f"got {sampler!r}")
     if steps is None:
         return sampler, int(config["sample_steps"])
-    return sampler, int(check_int("--steps", steps, low=0, high=int(config["T"]))) or int(config["T"])
+    T = int(config["T"])
+    return sampler, int(check_int("--steps", steps, low=0, high=T)) or T
 
 
 def load_autoencoder(path, use_ema: bool = True, arrays: dict | None = None):
