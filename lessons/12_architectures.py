@@ -268,8 +268,9 @@ def parameters_by_hand(c) -> int:
         return 2 * ch + conv(ch, 3 * ch, 1) + conv(ch, ch, 1) + mha(ch, c.context_dim)
 
     total = linear(c.time_embed_dim, emb) + linear(emb, emb)
-    total += conv(c.in_channels + c.concat_channels, c.base_channels, 3)
-    skips, ch, size = [c.base_channels], c.base_channels, c.image_size
+    patch_area = c.patch_size ** 2        # p x p patches as channels (lesson 06)
+    total += conv((c.in_channels + c.concat_channels) * patch_area, c.base_channels, 3)
+    skips, ch, size = [c.base_channels], c.base_channels, c.image_size // c.patch_size
     for level, mult in enumerate(c.channel_mults):
         for _ in range(c.num_res_blocks):
             total += res(ch, mult * c.base_channels)
@@ -289,7 +290,7 @@ def parameters_by_hand(c) -> int:
         if level > 0:
             total += conv(ch, ch, 3)
             size *= 2
-    return total + 2 * ch + conv(ch, c.out_channels, 3)
+    return total + 2 * ch + conv(ch, c.out_channels * patch_area, 3)
 
 
 def preset(name: str, **overrides) -> dict:

@@ -99,6 +99,7 @@ CASES = [
     *_sets("sampler", "euler", 3),
     *_sets("sample_count", 0, "true"),
     *_sets("image_size", 32, 0, 27),
+    *_sets("patch_size", 0, 3, 1.5),
     *_sets("T", 0, -3, "abc", 2.5),
     *_sets("channel_mults", "[]", "[0]", "[1,-2]", "abc"),
     *_sets("num_res_blocks", -1),

@@ -77,6 +77,21 @@ def test_torch_twin_matches_minidiff():
 
 
 @pytest.mark.skipif(not torch_available(), reason="torch is not importable (optional)")
+def test_torch_twin_matches_minidiff_on_patches():
+    """torch's pixel_unshuffle orders a patch's channels as space_to_depth does."""
+    from minidiff.bench.torch_unet import max_abs_diff, torch_twin
+    from minidiff.models import UNet
+
+    backend.manual_seed(5)
+    model = UNet(base_channels=8, image_size=16, channel_mults=(1, 2), patch_size=2,
+                 attention_resolutions=(4,))
+    twin = torch_twin(model)
+    x = backend.to_host(backend.randn(2, 1, 16, 16, dtype="float32"))
+    t = backend.to_host(backend.randint(0, 1000, (2,)))
+    assert max_abs_diff(model, twin, x, t) < 1e-4
+
+
+@pytest.mark.skipif(not torch_available(), reason="torch is not importable (optional)")
 def test_torch_twin_matches_minidiff_at_batch_1():
     from minidiff.bench.torch_unet import max_abs_diff, torch_twin
     from minidiff.models import UNet

@@ -290,6 +290,33 @@ def test_upsample_and_avg_pool_gradcheck(h, w, s, seed):
     assert gradcheck(lambda a: F.avg_pool2d(a, 3, 1), t64(rng, 1, 1, 4, 5))
 
 
+@FAST
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.sampled_from([1, 2, 3]),
+       st.integers(0, 2 ** 16))
+def test_space_to_depth_against_its_definition_and_gradcheck(c, h, w, p, seed):
+    """y[n, c p^2 + i p + j, a, b] = x[n, c, p a + i, p b + j], written as loops; a wrong
+    channel order (i and j swapped, or c last) fails for p > 1 on all but constant inputs."""
+    rng = np.random.default_rng(seed)
+    x = t64(rng, 2, c, h * p, w * p)
+    y = F.space_to_depth(x, p).numpy()
+    expected = np.zeros((2, c * p * p, h, w))
+    for ci in range(c):
+        for i in range(p):
+            for j in range(p):
+                expected[:, ci * p * p + i * p + j] = x.numpy()[:, ci, i::p, j::p]
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(F.depth_to_space(F.space_to_depth(x, p), p).numpy(), x.numpy())
+    assert gradcheck(lambda a: F.space_to_depth(a, p), x)
+    assert gradcheck(lambda a: F.depth_to_space(a, p), t64(rng, 1, c * p * p, h, w))
+
+
+def test_space_to_depth_refuses_sizes_the_patch_does_not_divide():
+    with pytest.raises(ValueError, match=r"multiples of the patch 2, got \(1, 1, 5, 4\)"):
+        F.space_to_depth(tensor(np.zeros((1, 1, 5, 4))), 2)
+    with pytest.raises(ValueError, match=r"\(N, C p\^2, H, W\) with p = 2"):
+        F.depth_to_space(tensor(np.zeros((1, 3, 2, 2))), 2)
+
+
 def test_embedding_gradcheck_with_repeated_indices():
     rng = np.random.default_rng(5)
     weight = t64(rng, 5, 3)

@@ -138,6 +138,8 @@ def test_non_finite_samples_name_the_cause():
     ({"lr": -1e-3}, "lr"), ({"dropout": 1.0}, "dropout"), ({"seed": -1}, "seed"),
     ({"log_every": -1}, "log_every"), ({"sample_steps": 11}, "sample_steps"),
     ({"image_size": 30, "channel_mults": [1, 2, 2]}, "image_size"),
+    ({"patch_size": 3}, "patch_size"), ({"patch_size": 0}, "patch_size"),
+    ({"patch_size": 2, "image_size": 28, "channel_mults": [1, 2, 4]}, "image_size"),
     ({"attention_resolutions": [7]}, "attention_resolutions"),
 ])
 def test_config_check_names_the_key(change, key):

@@ -36,6 +36,18 @@ def test_output_has_the_input_shape_and_depends_on_t():
     assert np.abs(a.numpy() - b.numpy()).max() > 1e-4
 
 
+def test_patches_keep_the_shapes_and_move_the_levels_down():
+    """With patch_size 2 the network takes and returns full-size images, and its first level
+    runs at half the size: conv_in reads 4 channels of an 8x8 image as 2 x 2 patches."""
+    model = UNet(**{**TINY, "image_size": 8, "attention_resolutions": (2,)}, patch_size=2)
+    assert model.conv_in.weight.shape[1] == 4 and model.conv_out.weight.shape[0] == 4
+    assert len(model.down[1].attentions) == 1      # level 1 is at 8 / 2 / 2 = 2 pixels
+    out = model(md.Tensor(backend.randn(3, 1, 8, 8)), np.array([0, 10, 999]))
+    assert out.shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"cannot be halved 1 time\(s\) by its Downsamples after 2x2 patches"):
+        model(md.Tensor(backend.randn(1, 1, 6, 6)), np.array([1]))
+
+
 def test_wrong_input_channels_are_named():
     with pytest.raises(ValueError, match=r"x must be \(N, 1, H, W\), got \(2, 3, 4, 4\)"):
         UNet(**TINY)(md.Tensor(backend.randn(2, 3, 4, 4)), np.array([1, 2]))
@@ -70,11 +82,12 @@ def test_state_dict_round_trip_gives_the_same_function(tmp_path):
     np.testing.assert_array_equal(a(x, t).numpy(), b(x, t).numpy())
 
 
-def test_gradients_match_finite_differences_in_float64():
+@pytest.mark.parametrize("patch", [1, 2])
+def test_gradients_match_finite_differences_in_float64(patch):
     backend.set_default_dtype("float64")
     try:
-        model = UNet(**TINY)
-        x = md.Tensor(backend.randn(2, 1, 4, 4), requires_grad=True)
+        model = UNet(**{**TINY, "image_size": 4 * patch}, patch_size=patch)
+        x = md.Tensor(backend.randn(2, 1, 4 * patch, 4 * patch), requires_grad=True)
         t = np.array([5, 900])
         # the input and a handful of parameters from every kind of layer
         gradcheck(lambda x: model(x, t), x)

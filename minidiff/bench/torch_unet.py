@@ -105,7 +105,8 @@ def _classes():
             emb_dim = 4 * c.base_channels
             self.time_mlp1 = nn.Linear(c.time_embed_dim, emb_dim)
             self.time_mlp2 = nn.Linear(emb_dim, emb_dim)
-            self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+            self.conv_in = nn.Conv2d(c.in_channels * c.patch_size ** 2, c.base_channels, 3,
+                                     padding=1)
 
             def block(cin, cout):
                 return ResBlock(cin, cout, emb_dim, c.groups, c.dropout)
@@ -115,7 +116,8 @@ def _classes():
                     return AttentionBlock(channels, c.num_heads, c.groups)
                 return None
 
-            skips, channels, resolution = [c.base_channels], c.base_channels, c.image_size
+            skips, channels = [c.base_channels], c.base_channels
+            resolution = c.image_size // c.patch_size
             down, downsamples = [], []
             for level, mult in enumerate(c.channel_mults):
                 blocks, attns = [], []
@@ -148,7 +150,8 @@ def _classes():
             self.up = nn.ModuleList(up)
             self.upsamples = nn.ModuleList(upsamples)
             self.norm_out = nn.GroupNorm(c.groups, channels, eps=1e-5)
-            self.conv_out = nn.Conv2d(channels, c.out_channels, 3, padding=1)
+            self.conv_out = nn.Conv2d(channels, c.out_channels * c.patch_size ** 2, 3,
+                                      padding=1)
 
         @staticmethod
         def _run_level(level, h, emb, skips=None, stored=None):
@@ -167,7 +170,8 @@ def _classes():
         def forward(self, x, t):
             emb = timestep_embedding(t, self.config.time_embed_dim)
             emb = self.time_mlp2(fn.silu(self.time_mlp1(emb)))
-            h = self.conv_in(x)
+            patch = self.config.patch_size
+            h = self.conv_in(fn.pixel_unshuffle(x, patch) if patch > 1 else x)
             skips = [h]
             for i, level in enumerate(self.down):
                 h = self._run_level(level, h, emb, stored=skips)
@@ -179,7 +183,8 @@ def _classes():
                 h = self._run_level(level, h, emb, skips=skips)
                 if i < len(self.upsamples):
                     h = self.upsamples[i](h)
-            return self.conv_out(fn.silu(self.norm_out(h)))
+            out = self.conv_out(fn.silu(self.norm_out(h)))
+            return fn.pixel_shuffle(out, patch) if patch > 1 else out
 
     return torch, TorchUNet
 

@@ -24,7 +24,7 @@ __all__ = ["build_model", "model_config", "autoencoder_config", "schedule_from_c
 #: keys forwarded to ``UNetConfig``
 MODEL_KEYS = ("in_channels", "out_channels", "image_size", "base_channels", "channel_mults",
               "num_res_blocks", "attention_resolutions", "num_heads", "dropout", "groups",
-              "time_embed_dim")
+              "time_embed_dim", "patch_size")
 
 
 #: keys forwarded to ``AutoencoderConfig``

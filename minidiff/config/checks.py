@@ -30,7 +30,7 @@ _AT_LEAST = {"steps": 1, "batch_size": 1, "T": 1, "seed": 0, "warmup_steps": 0,
              "train_images": 0, "log_every": 0, "sample_every": 0, "checkpoint_every": 0,
              "diag_every": 0, "sample_count": 1, "sample_steps": 1, "base_channels": 1,
              "num_res_blocks": 0, "num_heads": 1, "groups": 1, "time_embed_dim": 2,
-             "image_size": 1, "context_dim": 1, "text_layers": 0, "text_heads": 1,
+             "image_size": 1, "patch_size": 1, "context_dim": 1, "text_layers": 0, "text_heads": 1,
              "max_tokens": 1}
 #: key -> (low, high, high excluded)
 _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
@@ -50,8 +50,10 @@ def _checked(check, *args):
 
 
 def resolutions(config: dict) -> list:
-    """The image size at each level of the U-Net: image_size, image_size / 2, ..."""
-    return [config["image_size"] // 2 ** level for level in range(len(config["channel_mults"]))]
+    """The image size at each level of the U-Net: image_size / p, image_size / 2p, ... (p the
+    patch size)."""
+    size = config["image_size"] // config.get("patch_size", 1)
+    return [size // 2 ** level for level in range(len(config["channel_mults"]))]
 
 
 def check_config(config: dict) -> dict:
@@ -96,11 +98,15 @@ def _check_unet(config: dict) -> None:
         raise ConfigError(f"channel_mults: expected a non-empty list of positive integers, "
                           f"got {mults!r}")
     size, levels = config.get("image_size", 28), len(mults)
+    patch = config.get("patch_size", 1)
+    if size % patch:
+        raise ConfigError(f"patch_size: {patch} does not divide image_size {size}")
     factor = 2 ** (levels - 1)
-    if size % factor:
+    if (size // patch) % factor:
         raise ConfigError(f"image_size: {size} cannot be halved {levels - 1} time(s) exactly "
-                          f"by the {levels} levels of channel_mults {mults}; use a multiple "
-                          f"of {factor}")
+                          f"by the {levels} levels of channel_mults {mults}"
+                          + (f" after {patch}x{patch} patches ({size // patch})" if patch > 1
+                             else "") + f"; use a multiple of {factor * patch}")
     base, groups = config.get("base_channels", 32), config.get("groups", 8)
     for channels in sorted({base, *(base * m for m in mults)}):
         if channels % groups:

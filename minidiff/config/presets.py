@@ -32,6 +32,8 @@ DEFAULTS = {
     # ``autoencoder`` (a checkpoint path) makes it that autoencoder's latents (lesson 10)
     "in_channels": 1, "out_channels": 1, "image_size": 28, "T": 1000, "schedule": "linear",
     "autoencoder": "",
+    # the U-Net's patch: p > 1 runs it on (H/p) x (W/p) pixels of p^2 channels each (UNet)
+    "patch_size": 1,
     # what the network predicts: "eps" (Ho et al.), "x0" or "v" (lesson 02, (2.5)-(2.6))
     "prediction": "eps",
     # what it is trained on (lesson 13): L_simple, the bound (vlb) or L_simple + vlb_weight

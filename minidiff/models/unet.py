@@ -19,6 +19,11 @@ Shape of the network (reference configuration, 28x28 MNIST, 1,623,169 parameters
 Every activation stored on the way down is consumed, in reverse order, by exactly one
 ResBlock on the way up (improved-diffusion's layout): the skips hand fine detail across.
 
+``patch_size`` p > 1 runs the whole network on p x p patches: x (C x H x W) is rearranged into
+C p^2 channels of H/p x W/p pixels (``space_to_depth``) before conv_in, and conv_out's C p^2
+channels back into C x H x W (``depth_to_space``).  No pixel is lost, and the first level
+works at H/p, where a level costs about p^2 times less than at full size.
+
 Conditioning hooks for latent diffusion (lesson 11; ``minidiff.models.conditioned`` chooses them):
 ``concat_channels`` extra input channels (a mask and a masked image concatenated to x_t) and
 ``context_dim``, which turns every attention block (at ``attention_resolutions`` and in the
@@ -52,6 +57,7 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 8
     time_embed_dim: int = 32         # sinusoid width; the MLP widens it to 4 * base_channels
+    patch_size: int = 1              # the network sees p x p patches as p^2 channels
     concat_channels: int = 0
     context_dim: int | None = None
     extra: dict = field(default_factory=dict)
@@ -94,7 +100,9 @@ class UNet(Module):
         emb_dim = 4 * c.base_channels
         self.time_mlp1 = Linear(c.time_embed_dim, emb_dim)
         self.time_mlp2 = Linear(emb_dim, emb_dim)
-        self.conv_in = Conv2d(c.in_channels + c.concat_channels, c.base_channels, 3, padding=1)
+        patch_area = c.patch_size ** 2
+        self.conv_in = Conv2d((c.in_channels + c.concat_channels) * patch_area, c.base_channels,
+                              3, padding=1)
 
         def block(cin, cout):
             return ResBlock(cin, cout, emb_dim, c.groups, c.dropout)
@@ -106,7 +114,8 @@ class UNet(Module):
                 return SpatialTransformer(channels, c.num_heads, c.groups, c.context_dim)
             return AttentionBlock(channels, c.num_heads, c.groups)
 
-        skips, channels, resolution = [c.base_channels], c.base_channels, c.image_size
+        skips, channels = [c.base_channels], c.base_channels
+        resolution = c.image_size // c.patch_size
         down, downsamples = [], []
         for level, mult in enumerate(c.channel_mults):
             blocks, attns = [], []
@@ -141,7 +150,7 @@ class UNet(Module):
         self.up = ModuleList(up)
         self.upsamples = ModuleList(upsamples)
         self.norm_out = GroupNorm(c.groups, channels)
-        self.conv_out = Conv2d(channels, c.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(channels, c.out_channels * patch_area, 3, padding=1)
 
     def _run_level(self, level, h, emb, context, skips=None, stored=None, mask=None):
         attentions = iter(level.attentions)
@@ -168,11 +177,12 @@ class UNet(Module):
                             "go through data.to_unit_range first)")
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"UNet: x must be (N, {c.in_channels}, H, W), got {x.shape}")
-        factor = 2 ** (len(c.channel_mults) - 1)
+        factor = c.patch_size * 2 ** (len(c.channel_mults) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
+            patches = f" after {c.patch_size}x{c.patch_size} patches" if c.patch_size > 1 else ""
             raise ValueError(f"UNet: image size {x.shape[2]}x{x.shape[3]} cannot be halved "
-                             f"{len(c.channel_mults) - 1} time(s) by its Downsamples; use "
-                             f"multiples of {factor} (configured for {c.image_size})")
+                             f"{len(c.channel_mults) - 1} time(s) by its Downsamples{patches}; "
+                             f"use multiples of {factor} (configured for {c.image_size})")
         steps = t.data if isinstance(t, Tensor) else t
         if not backend.is_array(steps):
             raise TypeError(f"UNet: t must be an array of N = {x.shape[0]} integer steps, "
@@ -198,6 +208,8 @@ class UNet(Module):
                 raise ValueError(f"UNet: concat must have {c.concat_channels} channels, got "
                                  f"{None if concat is None else concat.shape}")
             x = concatenate([x, concat], axis=1)
+        if c.patch_size > 1:
+            x = F.space_to_depth(x, c.patch_size)
         if c.context_dim and context is None:
             raise ValueError(f"UNet: context_dim is {c.context_dim}: a context (N, L, "
                              f"{c.context_dim}) is needed")
@@ -214,4 +226,5 @@ class UNet(Module):
             h = self._run_level(level, h, emb, context, skips=skips, mask=context_mask)
             if i < len(self.upsamples):
                 h = self.upsamples[i](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.depth_to_space(out, c.patch_size) if c.patch_size > 1 else out

@@ -6,11 +6,13 @@ backward.  NCHW images; conv weights (out, in, kh, kw); linear weights (out, in)
   they fit (1x1, 'same', phases) and the reference road elsewhere
 * ``norm``: group_norm, layer_norm (fused backward)
 * ``attention``: scaled_dot_product_attention (fused softmax backward)
-* ``basic``: linear, embedding, dropout, upsample_nearest, avg_pool2d
+* ``basic``: linear, embedding, dropout, upsample_nearest, avg_pool2d, space_to_depth,
+  depth_to_space
 * ``losses``: mse_loss, cross_entropy
 """
 from minidiff.nn.functional.attention import attention_weights, scaled_dot_product_attention
-from minidiff.nn.functional.basic import avg_pool2d, dropout, embedding, linear, upsample_nearest
+from minidiff.nn.functional.basic import (avg_pool2d, depth_to_space, dropout, embedding, linear,
+                                          space_to_depth, upsample_nearest)
 from minidiff.nn.functional.conv import col2im, conv_transpose2d, im2col
 from minidiff.nn.functional.conv_fast import conv2d
 from minidiff.nn.functional.losses import cross_entropy, mse_loss
@@ -19,4 +21,5 @@ from minidiff.ops import silu
 
 __all__ = ["conv2d", "conv_transpose2d", "im2col", "col2im", "group_norm", "layer_norm",
            "scaled_dot_product_attention", "attention_weights", "linear", "embedding",
-           "dropout", "upsample_nearest", "avg_pool2d", "mse_loss", "cross_entropy", "silu"]
+           "dropout", "upsample_nearest", "avg_pool2d", "space_to_depth", "depth_to_space",
+           "mse_loss", "cross_entropy", "silu"]

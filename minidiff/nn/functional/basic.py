@@ -1,4 +1,5 @@
-"""Linear, embedding, dropout, nearest upsampling and average pooling (lesson 05).
+"""Linear, embedding, dropout, nearest upsampling, average pooling and the patch reshapes
+(lesson 05).
 
     linear:     y = x W^T + b            dx = g W,  dW = g^T x,  db = sum_rows g
                 (W is (out, in); leading axes of x are flattened into rows: one GEMM each)
@@ -9,12 +10,16 @@
                 dx[a, b] = sum of g over the s x s block it was copied to
     avg_pool2d (kernel k, stride t): y[a, b] = mean of the k x k window at (t a, t b)
                 dx = each window's g / k^2 added back over the window (k^2 strided adds)
+    space_to_depth (patch p):  y[n, c p^2 + i p + j, a, b] = x[n, c, p a + i, p b + j]
+    depth_to_space (patch p):  its inverse; each is the other's backward (a permutation of
+                the elements, so dx is g permuted back)
 """
 from minidiff import backend
 from minidiff.ops._inputs import as_tensors
 from minidiff.tensor import Tensor
 
-__all__ = ["linear", "embedding", "dropout", "upsample_nearest", "avg_pool2d"]
+__all__ = ["linear", "embedding", "dropout", "upsample_nearest", "avg_pool2d", "space_to_depth",
+           "depth_to_space"]
 
 
 def linear(x, weight, bias=None) -> Tensor:
@@ -115,3 +120,38 @@ def avg_pool2d(x, kernel_size: int = 2, stride=None) -> Tensor:
                 grad[:, :, i:i + span_h:t, j:j + span_w:t] += share
         return (grad,)
     return Tensor._make(y, (x,), backward, "avg_pool2d")
+
+
+def _to_depth(data, p):
+    n, c, h, w = data.shape
+    blocks = data.reshape(n, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4)
+    return blocks.reshape(n, c * p * p, h // p, w // p)
+
+
+def _to_space(data, p):
+    n, cpp, h, w = data.shape
+    blocks = data.reshape(n, cpp // (p * p), p, p, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return blocks.reshape(n, cpp // (p * p), h * p, w * p)
+
+
+def space_to_depth(x, patch: int) -> Tensor:
+    """(N, C, H, W) -> (N, C p^2, H / p, W / p): each p x p patch of a channel becomes p^2
+    channels of one pixel (row i, column j of the patch in channel c p^2 + i p + j)."""
+    (x,) = as_tensors("space_to_depth", x)
+    p = int(patch)
+    if x.ndim != 4 or p < 1 or x.shape[2] % p or x.shape[3] % p:
+        raise ValueError(f"space_to_depth: expected (N, C, H, W) with H and W multiples of the "
+                         f"patch {p}, got {x.shape}")
+    return Tensor._make(_to_depth(x.data, p), (x,), lambda g: (_to_space(g, p),),
+                        "space_to_depth")
+
+
+def depth_to_space(x, patch: int) -> Tensor:
+    """(N, C p^2, H, W) -> (N, C, H p, W p), the inverse of ``space_to_depth``."""
+    (x,) = as_tensors("depth_to_space", x)
+    p = int(patch)
+    if x.ndim != 4 or p < 1 or x.shape[1] % (p * p):
+        raise ValueError(f"depth_to_space: expected (N, C p^2, H, W) with p = {p}, got "
+                         f"{x.shape}")
+    return Tensor._make(_to_space(x.data, p), (x,), lambda g: (_to_depth(g, p),),
+                        "depth_to_space")
