@@ -140,7 +140,7 @@ def test_non_finite_samples_name_the_cause():
     ({"image_size": 30, "channel_mults": [1, 2, 2]}, "image_size"),
     ({"patch_size": 3}, "patch_size"), ({"patch_size": 0}, "patch_size"),
     ({"patch_size": 2, "image_size": 28, "channel_mults": [1, 2, 4]}, "image_size"),
-    ({"attention_resolutions": [7]}, "attention_resolutions"),
+    ({"attention_resolutions": [5]}, "attention_resolutions"),
 ])
 def test_config_check_names_the_key(change, key):
     config = resolve("quick", overrides=TINY)

@@ -135,8 +135,9 @@ def _to_space(data, p):
 
 
 def space_to_depth(x, patch: int) -> Tensor:
-    """(N, C, H, W) -> (N, C p^2, H / p, W / p): each p x p patch of a channel becomes p^2
-    channels of one pixel (row i, column j of the patch in channel c p^2 + i p + j)."""
+    """(N, C, H, W) -> (N, C p^2, H / p, W / p), lesson 06 (6.2): each p x p patch of a
+    channel becomes p^2 channels of one pixel (row i, column j of the patch in channel
+    c p^2 + i p + j)."""
     (x,) = as_tensors("space_to_depth", x)
     p = int(patch)
     if x.ndim != 4 or p < 1 or x.shape[2] % p or x.shape[3] % p:
