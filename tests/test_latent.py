@@ -22,6 +22,7 @@ from minidiff.tensor import Tensor, no_grad
 from minidiff.commands import train as train_cli
 from minidiff.pipelines.load import load_autoencoder, load_pipeline
 from minidiff.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.config.build import model_config
 from minidiff.config.presets import resolve
 from minidiff.train.trainer import Trainer
 
@@ -198,11 +199,10 @@ def test_sample_npz_holds_the_raw_digits(run, tmp_path):
 
 
 def test_sample_npz_of_a_pixel_model(tmp_path):
-    model = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(), image_size=16)
     config = resolve("quick", overrides={"base_channels": 8, "channel_mults": [1, 2],
                                          "num_res_blocks": 1, "T": 20, "image_size": 16,
                                          "sample_steps": 2})
+    model = UNet(model_config(config))
     path = tmp_path / "pixel.npz"
     save_checkpoint(path, model=model, ema=EMA(model), config=config, step=0, ema_only=True)
     assert sample_cli.main(["--checkpoint", str(path), "--n", "3", "--steps", "2",
@@ -258,14 +258,12 @@ def test_bench_ldm_json(run, tmp_path, capsys):
     from minidiff.bench import ldm as bench_ldm
     from minidiff.commands import bench as bench_command
     folder, _, _ = run
-    pixel = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=())
+    pixel_config = resolve("quick", overrides={"base_channels": 8, "channel_mults": [1, 2],
+                                               "T": 20, "sample_steps": 2})
+    pixel = UNet(model_config(pixel_config))
     pixel_path = tmp_path / "quick.npz"
-    save_checkpoint(pixel_path, model=pixel, ema=EMA(pixel),
-                    config=resolve("quick", overrides={"base_channels": 8,
-                                                       "channel_mults": [1, 2], "T": 20,
-                                                       "sample_steps": 2}),
-                    step=0, ema_only=True)
+    save_checkpoint(pixel_path, model=pixel, ema=EMA(pixel), config=pixel_config, step=0,
+                    ema_only=True)
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps({"quick.npz": {"fid": 100.0, "n": 10, "sampler": "ddim",
                                                  "steps": 2, "mean_confidence": 0.5}}))

@@ -12,6 +12,7 @@ from minidiff.models.unet import UNet
 from minidiff.optim import EMA
 from minidiff.pipelines.load import load_pipeline
 from minidiff.checkpoint import load_checkpoint, save_checkpoint
+from minidiff.config.build import model_config
 from minidiff.config.presets import resolve
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
@@ -22,8 +23,7 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
 def checkpoint(tmp_path):
     """An EMA-only checkpoint of an untrained tiny U-Net on 16x16 images."""
     config = resolve("quick", overrides=TINY)
-    model = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(), image_size=16)
+    model = UNet(model_config(config))
     path = tmp_path / "tiny.npz"
     save_checkpoint(path, model=model, ema=EMA(model), config=config, step=0, ema_only=True)
     return path

@@ -62,7 +62,7 @@ def _edited(export, folder, **changes):
 def test_a_config_edited_in_a_sealed_key_is_refused(export, tmp_path):
     assert {"T", "prediction"} <= set(SEALED)
     with pytest.raises(CheckpointError, match=r'edited after saving .*T 10 -> 5, '
-                                              r'prediction "v" -> "eps"'):
+                                              r'prediction "x0" -> "eps"'):
         load_checkpoint(_edited(export, str(tmp_path), T=5, prediction="eps"))
 
 
