@@ -200,21 +200,21 @@ if plt is not None:
 # %% [markdown]
 # ## 2. What each pipeline is made of (12.1)
 #
-# The models compared are those minidiff trains: the pixel U-Net of the `quick` preset
-# (16/32/64 channels at 28/14/7, one ResBlock per level, self-attention only in the middle,
-# at 7x7) and the latent U-Net of `ldm-quick` (one level of 32 channels at 7x7, two
-# ResBlocks, self-attention in the middle).  Each also comes conditioned, the two ways the
-# switch allows.  Cross-attention to a context of L = 8 token embeddings of width 64: the
-# U-Net built with `context_dim`, whose attention blocks then also cross-attend (lesson 11's
-# SpatialTransformer), and, as `txt2img-quick` does to `ldm-quick`, with attention blocks
-# after the ResBlocks at 7x7 as well as in the middle.  Concatenation: `concat_channels`
-# extra input channels for a mask and the encoded masked image (2 in pixel space, 1 + 4 on
-# the latent grid).  Where the tree has lesson 11's switch (`minidiff.models.conditioned`), the
-# conditioned rows are its real models, text encoder tau_theta included: `txt2img-quick`
-# (text) and `inpaint-quick` ("hybrid": text and inpainting), and `quick` conditioned in
-# the same way; without it, the U-Net's hooks are fed fixed inputs (`bench.ldm.FixedInputs`:
-# a random context in place of tau_theta(y), random extra channels).  With `--quick` the
-# same shapes are built with 8 base channels.
+# The models compared are those minidiff trains: the pixel U-Net of the `quick` preset (on 2x2
+# patches of the 28x28 image, lesson 06 (6.2): 32/64 channels at 14/7, one ResBlock per level,
+# self-attention only in the middle, at 7x7) and the latent U-Net of `ldm-quick` (one level of
+# 32 channels at 7x7, two ResBlocks, self-attention in the middle).  Each also comes
+# conditioned, the two ways the switch allows.  Cross-attention to a context of L = 8 token
+# embeddings of width 64: the U-Net built with `context_dim`, whose attention blocks then also
+# cross-attend (lesson 11's SpatialTransformer), and, as `txt2img-quick` does to `ldm-quick`,
+# with attention blocks after the ResBlocks at 7x7 as well as in the middle.  Concatenation:
+# `concat_channels` extra input channels for a mask and the encoded masked image (2 in pixel
+# space, 1 + 4 on the latent grid).  Where the tree has lesson 11's switch
+# (`minidiff.models.conditioned`), the conditioned rows are its real models, text encoder
+# tau_theta included: `txt2img-quick` (text) and `inpaint-quick` ("hybrid": text and
+# inpainting), and `quick` conditioned in the same way; without it, the U-Net's hooks are fed
+# fixed inputs (`bench.ldm.FixedInputs`: a random context in place of tau_theta(y), random
+# extra channels).  With `--quick` the same shapes are built with 8 base channels.
 #
 # Every parameter is in a convolution, a linear layer or a normalisation, so the count
 # follows from the config alone:
@@ -353,8 +353,8 @@ for name, side in sides.items():
     if side.model.num_parameters() != unets[name].num_parameters():
         print(f"{name}: + text encoder tau_theta, "
               f"{side.model.num_parameters() - unets[name].num_parameters():,} parameters")
-if not args.quick:   # the sizes the presets' comments quote (637k, 221k)
-    assert unets["pixel"].num_parameters() == 637_489
+if not args.quick:   # the sizes the presets' comments quote (653k, 221k)
+    assert unets["pixel"].num_parameters() == 652_772
     assert unets["latent"].num_parameters() == 220_772
 
 # %% [markdown]
@@ -656,11 +656,13 @@ for key, _ in ROWS:
 
 # %% [markdown]
 # On the shipped models the LDM's FID is well below the pixel model's (compare them at the same
-# n: 39.6 against 80.3 at n = 10,000, both with DDPM 100, `ldm.md` and `quick.md`), from a
-# training run of about the pixel model's time (`ldm.md`: 9 min 14 s for 2,500 steps of 128
-# latents, the encoding included, at one BLAS thread; `quick.md`: 11 min 56 s for 2,000
-# steps of 32 images, the install included, at two).  Per example the latent model is
-# about 13 times cheaper, so in the same minutes it sees five times as many digits.  The
+# n: 39.6 against FID_10K at n = 10,000, the LDM sampled with DDPM 100, the pixel model with
+# DDPM 200, `ldm.md` and `quick.md`), from a training run of about the pixel model's time
+# (`ldm.md`: 9 min 14 s for 2,500 steps of 128 latents, the encoding included, at one BLAS
+# thread; `quick.md`: 9 min 10 s for 2,800 steps of 32 images, the install included, at
+# two).  Even against the pixel model on 2x2 patches, a latent example is several times
+# cheaper (section 4), so in the same minutes the LDM sees 3.6 times as many digits
+# (320,000 latents against 89,600 images).  The
 # autoencoder's rFID, below the floor set by two sets of real digits, says that little of
 # the gap to real digits comes from the latent space: it comes from short training.  (On
 # large images the LDM paper finds
