@@ -44,7 +44,8 @@ def test_patches_keep_the_shapes_and_move_the_levels_down():
     assert len(model.down[1].attentions) == 1      # level 1 is at 8 / 2 / 2 = 2 pixels
     out = model(md.Tensor(backend.randn(3, 1, 8, 8)), np.array([0, 10, 999]))
     assert out.shape == (3, 1, 8, 8)
-    with pytest.raises(ValueError, match=r"cannot be halved 1 time\(s\) by its Downsamples after 2x2 patches"):
+    with pytest.raises(ValueError,
+                       match=r"cannot be halved 1 time\(s\) by its Downsamples after 2x2 patches"):
         model(md.Tensor(backend.randn(1, 1, 6, 6)), np.array([1]))
 
 
