@@ -221,9 +221,9 @@ assert total == model.num_parameters() == 1_623_169
 # through the inverse (`depth_to_space`).  (6.2) is a permutation: no pixel is lost, and the
 # first $3\times3$ conv sees a $3p \times 3p$ window of the image.  The `quick` preset runs on
 # $2\times2$ patches (32 and 64 channels at 14 and 7): a training step costs about 0.6 of
-# the 28x28 network with 16/32/64 channels and as many parameters, so it trains 3,200 steps
-# where that one trained 2,000 (docs/recipes.md).  The check: (6.2) written as loops, and the
-# round trip.
+# the 28x28 network with 16/32/64 channels and as many parameters, so in the same minutes it
+# takes 1.6 times as many steps (docs/recipes.md).  The check: (6.2) written as loops, and
+# the round trip.
 
 # %%
 p = 2
