@@ -258,6 +258,15 @@ def embedding_frequencies_over_d(monkeypatch):
     monkeypatch.setattr(models, "timestep_embedding", planted)
 
 
+def patch_row_and_column_swapped(monkeypatch):
+    """space_to_depth putting patch row j, column i in channel c p^2 + i p + j: (6.2)."""
+    to_depth = F.space_to_depth
+
+    def planted(x, patch):
+        return to_depth(x.transpose(0, 1, 3, 2), patch).transpose(0, 1, 3, 2)
+    monkeypatch.setattr(F, "space_to_depth", planted)
+
+
 #: (lesson, plant, what the AssertionError's message must name)
 PLANTS = [
     ("00", tanh_without_inner_derivative, ("(0.1)",)),
@@ -282,6 +291,7 @@ PLANTS = [
     ("05", group_norm_per_channel, ("(5.6)",)),
     ("05", attention_without_scale, ("(5.7)",)),
     ("06", embedding_frequencies_over_d, ("(6.1)",)),
+    ("06", patch_row_and_column_swapped, ("(6.2)",)),
 ]
 
 
