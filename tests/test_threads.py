@@ -80,6 +80,33 @@ def test_split_raises_what_a_piece_raised(thread_count):
         threads.split(fail, 2, np.empty(4 * threads.MIN_BYTES, dtype=np.uint8))
 
 
+def test_together_runs_every_part_once_at_the_same_time(thread_count):
+    """Each part once, on as many threads as there are parts and threads, in order on one
+    thread where the array is small or on one thread; None parts skipped; a part's error
+    reaches the caller."""
+    big, small = np.empty(threads.MIN_BYTES, np.uint8), np.empty(16, np.uint8)
+    for k, array, distinct in ((3, big, 3), (2, big, 2), (1, big, 1), (3, small, 1)):
+        thread_count(k)
+        seen, lock = [], threading.Lock()
+
+        def part(i):
+            def run():
+                with lock:
+                    seen.append((i, threading.current_thread().name))
+            return run
+        threads.together([part(0), None, part(1), part(2)], array)
+        assert sorted(i for i, _ in seen) == [0, 1, 2]
+        assert len({name for _, name in seen}) == distinct
+        if distinct == 1:
+            assert [i for i, _ in seen] == [0, 1, 2]
+    thread_count(2)
+
+    def fail():
+        raise KeyError("part")
+    with pytest.raises(KeyError, match="part"):
+        threads.together([lambda: None, fail], big)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_set_threads_refuses_what_is_not_a_count(bad):
     with pytest.raises(ValueError, match="set_threads: k must be an integer >= 1"):
@@ -116,14 +143,17 @@ def _conv_run(stride, kernel, bias, groups):
             [y.data, x.grad, w.grad] + ([b.grad] if bias else [])]
 
 
+@pytest.mark.parametrize("chunk_bytes", [40_000, 2 ** 30])
 @pytest.mark.parametrize("stride,kernel,bias,groups",
                          [(1, 3, True, 1), (2, 3, True, 1), (1, 1, True, 1), (1, 3, False, 2),
                           (2, 3, False, 1), (1, 5, True, 1)])
 def test_convolution_gives_the_same_bits_on_any_number_of_threads(
-        monkeypatch, thread_count, stride, kernel, bias, groups):
+        monkeypatch, thread_count, stride, kernel, bias, groups, chunk_bytes):
     """Small chunks (a few images each) so that every thread gets several, and the
-    strided road's col2im adds across the edges between threads' images."""
-    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", 40_000)
+    strided road's col2im adds across the edges between threads' images; and the whole
+    batch as one chunk, where the input's and the weight's gradient products run at once
+    (``threads.together``): a scratch buffer shared between them would change the bits."""
+    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(threads, "MIN_BYTES", 1024)
     road = conv_fast.road((24, 8, 16, 16), (12, 8 // groups, kernel, kernel), stride,
                           kernel // 2)

@@ -20,9 +20,14 @@ asked of BLAS (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this pr
 run on).  When NumPy was imported first, its BLAS keeps its own threads and ``threads()`` is
 1.  ``set_threads(k)`` changes it either way.
 
+Where a pass has too few items to share out (a convolution whose whole batch is one chunk
+of columns), ``together(f, g)`` runs two independent parts of it at once instead: the
+weight gradient's product and the input gradient's, say.  Each part is still one call on
+one thread, so this too gives the same bits on any number of threads.
+
 With one thread, for an array that is not NumPy's (a device backend's), for a pass of less
 than ``MIN_BYTES`` a piece (handing a piece to a thread costs some 20-50 us), or inside
-another piece, ``split`` simply calls fn(0, n).
+another piece, ``split`` simply calls fn(0, n), and ``together`` calls its parts in order.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ import queue
 import sys
 import threading
 
-__all__ = ["split", "binary", "threads", "set_threads", "using", "MIN_BYTES", "BLAS_SINGLE_THREADED"]
+__all__ = ["split", "together", "binary", "threads", "set_threads", "using", "MIN_BYTES",
+           "BLAS_SINGLE_THREADED"]
 
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                           "VECLIB_MAXIMUM_THREADS", "OMP_NUM_THREADS")
@@ -141,6 +147,19 @@ def _worker(i: int) -> queue.SimpleQueue:
     return _workers[i]
 
 
+def _fork_join(fn, bounds) -> None:
+    """fn(bounds[i], bounds[i + 1]) for each i at the same time: the first on the calling
+    thread, the others on workers; returns once all have, raising what one raised."""
+    others = [_Piece(fn, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)]
+    for i, piece in enumerate(others):
+        _worker(i).put(piece)
+    mine = _Piece(fn, bounds[0], bounds[1])
+    mine.run()
+    for piece in others:   # every piece ends before the outputs are read
+        piece.wait()
+    mine.wait()
+
+
 def split(fn, n: int, array) -> None:
     """Run fn(lo, hi) over [0, n) in contiguous pieces, one per thread, and wait for all of
     them.  ``array`` is the array whose n items are split (an axis of it): no piece covers
@@ -152,15 +171,26 @@ def split(fn, n: int, array) -> None:
     if k <= 1 or getattr(_inside, "active", False):
         fn(0, n)
         return
-    bounds = [n * i // k for i in range(k + 1)]
-    others = [_Piece(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
-    for i, piece in enumerate(others):
-        _worker(i).put(piece)
-    mine = _Piece(fn, bounds[0], bounds[1])
-    mine.run()
-    for piece in others:   # every piece ends before the outputs are read
-        piece.wait()
-    mine.wait()
+    _fork_join(fn, [n * i // k for i in range(k + 1)])
+
+
+def together(parts, array) -> None:
+    """Run the callables ``parts`` (no arguments; None entries are skipped) at the same time,
+    one per thread, and wait for all of them; in order on the calling thread with one thread,
+    inside a piece, or where ``array`` (what the parts work on) is not NumPy's or is less
+    than ``MIN_BYTES``.  No two parts may write to the same memory."""
+    parts = [part for part in parts if part is not None]
+    k = min(_state["threads"], len(parts))
+    if (k <= 1 or type(array) is not numpy.ndarray or array.nbytes < MIN_BYTES
+            or getattr(_inside, "active", False)):
+        for part in parts:
+            part()
+        return
+
+    def run(lo, hi):
+        for part in parts[lo:hi]:
+            part()
+    _fork_join(run, [len(parts) * i // k for i in range(k + 1)])
 
 
 def binary(ufunc, a, b):

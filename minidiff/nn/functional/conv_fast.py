@@ -342,10 +342,12 @@ def _phase_backward(g, x, weight, groups: int, stride, padding):
             g_rows = _workspace.buffer("conv.grad_rows", (groups, og, q), g.dtype, xp)
             g_rows.reshape(o, k, ho * wo)[...] = \
                 g[n0:n0 + k].reshape(k, o, ho * wo).transpose(1, 0, 2)
-            if weight.requires_grad:                                  # G cols^T
+
+            def weight_gradient():                                    # G cols^T
                 products[i] = xp.matmul(g_rows,
                                         cols.reshape(groups, cg * kh * kw, q).transpose(0, 2, 1))
-            if x.requires_grad:                                       # dcols = W^T G
+
+            def input_gradient():                                     # dcols = W^T G
                 dcols = xp.matmul(w_g.transpose(0, 2, 1), g_rows, out=_workspace.buffer(
                     "conv.column_grad", (groups, cg * kh * kw, q), g.dtype, xp))
                 dcols = dcols.reshape(c, kh, kw, q)
@@ -353,6 +355,8 @@ def _phase_backward(g, x, weight, groups: int, stride, padding):
                 for i_, j, ri, rj, shifted in _shifted_slices(
                         rows, columns, margin + (n0 - start) * ho * wo, wo, q):
                     acc[ri, rj, :, shifted] += dcols[:, i_, j]
+            threads.together([input_gradient if x.requires_grad else None,
+                              weight_gradient if weight.requires_grad else None], g)
     threads.split(backward, count, x.data)
     dx = None
     if x.requires_grad:
@@ -409,14 +413,19 @@ def _flat_backward(g, x, weight, groups: int):
         for i in range(first, last):
             n0, k, gcols = chunk_columns(i)
             gcols = gcols.reshape(groups, og * kh * kw, gcols.shape[1])
-            if x.requires_grad:
+
+            def input_gradient():
                 out = xp.matmul(w_flipped, gcols, out=_workspace.buffer(
                     "conv.out", (groups, cg, gcols.shape[2]), g.dtype, xp))
                 dx[n0:n0 + k] = out.reshape(c, k, h, w).transpose(1, 0, 2, 3)
-            if weight.requires_grad:
+
+            def weight_gradient():
                 start = n0 * h * w
                 products[i] = xp.matmul(gcols, x_rows[:, :, start:start + gcols.shape[2]]
                                         .transpose(0, 2, 1))
+            # where the chunks are too few to share out, the two products share the threads
+            threads.together([input_gradient if x.requires_grad else None,
+                              weight_gradient if weight.requires_grad else None], g)
     threads.split(backward, count, g)
     dw = None
     if weight.requires_grad:
@@ -473,10 +482,13 @@ def _on_road(parents, road_name: str, stride, padding, groups: int) -> Tensor:
             dx = xp.empty((n, groups, cg, h * w), dtype=g.dtype) if x.requires_grad else None
 
             def project_back(lo, hi):
-                if per_image is not None:    # G[n] x[n]^T
+                def weight_gradient():       # G[n] x[n]^T
                     xp.matmul(g4[lo:hi], x4[lo:hi].transpose(0, 1, 3, 2), out=per_image[lo:hi])
-                if dx is not None:           # W^T G[n]
+
+                def input_gradient():        # W^T G[n]
                     xp.matmul(w_g.transpose(0, 2, 1), g4[lo:hi], out=dx[lo:hi])
+                threads.together([input_gradient if dx is not None else None,
+                                  weight_gradient if per_image is not None else None], g4)
             threads.split(project_back, n, g4)
             if per_image is not None:        # sum_n G[n] x[n]^T
                 grads[1] = per_image.sum(axis=0).reshape(weight.shape)
