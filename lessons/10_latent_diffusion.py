@@ -187,7 +187,8 @@ for factor, label in ((1.0, "s z "), (5.0, "5 s z")):
 c, h, w = autoencoder.latent_shape
 latent_unet = UNet(in_channels=c, out_channels=c, image_size=h, base_channels=8 if args.quick
                    else 32, channel_mults=(1,), num_res_blocks=2, attention_resolutions=())
-loss = training_step(latent_unet, schedule, z0[:32], target_type="v", x0_range=None)  # latents: no [-1, 1]
+# as ldm-quick trains it, predicting z_0; latents have no [-1, 1] range to check
+loss = training_step(latent_unet, schedule, z0[:32], target_type="x0", x0_range=None)
 loss.backward()
 print(f"one training step on z_0 (U-Net in {c}x{h}x{w}): loss {loss.item():.3f}, every "
       f"parameter has a gradient: {all(p.grad is not None for p in latent_unet.parameters())}")
@@ -235,7 +236,7 @@ if shipped:
     ldm, ldm_schedule, ldm_space = ldm_pipeline.eps(), ldm_pipeline.schedule, ldm_pipeline.space
 else:
     from minidiff.diffusion import as_eps_model  # noqa: E402
-    ldm = as_eps_model(latent_unet.eval(), schedule, "v")
+    ldm = as_eps_model(latent_unet.eval(), schedule, "x0")
     ldm_schedule, ldm_space = schedule, space
 md.manual_seed(1)
 k = 8 if args.quick else 32
