@@ -80,3 +80,41 @@ def test_prompts_on_the_conditioned_models(models, tmp_path, capsys):
                      "--prompt", "a seven", "--guidance", "2", "--n", "2", "--steps", "2",
                      "--out", out]) == 0
     assert np.load(out)["images"].shape == (2, 28, 28)
+
+
+@pytest.mark.parametrize("kind,prompt", [("concat", None), ("hybrid", "a seven")])
+def test_image_guidance_is_the_guidance_formula_over_the_known_part(models, test_images, kind,
+                                                                   prompt):
+    """eps~ = eps(nothing known) + s (eps(masked image) - eps(nothing known)), each term from
+    the unguided model's own eps on its own (nothing known: the all-covering mask), the
+    caption the same in both.  Would catch the two conditions swapped, s used as 1 + s, or an
+    "unconditional" half that still sees the image (guidance the identity)."""
+    from minidiff.data.mnist import to_unit_range
+    # guidance 1 over the caption: the plain conditional model (11.4)
+    plain_for = load_inpainter(models[kind], prompt=prompt,
+                               guidance=None if prompt is None else 1.0)[0]
+    x = to_unit_range(test_images)
+    m = backend.xp().broadcast_to(backend.to_device(named_mask("bottom")), x.shape)
+    backend.manual_seed(3)
+    x_t = backend.randn(*x.shape)
+    t = backend.to_device(np.array([3, 7]))
+    eps_c = backend.to_host(plain_for(x, m)(x_t, t).data)
+    eps_u = backend.to_host(plain_for(x, backend.xp().ones_like(m))(x_t, t).data)
+    assert np.abs(eps_c - eps_u).max() > 1e-3            # the image does reach the network
+    for s in (0.0, 1.0, 2.5):
+        guided_for = load_inpainter(models[kind], prompt=prompt, image_guidance=s)[0]
+        got = backend.to_host(guided_for(x, m)(x_t, t).data)
+        np.testing.assert_allclose(got, eps_u + s * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
+
+
+def test_image_guidance_refuses_what_it_cannot_do(models, tmp_path, capsys):
+    with pytest.raises(InpaintError, match="--image-guidance: expected the concat method"):
+        load_inpainter(models["concat"], "replace", image_guidance=2.0)
+    with pytest.raises(InpaintError, match="--image-guidance: expected it without --guidance"):
+        load_inpainter(models["hybrid"], prompt="a seven", guidance=2.0, image_guidance=2.0)
+    assert cli.main(["eval", "--checkpoint", models["concat"], "--image-guidance", "2"]) == 2
+    assert "--image-guidance: only with --inpainting" in capsys.readouterr().err
+    out = str(tmp_path / "g.npz")
+    assert cli.main(["inpaint", "--checkpoint", models["concat"], "--image", "test:0",
+                     "--image-guidance", "2", "--n", "1", "--steps", "2", "--out", out]) == 0
+    assert np.load(out)["images"].shape == (1, 28, 28)

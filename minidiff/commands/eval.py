@@ -4,6 +4,7 @@ it reports reconstruction figures instead: ``autoencoder.py``.)
     minidiff eval --checkpoint runs/quick/checkpoint.npz [--n 10000] [--sampler ddpm --steps 100]
                   [--bpd-images 256 | --bpd-full] [--json]
     minidiff eval --checkpoint F --inpainting [--n 100] [--mask bottom] [--method replace]
+                  [--image-guidance 2]
     minidiff eval --checkpoint F --prompts [--per-prompt 20] [--guidance 3] [--inpainting]
     minidiff eval train-classifier [--epochs 3]      (re-train the shipped feature classifier)
 
@@ -96,6 +97,9 @@ def build_parser() -> ArgumentParser:
                         help="with --inpainting: the mask (as minidiff inpaint; default bottom)")
     parser.add_argument("--method", choices=("concat", "replace"), default=None,
                         help="with --inpainting: concat or replace (default: the model's)")
+    parser.add_argument("--image-guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
+                        metavar="S", help="with --inpainting, a concat model: guidance over the "
+                        "known part of the image (as minidiff inpaint; default none)")
     parser.add_argument("--prompts", action="store_true",
                         help="a text model's prompted accuracy, FID and attribute adherence "
                              "instead (prompts.py); with --inpainting, its inpainting "
@@ -118,7 +122,8 @@ def _inpainting(args) -> dict:
         args.checkpoint, args.n or INPAINT_N, args.mask or "bottom", args.method, args.sampler,
         args.steps, args.seed, args.batch, args.eta, classifier=load_classifier(
             args.classifier, name="--classifier"),
-        use_ema=not args.raw_weights, progress=Progress("inpainting"))
+        use_ema=not args.raw_weights, progress=Progress("inpainting"),
+        image_guidance=args.image_guidance)
 
 
 def _prompts(args) -> dict:
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
         if value is not None and not args.prompts:
             raise MinidiffInputError(f"{flag}: only with --prompts (the text-model figures), "
                                      "which was not given")
-    for flag, value in (("--mask", args.mask), ("--method", args.method)):
+    for flag, value in (("--mask", args.mask), ("--method", args.method),
+                        ("--image-guidance", args.image_guidance)):
         if value is not None and not args.inpainting:
             raise MinidiffInputError(f"{flag}: only with --inpainting (the inpainting "
                                      "accuracy), which was not given")

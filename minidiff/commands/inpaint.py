@@ -74,6 +74,10 @@ def build_parser() -> ArgumentParser:
                         help="classifier-free guidance scale s in [0, 100] with --prompt, "
                              "eps_u + s (eps_c - eps_u) (11.4); Ho & Salimans' w is s - 1 "
                              "(default: the model's config)")
+    parser.add_argument("--image-guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
+                        metavar="S", help="concat models: guidance over the known part of the "
+                        "image, eps_u + s (eps_c - eps_u) with eps_u given nothing known; s > 1 "
+                        "leans towards the likeliest completion (not with --guidance)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=int_arg(0), default=0, help="seed (default 0)")
     parser.add_argument("--batch", type=int_arg(1), default=250,
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
                        what=f"completions ({len(images):,} image(s) of --image x --n {args.n:,})")
     eps_for, schedule, space, config, method = load_inpainter(
         args.checkpoint, args.method, args.prompt, args.guidance, use_ema=not args.raw,
-        autoencoder=args.autoencoder)
+        autoencoder=args.autoencoder, image_guidance=args.image_guidance)
     check_outputs({"--out": args.out},
                   {"the autoencoder of the checkpoint": getattr(space, "path", None)})
     if args.autoencoder and space.kind == "pixel":

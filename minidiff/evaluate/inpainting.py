@@ -34,18 +34,18 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
                         sampler: str | None = None, steps=None, seed: int = 0,
                         batch: int = 250,
                         eta: float = 0.0, classifier=None, use_ema: bool = True,
-                        progress=None) -> dict:
+                        progress=None, image_guidance=None) -> dict:
     """``{"accuracy", "masked_accuracy", "original_accuracy", "n", "method", "seconds", ...}``
     for the first ``n`` test digits under ``mask`` (a ``masks.named_mask`` spec), one
     completion each (``sampler``, ``steps``: each None is the model's own, 0 steps all T,
     ``pipelines.load.model_sampler``); ``method`` None is the
-    model's default (``pipelines.inpaint.load_inpainter``); ``classifier``: a loaded classifier
-    (default: the shipped one)."""
+    model's default (``pipelines.inpaint.load_inpainter``, as is ``image_guidance``);
+    ``classifier``: a loaded classifier (default: the shipped one)."""
     images, labels = load_mnist("test")
     images, labels = images[:n], labels[:n]
     pixel_mask = named_mask(mask, size=28)
-    eps_for, schedule, space, config, method = load_inpainter(checkpoint, method,
-                                                              use_ema=use_ema)
+    eps_for, schedule, space, config, method = load_inpainter(
+        checkpoint, method, use_ema=use_ema, image_guidance=image_guidance)
     classifier = classifier or load_classifier()
     sampler, steps = model_sampler(config, sampler, steps)
     start = time.time()
@@ -56,6 +56,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     blank = images * (backend.to_host(pixel_mask) < 0.5).astype(images.dtype)   # 0 = black
     return {"checkpoint": str(checkpoint), "method": method, "space": space.describe(),
             "mask": mask, "n": int(len(images)), "sampler": sampler, "steps": steps,
+            "image_guidance": image_guidance,
             "eta": eta if sampler == "ddim" else None,
             "seed": seed, "accuracy": _accuracy(classifier, completions, labels),
             "masked_accuracy": _accuracy(classifier, blank, labels),
@@ -68,7 +69,9 @@ def report(r: dict) -> str:
     return "\n".join([
         f"checkpoint   {r['checkpoint']}",
         f"inpainting   {r['method']}, mask {r['mask']}, {r['sampler']} {r['steps']} steps"
-        + (f" eta {r['eta']}" if r.get("eta") else "") + ", "
+        + (f" eta {r['eta']}" if r.get("eta") else "")
+        + (f", image guidance {r['image_guidance']:g}" if r.get("image_guidance") is not None
+           else "") + ", "
         f"seed {r['seed']}, {r['seconds']} s ({r['space']})",
         f"accuracy     {r['accuracy']:.1%} of {r['n']} completed test digits get their true "
         "label from the classifier",

@@ -16,7 +16,8 @@ from minidiff import backend
 from minidiff.config.vocabulary import uses_concat, uses_text
 from minidiff.data.masks import mask_to_grid, masked_image
 from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
-from minidiff.errors import MinidiffInputError, check_input_file
+from minidiff.diffusion.guidance import MAX_GUIDANCE, guided
+from minidiff.errors import MinidiffInputError, check_float, check_input_file
 from minidiff.pipelines.load import load_pipeline
 from minidiff.pipelines.sample import sample_images
 
@@ -137,12 +138,19 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
 # ----------------------------------------------------------------------------- the model
 
 def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool = True,
-                   autoencoder=None):
+                   autoencoder=None, image_guidance=None):
     """``(eps_for, schedule, space, config, method)`` for ``complete`` from a checkpoint.
 
     ``method`` None picks concat for a model trained with concat / hybrid conditioning and
     replace otherwise; concat on another model, ``prompt`` on a model without text and
-    ``guidance`` on an unconditional model raise ``InpaintError`` naming the option."""
+    ``guidance`` on an unconditional model raise ``InpaintError`` naming the option.
+
+    ``image_guidance`` s (concat only): guidance (11.4) over the known part of the image
+    instead of the caption, eps(x_t, nothing known) + s (eps(x_t, the masked image) -
+    eps(x_t, nothing known)), the caption (if any) the same in both; "nothing known" is the
+    all-covering mask a concat model learnt to generate from (``mask_all_fraction``).
+    s > 1 leans the completion towards what the known part makes likeliest
+    (data/checkpoints/inpaint.md measures it).  Not together with ``guidance``."""
     pipeline = load_pipeline(path, use_ema=use_ema, autoencoder=autoencoder)
     kind = pipeline.kind
     method = method or ("concat" if uses_concat(pipeline.config) else "replace")
@@ -156,6 +164,15 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
     if guidance is not None and kind == "none":
         raise InpaintError(f"--guidance: {path} is an unconditional model (conditioning "
                            "'none'); guidance needs a conditioned one")
+    if image_guidance is not None:
+        if method != "concat":
+            raise InpaintError(f"--image-guidance: expected the concat method (a model trained "
+                               f"with concat or hybrid conditioning), got {method!r} for {path}")
+        if guidance is not None:
+            raise InpaintError("--image-guidance: expected it without --guidance (one guidance "
+                               f"at a time), got --guidance {guidance}")
+        image_guidance = check_float("--image-guidance", image_guidance, low=0.0,
+                                     high=MAX_GUIDANCE)
     if prompt is not None:
         pipeline.tokenizer.encode([prompt])        # an unknown word is an error now, not later
 
@@ -165,6 +182,9 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
         prompts = None if prompt is None else [prompt] * len(x)
         images, masks = (x, m) if method == "concat" else (None, None)
         cond, uncond = pipeline.cond(len(x), prompts=prompts, images=images, masks=masks)
+        if image_guidance is not None:
+            nothing_known, _ = pipeline.cond(len(x), prompts=prompts)
+            return guided(pipeline.eps_model, cond, nothing_known, image_guidance)
         # without a prompt cond = uncond: guidance (11.4) is the identity, so one pass
         return pipeline.eps(cond, None if prompt is None else uncond, guidance)
     return eps_for, pipeline.schedule, pipeline.space, pipeline.config, method
