@@ -35,6 +35,7 @@ from minidiff.diffusion.guidance import guided
 from minidiff.pipelines.conditions import concat_input
 from minidiff.data.caption_figures import save_attribute_figure
 from minidiff.data.captions import CaptionError, CaptionStats, Tokenizer, VOCABULARY
+from minidiff.pipelines.inpaint import load_inpainter
 from minidiff.pipelines.load import load_pipeline
 from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.diffusion import NoiseSchedule, ddim_sample, q_sample
@@ -784,24 +785,33 @@ if methods:
 # The check: (11.10) computed by the library against its two terms computed one at a time.
 
 # %%
-from minidiff.pipelines.inpaint import load_inpainter  # noqa: E402
-if inpaint_path is not None:
-    plain_for = load_inpainter(inpaint_path, guidance=None)[0]
-    x_known = to_unit_range(test_images[:2])
-    m_bottom = backend.xp().broadcast_to(bottom, x_known.shape)
+def check_image_guidance(path, scales=(2.0, 3.0)):
+    """(11.10): the library's image-guided eps == eps_u + s (eps_c - eps_u), its two terms
+    computed apart by the unguided model (eps_u: given the all-covering mask), on two test
+    digits with the bottom half hidden.  Returns max |eps_c - eps_u|."""
+    pipeline = load_pipeline(path)
+    plain_for = load_inpainter(path)[0]
+    x_known = to_unit_range(load_mnist("test")[0][:2])
+    m_bottom = backend.xp().broadcast_to(
+        backend.to_device(host(named_mask("bottom")).astype(np.float32)), x_known.shape)
     backend.manual_seed(5)
-    x_t = backend.randn(2, *space.shape)
-    t_now = backend.to_device(np.array([100, 700]) if not QUICK else np.array([3, 7]))
+    x_t = backend.randn(2, *pipeline.space.shape)
+    t_now = backend.to_device(np.array([pipeline.schedule.T // 10, 7 * pipeline.schedule.T // 10]))
     with no_grad():
         eps_c = host(plain_for(x_known, m_bottom)(x_t, t_now).data)
         eps_u = host(plain_for(x_known, backend.xp().ones_like(m_bottom))(x_t, t_now).data)
-        for s in (2.0, 3.0):
-            eps_s = host(load_inpainter(inpaint_path, image_guidance=s)[0](
-                x_known, m_bottom)(x_t, t_now).data)
+        for s in scales:
+            eps_s = host(load_inpainter(path, image_guidance=s)[0](x_known, m_bottom)(
+                x_t, t_now).data)
             gap = np.abs(eps_s - (eps_u + s * (eps_c - eps_u))).max()
-            assert gap < 1e-4 * max(1.0, np.abs(eps_s).max()), gap
+            assert gap < 1e-4 * max(1.0, np.abs(eps_s).max()), (s, gap)
+    return float(np.abs(eps_c - eps_u).max())
+
+
+if inpaint_path is not None:
+    apart = check_image_guidance(inpaint_path)
     print(f"(11.10) image guidance at s = 2, 3 == eps_u + s (eps_c - eps_u), its two terms "
-          f"computed apart (they differ by up to {np.abs(eps_c - eps_u).max():.3f})")
+          f"computed apart (they differ by up to {apart:.3f})")
 stand_in_dir.cleanup()
 
 # %% [markdown]

@@ -272,6 +272,43 @@ def test_lesson11_guidance_check_fails_on_the_wrong_half(lesson11, monkeypatch):
         lesson11["check_guidance"]()
 
 
+@pytest.fixture(scope="module")
+def concat_stand_in(tmp_path_factory):
+    """A tiny concat-conditioned pixel model trained for two steps (as lesson 11's --quick)."""
+    from minidiff.config.presets import resolve
+    from minidiff.data.mnist import load_mnist
+    from minidiff.train.trainer import Trainer
+    images, labels = load_mnist("train")
+    saved = backend.get_rng_state()
+    run = tmp_path_factory.mktemp("concat")
+    config = resolve("quick", overrides={
+        "conditioning": "concat", "base_channels": 8, "channel_mults": [1, 2],
+        "num_res_blocks": 1, "attention_resolutions": [], "T": 10, "batch_size": 4,
+        "steps": 2, "warmup_steps": 1, "train_images": 8, "log_every": 0, "sample_every": 0,
+        "checkpoint_every": 0, "diag_every": 0, "sample_steps": 2, "ema_decay": 0.5})
+    Trainer(config, str(run), images=images[:8], labels=labels[:8], log=lambda _: None).run()
+    backend.set_rng_state(saved)
+    return str(run / "ema.npz")
+
+
+@pytest.mark.parametrize("plant", ["w as s", "image ignored"])
+def test_lesson11_image_guidance_check_fails_on_a_wrong_formula(lesson11, monkeypatch,
+                                                                concat_stand_in, plant):
+    """(11.10) with Ho & Salimans' w used as s (s + 1 in minidiff's convention), or with the
+    guidance dropped (the plain conditional model, as if "nothing known" still saw the
+    image): the check must fail on both, and pass on the library."""
+    right = lesson11["load_inpainter"]
+    assert lesson11["check_image_guidance"](concat_stand_in) > 1e-3
+
+    def planted(path, *args, image_guidance=None, **kwargs):
+        if image_guidance is not None:
+            image_guidance = image_guidance + 1.0 if plant == "w as s" else None
+        return right(path, *args, image_guidance=image_guidance, **kwargs)
+    monkeypatch.setitem(lesson11, "load_inpainter", planted)
+    with pytest.raises(AssertionError):
+        lesson11["check_image_guidance"](concat_stand_in)
+
+
 # ------------------------------------------------------------------ lesson 13: lambda_t (13.5)
 @pytest.fixture(scope="module")
 def lesson13():
