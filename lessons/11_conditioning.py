@@ -789,14 +789,13 @@ def check_image_guidance(path, scales=(2.0, 3.0)):
     """(11.10): the library's image-guided eps == eps_u + s (eps_c - eps_u), its two terms
     computed apart by the unguided model (eps_u: given the all-covering mask), on two test
     digits with the bottom half hidden.  Returns max |eps_c - eps_u|."""
-    pipeline = load_pipeline(path)
-    plain_for = load_inpainter(path)[0]
+    plain_for, inpaint_schedule, inpaint_space, _, _ = load_inpainter(path)
     x_known = to_unit_range(load_mnist("test")[0][:2])
     m_bottom = backend.xp().broadcast_to(
         backend.to_device(host(named_mask("bottom")).astype(np.float32)), x_known.shape)
     backend.manual_seed(5)
-    x_t = backend.randn(2, *pipeline.space.shape)
-    t_now = backend.to_device(np.array([pipeline.schedule.T // 10, 7 * pipeline.schedule.T // 10]))
+    x_t = backend.randn(2, *inpaint_space.shape)
+    t_now = backend.to_device(np.array([inpaint_schedule.T // 10, 7 * inpaint_schedule.T // 10]))
     with no_grad():
         eps_c = host(plain_for(x_known, m_bottom)(x_t, t_now).data)
         eps_u = host(plain_for(x_known, backend.xp().ones_like(m_bottom))(x_t, t_now).data)

@@ -21,8 +21,8 @@ run on).  When NumPy was imported first, its BLAS keeps its own threads and ``th
 1.  ``set_threads(k)`` changes it either way.
 
 Where a pass has too few items to share out (a convolution whose whole batch is one chunk
-of columns), ``together(f, g)`` runs two independent parts of it at once instead: the
-weight gradient's product and the input gradient's, say.  Each part is still one call on
+of columns), ``together([f, g], array)`` runs independent parts of it at once instead:
+the weight gradient's product and the input gradient's, say.  Each part is still one call on
 one thread, so this too gives the same bits on any number of threads.
 
 With one thread, for an array that is not NumPy's (a device backend's), for a pass of less
