@@ -4,36 +4,18 @@ the mask, replace works on them too, and prompts are checked before any sampling
 import numpy as np
 import pytest
 
-
-
 from minidiff import backend, commands as cli
 from minidiff.data.mnist import load_mnist
 from minidiff.pipelines.inpaint import InpaintError, complete, load_inpainter
 from minidiff.data.masks import named_mask
-
-TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-        "attention_resolutions": [14], "T": 10, "batch_size": 4, "steps": 2,
-        "warmup_steps": 1, "train_images": 8, "log_every": 0, "sample_every": 0,
-        "checkpoint_every": 0, "diag_every": 0, "sample_steps": 2, "ema_decay": 0.5,
-        "context_dim": 8, "text_heads": 2, "text_layers": 1}
+from tests.tiny_models import train_tiny
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny 28x28 pixel-space models trained for two steps: concat and hybrid."""
-    from minidiff.config.presets import resolve
-    from minidiff.train.trainer import Trainer
-    images, labels = load_mnist("train")
-    saved = backend.get_rng_state()
-    paths = {}
-    for kind in ("concat", "hybrid"):
-        run = tmp_path_factory.mktemp(kind)
-        config = resolve("quick", overrides={**TINY, "conditioning": kind})
-        Trainer(config, str(run), images=images[:8], labels=labels[:8],
-                log=lambda _: None).run()
-        paths[kind] = str(run / "ema.npz")
-    backend.set_rng_state(saved)
-    return paths
+    return {kind: train_tiny(tmp_path_factory.mktemp(kind), kind)
+            for kind in ("concat", "hybrid")}
 
 
 @pytest.fixture(scope="module")

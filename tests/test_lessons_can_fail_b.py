@@ -275,6 +275,187 @@ def test_lesson11_guidance_check_fails_on_the_wrong_half(lesson11, monkeypatch):
 @pytest.fixture(scope="module")
 def concat_stand_in(tmp_path_factory):
     """A tiny concat-conditioned pixel model trained for two steps (as lesson 11's --quick)."""
+    from tests.tiny_models import train_tiny
+    return train_tiny(tmp_path_factory.mktemp("concat"), "concat")
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS_37))
+def test_lesson08_reverse_step_check_fails(lesson08, schedule, monkeypatch, plant):
+    lesson08["check_reverse_step"](schedule)
+    monkeypatch.setitem(lesson08, "p_mean_variance", wrong_reverse(**PLANTS_37[plant]))
+    with pytest.raises(AssertionError):
+        lesson08["check_reverse_step"](schedule)
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS_37))
+def test_lesson08_algorithm2_check_fails(lesson08, schedule, monkeypatch, plant):
+    """The library's ddpm_sample with the wrong reverse step leaves the hand-written chain."""
+    lesson08["check_algorithm2"](schedule, n=300)
+    monkeypatch.setattr(samplers, "p_mean_variance", wrong_reverse(**PLANTS_37[plant]))
+    with pytest.raises(AssertionError):
+        lesson08["check_algorithm2"](schedule, n=300)
+
+
+def test_one_point_data_could_not_catch_a_wrong_step(schedule):
+    """Why lesson 08 no longer checks Algorithm 2 on one data point (review H1): there the
+    chain ends on x* even with the noise's coefficient multiplied by 1.7 and sigma_t tripled at
+    every step t >= 2, because the last step's posterior mean is x* whatever x_1 is."""
+    betas = _host(schedule.betas)
+    abar = numpy.cumprod(1.0 - betas)
+    rng = numpy.random.default_rng(0)
+    x_star = numpy.array([0.5, -0.25])
+    x = rng.standard_normal((64, 2))
+    for index in reversed(range(len(betas))):
+        eps = (x - math.sqrt(abar[index]) * x_star) / math.sqrt(1.0 - abar[index])
+        sigma = 3.0 * math.sqrt(betas[index]) if index > 0 else 0.0
+        wrong = 1.7 if index > 0 else 1.0
+        x = (x - wrong * betas[index] / math.sqrt(1.0 - abar[index]) * eps) \
+            / math.sqrt(1.0 - betas[index]) + sigma * rng.standard_normal(x.shape)
+        if index == 1:   # x_1: far from x* ...
+            assert numpy.abs(x - x_star).max() > 0.01
+    assert numpy.abs(x - x_star).max() < 1e-6     # ... and yet the end is exact
+
+
+# ------------------------------------------------------------------ lesson 08: DDIM (8.4)-(8.7)
+def wrong_ddim_step(sigma_rule="right", complement_rule="right"):
+    """ddim_step (8.5)-(8.6) with a planted error: ``sigma_rule`` "no_ratio" drops the factor
+    sqrt((1 - abar_s) / (1 - abar_t)) (so eta = 1 gives beta_t, not beta~_t), "half" halves
+    sigma; ``complement_rule``
+    "no_sigma" writes the noise's coefficient as sqrt(1 - abar_s), forgetting - sigma^2."""
+    def planted(schedule, eps_pred, x_t, t, t_prev, eta=0.0, noise=None, clip_x0=False):
+        eps = backend.array_of(eps_pred)[:, :x_t.shape[1]]
+        abar_t = float(schedule.alphas_cumprod[t])
+        abar_s = 1.0 if t_prev < 0 else float(schedule.alphas_cumprod[t_prev])
+        x0_hat = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+        ratio = 1.0 if sigma_rule == "no_ratio" else (1.0 - abar_s) / (1.0 - abar_t)
+        sigma2 = eta ** 2 * ratio * (1.0 - abar_t / abar_s) * (0.25 if sigma_rule == "half" else 1.0)
+        complement = 1.0 - abar_s - (0.0 if complement_rule == "no_sigma" else sigma2)
+        mean = math.sqrt(abar_s) * x0_hat + math.sqrt(max(complement, 0.0)) * eps
+        if sigma2 > 0:
+            z = backend.randn(*x_t.shape, dtype=x_t.dtype) if noise is None \
+                else backend.array_of(noise)
+            return mean + math.sqrt(sigma2) * z, mean, sigma2
+        return mean, mean, sigma2
+    return planted
+
+
+def test_lesson08_ddim_checks_pass_with_the_library(lesson08, schedule):
+    lesson08["check_ddim_marginals"](schedule, n=50_000)
+    lesson08["check_ddim_sigma"](schedule)
+
+
+@pytest.mark.parametrize("rule", ["no_ratio", "half"])
+def test_lesson08_ddim_sigma_check_fails(lesson08, schedule, monkeypatch, rule):
+    monkeypatch.setitem(lesson08, "ddim_step", wrong_ddim_step(sigma_rule=rule))
+    with pytest.raises(AssertionError):
+        lesson08["check_ddim_sigma"](schedule)
+
+
+def test_lesson08_ddim_marginal_check_fails(lesson08, schedule, monkeypatch):
+    monkeypatch.setitem(lesson08, "ddim_step", wrong_ddim_step(complement_rule="no_sigma"))
+    with pytest.raises(AssertionError):
+        lesson08["check_ddim_marginals"](schedule, n=50_000)
+
+
+def test_lesson08_ddim_marginal_check_is_blind_to_sigma_alone(lesson08, schedule, monkeypatch):
+    """(8.4) keeps the marginals for every sigma: a wrong sigma with its matching complement
+    passes the marginal check, which is why check_ddim_sigma exists beside it."""
+    monkeypatch.setitem(lesson08, "ddim_step", wrong_ddim_step(sigma_rule="half"))
+    lesson08["check_ddim_marginals"](schedule, n=50_000)
+    with pytest.raises(AssertionError):
+        lesson08["check_ddim_sigma"](schedule)
+
+
+def _mixture_data(lesson08, schedule):
+    from minidiff.diffusion.oracles import GaussianMixture
+    mixture = GaussianMixture([[-0.5], [0.1], [0.6]], [0.1, 0.15, 0.08], [0.2, 0.3, 0.5])
+    backend.manual_seed(4)
+    x0 = backend.array_of(mixture.sample(64)[0]).astype("float64")
+    return mixture.model(schedule), x0
+
+
+def test_lesson08_inversion_check_fails(lesson08, schedule, monkeypatch):
+    """ddim_invert with the x_0 guess taken at the target level t instead of s."""
+    model, x0 = _mixture_data(lesson08, schedule)
+    lesson08["check_ddim_inversion"](schedule, model, x0)
+
+    def planted(eps_model, schedule, x0, steps=None):
+        xp = backend.array_module_of(x0)
+        kept = samplers.space_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps)
+        x = x0
+        for s, t in zip([-1] + kept[:-1], kept):
+            eps = backend.array_of(eps_model(Tensor(x), xp.full((x.shape[0],), max(s, 0))))
+            abar_t = float(schedule.alphas_cumprod[t])
+            x0_hat = (x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)     # wrong level
+            x = math.sqrt(abar_t) * x0_hat + math.sqrt(1.0 - abar_t) * eps
+        return x
+    monkeypatch.setitem(lesson08, "ddim_invert", planted)
+    with pytest.raises(AssertionError):
+        lesson08["check_ddim_inversion"](schedule, model, x0)
+
+
+def test_lesson08_respacing_check_fails(lesson08, schedule, monkeypatch):
+    """respace with the original betas taken at the kept steps (the natural wrong guess)."""
+    lesson08["check_respacing"](schedule, 10, n=50_000)
+
+    def planted(schedule, use_timesteps):
+        kept = sorted(int(t) for t in use_timesteps)
+        out = NoiseSchedule.from_betas(_host(schedule.betas)[kept])
+        out.timestep_map = backend.xp().asarray(kept, dtype=backend.xp().int64)
+        return out
+    monkeypatch.setitem(lesson08, "respace", planted)
+    with pytest.raises(AssertionError):
+        lesson08["check_respacing"](schedule, 10, n=50_000)
+
+
+def test_lesson08_respacing_marginal_check_fails_alone(lesson08, schedule, monkeypatch):
+    """The Monte Carlo half of check_respacing catches a wrong posterior on the respaced
+    schedule even when its betas are right: q_posterior's x_t coefficient planted without
+    sqrt(alpha_t)."""
+    def planted(schedule, x0, x_t, t):
+        mean, var, log_var = q_posterior(schedule, x0, x_t, t)
+        alpha = _column(schedule.alphas, t, backend.array_of(x_t))
+        coef2 = _column(schedule.posterior_mean_coef2, t, backend.array_of(x_t))
+        return mean + (coef2 / backend.xp().sqrt(alpha) - coef2) * x_t, var, log_var
+    monkeypatch.setattr(reverse, "q_posterior", planted)
+    with pytest.raises(AssertionError):
+        lesson08["check_respacing"](schedule, 10, n=50_000)
+
+
+# ------------------------------------------------------------------ lesson 11: guidance (11.4)
+@pytest.fixture(scope="module")
+def lesson11():
+    return load_checks("11_conditioning.py", keep=("np", "schedule", "abar", "means", "std",
+                                                     "mixture", "component"))
+
+
+def test_lesson11_guidance_check_fails_with_the_other_convention(lesson11, monkeypatch):
+    """(11.4) with Ho & Salimans' w used as if it were s: eps_c + s (eps_c - eps_u), i.e.
+    s + 1 in minidiff's convention.  The check at s = 0 and 3 must fail."""
+    from minidiff.diffusion.guidance import guided as right
+    lesson11["check_guidance"]()
+
+    def planted(eps_model, cond, uncond, scale):
+        return right(eps_model, cond, uncond, scale + 1.0)
+    monkeypatch.setitem(lesson11, "guided", planted)
+    with pytest.raises(AssertionError):
+        lesson11["check_guidance"]()
+
+
+def test_lesson11_guidance_check_fails_on_the_wrong_half(lesson11, monkeypatch):
+    """(11.4) with the halves of the doubled batch swapped (cond taken as uncond)."""
+    from minidiff.diffusion.guidance import guided as right
+
+    def planted(eps_model, cond, uncond, scale):
+        return right(eps_model, uncond, cond, scale)
+    monkeypatch.setitem(lesson11, "guided", planted)
+    with pytest.raises(AssertionError):
+        lesson11["check_guidance"]()
+
+
+@pytest.fixture(scope="module")
+def concat_stand_in(tmp_path_factory):
+    """A tiny concat-conditioned pixel model trained for two steps (as lesson 11's --quick)."""
     from minidiff.config.presets import resolve
     from minidiff.data.mnist import load_mnist
     from minidiff.train.trainer import Trainer
