@@ -201,7 +201,7 @@ if plt is not None:
 # ## 2. What each pipeline is made of (12.1)
 #
 # The models compared are those minidiff trains: the pixel U-Net of the `quick` preset (on 2x2
-# patches of the 28x28 image, lesson 06 (6.2): 32/64 channels at 14/7, one ResBlock per level,
+# patches of the 28x28 image, lesson 06 (6.2): 24/48 channels at 14/7, one ResBlock per level,
 # self-attention only in the middle, at 7x7) and the latent U-Net of `ldm-quick` (one level of
 # 32 channels at 7x7, two ResBlocks, self-attention in the middle).  Each also comes
 # conditioned, the two ways the switch allows.  Cross-attention to a context of L = 8 token
@@ -353,12 +353,12 @@ for name, side in sides.items():
     if side.model.num_parameters() != unets[name].num_parameters():
         print(f"{name}: + text encoder tau_theta, "
               f"{side.model.num_parameters() - unets[name].num_parameters():,} parameters")
-if not args.quick:   # the sizes the presets' comments quote (653k, 221k)
-    assert unets["pixel"].num_parameters() == 652_772
+if not args.quick:   # the sizes the presets' comments quote (369k, 221k)
+    assert unets["pixel"].num_parameters() == 369_196
     assert unets["latent"].num_parameters() == 220_772
 
 # %% [markdown]
-# The latent U-Net has a third of the pixel one's parameters, but parameters are not what
+# The latent U-Net has three fifths of the pixel one's parameters, but parameters are not what
 # sampling costs: a convolution's weights are reused at every position of its grid, so its
 # work grows with the grid, not with its weight count.  That is the next section.
 #
