@@ -772,14 +772,14 @@ if methods:
 # "nothing known" the all-covering mask ($m = 1$, $E(0)$; a quarter of the training masks), the
 # same step gives guidance over the image,
 #
-# $$ 	ilde\epsilon = \epsilon_	hetaig([z_t, 1, E(0)], tig) + s\,\Big(\epsilon_	hetaig([z_t, m,
-#    E((1 - m) \odot x)], tig) - \epsilon_	hetaig([z_t, 1, E(0)], tig)\Big), 	ag{11.10} $$
+# $$ \tilde\epsilon = \epsilon_\theta\big([z_t, 1, E(0)], t\big) + s\,\Big(\epsilon_\theta\big([z_t, m,
+#    E((1 - m) \odot x)], t\big) - \epsilon_\theta\big([z_t, 1, E(0)], t\big)\Big), \tag{11.10} $$
 #
 # which for $s > 1$ samples from $p(z \mid y)\,p(y \mid z)^{s-1}$: completions the known half
 # makes likelier than a faithful draw would (`minidiff inpaint --image-guidance S`).  Why lean
 # at all: on the bottom-half mask many tops fit two digits (a 7 and a 9, a 3 and a 5), and even
-# a perfect sampler of $p(	ext{bottom} \mid 	ext{top})$ keeps the label only as often as
-# $E[p(	ext{label} \mid 	ext{top})]$, about 82-87% by the labels of each top's nearest
+# a perfect sampler of $p(\text{bottom} \mid \text{top})$ keeps the label only as often as
+# $E[p(\text{label} \mid \text{top})]$, about 82-87% by the labels of each top's nearest
 # training tops (`data/checkpoints/inpaint.md`); leaning towards the likeliest completion can
 # do better than that.  On the shipped model, 500 digits: 76.2% at $s = 1$, 79.2% at $s = 2$.
 # The check: (11.10) computed by the library against its two terms computed one at a time.

@@ -81,6 +81,17 @@ def test_lesson_is_written_in_cells(name):
         assert needle in text, needle
 
 
+def test_lessons_and_docs_hold_no_control_characters():
+    """A formula written through a Python string that was not raw turns \\tau into a tab and
+    \\big into a backspace: the notebook then renders "au" and "ig"."""
+    files = [*sorted((REPO / "lessons").glob("*.py")), *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "data" / "checkpoints").glob("*.md")), REPO / "README.md"]
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            bad = [hex(ord(c)) for c in line if ord(c) < 32]
+            assert not bad, f"{path.name}:{number}: control characters {bad}"
+
+
 def test_library_docstrings_cite_equations_the_lessons_define():
     """Every '(k.n)' that minidiff.diffusion cites appears in lesson k's text."""
     import re
