@@ -77,8 +77,8 @@ PRESETS = {
     "quick": {**DEFAULTS, "patch_size": 2, "base_channels": 24, "channel_mults": [1, 2],
               "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 4,
               "dropout": 0.0, "groups": 8, "time_embed_dim": 32, "prediction": "x0",
-              "schedule": "cosine", "batch_size": 32, "lr": 1e-3, "warmup_steps": 50,
-              "min_lr": 1e-4, "steps": 4000, "ema_decay": 0.995, "log_every": 10,
+              "schedule": "cosine", "batch_size": 48, "lr": 1e-3, "warmup_steps": 50,
+              "min_lr": 1e-4, "steps": 3500, "ema_decay": 0.995, "log_every": 10,
               "sample_every": 2000, "checkpoint_every": 100, "diag_every": 2000,
               "sampler": "ddpm", "sample_steps": 200},
     # Latent diffusion (lesson 10) in the 4x7x7 latents of the shipped autoencoder
