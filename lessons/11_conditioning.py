@@ -789,7 +789,7 @@ def check_image_guidance(path, scales=(2.0, 3.0)):
     """(11.10): the library's image-guided eps == eps_u + s (eps_c - eps_u), its two terms
     computed apart by the unguided model (eps_u: given the all-covering mask), on two test
     digits with the bottom half hidden.  Returns max |eps_c - eps_u|."""
-    plain_for, inpaint_schedule, inpaint_space, _, _ = load_inpainter(path)
+    plain_for, inpaint_schedule, inpaint_space, _, _ = load_inpainter(path, image_guidance=1.0)
     x_known = to_unit_range(load_mnist("test")[0][:2])
     m_bottom = backend.xp().broadcast_to(
         backend.to_device(host(named_mask("bottom")).astype(np.float32)), x_known.shape)

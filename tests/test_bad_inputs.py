@@ -173,6 +173,7 @@ CASES = [
     *_sets("caption_dropout", "-0.1", "1.5"),
     *_sets("mask_all_fraction", "2"),
     *_sets("guidance", "-1"),
+    *_sets("image_guidance", "-1"),
     *_sets("context_dim", "0"),
     ("train-set-text_heads=3", *_train("--set", "conditioning=crossattn", "--set",
                                        "text_heads=3", names=("text_heads",))),

@@ -6,7 +6,7 @@ import pytest
 
 from minidiff import backend, commands as cli
 from minidiff.data.mnist import load_mnist
-from minidiff.pipelines.inpaint import InpaintError, complete, load_inpainter
+from minidiff.pipelines.inpaint import InpaintError, complete, image_guidance_for, load_inpainter
 from minidiff.data.masks import named_mask
 from tests.tiny_models import train_tiny
 
@@ -100,3 +100,31 @@ def test_image_guidance_refuses_what_it_cannot_do(models, tmp_path, capsys):
     assert cli.main(["inpaint", "--checkpoint", models["concat"], "--image", "test:0",
                      "--image-guidance", "2", "--n", "1", "--steps", "2", "--out", out]) == 0
     assert np.load(out)["images"].shape == (1, 28, 28)
+
+
+def test_the_config_sets_the_default_image_guidance(models, test_images, tmp_path):
+    """A concat completion without a caption runs at the config's ``image_guidance`` (the
+    inpaint-quick preset: 2); an explicit scale, a caption or a caption guidance overrides
+    it, and 1 is the plain model.  Would catch the default ignored, or applied on top of a
+    caption's guidance."""
+    config = {"image_guidance": 2.5}
+    assert image_guidance_for(config, "concat") == 2.5
+    assert image_guidance_for(config, "concat", image_guidance=1.0) == 1.0
+    assert image_guidance_for({"image_guidance": 1.0}, "concat") is None   # one pass
+    assert image_guidance_for(config, "concat", image_guidance=3.0) == 3.0
+    assert image_guidance_for(config, "concat", prompt="a seven") is None
+    assert image_guidance_for(config, "concat", guidance=2.0) is None
+    assert image_guidance_for(config, "replace") is None
+    assert image_guidance_for({}, "concat") is None       # a checkpoint from before the key
+    from minidiff.data.mnist import to_unit_range
+    guided_path = train_tiny(tmp_path, "concat", image_guidance=2.5)
+    x = to_unit_range(test_images)
+    m = backend.xp().broadcast_to(backend.to_device(named_mask("bottom")), x.shape)
+    backend.manual_seed(4)
+    x_t = backend.randn(*x.shape)
+    t = backend.to_device(np.array([2, 8]))
+
+    def eps(**options):
+        return backend.to_host(load_inpainter(guided_path, **options)[0](x, m)(x_t, t).data)
+    np.testing.assert_array_equal(eps(), eps(image_guidance=2.5))
+    assert np.abs(eps() - eps(image_guidance=1.0)).max() > 1e-4

@@ -12,12 +12,12 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "context_dim": 8, "text_heads": 2, "text_layers": 1}
 
 
-def train_tiny(folder, conditioning: str) -> str:
-    """Train the tiny model of ``conditioning`` into ``folder`` (the random stream left as it
-    was) and return the path of its EMA weights."""
+def train_tiny(folder, conditioning: str, **config) -> str:
+    """Train the tiny model of ``conditioning`` (and any other ``config`` keys) into
+    ``folder`` (the random stream left as it was) and return the path of its EMA weights."""
     images, labels = load_mnist("train")
     saved = backend.get_rng_state()
-    config = resolve("quick", overrides={**TINY, "conditioning": conditioning})
+    config = resolve("quick", overrides={**TINY, "conditioning": conditioning, **config})
     Trainer(config, str(folder), images=images[:8], labels=labels[:8],
             log=lambda _: None).run()
     backend.set_rng_state(saved)

@@ -37,7 +37,7 @@ _NUMBERS = {"lr": (0.0, None, False), "min_lr": (0.0, None, False),
             "weight_decay": (0.0, None, False), "grad_clip": (0.0, None, False),
             "ema_decay": (0.0, 1.0, True), "dropout": (0.0, 1.0, True),
             "caption_dropout": (0.0, 1.0, False), "mask_all_fraction": (0.0, 1.0, False),
-            "guidance": (0.0, MAX_GUIDANCE, False),
+            "guidance": (0.0, MAX_GUIDANCE, False), "image_guidance": (0.0, MAX_GUIDANCE, False),
             "vlb_weight": (0.0, None, False), "min_snr_gamma": (0.0, None, False)}
 
 

@@ -20,7 +20,7 @@ from minidiff.data.images import save_grid
 from minidiff.data.masks import masked_image, named_mask
 from minidiff.data.mnist import from_unit_range, load_mnist, to_unit_range
 from minidiff.evaluate.classifier import accuracy, load_classifier
-from minidiff.pipelines.inpaint import complete, load_inpainter
+from minidiff.pipelines.inpaint import complete, image_guidance_for, load_inpainter
 from minidiff.pipelines.load import model_sampler
 
 __all__ = ["inpainting_accuracy", "report", "compare_figure"]
@@ -56,7 +56,7 @@ def inpainting_accuracy(checkpoint, n: int = 100, mask: str = "bottom", method=N
     blank = images * (backend.to_host(pixel_mask) < 0.5).astype(images.dtype)   # 0 = black
     return {"checkpoint": str(checkpoint), "method": method, "space": space.describe(),
             "mask": mask, "n": int(len(images)), "sampler": sampler, "steps": steps,
-            "image_guidance": image_guidance,
+            "image_guidance": image_guidance_for(config, method, image_guidance=image_guidance),
             "eta": eta if sampler == "ddim" else None,
             "seed": seed, "accuracy": _accuracy(classifier, completions, labels),
             "masked_accuracy": _accuracy(classifier, blank, labels),

@@ -21,7 +21,8 @@ from minidiff.errors import MinidiffInputError, check_float, check_input_file
 from minidiff.pipelines.load import load_pipeline
 from minidiff.pipelines.sample import sample_images
 
-__all__ = ["load_images", "is_inverted", "complete", "load_inpainter", "METHODS", "InpaintError"]
+__all__ = ["load_images", "is_inverted", "complete", "load_inpainter", "image_guidance_for",
+           "METHODS", "InpaintError"]
 
 #: how the known pixels reach the model: as input channels, or replaced along the chain
 METHODS = ("concat", "replace")
@@ -137,6 +138,19 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
 
 # ----------------------------------------------------------------------------- the model
 
+def image_guidance_for(config, method, prompt=None, guidance=None, image_guidance=None):
+    """The image guidance scale a completion runs at, None for none: ``image_guidance``
+    where given, else, for a concat completion without a caption or a caption guidance, the
+    config's ``image_guidance`` -- where that is 1, None: (11.4) at s = 1 is the plain
+    conditional model, one forward pass a step instead of two."""
+    if image_guidance is not None:
+        return float(image_guidance)
+    if method == "concat" and prompt is None and guidance is None:
+        default = float(config.get("image_guidance", 1.0))
+        return None if default == 1.0 else default
+    return None
+
+
 def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool = True,
                    autoencoder=None, image_guidance=None):
     """``(eps_for, schedule, space, config, method)`` for ``complete`` from a checkpoint.
@@ -150,7 +164,8 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
     eps(x_t, nothing known)), the caption (if any) the same in both; "nothing known" is the
     all-covering mask a concat model learnt to generate from (``mask_all_fraction``).
     s > 1 leans the completion towards what the known part makes likeliest
-    (data/checkpoints/inpaint.md measures it).  Not together with ``guidance``."""
+    (data/checkpoints/inpaint.md measures it).  Not together with ``guidance``; None is the
+    model's own (``image_guidance_for``)."""
     pipeline = load_pipeline(path, use_ema=use_ema, autoencoder=autoencoder)
     kind = pipeline.kind
     method = method or ("concat" if uses_concat(pipeline.config) else "replace")
@@ -173,6 +188,8 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
                                f"at a time), got --guidance {guidance}")
         image_guidance = check_float("--image-guidance", image_guidance, low=0.0,
                                      high=MAX_GUIDANCE)
+    image_guidance = image_guidance_for(pipeline.config, method, prompt, guidance,
+                                        image_guidance)
     if prompt is not None:
         pipeline.tokenizer.encode([prompt])        # an unknown word is an error now, not later
 
