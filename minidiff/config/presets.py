@@ -90,18 +90,21 @@ PRESETS = {
     # (data/checkpoints/ae.npz; --set autoencoder=PATH for another): a one-level U-Net at 7x7
     # (221k parameters: 32 channels, two ResBlocks, attention only in the middle block),
     # chosen so that sampling costs about a tenth of the pixel model's (bench ldm).  A batch
-    # of 128 latents costs about a quarter of a batch of 32 images, so its 2,500 steps see
-    # five times as many examples as ``quick`` in about its time; encoding the training set
-    # once comes on top.  It predicts x_0 as ``quick`` does: x_0 beat v on two seeds here
-    # too.  The recipe (the cosine schedule, a learning rate eight times ``quick``'s,
-    # ancestral sampling in 50 steps, which beat 25, 100 and 250) is what measured best at
-    # this budget: docs/recipes.md.  Time and figures: data/checkpoints/ldm.md.
+    # of 128 latents costs about a quarter of a batch of 32 images, so its 4,800 steps see
+    # 3.7 times as many examples as ``quick``'s 3,500; with ``ae-quick`` (2.5 minutes) and the
+    # encoding of the training set they fill about 13 of the 15 minutes the README allows
+    # both on an idle 2-core machine (2,500 steps, the budget of a loaded machine, scored
+    # FID 32.9 where 4,800 score 23.3).  It predicts x_0 as ``quick`` does: x_0 beat v on
+    # two seeds here too.  The recipe (the cosine schedule, a learning rate eight times
+    # ``quick``'s, ancestral sampling in 50 steps, which beat 25, 100 and 250) is what
+    # measured best at this budget: docs/recipes.md.  Time and figures:
+    # data/checkpoints/ldm.md.
     "ldm-quick": {**DEFAULTS, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
                   "in_channels": 4, "out_channels": 4, "image_size": 7, "base_channels": 32,
                   "channel_mults": [1], "num_res_blocks": 2, "attention_resolutions": [],
                   "num_heads": 4, "dropout": 0.0, "groups": 8, "time_embed_dim": 32,
                   "prediction": "x0", "schedule": "cosine", "batch_size": 128, "lr": 8e-3,
-                  "warmup_steps": 100, "min_lr": 1e-4, "steps": 2500, "ema_decay": 0.995,
+                  "warmup_steps": 100, "min_lr": 1e-4, "steps": 4800, "ema_decay": 0.995,
                   "log_every": 50, "sample_every": 500, "checkpoint_every": 250,
                   "diag_every": 1250, "sampler": "ddpm", "sample_steps": 50},
     # Text to image (lesson 11): ``ldm-quick``'s U-Net in the same latents, conditioned on a
