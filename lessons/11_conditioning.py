@@ -781,7 +781,8 @@ if methods:
 # a perfect sampler of $p(\text{bottom} \mid \text{top})$ keeps the label only as often as
 # $E[p(\text{label} \mid \text{top})]$, about 82-87% by the labels of each top's nearest
 # training tops (`data/checkpoints/inpaint.md`); leaning towards the likeliest completion can
-# do better than that.  On the shipped model, 500 digits: 81.0% at $s = 1$, 84.4% at $s = 2$.
+# do better than that.  On the shipped model, 500 digits: 83.4% at $s = 1$, 86.2% at $s = 2$,
+# which is why `inpaint-quick` completes at $s = 2$ by default (config `image_guidance`).
 # The check: (11.10) computed by the library against its two terms computed one at a time.
 
 # %%

@@ -147,20 +147,21 @@ PRESETS = {
 # obeyed, data/checkpoints/txt2img.md; on inpaint-quick 5-6 points more completions keep
 # their label, on two seeds) but keep the rest of the recipe their shipped models were
 # trained with (linear schedule, lr 2e-3, DDIM): ldm-quick's cosine schedule and lr 8e-3
-# cost the text model its slant (docs/recipes.md).  The text model's 3,500 steps fill the 15
-# minutes the README allows on an idle 2-core machine, encoding included (13 min 44 s; the
-# 2,500 before took about 10), and gave better digits on two seeds
-# (data/checkpoints/txt2img.md).  The inpainting model completes at image
-# guidance 2 by default, which leans a completion towards the digit the known part makes
-# likeliest (1.4 to 3.7 points more completions keep their label, on every model
-# measured).
+# cost the text model its slant (docs/recipes.md).  Their steps fill the 15 minutes the
+# README allows each on an idle 2-core machine, encoding included (13 min 44 s and 14 min
+# 11 s; the 2,500 and 1,800 steps before took about 10): the text model's digits follow
+# their caption better on two training seeds, and the inpainting model keeps the label of
+# about 2 points more completions (data/checkpoints/txt2img.md, inpaint.md).  The
+# inpainting model completes at image guidance 2 by default, which leans a completion
+# towards the digit the known part makes likeliest (1.4 to 3.7 points more completions
+# keep their label, on every model measured).
 PRESETS["txt2img-quick"] = {**PRESETS["ldm-quick"], "conditioning": "crossattn",
                             "schedule": "linear", "lr": 2e-3, "sampler": "ddim",
                             "attention_resolutions": [], "steps": 3500,
                             "sample_every": 500, "checkpoint_every": 200, "diag_every": 1250,
                             "sample_count": 80, "sample_steps": 50, "guidance": 2.0}
 PRESETS["inpaint-quick"] = {**PRESETS["txt2img-quick"], "conditioning": "hybrid",
-                            "steps": 1800, "diag_every": 900,
+                            "steps": 2800, "diag_every": 900,
                             "sample_every": 600, "guidance": 3.0, "image_guidance": 2.0}
 
 # The KL autoencoder of lesson 09 (402,041 parameters: 16/32/64 channels at 28/14/7, one
