@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minidiff import backend, commands as cli
-from minidiff.data.mnist import load_mnist
+from minidiff.data.mnist import load_mnist, to_unit_range
 from minidiff.pipelines.inpaint import InpaintError, complete, image_guidance_for, load_inpainter
 from minidiff.data.masks import named_mask
 from tests.tiny_models import train_tiny
@@ -64,6 +64,15 @@ def test_prompts_on_the_conditioned_models(models, tmp_path, capsys):
     assert np.load(out)["images"].shape == (2, 28, 28)
 
 
+def _bottom_half_hidden(test_images, seed: int, steps):
+    """(x, m, x_t, t): the digits on [-1, 1], the bottom-half mask, a noisy state drawn with
+    ``seed`` and the timesteps ``steps``, for evaluating one eps of an inpainting model."""
+    x = to_unit_range(test_images)
+    m = backend.xp().broadcast_to(backend.to_device(named_mask("bottom")), x.shape)
+    backend.manual_seed(seed)
+    return x, m, backend.randn(*x.shape), backend.to_device(np.array(steps))
+
+
 @pytest.mark.parametrize("kind,prompt", [("concat", None), ("hybrid", "a seven")])
 def test_image_guidance_is_the_guidance_formula_over_the_known_part(models, test_images, kind,
                                                                    prompt):
@@ -71,15 +80,10 @@ def test_image_guidance_is_the_guidance_formula_over_the_known_part(models, test
     the unguided model's own eps on its own (nothing known: the all-covering mask), the
     caption the same in both.  Would catch the two conditions swapped, s used as 1 + s, or an
     "unconditional" half that still sees the image (guidance the identity)."""
-    from minidiff.data.mnist import to_unit_range
     # guidance 1 over the caption: the plain conditional model (11.4)
     plain_for = load_inpainter(models[kind], prompt=prompt,
                                guidance=None if prompt is None else 1.0)[0]
-    x = to_unit_range(test_images)
-    m = backend.xp().broadcast_to(backend.to_device(named_mask("bottom")), x.shape)
-    backend.manual_seed(3)
-    x_t = backend.randn(*x.shape)
-    t = backend.to_device(np.array([3, 7]))
+    x, m, x_t, t = _bottom_half_hidden(test_images, 3, [3, 7])
     eps_c = backend.to_host(plain_for(x, m)(x_t, t).data)
     eps_u = backend.to_host(plain_for(x, backend.xp().ones_like(m))(x_t, t).data)
     assert np.abs(eps_c - eps_u).max() > 1e-3            # the image does reach the network
@@ -116,13 +120,8 @@ def test_the_config_sets_the_default_image_guidance(models, test_images, tmp_pat
     assert image_guidance_for(config, "concat", guidance=2.0) is None
     assert image_guidance_for(config, "replace") is None
     assert image_guidance_for({}, "concat") is None       # a checkpoint from before the key
-    from minidiff.data.mnist import to_unit_range
     guided_path = train_tiny(tmp_path, "concat", image_guidance=2.5)
-    x = to_unit_range(test_images)
-    m = backend.xp().broadcast_to(backend.to_device(named_mask("bottom")), x.shape)
-    backend.manual_seed(4)
-    x_t = backend.randn(*x.shape)
-    t = backend.to_device(np.array([2, 8]))
+    x, m, x_t, t = _bottom_half_hidden(test_images, 4, [2, 8])
 
     def eps(**options):
         return backend.to_host(load_inpainter(guided_path, **options)[0](x, m)(x_t, t).data)

@@ -99,8 +99,8 @@ def build_parser() -> ArgumentParser:
                         help="with --inpainting: concat or replace (default: the model's)")
     parser.add_argument("--image-guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
                         metavar="S", help="with --inpainting, a concat model: guidance over the "
-                        "known part of the image (as minidiff inpaint; default: the model's config, "
-                        "1 for none)")
+                        "known part of the image (as minidiff inpaint; default: the model's "
+                        "config, 1 for none)")
     parser.add_argument("--prompts", action="store_true",
                         help="a text model's prompted accuracy, FID and attribute adherence "
                              "instead (prompts.py); with --inpainting, its inpainting "

@@ -77,8 +77,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--image-guidance", type=float_arg(0.0, MAX_GUIDANCE), default=None,
                         metavar="S", help="concat models: guidance over the known part of the "
                         "image, eps_u + s (eps_c - eps_u) with eps_u given nothing known; s > 1 "
-                        "leans towards the likeliest completion, 1 the plain model (not with --guidance; "
-                        "default: the model's config when no --prompt is given)")
+                        "leans towards the likeliest completion, 1 the plain model (not with "
+                        "--guidance; default: the model's config when no --prompt is given)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=int_arg(0), default=0, help="seed (default 0)")
     parser.add_argument("--batch", type=int_arg(1), default=250,

@@ -78,7 +78,8 @@ PRESETS = {
     # sampling in 200 steps, that measured best at this budget (docs/recipes.md).  Batch 48,
     # not 32: minidiff's two threads share out a batch of 48 better (about 1.4 times the
     # images a second); 3,500 steps of 48 scored better than 4,000 of 32 at n = 1,000 on
-    # both training seeds tried.  Two grids, at step 2,000 and at the end.  Its time and figures: data/checkpoints/quick.md.
+    # both training seeds tried.  Two grids, at step 2,000 and at the end.  Its time and
+    # figures: data/checkpoints/quick.md.
     "quick": {**DEFAULTS, "patch_size": 2, "base_channels": 24, "channel_mults": [1, 2],
               "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 4,
               "dropout": 0.0, "groups": 8, "time_embed_dim": 32, "prediction": "x0",

@@ -141,8 +141,8 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
 def image_guidance_for(config, method, prompt=None, guidance=None, image_guidance=None):
     """The image guidance scale a completion runs at, None for none: ``image_guidance``
     where given, else, for a concat completion without a caption or a caption guidance, the
-    config's ``image_guidance`` -- where that is 1, None: (11.4) at s = 1 is the plain
-    conditional model, one forward pass a step instead of two."""
+    config's ``image_guidance`` -- None where that is 1, the plain conditional model, as for
+    a checkpoint without the key."""
     if image_guidance is not None:
         return float(image_guidance)
     if method == "concat" and prompt is None and guidance is None:
@@ -199,6 +199,8 @@ def load_inpainter(path, method=None, prompt=None, guidance=None, use_ema: bool 
         prompts = None if prompt is None else [prompt] * len(x)
         images, masks = (x, m) if method == "concat" else (None, None)
         cond, uncond = pipeline.cond(len(x), prompts=prompts, images=images, masks=masks)
+        if image_guidance == 1.0:   # (11.10) at s = 1 is eps(x_t, the masked image): one pass
+            return pipeline.eps(cond)
         if image_guidance is not None:
             nothing_known, _ = pipeline.cond(len(x), prompts=prompts)
             return guided(pipeline.eps_model, cond, nothing_known, image_guidance)
