@@ -657,13 +657,13 @@ for key, _ in ROWS:
 
 # %% [markdown]
 # On the shipped models the LDM's FID is well below the pixel model's (compare them at the same
-# n: 23.3 against 46.6 at n = 10,000, the LDM sampled with DDPM 50, the pixel model with
+# n: 21.5 against 46.6 at n = 10,000, the LDM sampled with DDPM 50, the pixel model with
 # DDPM 200, `ldm.md` and `quick.md`), from a training run of about the pixel model's time
-# (`ldm.md`: 10 min 48 s for 4,800 steps of 128 latents, the encoding included; `quick.md`:
+# (`ldm.md`: 10 min 50 s for 4,800 steps of 128 latents, the encoding included; `quick.md`:
 # 9 min 16 s for 3,500 steps of 48 images, the install included; both at two threads on an
 # idle machine).  Even against the pixel model on 2x2 patches, a latent example is several
 # times cheaper (section 4), so a minute of training shows the LDM 3.1 times as many
-# digits (614,400 latents in 648 s against 168,000 images in 556 s).  The
+# digits (614,400 latents in 650 s against 168,000 images in 556 s).  The
 # autoencoder's rFID, below the floor set by two sets of real digits, says that little of
 # the gap to real digits comes from the latent space: it comes from short training.  (On
 # large images the LDM paper finds

@@ -96,16 +96,17 @@ PRESETS = {
     # encoding of the training set they fill about 13 of the 15 minutes the README allows
     # both on an idle 2-core machine (2,500 steps, the budget of a loaded machine, scored
     # FID 32.9 where 4,800 score 23.3).  It predicts x_0 as ``quick`` does: x_0 beat v on
-    # two seeds here too.  The recipe (the cosine schedule, a learning rate eight times
-    # ``quick``'s, ancestral sampling in 50 steps, which beat 25, 100 and 250) is what
-    # measured best at this budget: docs/recipes.md.  Time and figures:
+    # two seeds here too, and so did an EMA over about 1,000 steps (decay 0.999) against one
+    # over 200 (FID 2-4.5 points lower).  The recipe (the cosine schedule, a learning rate
+    # eight times ``quick``'s, ancestral sampling in 50 steps, which beat 25, 100 and 250)
+    # is what measured best at this budget: docs/recipes.md.  Time and figures:
     # data/checkpoints/ldm.md.
     "ldm-quick": {**DEFAULTS, "autoencoder": os.path.join("data", "checkpoints", "ae.npz"),
                   "in_channels": 4, "out_channels": 4, "image_size": 7, "base_channels": 32,
                   "channel_mults": [1], "num_res_blocks": 2, "attention_resolutions": [],
                   "num_heads": 4, "dropout": 0.0, "groups": 8, "time_embed_dim": 32,
                   "prediction": "x0", "schedule": "cosine", "batch_size": 128, "lr": 8e-3,
-                  "warmup_steps": 100, "min_lr": 1e-4, "steps": 4800, "ema_decay": 0.995,
+                  "warmup_steps": 100, "min_lr": 1e-4, "steps": 4800, "ema_decay": 0.999,
                   "log_every": 50, "sample_every": 500, "checkpoint_every": 250,
                   "diag_every": 1250, "sampler": "ddpm", "sample_steps": 50},
     # Text to image (lesson 11): ``ldm-quick``'s U-Net in the same latents, conditioned on a
@@ -147,8 +148,8 @@ PRESETS = {
 # The conditional presets predict x_0 as ldm-quick does (on txt2img-quick it made slant
 # obeyed, data/checkpoints/txt2img.md; on inpaint-quick 5-6 points more completions keep
 # their label, on two seeds) but keep the rest of the recipe their shipped models were
-# trained with (linear schedule, lr 2e-3, DDIM): ldm-quick's cosine schedule and lr 8e-3
-# cost the text model its slant (docs/recipes.md).  Their steps fill the 15 minutes the
+# trained with (linear schedule, lr 2e-3, EMA 0.995, DDIM): ldm-quick's cosine schedule and
+# lr 8e-3 cost the text model its slant (docs/recipes.md).  Their steps fill the 15 minutes the
 # README allows each on an idle 2-core machine, encoding included (13 min 44 s and 14 min
 # 11 s; the 2,500 and 1,800 steps before took about 10): the text model's digits follow
 # their caption better on two training seeds, and the inpainting model keeps the label of
@@ -157,7 +158,8 @@ PRESETS = {
 # towards the digit the known part makes likeliest (1.4 to 3.7 points more completions
 # keep their label, on every model measured).
 PRESETS["txt2img-quick"] = {**PRESETS["ldm-quick"], "conditioning": "crossattn",
-                            "schedule": "linear", "lr": 2e-3, "sampler": "ddim",
+                            "schedule": "linear", "lr": 2e-3, "ema_decay": 0.995,
+                            "sampler": "ddim",
                             "attention_resolutions": [], "steps": 3500,
                             "sample_every": 500, "checkpoint_every": 200, "diag_every": 1250,
                             "sample_count": 80, "sample_steps": 50, "guidance": 2.0}
