@@ -141,12 +141,12 @@ def complete(eps_for, schedule, space, images, mask, n: int = 1, sampler: str = 
 def image_guidance_for(config, method, prompt=None, guidance=None, image_guidance=None):
     """The image guidance scale a completion runs at, None for none: ``image_guidance``
     where given, else, for a concat completion without a caption or a caption guidance, the
-    config's ``image_guidance`` -- None where that is 1, the plain conditional model, as for
-    a checkpoint without the key."""
+    config's ``image_guidance`` -- None where that is 1, the plain conditional model (a
+    checkpoint written before the key has it from ``DEFAULTS`` when it loads)."""
     if image_guidance is not None:
         return float(image_guidance)
     if method == "concat" and prompt is None and guidance is None:
-        default = float(config.get("image_guidance", 1.0))
+        default = float(config["image_guidance"])
         return None if default == 1.0 else default
     return None
 
